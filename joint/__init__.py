@@ -1,0 +1,1 @@
+"""cctr.joint: segmentation training that queries registration on the fly (RSL, REPS), and the CLI."""

@@ -1,0 +1,105 @@
+"""Splits as data: which patients train, validate and test, and which training patients are labeled.
+
+Splits name *patient ids* (both frames of an ACDC patient go together), never slice counts.
+A split is a small JSON file::
+
+    {"train": [...], "val": [...], "test": [...],
+     "labeled_sets": {"1": ["patient099"], "3": [...], ...}}
+
+Every command that trains or evaluates takes ``--split FILE`` and, where it trains,
+``--labeled NAME`` to pick one of ``labeled_sets``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from seg.data.case import CaseError
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    labeled_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        groups = {"train": self.train, "val": self.val, "test": self.test}
+        seen: dict[str, str] = {}
+        for name, ids in groups.items():
+            for pid in ids:
+                if pid in seen:
+                    raise CaseError(f"split: patient {pid!r} is in both {seen[pid]!r} and {name!r}")
+                seen[pid] = name
+        train = set(self.train)
+        for key, ids in self.labeled_sets.items():
+            outside = [p for p in ids if p not in train]
+            if outside:
+                raise CaseError(f"split: labeled set {key!r} names patients not in train: {outside}")
+
+    def labeled(self, name: str) -> tuple[str, ...]:
+        """Patient ids of labeled set ``name``; ``'all'`` means every training patient."""
+        if name == "all":
+            return self.train
+        if name not in self.labeled_sets:
+            raise CaseError(f"split: no labeled set {name!r}; known: {sorted(self.labeled_sets)} or 'all'")
+        return tuple(self.labeled_sets[name])
+
+    def unlabeled(self, name: str) -> tuple[str, ...]:
+        chosen = set(self.labeled(name))
+        return tuple(p for p in self.train if p not in chosen)
+
+    def to_dict(self) -> dict:
+        return {
+            "train": list(self.train),
+            "val": list(self.val),
+            "test": list(self.test),
+            "labeled_sets": {k: list(v) for k, v in self.labeled_sets.items()},
+        }
+
+    @staticmethod
+    def from_dict(d: Mapping, where: str = "split") -> "Split":
+        try:
+            return Split(
+                train=tuple(d["train"]),
+                val=tuple(d.get("val", ())),
+                test=tuple(d.get("test", ())),
+                labeled_sets={str(k): tuple(v) for k, v in d.get("labeled_sets", {}).items()},
+            )
+        except KeyError as exc:
+            raise CaseError(f"{where}: missing key {exc}") from exc
+
+
+def save_split(split: Split, path: Path) -> Path:
+    """Write ``split`` as JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
+    with os.fdopen(fd, "w") as f:
+        json.dump(split.to_dict(), f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def load_split(path: Path) -> Split:
+    path = Path(path)
+    if not path.is_file():
+        raise CaseError(f"{path}: split file not found")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"{path}: not valid JSON ({exc})") from exc
+    return Split.from_dict(d, where=str(path))
+
+
+def patients_of(case_ids: Sequence[str], patient_of: Mapping[str, str]) -> tuple[str, ...]:
+    """Distinct patient ids of ``case_ids``, in first-seen order."""
+    out: dict[str, None] = {}
+    for cid in case_ids:
+        out.setdefault(patient_of[cid], None)
+    return tuple(out)
