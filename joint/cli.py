@@ -15,6 +15,12 @@ from seg.data.case import CaseError
 
 COMMAND_MODULES = (
     "joint.commands.data",
+    "joint.commands.reg",
+    "joint.commands.train",
+    "joint.commands.predict",
+    "joint.commands.evaluate",
+    "joint.commands.demo",
+    "joint.commands.benchmark",
 )
 
 

@@ -103,3 +103,28 @@ def patients_of(case_ids: Sequence[str], patient_of: Mapping[str, str]) -> tuple
     for cid in case_ids:
         out.setdefault(patient_of[cid], None)
     return tuple(out)
+
+
+def draw_split(
+    patient_ids: Sequence[str],
+    seed: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    labeled_sizes: Sequence[int] = (1, 3, 7),
+) -> Split:
+    """A random split of ``patient_ids`` drawn from ``seed`` (same seed, same split).
+
+    Labeled sets are nested (the 1-patient set is inside the 3-patient set, and so on),
+    as in the field's ACDC protocol; sizes larger than the training set are left out.
+    """
+    import numpy as np
+
+    ids = sorted(dict.fromkeys(patient_ids))
+    if len(ids) < 3:
+        raise CaseError(f"split: need at least 3 patients to draw train/val/test, got {len(ids)}")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n_test = max(1, round(test_fraction * len(ids)))
+    n_val = max(1, round(val_fraction * len(ids)))
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    labeled = {str(n): tuple(train[:n]) for n in labeled_sizes if 0 < n <= len(train)}
+    return Split(train=tuple(train), val=tuple(sorted(val)), test=tuple(sorted(test)), labeled_sets=labeled)
