@@ -1,0 +1,46 @@
+"""Project-level invariants: package layering and the README/CI contract."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_top_levels(package: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_reg_does_not_import_seg_or_joint():
+    bad = {f: n & {"seg", "joint"} for f, n in _imported_top_levels("reg").items() if n & {"seg", "joint"}}
+    assert not bad, f"reg must stay independent of seg and joint: {bad}"
+
+
+def test_seg_does_not_import_reg_or_joint():
+    bad = {f: n & {"reg", "joint"} for f, n in _imported_top_levels("seg").items() if n & {"reg", "joint"}}
+    assert not bad, f"seg must stay independent of reg and joint: {bad}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
+    test_cmds = [b.strip() for b in blocks if "pytest" in b]
+    assert len(test_cmds) == 1, "README must show exactly one test command"
+    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_cmds[0] in ci_lines
+
+
+def test_torch_pinned_in_constraints():
+    pins = (ROOT / "constraints.txt").read_text().splitlines()
+    assert "torch==2.13.0" in pins
