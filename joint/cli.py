@@ -2,12 +2,14 @@
 
 Each command module exposes ``register(subparsers)``; it adds its verb and sets
 ``func(args) -> int`` as the parser default. Bad input surfaces as a one-line error
-(``CaseError``, ``FileNotFoundError``, ``ValueError``) and exit status 2, no traceback.
+(``CaseError``, ``FileNotFoundError``, ``ValueError``) and exit status 2, no traceback;
+set ``CCTR_DEBUG=1`` to see the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -41,7 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CaseError, FileNotFoundError, NotADirectoryError) as exc:
+    except (CaseError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        if os.environ.get("CCTR_DEBUG"):
+            raise
         print(f"cctr: error: {exc}", file=sys.stderr)
         return 2
 
