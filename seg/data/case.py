@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -116,13 +116,18 @@ def spacing_affine(spacing_zyx: Sequence[float]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CaseRef:
-    """A case not loaded yet. ``load()`` reads it from disk (and validates it) each time it is called."""
+    """A case not loaded yet. ``load()`` reads it from disk (and validates it) each time it is called.
+
+    ``meta`` holds what the release says about the case without reading its voxels, e.g.
+    ``{"phase": "ED", "group": "DCM"}`` for raw ACDC.
+    """
 
     case_id: str
     patient_id: str
     has_label: bool
     loader: Callable[[], Case] = field(repr=False, compare=False)
     sources: tuple[Path, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def load(self) -> Case:
         return self.loader()

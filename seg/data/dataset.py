@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from seg.data.case import CaseError, CaseRef
-from seg.data.split import Split
+from seg.data.split import SPLIT_FILENAME, Split, load_split
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,13 @@ class Dataset:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise CaseError(f"{self.root}: duplicate case ids {dup}")
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @property
+    def case_ids(self) -> tuple[str, ...]:
+        return tuple(r.case_id for r in self.refs)
 
     @property
     def patient_ids(self) -> tuple[str, ...]:
@@ -41,3 +48,14 @@ class Dataset:
         if missing:
             raise CaseError(f"{self.root}: split names patients not in the dataset: {sorted(missing)}")
         return tuple(r for r in self.refs if r.patient_id in wanted)
+
+
+def folder_split(root: Path, patient_ids: Iterable[str], fallback: Optional[Split] = None) -> Optional[Split]:
+    """The split a dataset folder carries: ``root/split.json`` if present (checked against
+    ``patient_ids``), else ``fallback`` (the release's own split, when it has one)."""
+    path = Path(root) / SPLIT_FILENAME
+    if not path.is_file():
+        return fallback
+    split = load_split(path)
+    split.check_patients(tuple(patient_ids), str(path))
+    return split

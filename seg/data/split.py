@@ -7,7 +7,8 @@ A split is a small JSON file::
      "labeled_sets": {"1": ["patient099"], "3": [...], ...}}
 
 Every command that trains or evaluates takes ``--split FILE`` and, where it trains,
-``--labeled NAME`` to pick one of ``labeled_sets``.
+``--labeled NAME`` to pick one of ``labeled_sets``. A dataset folder may carry its own split
+as ``split.json`` at its top level (:data:`SPLIT_FILENAME`); readers then attach it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from seg.data.case import CaseError
+
+SPLIT_FILENAME = "split.json"
 
 
 @dataclass(frozen=True)
@@ -64,15 +67,39 @@ class Split:
 
     @staticmethod
     def from_dict(d: Mapping, where: str = "split") -> "Split":
+        if not isinstance(d, Mapping):
+            raise CaseError(f"{where}: a split must be a JSON object, got {type(d).__name__}")
+        if "train" not in d:
+            raise CaseError(f"{where}: missing key 'train'")
+        sets = d.get("labeled_sets", {})
+        if not isinstance(sets, Mapping):
+            raise CaseError(f"{where}: 'labeled_sets' must map a name to a list of patient ids")
         try:
             return Split(
-                train=tuple(d["train"]),
-                val=tuple(d.get("val", ())),
-                test=tuple(d.get("test", ())),
-                labeled_sets={str(k): tuple(v) for k, v in d.get("labeled_sets", {}).items()},
+                train=_ids(d["train"], "train"),
+                val=_ids(d.get("val", []), "val"),
+                test=_ids(d.get("test", []), "test"),
+                labeled_sets={str(k): _ids(v, f"labeled_sets[{k!r}]") for k, v in sets.items()},
             )
-        except KeyError as exc:
-            raise CaseError(f"{where}: missing key {exc}") from exc
+        except CaseError as exc:
+            if where == "split":
+                raise
+            raise CaseError(f"{where}: {exc}") from exc
+
+    def check_patients(self, patient_ids: Sequence[str], where: str) -> None:
+        """Raise :class:`CaseError` naming ``where`` if the split names patients not in ``patient_ids``."""
+        known = set(patient_ids)
+        named = [*self.train, *self.val, *self.test]
+        missing = [p for p in dict.fromkeys(named) if p not in known]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise CaseError(f"{where}: split names patients that are not in the dataset: {shown}")
+
+
+def _ids(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise CaseError(f"split: {key!r} must be a list of patient id strings")
+    return tuple(value)
 
 
 def save_split(split: Split, path: Path) -> Path:
@@ -80,9 +107,13 @@ def save_split(split: Split, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        json.dump(split.to_dict(), f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(split.to_dict(), f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -128,3 +159,19 @@ def draw_split(
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     labeled = {str(n): tuple(train[:n]) for n in labeled_sizes if 0 < n <= len(train)}
     return Split(train=tuple(train), val=tuple(sorted(val)), test=tuple(sorted(test)), labeled_sets=labeled)
+
+
+def split_with_prefix_sets(
+    train_in_order: Sequence[str],
+    val: Sequence[str],
+    test: Sequence[str],
+    labeled_sizes: Sequence[int],
+) -> Split:
+    """A split whose labeled set of size n is the first n training patients in the given order.
+
+    This is how the field's releases define labeled sets (SSL4MIS takes the head of its
+    ``train.list``), so the order of ``train_in_order`` is part of the protocol.
+    """
+    train = tuple(dict.fromkeys(train_in_order))
+    labeled = {str(n): train[:n] for n in labeled_sizes if 0 < n <= len(train)}
+    return Split(train=train, val=tuple(val), test=tuple(test), labeled_sets=labeled)
