@@ -1,9 +1,207 @@
-"""``cctr data``: dataset utilities (phantom generation, montage, summary). Filled by the foundation work."""
+"""``cctr data``: make, look at and split datasets.
+
+- ``phantom --out DIR --patients N [--seed S]``: write the procedural cardiac phantom
+  (nnU-Net layout plus ``split.json``), see :mod:`seg.data.phantom`;
+- ``show DIR [--out PNG] [--cases K] [--slices S]``: a PNG montage with label overlays;
+- ``summary DIR``: layout, case/patient counts, shapes, spacings, class fractions, split;
+- ``split DIR --seed S [--out FILE]``: draw a train/val/test split with nested labeled sets.
+
+Every action reads folders with :func:`seg.data.readers.open_dataset` (``--layout`` forces one).
+"""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from seg.data.dataset import Dataset
+from seg.data.montage import write_montage
+from seg.data.phantom import write_phantom
+from seg.data.readers import LAYOUTS, open_dataset
+from seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="generate, inspect and split datasets")
-    p.add_subparsers(dest="data_command", metavar="ACTION").required = True
+    actions = p.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+
+    ph = actions.add_parser("phantom", help="generate the procedural cardiac cine-MRI phantom (nnU-Net layout)")
+    ph.add_argument("--out", type=Path, required=True, help="folder to create (an earlier phantom there is replaced)")
+    ph.add_argument("--patients", type=_positive_int, required=True, help="number of patients (two volumes each: ED, ES)")
+    ph.add_argument("--seed", type=_seed, default=0, help="same seed, same phantom (default 0)")
+    ph.add_argument("--workers", type=_positive_int, default=None, help="processes (default: one per CPU)")
+    ph.set_defaults(func=run_phantom)
+
+    sh = actions.add_parser("show", help="write a PNG montage of slices with label overlays")
+    sh.add_argument("dir", type=Path, help="dataset folder")
+    sh.add_argument("--out", type=Path, default=None, help="PNG to write (default: ./<folder name>_montage.png)")
+    sh.add_argument("--cases", type=_positive_int, default=4, help="cases to show, one per row (default 4)")
+    sh.add_argument("--slices", type=_positive_int, default=6, help="slices per case (default 6)")
+    _layout_arg(sh)
+    sh.set_defaults(func=run_show)
+
+    su = actions.add_parser("summary", help="print what a dataset folder holds")
+    su.add_argument("dir", type=Path, help="dataset folder")
+    _layout_arg(su)
+    su.set_defaults(func=run_summary)
+
+    sp = actions.add_parser("split", help="draw a seeded train/val/test split by patient, with labeled sets")
+    sp.add_argument("dir", type=Path, help="dataset folder")
+    sp.add_argument("--seed", type=_seed, required=True)
+    sp.add_argument("--out", type=Path, default=None, help=f"split file to write (default: DIR/{SPLIT_FILENAME})")
+    sp.add_argument("--val-fraction", type=_fraction, default=0.1)
+    sp.add_argument("--test-fraction", type=_fraction, default=0.2)
+    sp.add_argument("--labeled", type=_sizes, default=(1, 3, 7), help="labeled set sizes, comma separated (default 1,3,7)")
+    _layout_arg(sp)
+    sp.set_defaults(func=run_split)
+
+
+def _layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", choices=LAYOUTS, default=None, help="force a layout instead of detecting it")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"labeled set sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def run_phantom(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
+    print(f"wrote {args.patients} patients ({2 * args.patients} volumes) to {out} "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    dataset = open_dataset(args.dir, args.layout)
+    out = args.out if args.out is not None else Path(f"{args.dir.resolve().name}_montage.png")
+    write_montage(dataset, out, cases=args.cases, slices=args.slices)
+    print(f"wrote {out}")
+    return 0
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    layout: str
+    root: Path
+    class_names: tuple[str, ...]
+    cases: int
+    patients: int
+    labeled: int
+    shapes: np.ndarray  # (cases, 3) Z, Y, X
+    spacings: np.ndarray  # (cases, 3) z, y, x mm
+    class_voxels: np.ndarray  # (classes,) voxel counts over labeled cases
+    split: Optional[Split]
+
+
+def summarize(dataset: Dataset, progress: Optional[bool] = None) -> DatasetSummary:
+    """Load every case once (lazily, one at a time) and gather :class:`DatasetSummary`."""
+    shapes, spacings = [], []
+    counts = np.zeros(len(dataset.class_names), dtype=np.int64)
+    show = sys.stderr.isatty() if progress is None else progress
+    for ref in tqdm(dataset.refs, desc="reading", unit="case", disable=not show):
+        case = ref.load()
+        shapes.append(case.shape)
+        spacings.append(case.spacing)
+        if case.label is not None:
+            counts += np.bincount(case.label.ravel(), minlength=len(counts))[: len(counts)]
+    return DatasetSummary(
+        layout=dataset.layout,
+        root=dataset.root,
+        class_names=dataset.class_names,
+        cases=len(dataset.refs),
+        patients=len(dataset.patient_ids),
+        labeled=sum(r.has_label for r in dataset.refs),
+        shapes=np.array(shapes, dtype=int).reshape(-1, 3),
+        spacings=np.array(spacings, dtype=float).reshape(-1, 3),
+        class_voxels=counts,
+        split=dataset.default_split,
+    )
+
+
+def _range(values: np.ndarray, fmt: str) -> str:
+    lo, hi = values.min(), values.max()
+    return format(lo, fmt) if lo == hi else f"{format(lo, fmt)}-{format(hi, fmt)}"
+
+
+def format_summary(s: DatasetSummary) -> str:
+    lines = [
+        f"folder:   {s.root}",
+        f"layout:   {s.layout}",
+        f"cases:    {s.cases} ({s.labeled} labeled, {s.cases - s.labeled} unlabeled)",
+        f"patients: {s.patients}",
+        f"classes:  {', '.join(f'{i} {n}' for i, n in enumerate(s.class_names))}",
+    ]
+    if s.cases:
+        lines.append("shape (Z, Y, X):      " + " x ".join(_range(s.shapes[:, i], "d") for i in range(3)))
+        lines.append("spacing (z, y, x) mm: " + " x ".join(_range(s.spacings[:, i], ".2f") for i in range(3)))
+    total = int(s.class_voxels.sum())
+    if total:
+        fractions = ", ".join(f"{n} {100 * c / total:.2f}%" for n, c in zip(s.class_names, s.class_voxels))
+        lines.append(f"class voxel fractions (labeled cases): {fractions}")
+    if s.split is None:
+        lines.append("split:    none (draw one with `cctr data split DIR --seed S`)")
+    else:
+        sets = ", ".join(f"{k}: {len(v)}" for k, v in s.split.labeled_sets.items()) or "none"
+        lines.append(f"split:    train {len(s.split.train)}, val {len(s.split.val)}, test {len(s.split.test)} patients; "
+                     f"labeled sets (patients) {sets}")
+    return "\n".join(lines)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    print(format_summary(summarize(open_dataset(args.dir, args.layout))))
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    dataset = open_dataset(args.dir, args.layout)
+    split = draw_split(dataset.patient_ids, args.seed, val_fraction=args.val_fraction,
+                       test_fraction=args.test_fraction, labeled_sizes=args.labeled)
+    out = args.out if args.out is not None else args.dir / SPLIT_FILENAME
+    save_split(split, out)
+    print(f"wrote {out}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)} patients; "
+          f"labeled sets {', '.join(split.labeled_sets) or 'none'}")
+    return 0

@@ -1,0 +1,122 @@
+"""A PNG montage of any dataset: a few cases as rows, a few slices each as columns, the image in
+grey with its label map overlaid (translucent fill and solid outline per class), so a person
+can check at a glance that images look right and labels sit on them."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from seg.data.case import Case, CaseError, CaseRef  # noqa: E402
+from seg.data.dataset import Dataset  # noqa: E402
+
+FILL_ALPHA = 0.2
+TILE_INCHES = 2.2
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """``(num_classes, 3)`` RGB in [0, 1]; class 0 (background) is never drawn."""
+    cmap = plt.get_cmap("tab10" if num_classes <= 11 else "tab20")
+    return np.array([(0.0, 0.0, 0.0)] + [cmap(i % cmap.N)[:3] for i in range(num_classes - 1)])
+
+
+def pick_cases(dataset: Dataset, count: int) -> tuple[CaseRef, ...]:
+    """``count`` cases spread evenly over the dataset, labeled ones first when there are enough."""
+    if count < 1:
+        raise ValueError(f"montage: need at least one case, got {count}")
+    labeled = [r for r in dataset.refs if r.has_label]
+    pool = labeled if len(labeled) >= count else list(dataset.refs)
+    if not pool:
+        raise CaseError(f"{dataset.root}: dataset has no cases to show")
+    idx = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
+    return tuple(pool[i] for i in idx)
+
+
+def pick_slices(case: Case, count: int) -> np.ndarray:
+    """Slice indices spread evenly over the slices holding foreground (all slices if none)."""
+    if case.label is not None and case.label.any():
+        zs = np.flatnonzero(case.label.reshape(case.shape[0], -1).any(axis=1))
+        lo, hi = int(zs[0]), int(zs[-1])
+    else:
+        lo, hi = 0, case.shape[0] - 1
+    return np.unique(np.linspace(lo, hi, min(count, hi - lo + 1)).round().astype(int))
+
+
+def grey_window(image_zyx: np.ndarray) -> tuple[float, float]:
+    """Display window of a volume: its 0.5 and 99.5 percentiles."""
+    lo, hi = np.percentile(image_zyx, [0.5, 99.5])
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def overlay(image_yx: np.ndarray, label_yx: Optional[np.ndarray], window: tuple[float, float], colors: np.ndarray) -> np.ndarray:
+    """RGB ``(Y, X, 3)`` float in [0, 1]: the windowed slice, each labeled class filled
+    translucently and outlined where its pixels touch another class."""
+    lo, hi = window
+    grey = np.clip((image_yx - lo) / (hi - lo), 0.0, 1.0)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    if label_yx is None:
+        return rgb
+    lab = label_yx.astype(np.intp)
+    edge = np.zeros(lab.shape, dtype=bool)
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    fg = lab > 0
+    tint = colors[lab]
+    alpha = np.where(fg & edge, 1.0, np.where(fg, FILL_ALPHA, 0.0))[..., None]
+    return rgb * (1.0 - alpha) + tint * alpha
+
+
+def write_montage(
+    dataset: Dataset,
+    out_png: Path,
+    cases: int = 4,
+    slices: int = 6,
+    case_ids: Optional[Sequence[str]] = None,
+) -> Path:
+    """Write a montage of ``cases`` cases (or exactly ``case_ids``) by ``slices`` slices to
+    ``out_png``, atomically. Slices keep their physical aspect ratio (spacing y / x)."""
+    if slices < 1:
+        raise ValueError(f"montage: need at least one slice per case, got {slices}")
+    refs = tuple(dataset.ref(c) for c in case_ids) if case_ids else pick_cases(dataset, cases)
+    colors = class_colors(len(dataset.class_names))
+    fig, axes = plt.subplots(
+        len(refs), slices, figsize=(TILE_INCHES * slices, TILE_INCHES * len(refs) + 0.4),
+        squeeze=False, facecolor="black",
+    )
+    for row, ref in zip(axes, refs):
+        case = ref.load()
+        window = grey_window(case.image)
+        zs = pick_slices(case, slices)
+        for ax in row:
+            ax.set_axis_off()
+        for ax, z in zip(row, zs):
+            label = None if case.label is None else case.label[z]
+            ax.imshow(overlay(case.image[z], label, window, colors), aspect=case.spacing[1] / case.spacing[2],
+                      interpolation="nearest")
+            ax.set_title(f"{case.case_id}  z={z}/{case.shape[0] - 1}", color="white", fontsize=8)
+    fig.suptitle(f"{dataset.root.name} ({dataset.layout})", color="white", fontsize=10, y=0.995)
+    for i, name in enumerate(dataset.class_names[1:], start=1):
+        fig.text((i - 0.5) / max(1, len(dataset.class_names) - 1), 0.003, name, color=colors[i],
+                 ha="center", va="bottom", fontsize=9, fontweight="bold")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.98))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=str(out_png.parent))
+    os.close(fd)
+    try:
+        fig.savefig(tmp, facecolor="black", dpi=100)
+        os.replace(tmp, out_png)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out_png
