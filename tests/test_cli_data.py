@@ -116,3 +116,24 @@ def test_overlay_outlines_classes_and_leaves_background_grey():
     assert np.allclose(rgb[2, 3], colors[1]), "outline pixel in full colour"
     assert not np.allclose(rgb[3, 3], colors[1]) and not np.allclose(rgb[3, 3], image[3, 3]), "fill is translucent"
     assert np.allclose(overlay(image, None, (0.0, 1.0), colors)[..., 0], image)
+
+
+def test_split_writes_the_published_acdc_split_and_refuses_a_folder_without_its_patients(tmp_path, capsys):
+    from layouts import write_acdc_raw
+    from seg.data.known_splits import ACDC_SPLIT
+
+    root = tmp_path / "acdc"
+    write_acdc_raw(root, patients=range(1, 101), shape=(2, 4, 4), write_4d=False)
+    out = tmp_path / "acdc_split.json"
+    assert main(["data", "split", str(root), "--known", "acdc", "--out", str(out)]) == 0
+    split = load_split(out)
+    assert split == ACDC_SPLIT
+    assert split.labeled("3") == ("patient099", "patient038", "patient050")
+
+    few = tmp_path / "few"
+    write_acdc_raw(few, patients=(1, 2), shape=(2, 4, 4), write_4d=False)
+    assert main(["data", "split", str(few), "--known", "acdc", "--out", str(tmp_path / "no.json")]) == 2
+    assert "not in the dataset" in capsys.readouterr().err
+    assert not (tmp_path / "no.json").exists()
+    assert main(["data", "split", str(few)]) == 2
+    assert "exactly one of --seed" in capsys.readouterr().err

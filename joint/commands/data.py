@@ -23,6 +23,7 @@ from tqdm import tqdm
 from seg.data.dataset import Dataset
 from seg.data.montage import write_montage
 from seg.data.phantom import write_phantom
+from seg.data.known_splits import KNOWN_SPLITS, known_split
 from seg.data.readers import LAYOUTS, open_dataset
 from seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
 
@@ -54,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = actions.add_parser("split", help="draw a seeded train/val/test split by patient, with labeled sets")
     sp.add_argument("dir", type=Path, help="dataset folder")
-    sp.add_argument("--seed", type=_seed, required=True)
+    sp.add_argument("--seed", type=_seed, default=None, help="draw a random split from this seed")
+    sp.add_argument("--known", choices=sorted(KNOWN_SPLITS), default=None,
+                    help="write the field's published split instead (ACDC: SSL4MIS lists; Synapse: TransUNet lists)")
     sp.add_argument("--out", type=Path, default=None, help=f"split file to write (default: DIR/{SPLIT_FILENAME})")
     sp.add_argument("--val-fraction", type=_fraction, default=0.1)
     sp.add_argument("--test-fraction", type=_fraction, default=0.2)
@@ -197,9 +200,15 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
+    if (args.seed is None) == (args.known is None):
+        raise ValueError("cctr data split: give exactly one of --seed S or --known NAME")
     dataset = open_dataset(args.dir, args.layout)
-    split = draw_split(dataset.patient_ids, args.seed, val_fraction=args.val_fraction,
-                       test_fraction=args.test_fraction, labeled_sizes=args.labeled)
+    if args.known is not None:
+        split = known_split(args.known)
+        split.check_patients(dataset.patient_ids, str(args.dir))
+    else:
+        split = draw_split(dataset.patient_ids, args.seed, val_fraction=args.val_fraction,
+                           test_fraction=args.test_fraction, labeled_sizes=args.labeled)
     out = args.out if args.out is not None else args.dir / SPLIT_FILENAME
     save_split(split, out)
     print(f"wrote {out}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)} patients; "
