@@ -1,8 +1,114 @@
-"""``cctr reg``: placeholder until its issue lands; registers nothing."""
+"""``cctr reg``: pretrain the learned registration network and compare registration backends.
+
+- ``train --data DIR --out DIR [--split FILE] [--config YAML] [--steps N] [--resume]
+  [--labeled NAME]``: pretrain on the TRAINING patients of the split (labels of the
+  ``--labeled`` set are used only when the config's ``loss.dice_weight`` > 0), validating on
+  the validation patients; see :mod:`reg.train`.
+- ``eval --data DIR --backend SPEC [--backend SPEC ...] --out DIR [--split FILE]
+  [--subset test|val|train] [--pairs N] [--seed S] [--intra]``: per-pair CSV and a markdown
+  table, one row per backend; see :mod:`joint.reg_eval`.
+
+Without ``--split`` the split saved with the dataset (``split.json``) is used.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from reg.config import RegConfig, load_config
+from reg.train import Volume, train
+from seg.data.case import CaseError
+from seg.data.dataset import Dataset
+from seg.data.readers import open_dataset
+from seg.data.split import Split, load_split
+from joint.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("reg", help="pretrain the registration net; compare registration backends")
+    actions = p.add_subparsers(dest="reg_command", metavar="ACTION")
+    actions.required = True
+
+    tr = actions.add_parser("train", help="pretrain the learned registration network on a split's training volumes")
+    _data_args(tr)
+    tr.add_argument("--out", type=Path, required=True, help="run folder: config.yaml, best.pt, last.pt, tb/")
+    tr.add_argument("--config", type=Path, default=None, help="YAML config (default: the built-in CPU default, configs/reg_default.yaml)")
+    tr.add_argument("--steps", type=int, default=None, help="override train.steps")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    tr.add_argument("--labeled", default=None, help="labeled set of the split whose labels Dice supervision may use")
+    tr.set_defaults(func=run_train)
+
+    ev = actions.add_parser("eval", help="score registration backends on labeled pairs of a split")
+    _data_args(ev)
+    ev.add_argument("--backend", action="append", required=True, metavar="SPEC",
+                    help="identity | learned:CKPT | sitk-demons | sitk-bspline | ants-syn (repeat to compare)")
+    ev.add_argument("--out", type=Path, required=True, help="folder for pairs.csv and summary.md")
+    ev.add_argument("--subset", choices=("test", "val", "train"), default="test", help="patients to pair (default test)")
+    ev.add_argument("--pairs", type=int, default=20, help="number of (fixed, moving) pairs (default 20)")
+    ev.add_argument("--seed", type=int, default=0, help="seed drawing the pairs (default 0)")
+    ev.add_argument("--intra", action="store_true", help="also pair the frames of one patient")
+    ev.set_defaults(func=run_eval)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (any layout open_dataset reads)")
+    p.add_argument("--split", type=Path, default=None, help="split JSON (default: the dataset's own split)")
+    p.add_argument("--layout", default=None, help="force a layout instead of detecting it")
+
+
+def _open(args: argparse.Namespace) -> tuple[Dataset, Split]:
+    dataset = open_dataset(args.data, args.layout)
+    if args.split is not None:
+        return dataset, load_split(args.split)
+    if dataset.default_split is None:
+        raise CaseError(f"{args.data}: has no split of its own; pass --split FILE")
+    return dataset, dataset.default_split
+
+
+def _volumes(dataset: Dataset, patients, with_labels: set[str]) -> list[Volume]:
+    out = []
+    for ref in dataset.of_patients(patients):
+        case = ref.load()
+        label = case.label if case.patient_id in with_labels else None
+        out.append(Volume(case.case_id, case.patient_id, case.image, case.spacing, label))
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else RegConfig()
+        if args.resume and args.config is None and (args.out / "config.yaml").is_file():
+            config = load_config(args.out / "config.yaml")
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        config = config.with_overrides(steps=args.steps)
+        dataset, split = _open(args)
+        if config.loss.dice_weight > 0 and args.labeled is None:
+            raise ValueError("the config asks for Dice supervision (loss.dice_weight > 0): name the labeled set with --labeled")
+        labeled = set(split.labeled(args.labeled)) if args.labeled else set()
+        train_volumes = _volumes(dataset, split.train, labeled)
+        val_volumes = _volumes(dataset, split.val, set(split.val))
+        best = train(config, train_volumes, val_volumes, len(dataset.class_names), args.out, resume=args.resume)
+    except (ValueError, ImportError) as exc:
+        raise CaseError(str(exc)) from exc
+    print(f"registration net: {best}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    try:
+        if args.pairs < 1:
+            raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+        dataset, split = _open(args)
+        patients = {"test": split.test, "val": split.val, "train": split.train}[args.subset]
+        pairs = labeled_pairs(dataset, patients, args.pairs, args.seed, intra_patient=args.intra)
+        if not pairs:
+            raise ValueError(f"no labeled pairs among the {args.subset} patients {list(patients)}; try --intra or another --subset")
+        results = evaluate(args.backend, pairs, dataset.class_names, show_progress=sys.stderr.isatty())
+    except (ValueError, ImportError) as exc:
+        raise CaseError(str(exc)) from exc
+    csv_path, md_path = write_report(args.out, results, dataset.class_names)
+    print(table_markdown(summarize_backends(results, dataset.class_names), dataset.class_names), end="")
+    print(f"wrote {csv_path} and {md_path}")
+    return 0

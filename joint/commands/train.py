@@ -1,8 +1,84 @@
-"""``cctr train``: placeholder until its issue lands; registers nothing."""
+"""``cctr train``: train segmentation students with one method on a dataset folder.
+
+    cctr train --data DIR --split FILE --labeled NAME --method M --out DIR
+               [--config YAML_OR_PRESET] [--resume] [--set key=value ...]
+
+The configuration starts from the ``cpu-small`` preset (or ``--config``: a preset name such as
+``paper``, or a YAML file applied over ``cpu-small``), then every ``--set`` (any option of
+:class:`seg.config.TrainConfig`, nested ones with dots), then the explicit flags. The run
+folder gets ``config.yaml``, ``best.pt``, ``last.pt`` and TensorBoard logs in ``tb/``.
+"""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Mapping
+
+from seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
+from seg.data.case import CaseError
+from seg.data.readers import LAYOUTS, open_dataset
+from seg.data.split import load_split
+from seg.train import SEG_METHODS, Method, train
+
+
+def available_methods() -> Mapping[str, Method]:
+    """Every method ``cctr train`` knows. The registration-guided methods of the joint package
+    (``cctr-rsl``, ``cctr``) are merged into this mapping here."""
+    return dict(SEG_METHODS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("train", help="train segmentation students (supervised, cross teaching, ...)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (any layout open_dataset reads)")
+    p.add_argument("--split", type=Path, default=None, help="split JSON (default: the dataset folder's split.json)")
+    p.add_argument("--labeled", default=None, help="labeled set name in the split, or 'all' (default: the config's, '1')")
+    p.add_argument("--method", choices=sorted(available_methods()), default=None, help="default: the config's, 'cct'")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, config.yaml and TensorBoard logs")
+    p.add_argument("--config", default=None,
+                   help=f"a preset ({', '.join(sorted(PRESETS))}) or a YAML file of options over cpu-small")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option, e.g. --set iterations=500 --set student_a.widths=[8,16,32,64]")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--layout", choices=LAYOUTS, default=None, help="force a dataset layout instead of detecting it")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_train)
+
+
+def build_config(config: str | None, overrides: list[str], method: str | None, labeled: str | None,
+                 out: Path) -> TrainConfig:
+    """The run's configuration from the command line (module docstring gives the order)."""
+    if config is None:
+        cfg = preset("cpu-small")
+    elif config in PRESETS:
+        cfg = preset(config)
+    else:
+        cfg = load_config(Path(config), preset("cpu-small"))
+    cfg = apply_overrides(cfg, overrides)
+    flags = {"method": method, "labeled": labeled, "out_dir": str(out)}
+    return replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        cfg = build_config(args.config, args.overrides, args.method, args.labeled, args.out)
+    except ValueError as exc:
+        raise CaseError(str(exc)) from exc
+    dataset = open_dataset(args.data, args.layout)
+    if args.split is not None:
+        split = load_split(args.split)
+    elif dataset.default_split is not None:
+        split = dataset.default_split
+    else:
+        raise CaseError(f"{args.data}: the folder has no split.json; pass --split FILE")
+    try:
+        result = train(cfg, dataset, split, methods=available_methods(), resume=args.resume,
+                       progress=not args.no_progress)
+    except ValueError as exc:
+        raise CaseError(str(exc)) from exc
+    print(f"trained {cfg.method} ({cfg.iterations} iterations) in {result.seconds:.0f} s -> {result.out_dir}")
+    if result.best_checkpoint is not None:
+        print(f"best validation Dice (student {cfg.select_student}): {result.best_score:.4f} "
+              f"at step {result.best_step} -> {result.best_checkpoint}")
+    print(f"last checkpoint: {result.last_checkpoint}")
+    return 0

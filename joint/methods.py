@@ -1,0 +1,234 @@
+"""The registration-aware methods of METHOD.md's table, on top of the seg trainer.
+
+- ``cctr-rsl``: cct + RSL (:mod:`joint.rsl`);
+- ``cctr``: cct + RSL + REPS (:mod:`joint.reps`, :mod:`joint.memory_bank`), the paper's method;
+- ``registration-only``: no network; each evaluated volume gets the label of the atlas(es)
+  warped onto it by registration alone (the atlas baseline).
+
+:class:`JointConfig` is the seg :class:`~seg.config.TrainConfig` plus the registration
+options, so one YAML / ``--set`` mechanism sets them all. :data:`TRAINER_METHODS` is the seg
+trainer's method table extended with the two training methods; pass it as ``methods=`` to
+:func:`seg.train.train` (:func:`train_joint` does). Each method's extras are built once per
+run: the oracle over (unlabeled, labeled) pairs is warmed at the start so every step finds
+its Fields and warped labels in memory.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from joint.memory_bank import BankConfig, MemoryBank
+from joint.oracle import POLICIES, OracleConfig, RegistrationOracle
+from joint.reps import RegistrationPositives
+from joint.rsl import CONFIDENCE_MODES, RegistrationSupervision, RSLConfig
+from reg.backends import Backend
+from seg.config import TrainConfig, save_config
+from seg.data.case import Case, CaseError
+from seg.data.dataset import Dataset
+from seg.data.nifti import write_nifti
+from seg.data.split import Split
+from seg.metrics import ClassScore, score_case
+from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown, write_text_atomic
+from seg.train import SEG_METHODS, Method, MethodExtras, TrainData, TrainResult, train
+
+REGISTRATION_ONLY = "registration-only"
+
+
+@dataclass(frozen=True)
+class JointConfig(TrainConfig):
+    """Training options plus registration ones (METHOD.md parts 5-7); defaults are the project's."""
+
+    reg_backend: str = ""              # load_backend spec: 'learned:CKPT', 'sitk-demons', 'ants-syn', 'identity'
+    atlas_policy: str = "random"       # 'random' (per step, seeded), 'similar', 'fused'
+    rs_weight: float = 0.1             # lambda_rs, ramped up like L_cps
+    rs_confidence: str = "none"        # RSL per-pixel weight: 'none', 'max-prob', 'agreement'
+    reg_cache: str = "runs/reg-cache"  # disk cache of Fields, shared across runs; '' = none
+    reg_memory_mb: int = 1024          # bound of the in-memory Field cache
+    warped_memory_mb: int = 512        # bound of the in-memory warped-label cache
+    reg_workers: int = 2               # processes computing classical registrations
+    reg_batch_pairs: int = 4           # pairs per learned-backend call
+    bank_downsample: int = 4           # REPS bank stores embeddings at 1/this of the sample size
+    bank_max_slice_gap: float = 1.0    # farthest stored slice (in slices) a REPS lookup may read
+    eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
+
+    def __post_init__(self) -> None:
+        # Refuse bad registration options when the config is built, not after data loading.
+        if self.atlas_policy not in POLICIES:
+            raise ValueError(f"atlas_policy must be one of {POLICIES}, got {self.atlas_policy!r}")
+        if self.rs_confidence not in CONFIDENCE_MODES:
+            raise ValueError(f"rs_confidence must be one of {CONFIDENCE_MODES}, got {self.rs_confidence!r}")
+        if self.eval_subset not in ("val", "test"):
+            raise ValueError(f"eval_subset must be 'val' or 'test', got {self.eval_subset!r}")
+
+
+def as_joint_config(cfg: TrainConfig, **registration_options: object) -> JointConfig:
+    """``cfg`` (e.g. a seg preset) as a :class:`JointConfig`, registration options at their
+    defaults unless given. Overrides and YAML applied to the result keep it a JointConfig."""
+    own = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
+    return JointConfig(**own, **registration_options)  # type: ignore[arg-type]
+
+
+def oracle_config(cfg: JointConfig) -> OracleConfig:
+    """The oracle options of ``cfg``; a registration method without a backend is refused."""
+    if not cfg.reg_backend:
+        raise ValueError(f"method {cfg.method!r} needs a registration backend (reg_backend / --reg-backend: "
+                         "'learned:CKPT', 'sitk-demons', 'ants-syn' or 'identity')")
+    return OracleConfig(
+        backend=cfg.reg_backend,
+        policy=cfg.atlas_policy,
+        seed=cfg.seed,
+        field_cache_bytes=int(cfg.reg_memory_mb) << 20,
+        label_cache_bytes=int(cfg.warped_memory_mb) << 20,
+        disk_cache=Path(cfg.reg_cache) if cfg.reg_cache else None,
+        workers=cfg.reg_workers,
+        batch_pairs=cfg.reg_batch_pairs,
+    )
+
+
+def _joint_cfg(cfg: TrainConfig) -> JointConfig:
+    if not isinstance(cfg, JointConfig):
+        raise ValueError(f"method {cfg.method!r} needs a JointConfig (the registration options), got {type(cfg).__name__}")
+    return cfg
+
+
+def build_banks(cfg: JointConfig, labeled: Sequence[Case], students: Sequence[str] = ("a", "b")) -> dict[str, MemoryBank]:
+    """One REPS memory bank per student over the slices of the labeled cases."""
+    slices = {c.case_id: c.shape[0] for c in labeled}
+    bank_cfg = BankConfig(downsample=cfg.bank_downsample, max_slice_gap=cfg.bank_max_slice_gap)
+    dims = {"a": cfg.student_a.embedding_dim, "b": cfg.student_b.embedding_dim}
+    return {s: MemoryBank(slices, dims[s], cfg.image_size, bank_cfg) for s in students}
+
+
+def _write_json(path: Path, data: Mapping) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def registration_extras(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool,
+                        backend: Optional[Backend] = None) -> MethodExtras:
+    """The RSL term (and with ``with_reps`` the REPS term and positive factory) of one run.
+
+    Warms the oracle over every (unlabeled, labeled) pair the atlas policy can ask for and
+    writes ``registration.json`` in ``out_dir`` (backend, policy, pairs, cache and bank bytes).
+    """
+    jcfg = _joint_cfg(cfg)
+    oracle = RegistrationOracle(data.labeled, data.unlabeled, oracle_config(jcfg), backend=backend)
+    pairs = oracle.warm(progress=True)
+    rsl = RegistrationSupervision(oracle, RSLConfig(weight=jcfg.rs_weight,
+                                                    rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
+                                                    confidence=jcfg.rs_confidence))
+    terms: tuple = (rsl,)
+    factory = None
+    bank_bytes = 0
+    if with_reps:
+        reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled))
+        terms, factory, bank_bytes = (rsl, reps), reps.factory, reps.nbytes
+    _write_json(Path(out_dir) / "registration.json", {
+        "reg_backend": jcfg.reg_backend,
+        "atlas_policy": jcfg.atlas_policy,
+        "pairs": pairs,
+        "field_cache_bytes": oracle.fields.nbytes,
+        "warped_label_cache_bytes": oracle.warped.nbytes,
+        "memory_bank_bytes": bank_bytes,
+    })
+    return MethodExtras(terms=terms, extra_positive_factory=factory)
+
+
+def _rsl_extras(cfg: TrainConfig, data: TrainData, out_dir: Path) -> MethodExtras:
+    return registration_extras(cfg, data, out_dir, with_reps=False)
+
+
+def _cctr_extras(cfg: TrainConfig, data: TrainData, out_dir: Path) -> MethodExtras:
+    return registration_extras(cfg, data, out_dir, with_reps=True)
+
+
+TRAINER_METHODS: Mapping[str, Method] = MappingProxyType({
+    **SEG_METHODS,
+    "cctr-rsl": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
+                       build_extras=_rsl_extras),
+    "cctr": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
+                   build_extras=_cctr_extras),
+})
+
+# Every method of METHOD.md's table, in its order.
+METHODS: tuple[str, ...] = (*TRAINER_METHODS, REGISTRATION_ONLY)
+
+
+def train_joint(cfg: TrainConfig, dataset: Dataset, split: Split, *, resume: bool = False,
+                progress: bool = True) -> TrainResult:
+    """:func:`seg.train.train` with the registration-aware methods available."""
+    if cfg.method == REGISTRATION_ONLY:
+        raise ValueError(f"{REGISTRATION_ONLY!r} trains no network; use registration_only()")
+    return train(cfg, dataset, split, methods=TRAINER_METHODS, resume=resume, progress=progress)
+
+
+@dataclass(frozen=True)
+class PropagationResult:
+    out_dir: Path
+    predictions: dict[str, Path]                  # case id -> NIfTI label map
+    scores: dict[str, dict[int, ClassScore]]      # case id -> foreground class -> score
+    summary: Summary
+
+
+def propagate_labels(oracle: RegistrationOracle, target_ids: Sequence[str], progress: bool = True) -> dict[str, np.ndarray]:
+    """uint8 ``(Z, Y, X)`` label of each target: the policy's atlas(es) warped onto it and voted.
+
+    The 'random' policy draws one atlas per target (step 0, seeded); 'fused' votes over all.
+    """
+    out = {}
+    for target_id in tqdm(target_ids, desc="propagate labels", unit="volume", disable=None if progress else True):
+        out[target_id] = oracle.warped_atlas(target_id, oracle.atlases_for(target_id, step=0)).hard_label()
+    return out
+
+
+def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backend: Optional[Backend] = None,
+                      progress: bool = True) -> PropagationResult:
+    """The atlas baseline: labels of ``cfg.labeled`` propagated to the ``cfg.eval_subset``
+    volumes, written as NIfTI under ``out_dir/predictions`` and scored in 3D
+    (``scores.csv``, ``summary.md``), with ``config.yaml`` alongside."""
+    jcfg = _joint_cfg(cfg)
+    patients = split.val if jcfg.eval_subset == "val" else split.test
+    if not patients:
+        raise CaseError(f"{dataset.root}: the split has no {jcfg.eval_subset} patients to propagate labels to")
+    atlases = tuple(ref.load() for ref in dataset.of_patients(split.labeled(jcfg.labeled)))
+    targets = tuple(ref.load() for ref in dataset.of_patients(patients))
+    unlabeled = [c.case_id for c in targets if c.label is None]
+    if unlabeled:
+        raise CaseError(f"{dataset.root}: {jcfg.eval_subset} cases without a reference label: {unlabeled}")
+    out_dir = Path(jcfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(jcfg, out_dir / "config.yaml")
+    oracle = RegistrationOracle(atlases, targets, oracle_config(jcfg), backend=backend)
+    oracle.warm(progress=progress, labels=False)
+    labels = propagate_labels(oracle, [c.case_id for c in targets], progress)
+    class_names = tuple(dataset.class_names)
+    predictions, scores = {}, {}
+    for case in targets:
+        predictions[case.case_id] = write_nifti(out_dir / "predictions" / f"{case.case_id}.nii.gz",
+                                                labels[case.case_id], case.affine, case.header)
+        scores[case.case_id] = score_case(labels[case.case_id], case.label, case.spacing, len(class_names))
+    summary = summarize(scores, class_names)
+    write_scores_csv(out_dir / "scores.csv", scores, class_names)
+    write_summary_markdown(out_dir / "summary.md", summary,
+                           title=f"registration-only ({jcfg.reg_backend}, {jcfg.atlas_policy}), {jcfg.eval_subset}")
+    return PropagationResult(out_dir, predictions, scores, summary)
+
+
+def pair_dice(oracle: RegistrationOracle, references: Mapping[str, np.ndarray],
+              pairs: Optional[Sequence[tuple[str, str]]] = None) -> dict[tuple[str, str], float]:
+    """Mean foreground 3D Dice of each (target, atlas) pair's warped atlas label against the
+    target's reference label: how good the registration guidance of a run was (targets without
+    a reference are skipped). ``pairs`` defaults to every pair the policy can ask for."""
+    out = {}
+    for target_id, atlas_id in (oracle.needed_pairs() if pairs is None else pairs):
+        if target_id not in references:
+            continue
+        warped = oracle.warped_atlas(target_id, (atlas_id,)).hard_label()
+        scores = score_case(warped, references[target_id], oracle.case(target_id).spacing, oracle.num_classes)
+        out[(target_id, atlas_id)] = float(np.mean([s.dice for s in scores.values()]))
+    return out

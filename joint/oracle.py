@@ -1,0 +1,406 @@
+"""The registration oracle: Fields between target volumes and atlas volumes, on demand.
+
+Roles: an *atlas* is a labeled volume L (the MOVING image), a *target* is a volume U whose
+voxels need a corresponding point in L (the FIXED image: unlabeled training volumes for RSL
+and REPS, validation/test volumes for the registration-only baseline). A Field of the pair
+maps every voxel of U's native grid to a point of L's native grid, as in :mod:`reg.field`.
+
+The oracle owns, for one backend spec:
+
+- computing Fields: in process and batched under ``no_grad`` for the learned backend (and
+  the trivial identity), in worker processes of one thread each for classical backends;
+- caching them: in memory, least-recently-used and bounded in bytes, and optionally on disk
+  under a key of (backend spec and parameters, content hash of both volumes), written
+  atomically so an interrupted run leaves no half file and a second run reuses every pair;
+- the atlas labels warped onto a target (soft one-hot, plus the per-voxel agreement of the
+  atlases), cached the same way in memory, since the Fields stay fixed during training;
+- the atlas policy: which atlas(es) guide a target at a given step ('random', seeded per
+  step; 'similar', the atlas whose image is most like the target's by NCC on a canonical
+  grid; 'fused', a vote over every atlas).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import zlib
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generic, Hashable, Iterable, Optional, Sequence, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from reg.backends import Backend, load_backend
+from reg.field import Field, voxel_grid
+from seg.data.case import Case, CaseError
+
+POLICIES = ("random", "similar", "fused")
+# Backends that run in this process: the learned network batches pairs itself, identity is free.
+IN_PROCESS_KINDS = ("learned", "identity")
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    backend: str = "identity"              # a :func:`reg.backends.load_backend` spec
+    policy: str = "random"                 # one of POLICIES
+    seed: int = 0                          # seeds the 'random' policy
+    field_cache_bytes: int = 1 << 30       # memory bound of the Field LRU
+    label_cache_bytes: int = 512 << 20     # memory bound of the warped-label LRU
+    disk_cache: Optional[Path] = None      # folder of cached Fields; None = no disk cache
+    workers: int = 2                       # processes for classical backends; <= 1 = in process
+    batch_pairs: int = 4                   # pairs per learned-backend call
+    similarity_shape: tuple[int, int, int] = (16, 64, 64)  # canonical (Z, Y, X) grid of 'similar'
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"atlas policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.field_cache_bytes < 0 or self.label_cache_bytes < 0:
+            raise ValueError("cache sizes must be >= 0 bytes")
+        if self.batch_pairs < 1:
+            raise ValueError(f"batch_pairs must be >= 1, got {self.batch_pairs}")
+
+
+@dataclass(frozen=True)
+class WarpedAtlas:
+    """Atlas labels carried onto one target's native grid.
+
+    ``probs``: float16 ``(C, Z, Y, X)``, the mean over atlases of each atlas's soft one-hot
+    (each sums to 1 where the target voxel falls inside that atlas, 0 outside).
+    ``agreement``: float16 ``(Z, Y, X)``, the fraction of atlases whose own argmax equals the
+    argmax of ``probs`` (0 where a voxel falls outside every atlas).
+    """
+
+    atlas_ids: tuple[str, ...]
+    probs: np.ndarray
+    agreement: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.probs.nbytes + self.agreement.nbytes)
+
+    def hard_label(self) -> np.ndarray:
+        """uint8 ``(Z, Y, X)``: the argmax of the vote (the registration-only prediction)."""
+        return self.probs.argmax(axis=0).astype(np.uint8)
+
+
+class ByteLRU(Generic[V]):
+    """A least-recently-used map whose values together stay under ``max_bytes``.
+
+    A value larger than the whole budget is never kept. ``size_of`` measures a value.
+    """
+
+    def __init__(self, max_bytes: int, size_of: Callable[[V], int]) -> None:
+        self.max_bytes = int(max_bytes)
+        self._size_of = size_of
+        self._items: "OrderedDict[Hashable, tuple[V, int]]" = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def get(self, key: Hashable) -> Optional[V]:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: Hashable, value: V) -> None:
+        size = int(self._size_of(value))
+        if key in self._items:
+            self.nbytes -= self._items.pop(key)[1]
+        if size > self.max_bytes:
+            return
+        while self._items and self.nbytes + size > self.max_bytes:
+            self.nbytes -= self._items.popitem(last=False)[1][1]
+        self._items[key] = (value, size)
+        self.nbytes += size
+
+
+def volume_digest(image_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> str:
+    """Content hash of a volume: its shape, spacing and voxel values (not its name or path)."""
+    arr = np.ascontiguousarray(image_zyx, dtype=np.float32)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([list(arr.shape), [float(s) for s in spacing_zyx]]).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def backend_fingerprint(backend: Backend) -> str:
+    """What identifies a backend's output: its ``params`` (:func:`reg.backends.backend_params`:
+    every option with defaults filled in, the canonical front end and, for a learned backend,
+    the checkpoint's SHA-256, so retraining under the same path never reuses old Fields).
+    A backend without ``params`` (a test double) is identified by its spec alone."""
+    described = getattr(backend, "params", None)
+    blob = json.dumps({"spec": backend.spec, "params": described}, sort_keys=True, default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def pair_key(fingerprint: str, target_digest: str, atlas_digest: str) -> str:
+    """The disk-cache key of one (target = fixed, atlas = moving) pair under one backend."""
+    return hashlib.blake2b(f"{fingerprint}|{target_digest}|{atlas_digest}".encode(), digest_size=20).hexdigest()
+
+
+def save_field(path: Path, field: Field) -> None:
+    """Store ``field`` as float16 displacements (compact, exact to ~1e-3 voxel), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    disp = field.displacement.astype(np.float16)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, displacement=disp, moving_shape=np.asarray(field.moving_shape, dtype=np.int64))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_field(path: Path) -> Field:
+    """Read a Field written by :func:`save_field`; a corrupt file raises :class:`CaseError`."""
+    try:
+        with np.load(path) as z:
+            disp = z["displacement"].astype(np.float32)
+            moving_shape = tuple(int(v) for v in z["moving_shape"])
+    except Exception as exc:  # numpy raises several types for truncated or foreign files
+        raise CaseError(f"{path}: unreadable cached Field ({type(exc).__name__}: {exc}); delete it") from exc
+    if disp.ndim != 4 or disp.shape[0] != 3 or len(moving_shape) != 3:
+        raise CaseError(f"{path}: cached Field has displacement shape {disp.shape}, expected (3, Z, Y, X)")
+    return Field(coords=disp + voxel_grid(disp.shape[1:]), moving_shape=moving_shape)
+
+
+def _one_thread_worker() -> None:
+    """Process-pool initializer: each worker computes with one thread, the pool gives the parallelism."""
+    torch.set_num_threads(1)
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _register_pair(spec: str, fixed: np.ndarray, fixed_spacing: tuple, moving: np.ndarray,
+                   moving_spacing: tuple) -> Field:
+    return load_backend(spec).register(fixed, fixed_spacing, moving, moving_spacing)
+
+
+def canonical_ncc(a_zyx: np.ndarray, b_zyx: np.ndarray, shape_zyx: Sequence[int]) -> float:
+    """Normalised cross-correlation of two volumes after resampling both to ``shape_zyx``.
+
+    Resampling to one grid makes volumes of different sizes comparable; intensities are
+    standardised per volume, so scanner gain does not matter.
+    """
+    def canon(v: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(v, dtype=np.float32))[None, None]
+        t = F.interpolate(t, size=tuple(shape_zyx), mode="trilinear", align_corners=True).flatten()
+        return (t - t.mean()) / (t.std() + 1e-6)
+
+    return float((canon(a_zyx) * canon(b_zyx)).mean())
+
+
+class RegistrationOracle:
+    """Fields and warped atlas labels between ``targets`` and ``atlases`` from one backend.
+
+    ``atlases`` must carry labels; ``targets`` need not. ``backend`` defaults to
+    ``load_backend(cfg.backend)``; a backend passed in is keyed on disk by its own ``spec`` and
+    always runs in this process (worker processes can only rebuild a backend from its spec).
+    """
+
+    def __init__(self, atlases: Sequence[Case], targets: Sequence[Case], cfg: OracleConfig,
+                 backend: Optional[Backend] = None) -> None:
+        if not atlases:
+            raise CaseError("registration oracle: no labeled (atlas) case given")
+        for case in atlases:
+            if case.label is None:
+                raise CaseError(f"registration oracle: atlas {case.case_id!r} has no label")
+        num_classes = {case.num_classes for case in atlases}
+        if len(num_classes) != 1:
+            raise CaseError(f"registration oracle: atlases disagree on the class count: {sorted(num_classes)}")
+        self.cfg = cfg
+        self.backend = backend if backend is not None else load_backend(cfg.backend)
+        self._from_spec = backend is None
+        self.atlases = {c.case_id: c for c in atlases}
+        self.targets = {c.case_id: c for c in targets}
+        self.num_classes = num_classes.pop()
+        self.atlas_ids = tuple(self.atlases)
+        self._fingerprint = backend_fingerprint(self.backend)
+        self._digests: dict[str, str] = {}
+        self.fields = ByteLRU[Field](cfg.field_cache_bytes, lambda f: f.coords.nbytes)
+        self.warped = ByteLRU[WarpedAtlas](cfg.label_cache_bytes, lambda w: w.nbytes)
+        self._similar: dict[str, str] = {}
+
+    # -- cases ---------------------------------------------------------------------------------
+    def case(self, case_id: str) -> Case:
+        case = self.targets.get(case_id, self.atlases.get(case_id))
+        if case is None:
+            raise CaseError(f"registration oracle: unknown case {case_id!r}")
+        return case
+
+    def _digest(self, case_id: str) -> str:
+        if case_id not in self._digests:
+            case = self.case(case_id)
+            self._digests[case_id] = volume_digest(case.image, case.spacing)
+        return self._digests[case_id]
+
+    def _disk_path(self, target_id: str, atlas_id: str) -> Optional[Path]:
+        if self.cfg.disk_cache is None:
+            return None
+        key = pair_key(self._fingerprint, self._digest(target_id), self._digest(atlas_id))
+        return Path(self.cfg.disk_cache) / key[:2] / f"{key}.npz"
+
+    # -- Fields --------------------------------------------------------------------------------
+    def field(self, target_id: str, atlas_id: str) -> Field:
+        """The Field mapping target voxels to atlas voxels."""
+        return self.many_fields([(target_id, atlas_id)])[0]
+
+    def many_fields(self, pairs: Sequence[tuple[str, str]], progress: bool = False) -> list[Field]:
+        """Fields of ``(target_id, atlas_id)`` pairs: from memory, else disk, else computed.
+
+        All returned Fields are held until the caller drops them, whatever the memory bound;
+        :meth:`warm` is the way to go over many pairs.
+        """
+        found = {pair: self._cached(pair) for pair in dict.fromkeys(pairs)}
+        missing = [pair for pair, fld in found.items() if fld is None]
+        if missing:
+            self._compute(missing, progress, found.__setitem__)
+        return [found[p] for p in pairs]  # type: ignore[misc]
+
+    def _cached(self, pair: tuple[str, str]) -> Optional[Field]:
+        hit = self.fields.get(pair)
+        if hit is None:
+            path = self._disk_path(*pair)
+            if path is not None and path.is_file():
+                hit = load_field(path)
+                self.fields.put(pair, hit)
+        return hit
+
+    def _compute(self, pairs: list[tuple[str, str]], progress: bool,
+                 deliver: Callable[[tuple[str, str], Field], None]) -> None:
+        """Register ``pairs``; each Field is checked, cached (memory, disk) and handed to
+        ``deliver`` as soon as it exists, so nothing else holds it."""
+        def store(pair: tuple[str, str], fld: Field) -> None:
+            self._check_field(pair, fld)
+            self.fields.put(pair, fld)
+            path = self._disk_path(*pair)
+            if path is not None:
+                save_field(path, fld)
+            deliver(pair, fld)
+
+        kind = self.backend.spec.partition(":")[0]
+        with tqdm(total=len(pairs), desc=f"register ({self.backend.spec})", unit="pair",
+                  disable=None if progress else True, leave=False) as bar:
+            if self._from_spec and self.cfg.workers > 1 and kind not in IN_PROCESS_KINDS and len(pairs) > 1:
+                self._compute_in_pool(pairs, store, bar)
+            else:
+                self._compute_in_process(pairs, store, bar)
+
+    def _check_field(self, pair: tuple[str, str], fld: Field) -> None:
+        target, atlas = self.case(pair[0]), self.case(pair[1])
+        if tuple(fld.coords.shape) != (3, *target.shape) or tuple(fld.moving_shape) != atlas.shape:
+            raise ValueError(
+                f"backend {self.backend.spec!r} returned a Field of coords {fld.coords.shape} onto "
+                f"{fld.moving_shape} for target {pair[0]} {target.shape} / atlas {pair[1]} {atlas.shape}"
+            )
+
+    def _inputs(self, pair: tuple[str, str]) -> tuple[np.ndarray, tuple, np.ndarray, tuple]:
+        target, atlas = self.case(pair[0]), self.case(pair[1])
+        return target.image, tuple(target.spacing), atlas.image, tuple(atlas.spacing)
+
+    def _compute_in_process(self, pairs: list[tuple[str, str]], store: Callable, bar: tqdm) -> None:
+        step = self.cfg.batch_pairs
+        with torch.no_grad():
+            for start in range(0, len(pairs), step):
+                chunk = pairs[start:start + step]
+                for pair, fld in zip(chunk, self.backend.register_many([self._inputs(p) for p in chunk])):
+                    store(pair, fld)
+                bar.update(len(chunk))
+
+    def _compute_in_pool(self, pairs: list[tuple[str, str]], store: Callable, bar: tqdm) -> None:
+        workers = min(self.cfg.workers, len(pairs))
+        ctx = multiprocessing.get_context("spawn")  # a forked torch runtime can deadlock its threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread_worker) as pool:
+            jobs = {pool.submit(_register_pair, self.backend.spec, *self._inputs(p)): p for p in pairs}
+            for job in as_completed(jobs):
+                store(jobs.pop(job), job.result())
+                bar.update(1)
+
+    # -- atlas policy --------------------------------------------------------------------------
+    def atlases_for(self, target_id: str, step: int, slice_index: int = 0) -> tuple[str, ...]:
+        """The atlas(es) guiding ``target_id`` at ``step`` under the configured policy.
+
+        'random' draws one atlas from (seed, step, target, slice), so every caller asking the
+        same question in the same step (RSL and REPS) gets the same answer, with no shared RNG.
+        """
+        if self.cfg.policy == "fused":
+            return self.atlas_ids
+        if self.cfg.policy == "similar":
+            return (self.most_similar(target_id),)
+        salt = zlib.crc32(target_id.encode())
+        rng = np.random.default_rng([self.cfg.seed, int(step), salt, int(slice_index)])
+        return (self.atlas_ids[int(rng.integers(len(self.atlas_ids)))],)
+
+    def most_similar(self, target_id: str) -> str:
+        """The atlas whose image has the highest NCC with the target's on the canonical grid."""
+        if target_id not in self._similar:
+            target = self.case(target_id)
+            scores = [canonical_ncc(target.image, self.atlases[a].image, self.cfg.similarity_shape)
+                      for a in self.atlas_ids]
+            self._similar[target_id] = self.atlas_ids[int(np.argmax(scores))]
+        return self._similar[target_id]
+
+    def needed_pairs(self, target_ids: Optional[Iterable[str]] = None) -> list[tuple[str, str]]:
+        """Every (target, atlas) pair the policy can ask for."""
+        ids = list(self.targets) if target_ids is None else list(target_ids)
+        if self.cfg.policy == "similar":
+            return [(t, self.most_similar(t)) for t in ids]
+        return [(t, a) for t in ids for a in self.atlas_ids]
+
+    def warm(self, target_ids: Optional[Iterable[str]] = None, progress: bool = True, labels: bool = True) -> int:
+        """Compute (or load) every Field the policy can ask for, so that steps find them cached,
+        and with ``labels`` also the warped atlas labels a step reads.
+
+        Returns the number of pairs. What exceeds a memory bound is dropped again (Fields stay
+        on disk when a disk cache is set) and recomputed or reloaded on demand.
+        """
+        ids = list(self.targets) if target_ids is None else list(target_ids)
+        pairs = self.needed_pairs(ids)
+        missing = [pair for pair in pairs if self._cached(pair) is None]
+        if missing:
+            self._compute(missing, progress, lambda pair, fld: None)
+        if labels:
+            keys = [(t, (a,)) for t, a in pairs] if self.cfg.policy != "fused" else [(t, self.atlas_ids) for t in ids]
+            for target_id, atlas_ids in tqdm(keys, desc="warp atlas labels", unit="target", disable=None if progress else True,
+                                             leave=False):
+                self.warped_atlas(target_id, atlas_ids)
+        return len(pairs)
+
+    # -- warped atlas labels -------------------------------------------------------------------
+    def warped_atlas(self, target_id: str, atlas_ids: Sequence[str]) -> WarpedAtlas:
+        """Labels of ``atlas_ids`` warped onto ``target_id`` (soft one-hot, linear), and their vote."""
+        key = (target_id, tuple(atlas_ids))
+        hit = self.warped.get(key)
+        if hit is not None:
+            return hit
+        fields = self.many_fields([(target_id, a) for a in atlas_ids])
+        probs: Optional[np.ndarray] = None
+        hard = []
+        for atlas_id, fld in zip(atlas_ids, fields):
+            soft = fld.warp_onehot(self.atlases[atlas_id].label, self.num_classes)
+            inside = soft.sum(axis=0) > 0.5
+            hard.append(np.where(inside, soft.argmax(axis=0), -1))
+            probs = soft if probs is None else probs + soft
+        probs = probs / len(atlas_ids)
+        vote = probs.argmax(axis=0)
+        agreement = np.mean([h == vote for h in hard], axis=0)
+        warped = WarpedAtlas(tuple(atlas_ids), probs.astype(np.float16), agreement.astype(np.float16))
+        self.warped.put(key, warped)
+        return warped

@@ -1,0 +1,137 @@
+"""Registration-Enhanced Positive Sampling (REPS, METHOD.md part 7).
+
+For an anchor pixel on an UNLABELED sample, its registration positive a_p^r is the
+embedding, in the memory bank of the same student, at the anatomically corresponding point
+of a labeled volume:
+
+    sample pixel (row, col) --to_volume--> unlabeled voxel (z, y, x)
+        --Field.map_points--> labeled voxel (z', y', x') --bank--> embedding
+
+The atlas is the one the oracle's policy gives for that sample at that step (the same one
+RSL uses); under 'fused' the positives of all atlases are averaged (and re-normalised). An
+anchor's positive is invalid when the anchor is on a labeled sample, falls outside its
+volume, maps outside every atlas, or the bank holds nothing near the mapped point.
+
+All work is per sample or vectorised over anchors; nothing loops over pixels.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from joint.memory_bank import MemoryBank
+from joint.oracle import RegistrationOracle
+from reg.field import Field
+from seg.losses import ExtraPositive
+from seg.slices import SliceBatch
+from seg.students import StudentOutput
+
+
+
+def anchor_voxels(batch: SliceBatch, anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample index (A,) and volume voxel (A, 3) (z, y, x) of flat indices into ``B*H*W``."""
+    H, W = batch.image.shape[-2:]
+    idx = anchor_flat_index.detach().cpu().long()
+    b = idx // (H * W)
+    pix = idx % (H * W)
+    rc1 = torch.stack([(pix // W).float(), (pix % W).float(), torch.ones(idx.shape[0])], dim=1)  # (A, 3)
+    yx = torch.einsum("aij,aj->ai", batch.to_volume[b].float(), rc1)[:, :2]
+    z = batch.slice_index[b].float()
+    return b, torch.cat([z[:, None], yx], dim=1)
+
+
+def _inside(points_zyx: np.ndarray, shape_zyx: tuple[int, ...]) -> np.ndarray:
+    """bool (N,): points within the volume's extent [-0.5, n - 0.5] on every axis."""
+    n = np.asarray(shape_zyx, dtype=np.float32)
+    return ((points_zyx >= -0.5) & (points_zyx <= n - 0.5)).all(axis=1)
+
+
+def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, oracle: RegistrationOracle,
+                           bank: MemoryBank, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The registration positive of every anchor: ``(float32 (A, D) unit vectors, bool (A,) valid)``."""
+    A, D = anchor_flat_index.shape[0], bank.embedding.shape[-1]
+    b, voxels = anchor_voxels(batch, anchor_flat_index)
+    anchor_pos, atlas_pos, moved = [], [], []
+    for sample in torch.unique(b[~batch.is_labeled[b]]).tolist():
+        sel = torch.nonzero(b == sample).flatten()
+        target_id, z = batch.case_id[sample], int(batch.slice_index[sample])
+        pts = voxels[sel].numpy()
+        on_target = _inside(pts, oracle.case(target_id).shape)
+        sel, pts = sel[torch.from_numpy(on_target)], pts[on_target]
+        if sel.numel() == 0:
+            continue
+        # The anchors of one sample all lie in slice z: a one-slice view of the Field maps them
+        # without touching the rest of the volume.
+        pts_in_slice = np.concatenate([np.zeros((pts.shape[0], 1), np.float32), pts[:, 1:]], axis=1)
+        for atlas_id in oracle.atlases_for(target_id, step, z):
+            full = oracle.field(target_id, atlas_id)
+            there = Field(full.coords[:, z:z + 1], full.moving_shape).map_points(pts_in_slice)
+            ok = _inside(there, full.moving_shape)
+            anchor_pos.append(sel[torch.from_numpy(ok)])
+            atlas_pos.append(bank.case_index([atlas_id]).expand(int(ok.sum())))
+            moved.append(torch.from_numpy(there[ok]))
+    vectors = torch.zeros((A, D))
+    count = torch.zeros(A)
+    if anchor_pos:
+        where = torch.cat(anchor_pos)
+        vec, valid = bank.lookup(torch.cat(atlas_pos), torch.cat(moved))
+        vectors.index_add_(0, where, vec)
+        count.index_add_(0, where, valid.float())
+    valid = count > 0
+    return F.normalize(vectors, dim=1) * valid[:, None].float(), valid
+
+
+class RegistrationPositives:
+    """REPS for the seg trainer: one memory bank per student.
+
+    It plugs into both of the trainer's extension points: as an extra *term* it adds no loss
+    but refreshes the banks in ``after_step`` (detached labeled-sample embeddings) and saves
+    them in checkpoints (``state_dict``), and :meth:`factory` is the contrastive loss's
+    ``extra_positive_factory``.
+    """
+
+    name = "reps"
+
+    def __init__(self, oracle: RegistrationOracle, banks: Mapping[str, MemoryBank]) -> None:
+        self.oracle = oracle
+        self.banks = dict(banks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all banks."""
+        return sum(bank.nbytes for bank in self.banks.values())
+
+    def __call__(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def factory(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput],
+                student: str) -> Optional[ExtraPositive]:
+        """The ``extra_positive`` of ``student`` for this batch; None for a student without a bank."""
+        bank = self.banks.get(student)
+        if bank is None:
+            return None
+
+        def extra_positive(anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            vec, valid = registration_positives(batch, anchor_flat_index, self.oracle, bank, step)
+            return vec.to(anchor_flat_index.device), valid.to(anchor_flat_index.device)
+
+        return extra_positive
+
+    def after_step(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:
+        labeled = torch.nonzero(batch.is_labeled).flatten()
+        if labeled.numel() == 0:
+            return
+        ids = [batch.case_id[i] for i in labeled.tolist()]
+        for name, bank in self.banks.items():
+            bank.update(ids, batch.slice_index[labeled], batch.to_volume[labeled],
+                        outputs[name].embedding[labeled].detach())
+
+    def state_dict(self) -> dict:
+        return {name: bank.state_dict() for name, bank in self.banks.items()}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        for name, bank in self.banks.items():
+            bank.load_state_dict(state[name])

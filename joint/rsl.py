@@ -1,0 +1,129 @@
+"""Registration Supervision Loss (RSL, METHOD.md part 6).
+
+For every unlabeled slice of a batch, the atlas label warped onto that slice's volume (soft
+one-hot, from :meth:`joint.oracle.RegistrationOracle.warped_atlas`) is put through exactly
+the same resampling as the image, with :func:`seg.slices.resample_slice` and the sample's own
+``to_volume`` matrix, so its pixels line up with the image's. Its argmax is a pseudo-label
+for each student: ``0.5 * (weighted CE + weighted Dice)``, times ``lambda_rs`` ramped up like
+L_cps. Pixels that fall outside every atlas get weight 0; optionally every other pixel is
+weighted by registration confidence ('max-prob': the top soft one-hot probability, i.e. how
+far from a label boundary the interpolation landed; 'agreement': the fraction of atlases
+whose label agrees with the vote, meaningful with the 'fused' policy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from joint.oracle import RegistrationOracle
+from seg.losses import sigmoid_rampup
+from seg.slices import SliceBatch, resample_slice
+from seg.students import StudentOutput
+
+CONFIDENCE_MODES = ("none", "max-prob", "agreement")
+
+
+@dataclass(frozen=True)
+class RSLConfig:
+    weight: float = 0.1            # lambda_rs once ramped up
+    rampup_steps: float = 0.0      # length of the sigmoid ramp-up (the trainer's, as for L_cps)
+    confidence: str = "none"       # one of CONFIDENCE_MODES
+
+    def __post_init__(self) -> None:
+        if self.confidence not in CONFIDENCE_MODES:
+            raise ValueError(f"RSL confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
+        if self.weight < 0 or self.rampup_steps < 0:
+            raise ValueError(f"RSL weight and rampup_steps must be >= 0, got {self}")
+
+
+@dataclass(frozen=True)
+class RegistrationTargets:
+    """The registration pseudo-labels of a batch's unlabeled samples, in sample pixels.
+
+    ``index``: int64 ``(U,)`` positions of those samples in the batch.
+    ``probs``: float32 ``(U, C, H, W)`` the resampled soft atlas vote.
+    ``label``: int64 ``(U, H, W)`` its argmax.
+    ``weight``: float32 ``(U, H, W)`` 0 outside every atlas, else the confidence (1 for 'none').
+    """
+
+    index: torch.Tensor
+    probs: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor
+
+
+def registration_targets(batch: SliceBatch, oracle: RegistrationOracle, step: int,
+                         confidence: str = "none") -> RegistrationTargets:
+    """Warp the step's atlas label(s) onto every unlabeled sample of ``batch``, sample-aligned."""
+    out_hw = tuple(batch.image.shape[-2:])
+    index = torch.nonzero(~batch.is_labeled, as_tuple=False).flatten()
+    probs, weights = [], []
+    for b in index.tolist():
+        case_id, z = batch.case_id[b], int(batch.slice_index[b])
+        warped = oracle.warped_atlas(case_id, oracle.atlases_for(case_id, step, z))
+        # Resample only slice z (the in-plane map never leaves it), lifted to float32.
+        planes = np.concatenate([warped.probs[:, z:z + 1], warped.agreement[None, z:z + 1]]).astype(np.float32)
+        res = torch.as_tensor(resample_slice(torch.from_numpy(planes), 0, batch.to_volume[b], out_hw, "linear"),
+                              dtype=torch.float32)
+        p, agree = res[:-1], res[-1]
+        inside = (p.sum(dim=0) > 0.5).float()
+        if confidence == "max-prob":
+            conf = p.max(dim=0).values / p.sum(dim=0).clamp_min(1e-6)
+        elif confidence == "agreement":
+            conf = agree / p.sum(dim=0).clamp_min(1e-6)  # undo the zero padding's dimming at the edge
+        else:
+            conf = torch.ones_like(inside)
+        probs.append(p)
+        weights.append(inside * conf.clamp(0.0, 1.0))
+    C = oracle.num_classes
+    probs_t = torch.stack(probs) if probs else torch.zeros((0, C, *out_hw))
+    weight_t = torch.stack(weights) if weights else torch.zeros((0, *out_hw))
+    return RegistrationTargets(index=index, probs=probs_t, label=probs_t.argmax(dim=1), weight=weight_t)
+
+
+def weighted_ce_dice(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``0.5 * (CE + Dice)`` of ``logits (U, C, H, W)`` against ``label (U, H, W)``, per-pixel ``weight``.
+
+    Both terms ignore weight-0 pixels; Dice is the soft Dice averaged over all C classes
+    (background included), as in the supervised loss.
+    """
+    if logits.shape[0] == 0 or float(weight.sum()) <= 0:
+        return logits.sum() * 0.0
+    w = weight.to(logits.dtype)
+    ce = (F.cross_entropy(logits, label, reduction="none") * w).sum() / w.sum()
+    prob = logits.softmax(dim=1)
+    onehot = F.one_hot(label, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    wc = w[:, None]
+    inter = (wc * prob * onehot).sum(dim=(0, 2, 3))
+    denom = (wc * prob).sum(dim=(0, 2, 3)) + (wc * onehot).sum(dim=(0, 2, 3))
+    dice = 1.0 - ((2.0 * inter + 1e-5) / (denom + 1e-5)).mean()
+    return 0.5 * (ce + dice)
+
+
+class RegistrationSupervision:
+    """The RSL extra term of the seg trainer: ``(step, batch, outputs) -> {student: loss}``.
+
+    ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
+    """
+
+    name = "rsl"
+
+    def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig) -> None:
+        self.oracle = oracle
+        self.cfg = cfg
+        self.last_targets: RegistrationTargets | None = None
+
+    def __call__(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
+        targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
+        self.last_targets = targets
+        lam = self.cfg.weight * sigmoid_rampup(step, self.cfg.rampup_steps)
+        losses = {}
+        for name, out in outputs.items():
+            logits = out.logits[targets.index]
+            losses[name] = lam * weighted_ce_dice(logits, targets.label.to(logits.device),
+                                                  targets.weight.to(logits.device))
+        return losses

@@ -1,0 +1,243 @@
+"""Every registration backend behind one interface, chosen by one string.
+
+Specs::
+
+    identity                         volumes overlaid centre on centre, nothing estimated
+    learned:PATH/TO/CKPT             the trained network (reg.train), batched, no_grad
+    sitk-demons                      SimpleITK diffeomorphic demons (the classical default)
+    sitk-bspline                     SimpleITK B-spline free-form deformation
+    ants-syn                         ANTs SyN via the optional antspyx package
+
+Any spec but ``identity`` takes options after ``?``, e.g. ``sitk-demons?iterations=100&
+sigma_mm=2``, ``learned:run/best.pt?batch=8``; ``prealign=none`` switches the classical
+backends' rigid search off (the learned one always uses the pre-alignment it was trained
+with). All return :class:`~reg.field.Field` objects on the fixed volume's native grid.
+
+The learned and classical backends share one front end (:mod:`reg.placement`): same
+canonical grid, same pre-alignment, so they differ only in the deformable step.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from reg.checkpoint import file_sha256, load_model
+from reg.classical import BSplineParams, DemonsParams, SynParams, ants_syn, bspline, demons, require_ants
+from reg.field import Field
+from reg.grid import CanonicalGrid
+from reg.model import RegistrationNet
+from reg.placement import Placed, check_volume, field_of, place_pair, place_volume
+from reg.prealign import PrealignConfig
+
+Pair = tuple[np.ndarray, Sequence[float], np.ndarray, Sequence[float]]  # fixed, its spacing, moving, its spacing
+KINDS = ("identity", "learned", "sitk-demons", "sitk-bspline", "ants-syn")
+
+
+class Backend(Protocol):
+    spec: str
+
+    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> Field: ...
+
+    def register_many(self, pairs: Sequence[Pair]) -> list[Field]: ...
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str
+    path: Optional[str]
+    options: dict[str, str]
+
+
+def parse_spec(spec: str) -> Spec:
+    """Split ``KIND[:PATH][?key=value&...]``; ValueError for anything else."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty registration backend spec; expected one of {KINDS}")
+    head, _, query = spec.strip().partition("?")
+    kind, _, path = head.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"unknown registration backend {spec!r}; expected one of {KINDS} (learned as 'learned:PATH')")
+    if kind == "learned" and not path:
+        raise ValueError(f"backend {spec!r}: give the checkpoint as 'learned:PATH/TO/CKPT'")
+    if kind != "learned" and path:
+        raise ValueError(f"backend {spec!r}: only 'learned' takes a path")
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"backend {spec!r}: option {item!r} is not key=value")
+        options[key] = value
+    if kind == "identity" and options:
+        raise ValueError(f"backend {spec!r}: identity takes no options")
+    return Spec(kind, path or None, options)
+
+
+def _typed(params_cls: type, options: dict[str, str], spec: str, also_known: Sequence[str] = ()) -> Any:
+    """A params dataclass with string options converted to its fields' types."""
+    known = {f.name: f for f in fields(params_cls)}
+    values = {}
+    for key, raw in options.items():
+        if key not in known:
+            raise ValueError(f"backend {spec!r}: unknown option {key!r}; known: {sorted([*known, *also_known])}")
+        default = getattr(params_cls(), key)
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(raw)
+                values[key] = raw.lower() in ("1", "true", "yes")
+            else:
+                values[key] = type(default)(raw)
+        except ValueError as exc:
+            raise ValueError(f"backend {spec!r}: option {key}={raw!r} is not a valid {type(default).__name__}") from exc
+    return params_cls(**values)
+
+
+def _volume_key(image: np.ndarray, spacing: Sequence[float]) -> str:
+    h = hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16)
+    h.update(np.asarray(spacing, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class IdentityBackend:
+    """No registration: each fixed voxel maps to the moving voxel at the same offset in mm
+    from the volume's centre (the plain overlay when both share a grid)."""
+
+    spec: str = "identity"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"kind": "identity"}
+
+    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> Field:
+        check_volume(fixed_zyx, fixed_spacing, "fixed volume")
+        check_volume(moving_zyx, moving_spacing, "moving volume")
+        f_c = (np.asarray(np.shape(fixed_zyx), float) - 1) / 2
+        m_c = (np.asarray(np.shape(moving_zyx), float) - 1) / 2
+        scale = np.asarray(fixed_spacing, float) / np.asarray(moving_spacing, float)
+        m = np.eye(4)
+        m[:3, :3] = np.diag(scale)
+        m[:3, 3] = m_c - scale * f_c
+        return Field.from_affine(m, np.shape(fixed_zyx), np.shape(moving_zyx))
+
+    def register_many(self, pairs: Sequence[Pair]) -> list[Field]:
+        return [self.register(*p) for p in pairs]
+
+
+DisplacementFn = Callable[[list[tuple[Placed, Placed]]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class CanonicalBackend:
+    """Places volumes on the canonical grid, pre-aligns each pair, and asks ``displacements``
+    for the canonical deformation of a list of placed pairs (so it can batch them)."""
+
+    spec: str
+    grid: CanonicalGrid
+    prealign: PrealignConfig
+    displacements: DisplacementFn
+    params: dict[str, Any]  # everything that determines the output, as plain data (cache keys)
+
+    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> Field:
+        return self.register_many([(fixed_zyx, fixed_spacing, moving_zyx, moving_spacing)])[0]
+
+    def register_many(self, pairs: Sequence[Pair]) -> list[Field]:
+        placed: dict[str, Placed] = {}
+
+        def place(image: np.ndarray, spacing: Sequence[float], what: str) -> Placed:
+            check_volume(image, spacing, what)
+            key = _volume_key(image, spacing)
+            if key not in placed:
+                placed[key] = place_volume(image, spacing, self.grid)
+            return placed[key]
+
+        jobs = []
+        for f_img, f_sp, m_img, m_sp in pairs:
+            fixed = place(f_img, f_sp, "fixed volume")
+            moving = place_pair(fixed, place(m_img, m_sp, "moving volume"), self.grid, self.prealign)
+            jobs.append((fixed, moving))
+        disps = self.displacements(jobs) if jobs else []
+        return [field_of(d, f, m) for d, (f, m) in zip(disps, jobs)]
+
+
+def _learned_displacements(net: RegistrationNet, batch: int) -> DisplacementFn:
+    def run(jobs: list[tuple[Placed, Placed]]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        with torch.no_grad():
+            for start in range(0, len(jobs), batch):
+                chunk = jobs[start:start + batch]
+                fixed = torch.from_numpy(np.stack([f.image for f, _ in chunk]))[:, None]
+                moving = torch.from_numpy(np.stack([m.image for _, m in chunk]))[:, None]
+                disp, _ = net(fixed, moving)
+                out.extend(d.numpy() for d in disp)
+        return out
+
+    return run
+
+
+def _per_pair(fn: Callable[[np.ndarray, np.ndarray, Sequence[float], Any], np.ndarray], params: Any, grid: CanonicalGrid) -> DisplacementFn:
+    return lambda jobs: [fn(f.image, m.image, grid.spacing, params) for f, m in jobs]
+
+
+@dataclass(frozen=True)
+class LearnedParams:
+    batch: int = 8
+
+
+@dataclass(frozen=True)
+class ClassicalCommon:
+    prealign: str = "search"
+
+
+_CLASSICAL = {
+    "sitk-demons": (DemonsParams, demons),
+    "sitk-bspline": (BSplineParams, bspline),
+    "ants-syn": (SynParams, ants_syn),
+}
+
+
+def _split_options(params_cls: type, options: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    own = {f.name for f in fields(params_cls)}
+    return {k: v for k, v in options.items() if k in own}, {k: v for k, v in options.items() if k not in own}
+
+
+def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Optional[PrealignConfig] = None) -> Backend:
+    """The backend a spec names. ``grid`` and ``prealign`` set the canonical front end of the
+    classical backends (default: the project defaults); the learned backend always uses the
+    ones stored in its checkpoint. ValueError / FileNotFoundError for a bad spec or checkpoint."""
+    s = parse_spec(spec)
+    if s.kind == "identity":
+        return IdentityBackend()
+    if s.kind == "learned":
+        params = _typed(LearnedParams, s.options, spec)
+        if params.batch < 1:
+            raise ValueError(f"backend {spec!r}: batch must be >= 1")
+        path = Path(s.path)  # type: ignore[arg-type]
+        net, config = load_model(path)
+        described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), **asdict(params)}
+        return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net, params.batch), described)
+    params_cls, fn = _CLASSICAL[s.kind]
+    own, rest = _split_options(params_cls, s.options)
+    common = _typed(ClassicalCommon, rest, spec, also_known=[f.name for f in fields(params_cls)])
+    base = prealign or PrealignConfig()
+    try:
+        chosen = replace(base, method=common.prealign)
+    except ValueError as exc:
+        raise ValueError(f"backend {spec!r}: {exc}") from exc
+    the_grid = grid or CanonicalGrid()
+    if s.kind == "ants-syn":
+        require_ants()
+    fn_params = _typed(params_cls, own, spec)
+    described = {"kind": s.kind, **asdict(fn_params), "grid": asdict(the_grid), "prealign": asdict(chosen)}
+    return CanonicalBackend(spec, the_grid, chosen, _per_pair(fn, fn_params, the_grid), described)
+
+
+def backend_params(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Optional[PrealignConfig] = None) -> dict[str, Any]:
+    """Everything that determines the output of the backend ``load_backend`` would build, as
+    plain (picklable, YAML-able) data, for cache keys: kind, every option with defaults
+    filled in, the canonical front end and, for ``learned``, the checkpoint's SHA-256."""
+    return load_backend(spec, grid, prealign).params

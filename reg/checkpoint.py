@@ -1,0 +1,73 @@
+"""Checkpoints of the learned registration: one file holding the config, the model and
+optimiser states, the step and every RNG state, written atomically.
+
+Everything in it is plain data (dicts, lists, numbers, strings, tensors), so it loads with
+``torch.load(weights_only=True)``: opening a checkpoint never runs code from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reg.config import RegConfig
+from reg.model import RegistrationNet
+
+FORMAT = "cctr-reg-checkpoint/1"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (with the format tag added) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and check a checkpoint; ValueError naming the file when it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: registration checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a cctr registration checkpoint (expected format {FORMAT!r})")
+    for key in ("config", "model"):
+        if key not in data:
+            raise ValueError(f"{path}: checkpoint has no {key!r} entry")
+    return data
+
+
+def load_model(path: Path) -> tuple[RegistrationNet, RegConfig]:
+    """The trained network (eval mode, CPU) and its config, from a checkpoint alone."""
+    data = read_checkpoint(path)
+    config = RegConfig.from_dict(data["config"], where=f"{path} (stored config)")
+    net = RegistrationNet(config.net)
+    try:
+        net.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: model weights do not fit the stored config ({exc})") from exc
+    net.eval()
+    return net, config
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

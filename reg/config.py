@@ -1,0 +1,100 @@
+"""Configuration of the learned registration: what the network sees (grid, pre-alignment),
+the network itself, its losses and its training schedule. One dataclass, saved as YAML next
+to the checkpoints and inside every checkpoint, so a checkpoint alone rebuilds the model."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from reg.grid import CanonicalGrid
+from reg.model import NetConfig
+from reg.prealign import PrealignConfig
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    similarity: str = "ncc"  # 'ncc' | 'mse'
+    ncc_window: tuple[int, int, int] = (3, 9, 9)  # (z, y, x) canonical voxels
+    smoothness_weight: float = 1.0
+    dice_weight: float = 0.0  # > 0: also Dice of warped labels on pairs where both are labeled
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    intra_patient_fraction: float = 0.25  # share of pairs that are ED/ES of one patient
+    val_every: int = 250
+    val_pairs: int = 12
+    log_every: int = 25
+    image_every: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RegConfig:
+    grid: CanonicalGrid = field(default_factory=CanonicalGrid)
+    prealign: PrealignConfig = field(default_factory=PrealignConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any], where: str = "config") -> "RegConfig":
+        parts = {f.name: f.type for f in fields(RegConfig)}
+        unknown = set(d) - set(parts)
+        if unknown:
+            raise ValueError(f"{where}: unknown section(s) {sorted(unknown)}; expected {sorted(parts)}")
+        kinds = {"grid": CanonicalGrid, "prealign": PrealignConfig, "net": NetConfig, "loss": LossConfig, "train": TrainConfig}
+        built = {}
+        for name, kind in kinds.items():
+            section = dict(d.get(name) or {})
+            known = {f.name: f for f in fields(kind)}
+            bad = set(section) - set(known)
+            if bad:
+                raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in section {name!r}; expected {sorted(known)}")
+            typed = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+            try:
+                built[name] = kind(**typed)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: section {name!r}: {exc}") from exc
+        return RegConfig(**built)
+
+    def with_overrides(self, **train_overrides: Any) -> "RegConfig":
+        """A copy with some ``train`` fields replaced (``None`` values are ignored)."""
+        d = self.to_dict()
+        d["train"].update({k: v for k, v in train_overrides.items() if v is not None})
+        return RegConfig.from_dict(d)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so YAML stays plain."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path: Path) -> RegConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: registration config not found")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(d).__name__}")
+    return RegConfig.from_dict(d, where=str(path))
+
+
+def dump_config(config: RegConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,201 @@
+"""The one transform convention of the project: a :class:`Field`.
+
+A registration of a MOVING volume to a FIXED volume is stored as a dense map
+
+    ``coords[:, z, y, x] = (z', y', x')``
+
+from every voxel ``(z, y, x)`` of the fixed volume's NATIVE grid to the point of the
+moving volume's NATIVE voxel grid that corresponds to it. Voxel coordinates are array
+indices, in array-axis order ``(z, y, x)``; voxel centres sit on integers. So the moving
+volume warped into the fixed volume is ``warped[z, y, x] = moving(coords[:, z, y, x])``,
+whichever grid the backend computed on, and the label of a labeled moving volume "pulled"
+into an unlabeled fixed one is ``warp_labels``.
+
+Backends work on a canonical grid (:mod:`reg.grid`); :meth:`Field.from_canonical` brings
+their result back to native grids. VoxelMorph's spatial transformer computes
+``warped(c) = moving(c + disp(c))`` where ``c`` and ``disp`` are canonical voxel indices in
+tensor-axis order ``(D, H, W) = (z, y, x)`` (its meshgrid is ``ij``-indexed and it flips the
+channel order only when calling ``grid_sample``), so a canonical displacement ``disp``
+(3, Zc, Yc, Xc) gives, for a fixed native voxel ``p``::
+
+    c = fixed_to_native^-1 p,   coords(p) = moving_to_native (c + disp(c))
+
+with both ``*_to_native`` 4x4 homogeneous maps from canonical voxel to native voxel.
+
+Sampling policy: a moving volume occupies ``[-0.5, n - 0.5]`` along each axis of size ``n``
+(each voxel is a box around its centre, which matters for stacks of few thick slices).
+Inside it, values are interpolated linearly with edge values held; outside it, images read
+0 and one-hot labels read all-zero (so :meth:`warp_labels` gives background there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def voxel_grid(shape_zyx: Sequence[int]) -> np.ndarray:
+    """Voxel index of every voxel: float32 ``(3, Z, Y, X)``, channel order (z, y, x)."""
+    axes = [np.arange(n, dtype=np.float32) for n in shape_zyx]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=0)
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 homogeneous map to ``(..., 3)`` points in (z, y, x) order."""
+    m = np.asarray(matrix, dtype=np.float64)
+    return points @ m[:3, :3].T + m[:3, 3]
+
+
+def affine_grid(matrix: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
+    """``matrix`` applied to every voxel index of ``shape``: float32 (3, Z, Y, X), built by
+    broadcasting one axis at a time (no (Z, Y, X, 3) intermediate)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    axes = [np.arange(n, dtype=np.float64) for n in shape_zyx]
+    out = np.empty((3, *shape_zyx), dtype=np.float32)
+    for i in range(3):
+        out[i] = (m[i, 0] * axes[0][:, None, None] + m[i, 1] * axes[1][None, :, None]
+                  + m[i, 2] * axes[2][None, None, :] + m[i, 3])
+    return out
+
+
+def _linear_weights(positions: np.ndarray, size: int) -> np.ndarray:
+    """(len(positions), size) matrix of 1D linear interpolation, edge values held."""
+    q = np.clip(positions, 0.0, size - 1.0)
+    lo = np.floor(q).astype(int)
+    hi = np.minimum(lo + 1, size - 1)
+    frac = q - lo
+    w = np.zeros((len(q), size), dtype=np.float64)
+    rows = np.arange(len(q))
+    np.add.at(w, (rows, lo), 1.0 - frac)
+    np.add.at(w, (rows, hi), frac)
+    return w
+
+
+def _sample(volume_zyx: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
+    """``volume`` at ``coords`` (3, ...) with edge values held beyond the last voxel centre."""
+    return ndimage.map_coordinates(volume_zyx, coords, order=order, mode="nearest", prefilter=False)
+
+
+@dataclass(frozen=True)
+class Field:
+    """Dense map from every voxel of the FIXED volume's native grid to a point in the MOVING
+    volume's native voxel coordinates (z, y, x), whatever grid the backend worked on."""
+
+    coords: np.ndarray  # float32 (3, Z, Y, X) on the fixed native grid
+    moving_shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        c = self.coords
+        if not isinstance(c, np.ndarray) or c.ndim != 4 or c.shape[0] != 3:
+            raise ValueError(f"Field.coords must be an array (3, Z, Y, X), got shape {getattr(c, 'shape', None)}")
+        if c.dtype != np.float32:
+            object.__setattr__(self, "coords", c.astype(np.float32))
+        if len(self.moving_shape) != 3 or min(self.moving_shape) < 1:
+            raise ValueError(f"Field.moving_shape must be three positive sizes, got {self.moving_shape}")
+        object.__setattr__(self, "moving_shape", tuple(int(n) for n in self.moving_shape))
+
+    @property
+    def fixed_shape(self) -> tuple[int, int, int]:
+        return tuple(self.coords.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def displacement(self) -> np.ndarray:
+        """``coords`` minus the fixed voxel index: float32 (3, Z, Y, X), voxels (meaningful
+        as a displacement only when fixed and moving share a grid)."""
+        return self.coords - voxel_grid(self.fixed_shape)
+
+    def inside(self) -> np.ndarray:
+        """Bool (Z, Y, X): fixed voxels whose corresponding point lies inside the moving volume."""
+        ok = np.ones(self.fixed_shape, dtype=bool)
+        for axis, n in enumerate(self.moving_shape):
+            ok &= (self.coords[axis] >= -0.5) & (self.coords[axis] <= n - 0.5)
+        return ok
+
+    def _check_moving(self, shape: Sequence[int], what: str) -> None:
+        if tuple(shape) != self.moving_shape:
+            raise ValueError(f"{what} has shape {tuple(shape)}, but this field maps into a moving volume of shape {self.moving_shape}")
+
+    def warp_image(self, moving_zyx: np.ndarray) -> np.ndarray:
+        """The moving image resampled on the fixed grid: float32 (Z, Y, X), linear, 0 outside."""
+        self._check_moving(np.shape(moving_zyx), "moving image")
+        out = _sample(np.asarray(moving_zyx, dtype=np.float32), self.coords, order=1)
+        out[~self.inside()] = 0.0
+        return out.astype(np.float32, copy=False)
+
+    def warp_onehot(self, moving_label_zyx: np.ndarray, num_classes: int) -> np.ndarray:
+        """Soft warped labels: float32 (C, Z, Y, X), each class's indicator interpolated
+        linearly; sums to 1 inside the moving volume and to 0 outside it."""
+        self._check_moving(np.shape(moving_label_zyx), "moving label map")
+        lab = np.asarray(moving_label_zyx)
+        if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
+            raise ValueError(f"moving label map has values outside 0..{num_classes - 1}")
+        inside = self.inside()
+        out = np.empty((num_classes, *self.fixed_shape), dtype=np.float32)
+        for c in range(num_classes):
+            out[c] = _sample((lab == c).astype(np.float32), self.coords, order=1)
+        out[:, ~inside] = 0.0
+        return out
+
+    def warp_labels(self, moving_label_zyx: np.ndarray, num_classes: int) -> np.ndarray:
+        """Hard warped labels: uint8 (Z, Y, X), one-hot linear interpolation then argmax;
+        background (0) outside the moving volume."""
+        return self.warp_onehot(moving_label_zyx, num_classes).argmax(axis=0).astype(np.uint8)
+
+    def map_points(self, points_zyx: np.ndarray) -> np.ndarray:
+        """Fixed voxel points (N, 3), any real values, to moving voxel points (N, 3).
+
+        The map is interpolated linearly; beyond the fixed grid its displacement is held at
+        the value of the nearest border voxel."""
+        pts = np.asarray(points_zyx, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ValueError(f"points must be an array (N, 3) in (z, y, x), got shape {pts.shape}")
+        disp = self.displacement
+        where = pts.T
+        moved = np.stack([_sample(disp[a], where, order=1) for a in range(3)], axis=1)
+        return (pts + moved).astype(np.float32)
+
+    @staticmethod
+    def identity(shape_zyx: Sequence[int]) -> "Field":
+        shape = tuple(int(n) for n in shape_zyx)
+        return Field(voxel_grid(shape), shape)  # type: ignore[arg-type]
+
+    @staticmethod
+    def from_affine(matrix: np.ndarray, fixed_shape: Sequence[int], moving_shape: Sequence[int]) -> "Field":
+        """The field of a 4x4 homogeneous map from fixed native voxel to moving native voxel."""
+        return Field(affine_grid(matrix, fixed_shape), tuple(moving_shape))  # type: ignore[arg-type]
+
+    @staticmethod
+    def from_canonical(
+        disp_canonical: np.ndarray,
+        fixed_to_native: np.ndarray,
+        fixed_shape: Sequence[int],
+        moving_to_native: np.ndarray,
+        moving_shape: Sequence[int],
+    ) -> "Field":
+        """Bring a canonical-grid displacement back to native grids (see the module docstring).
+
+        ``disp_canonical``: float (3, Zc, Yc, Xc), canonical voxels, defined on the FIXED
+        canonical grid and pointing into the MOVING canonical grid. Fixed voxels outside the
+        canonical crop get the displacement of the nearest canonical border voxel."""
+        disp = np.asarray(disp_canonical, dtype=np.float64)
+        if disp.ndim != 4 or disp.shape[0] != 3:
+            raise ValueError(f"canonical displacement must be (3, Zc, Yc, Xc), got shape {disp.shape}")
+        to_canon = np.linalg.inv(np.asarray(fixed_to_native, dtype=np.float64))
+        canon = affine_grid(to_canon, fixed_shape)  # fixed canonical voxel of every fixed native voxel
+        linear = to_canon[:3, :3]
+        if np.allclose(linear, np.diag(np.diag(linear))):
+            # axis-aligned placement: interpolate separably, one small matrix per axis
+            w = [_linear_weights(_axis_positions(to_canon, a, n), disp.shape[1 + a]) for a, n in enumerate(fixed_shape)]
+            moved = np.einsum("az,by,cx,kzyx->kabc", w[0], w[1], w[2], disp, optimize=True)
+        else:
+            moved = np.stack([_sample(disp[a], canon, order=1) for a in range(3)])
+        m = np.asarray(moving_to_native, dtype=np.float64)
+        coords = np.einsum("ij,jzyx->izyx", m[:3, :3], canon + moved) + m[:3, 3, None, None, None]
+        return Field(coords.astype(np.float32), tuple(moving_shape))  # type: ignore[arg-type]
+
+
+def _axis_positions(matrix: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Positions along ``axis`` of a diagonal 4x4 map applied to indices 0 .. size - 1."""
+    return matrix[axis, axis] * np.arange(size, dtype=np.float64) + matrix[axis, 3]

@@ -1,0 +1,89 @@
+"""Training losses of the learned registration net, built on neurite's: image similarity
+(local NCC or MSE), smoothness of the predicted field, and soft Dice of warped labels.
+
+All take canonical-grid tensors ``(B, C, Z, Y, X)`` and return a scalar to MINIMISE.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import neurite.nn.functional as nef
+import neurite.nn.modules as nem
+import torch
+from torch import nn
+
+
+def _clamped_local_ncc(a: torch.Tensor, b: torch.Tensor, window: Sequence[int], eps: float) -> torch.Tensor:
+    """Squared local correlation per voxel, with the variances clamped at 0 and the result at
+    [0, 1], so float rounding on flat or far-offset regions cannot break it: (B*C, 1, ...)."""
+    flat_a = a.reshape(-1, 1, *a.shape[2:])
+    flat_b = b.reshape(-1, 1, *b.shape[2:])
+    moments = torch.cat([flat_a, flat_b, flat_a * flat_a, flat_b * flat_b, flat_a * flat_b], dim=1)
+    s_a, s_b, s_aa, s_bb, s_ab = nef.box_filter(moments, window_size=list(window)).chunk(5, dim=1)
+    n = float(torch.tensor(window).prod())
+    cross = s_ab - s_a * s_b / n
+    var_a = (s_aa - s_a * s_a / n).clamp(min=0.0)
+    var_b = (s_bb - s_b * s_b / n).clamp(min=0.0)
+    return (cross * cross / (var_a * var_b + eps)).clamp(0.0, 1.0)
+
+
+class LocalNCCLoss(nn.Module):
+    """1 - mean squared local correlation (neurite's NCC), window per axis (z, y, x).
+
+    neurite asserts that every local coefficient lies in [0, 1]; float rounding on flat or
+    far-offset regions can break that during training. When it does, the same quantity is
+    recomputed with clamped variances instead of stopping the run."""
+
+    def __init__(self, window: Union[int, Sequence[int]] = (3, 9, 9), eps: float = 1e-5) -> None:
+        super().__init__()
+        self.window = [int(window)] * 3 if isinstance(window, int) else [int(w) for w in window]
+        self.eps = eps
+        self._ncc = nem.NCC(window_size=self.window, eps=eps)
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        try:
+            score = self._ncc(warped, fixed).mean()
+        except AssertionError:
+            score = _clamped_local_ncc(warped, fixed, self.window, self.eps).mean()
+        return 1.0 - score
+
+
+class MSELoss(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self._mse = nem.MSE()
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return self._mse(warped, fixed)
+
+
+class SmoothnessLoss(nn.Module):
+    """Mean squared spatial gradient of a field (B, 3, Z, Y, X), neurite's SpatialGradient."""
+
+    def __init__(self, penalty: str = "l2") -> None:
+        super().__init__()
+        self._grad = nem.SpatialGradient(penalty=penalty)
+
+    def forward(self, field: torch.Tensor) -> torch.Tensor:
+        return self._grad(field)
+
+
+class SoftDiceLoss(nn.Module):
+    """1 - mean soft Dice over FOREGROUND classes of one-hot maps (B, C, Z, Y, X) in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dice = nem.Dice(reduction=None)
+
+    def forward(self, warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor) -> torch.Tensor:
+        dice = self._dice(warped_onehot.clamp(0.0, 1.0), fixed_onehot.clamp(0.0, 1.0))  # (B, C)
+        return 1.0 - dice[:, 1:].mean()
+
+
+def similarity_loss(name: str, ncc_window: Sequence[int]) -> nn.Module:
+    """``'ncc'`` or ``'mse'``."""
+    if name == "ncc":
+        return LocalNCCLoss(ncc_window)
+    if name == "mse":
+        return MSELoss()
+    raise ValueError(f"unknown similarity {name!r}; expected 'ncc' or 'mse'")

@@ -1,0 +1,282 @@
+"""Pretraining of the learned registration net on volume pairs.
+
+Training sees only the TRAINING volumes it is given (labeled or not): each step draws a
+batch of pairs, a share of them the two frames (ED/ES) of one patient and the rest two
+different patients. Every pair is pre-aligned (:mod:`reg.placement`) exactly as at
+inference. The loss is image similarity + smoothness, plus Dice of warped labels on pairs
+where both volumes are labeled when ``loss.dice_weight > 0``. Every ``val_every`` steps the
+Dice of warped labels is measured on fixed validation pairs, on native grids.
+
+The output folder holds ``config.yaml``, ``last.pt`` (every validation and at the end),
+``best.pt`` (best validation Dice) and TensorBoard logs in ``tb/`` (scalars, and image
+panels: fixed, moving, warped, deformed grid). A checkpoint holds model, optimiser, step,
+every RNG state and the config; resuming from ``last.pt`` replays the remaining steps
+exactly as an uninterrupted run would (bit-identical on CPU).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from reg.checkpoint import read_checkpoint, save_checkpoint
+from reg.config import RegConfig, dump_config
+from reg.jacobian import regularity
+from reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
+from reg.model import RegistrationNet
+from reg.placement import Placed, check_volume, field_of, place_pair, place_volume
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One volume handed to training: image (Z, Y, X), spacing (z, y, x) mm, optional label
+    (Z, Y, X) of class indices."""
+
+    case_id: str
+    patient_id: str
+    image: np.ndarray
+    spacing: tuple[float, float, float]
+    label: Optional[np.ndarray] = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    volume: Volume
+    placed: Placed
+    onehot: Optional[np.ndarray]  # (C, Zc, Yc, Xc) canonical soft one-hot, when labeled
+
+
+def mean_foreground_dice(pred_zyx: np.ndarray, ref_zyx: np.ndarray, num_classes: int) -> float:
+    """Dice averaged over foreground classes present in either map (validation only; the
+    reported metrics come from the project's metrics module)."""
+    scores = []
+    for c in range(1, num_classes):
+        p, r = pred_zyx == c, ref_zyx == c
+        total = int(p.sum() + r.sum())
+        if total:
+            scores.append(2.0 * float((p & r).sum()) / total)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def sample_pairs(rng: np.random.Generator, volumes: Sequence[Volume], count: int, intra_fraction: float) -> list[tuple[int, int]]:
+    """``count`` (fixed, moving) index pairs: with probability ``intra_fraction`` two frames of
+    one patient (when some patient has two), otherwise volumes of two different patients."""
+    by_patient: dict[str, list[int]] = {}
+    for i, v in enumerate(volumes):
+        by_patient.setdefault(v.patient_id, []).append(i)
+    multi = [ids for ids in by_patient.values() if len(ids) > 1]
+    patients = list(by_patient.values())
+    pairs = []
+    for _ in range(count):
+        if multi and (len(patients) < 2 or rng.random() < intra_fraction):
+            ids = multi[int(rng.integers(len(multi)))]
+            a, b = rng.choice(len(ids), size=2, replace=False)
+            pairs.append((ids[int(a)], ids[int(b)]))
+        else:
+            pa, pb = rng.choice(len(patients), size=2, replace=False)
+            fa, fb = patients[int(pa)], patients[int(pb)]
+            pairs.append((fa[int(rng.integers(len(fa)))], fb[int(rng.integers(len(fb)))]))
+    return pairs
+
+
+def validation_pairs(volumes: Sequence[Volume], count: int, seed: int) -> list[tuple[int, int]]:
+    """A fixed list of inter-patient pairs of LABELED validation volumes (both directions
+    of a patient pair are distinct pairs); pairs of one patient's frames when only one
+    patient is labeled."""
+    labeled = [i for i, v in enumerate(volumes) if v.label is not None]
+    candidates = [(a, b) for a in labeled for b in labeled if volumes[a].patient_id != volumes[b].patient_id]
+    if not candidates:
+        candidates = [(a, b) for a in labeled for b in labeled if a != b]
+    if not candidates:
+        return []
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    return [candidates[i] for i in order[:count]]
+
+
+def prepare(volumes: Sequence[Volume], config: RegConfig, num_classes: int, desc: str) -> list[Prepared]:
+    out = []
+    for v in tqdm(volumes, desc=desc, unit="vol", disable=not _tty(), leave=False):
+        check_volume(v.image, v.spacing, v.case_id)
+        placed = place_volume(v.image, v.spacing, config.grid)
+        onehot = placed.canonical_onehot(v.label, num_classes) if v.label is not None else None
+        out.append(Prepared(v, placed, onehot))
+    return out
+
+
+def _tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _batch(pairs: list[tuple[int, int]], data: list[Prepared], config: RegConfig) -> dict[str, torch.Tensor]:
+    fixed, moving, f_oh, m_oh, both = [], [], [], [], []
+    for fi, mi in pairs:
+        f, m = data[fi], data[mi]
+        m_placed = place_pair(f.placed, m.placed, config.grid, config.prealign)
+        fixed.append(f.placed.image)
+        moving.append(m_placed.image)
+        labeled = f.onehot is not None and m.onehot is not None
+        both.append(labeled)
+        if labeled:
+            m_oh.append(m_placed.canonical_onehot(m.volume.label, f.onehot.shape[0]))  # type: ignore[union-attr]
+            f_oh.append(f.onehot)
+    out = {
+        "fixed": torch.from_numpy(np.stack(fixed))[:, None],
+        "moving": torch.from_numpy(np.stack(moving))[:, None],
+        "labeled": torch.tensor(both),
+    }
+    if f_oh:
+        out["fixed_onehot"] = torch.from_numpy(np.stack(f_oh))
+        out["moving_onehot"] = torch.from_numpy(np.stack(m_oh))
+    return out
+
+
+def _grid_image(shape_yx: tuple[int, int], spacing: int = 4) -> np.ndarray:
+    img = np.zeros(shape_yx, np.float32)
+    img[::spacing, :] = 1.0
+    img[:, ::spacing] = 1.0
+    return img
+
+
+def _panel(net: RegistrationNet, batch: dict[str, torch.Tensor], disp: torch.Tensor, warped: torch.Tensor) -> np.ndarray:
+    """(1, H, 4W) mid-slice panel of the first pair: fixed | moving | warped | deformed grid."""
+    z = batch["fixed"].shape[2] // 2
+    grid = torch.from_numpy(np.broadcast_to(_grid_image(tuple(batch["fixed"].shape[3:])), batch["fixed"].shape[2:]).copy())
+    warped_grid = net.warp(grid[None, None], disp[:1])
+    tiles = [batch["fixed"][0, 0, z], batch["moving"][0, 0, z], warped[0, 0, z], warped_grid[0, 0, z]]
+    return torch.cat([t.detach().clamp(0, 1) for t in tiles], dim=1)[None].numpy()
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+def _restore_rng(state: dict) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    return rng
+
+
+def validate(net: RegistrationNet, pairs: list[tuple[int, int]], data: list[Prepared], config: RegConfig, num_classes: int) -> dict[str, float]:
+    """Mean foreground Dice of warped labels on native grids, and mean % folded voxels."""
+    if not pairs:
+        return {}
+    net.eval()
+    dices, folded = [], []
+    with torch.no_grad():
+        for fi, mi in pairs:
+            f, m = data[fi], data[mi]
+            m_placed = place_pair(f.placed, m.placed, config.grid, config.prealign)
+            disp, _ = net(torch.from_numpy(f.placed.image)[None, None], torch.from_numpy(m_placed.image)[None, None])
+            field = field_of(disp[0].numpy(), f.placed, m_placed)
+            dices.append(mean_foreground_dice(field.warp_labels(m.volume.label, num_classes), f.volume.label, num_classes))
+            folded.append(regularity(field).folded_percent)
+    net.train()
+    return {"dice": float(np.mean(dices)), "folded_percent": float(np.mean(folded))}
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=str(path.parent))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def train(
+    config: RegConfig,
+    train_volumes: Sequence[Volume],
+    val_volumes: Sequence[Volume],
+    num_classes: int,
+    out_dir: Path,
+    resume: bool = False,
+) -> Path:
+    """Train (or resume) into ``out_dir``; returns the path of ``best.pt`` (``last.pt`` when
+    there is nothing to validate on)."""
+    out_dir = Path(out_dir)
+    if len(train_volumes) < 2:
+        raise ValueError(f"registration training needs at least two training volumes to pair, got {len(train_volumes)}")
+    last = out_dir / "last.pt"
+    tc = config.train
+    with torch.random.fork_rng():
+        torch.manual_seed(tc.seed)
+        net = RegistrationNet(config.net)
+    optimiser = torch.optim.Adam(net.parameters(), lr=tc.learning_rate)
+    rng = np.random.default_rng(tc.seed)
+    step, best = 0, -np.inf
+    if resume:
+        ckpt = read_checkpoint(last)
+        stored = RegConfig.from_dict(ckpt["config"], where=f"{last} (stored config)")
+        if stored.with_overrides(steps=tc.steps).to_dict() != config.to_dict():
+            raise ValueError(
+                f"{last}: was trained with a different config; resume with the stored one "
+                f"({out_dir / 'config.yaml'}), changing at most the number of steps"
+            )
+        net.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimizer"])
+        step, best = int(ckpt["step"]), float(ckpt["best_score"])
+        rng = _restore_rng(ckpt["rng"])
+    elif last.exists():
+        raise ValueError(f"{out_dir}: already holds a run; resume it or choose another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(out_dir / "config.yaml", dump_config(config))
+
+    train_data = prepare(train_volumes, config, num_classes, "placing train volumes")
+    val_data = prepare(val_volumes, config, num_classes, "placing val volumes")
+    val_pairs = validation_pairs(val_volumes, tc.val_pairs, tc.seed)
+    similarity = similarity_loss(config.loss.similarity, config.loss.ncc_window)
+    smooth, dice = SmoothnessLoss(), SoftDiceLoss()
+    writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=step if resume else None)
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, {
+            "config": config.to_dict(), "model": net.state_dict(), "optimizer": optimiser.state_dict(),
+            "step": step, "best_score": best, "rng": _rng_state(rng), "num_classes": num_classes,
+        })
+
+    net.train()
+    bar = tqdm(total=tc.steps, initial=step, desc="reg train", unit="step", disable=not _tty())
+    while step < tc.steps:
+        batch = _batch(sample_pairs(rng, train_volumes, tc.batch_size, tc.intra_patient_fraction), train_data, config)
+        disp, warped = net(batch["fixed"], batch["moving"])
+        loss_sim = similarity(warped, batch["fixed"])
+        loss_smooth = smooth(disp)
+        loss = loss_sim + config.loss.smoothness_weight * loss_smooth
+        loss_dice = None
+        if config.loss.dice_weight > 0 and "fixed_onehot" in batch:
+            warped_oh = net.warp(batch["moving_onehot"], disp[batch["labeled"]])
+            loss_dice = dice(warped_oh, batch["fixed_onehot"])
+            loss = loss + config.loss.dice_weight * loss_dice
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        step += 1
+        bar.update(1)
+        if step % tc.log_every == 0 or step == tc.steps:
+            writer.add_scalar("loss/total", float(loss.detach()), step)
+            writer.add_scalar("loss/similarity", float(loss_sim.detach()), step)
+            writer.add_scalar("loss/smoothness", float(loss_smooth.detach()), step)
+            if loss_dice is not None:
+                writer.add_scalar("loss/dice", float(loss_dice.detach()), step)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if step % tc.image_every == 0 or step == tc.steps:
+            writer.add_image("pair/fixed_moving_warped_grid", _panel(net, batch, disp, warped), step)
+        if step % tc.val_every == 0 or step == tc.steps:
+            scores = validate(net, val_pairs, val_data, config, num_classes)
+            for k, v in scores.items():
+                writer.add_scalar(f"val/{k}", v, step)
+            if scores and scores["dice"] > best:
+                best = scores["dice"]
+                checkpoint(out_dir / "best.pt")
+            checkpoint(last)
+    bar.close()
+    writer.close()
+    return out_dir / "best.pt" if (out_dir / "best.pt").exists() else last

@@ -1,0 +1,203 @@
+"""The segmentation trainer's configuration: one dataclass, its YAML form, the named presets
+(``'cpu-small'``, the default, and ``'paper'``) and ``key=value`` overrides.
+
+Every option is a field here, so every option can be set from a YAML file or the command line
+(``--set student_b.feature_size=24``). Nested dataclasses are addressed with dots.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence, get_type_hints
+
+import yaml
+
+from seg.losses import ContrastConfig
+from seg.slices import AugmentConfig
+from seg.students import StudentConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "cct"               # 'supervised', 'ct', 'cct' or a method the joint package adds
+    labeled: str = "1"                # labeled set name in the split (or 'all')
+    out_dir: str = "runs/seg"         # checkpoints, config.yaml and TensorBoard logs
+    seed: int = 0
+    # data
+    image_size: tuple[int, int] = (64, 64)
+    labeled_batch: int = 4
+    unlabeled_batch: int = 4
+    normalization: str = "zscore"
+    augment: AugmentConfig = AugmentConfig()
+    # students: A is the one 'supervised' trains and the default prediction
+    student_a: StudentConfig = StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256))
+    student_b: StudentConfig = StudentConfig(kind="swin", feature_size=12, depths=(2, 2, 2, 2))
+    # optimisation
+    iterations: int = 800
+    optimizer: str = "adamw"          # 'sgd' (momentum 0.9) or 'adamw'
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    # losses (METHOD.md parts 2-4, 8)
+    cps_weight: float = 0.1
+    cps_loss: str = "dice"            # 'dice', 'ce' or 'dice+ce'
+    rampup_fraction: float = 0.4      # sigmoid ramp-up of the unsupervised weights over this share of iterations
+    cl_weight: float = 0.1
+    contrast: ContrastConfig = ContrastConfig(anchors_per_class=200, negatives_per_class=100)
+    # validation and checkpoints
+    val_every: int = 200
+    checkpoint_every: int = 200
+    select_student: str = "a"         # the student whose validation Dice picks the best checkpoint
+    infer_batch: int = 16             # slices per forward pass at validation / prediction
+    overlays: bool = True             # TensorBoard image overlays at validation
+
+
+PRESETS: Mapping[str, TrainConfig] = {
+    "cpu-small": TrainConfig(),
+    # the paper's scale (SSL4MIS ACDC protocol): 224 input, 8 + 8 batch, 30k iterations, SGD 0.01
+    "paper": TrainConfig(
+        image_size=(224, 224),
+        labeled_batch=8,
+        unlabeled_batch=8,
+        augment=AugmentConfig(rotation_deg=20.0, flip=True),
+        student_a=StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256), dropout=0.1),
+        student_b=StudentConfig(kind="swin", feature_size=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7),
+        iterations=30000,
+        optimizer="sgd",
+        lr=0.01,
+        contrast=ContrastConfig(anchors_per_class=1000, negatives_per_class=500),
+        val_every=200,
+        checkpoint_every=1000,
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown configuration {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def to_dict(cfg: Any) -> dict:
+    """``cfg`` as plain YAML-able data (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+    return plain(cfg)
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    """``value`` (from YAML) as the field type ``kind``; ``where`` names the source and option."""
+    if is_dataclass(kind):
+        raise ValueError(f"{where}: expected a mapping of options, got {value!r}")
+    origin = getattr(kind, "__origin__", None)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = kind.__args__
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            raise ValueError(f"{where}: expected {len(items)} values, got {value!r}")
+        return tuple(_coerce(t, v, where) for t, v in zip(items, value))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind is str:
+        # YAML reads a labeled-set name like 1 as a number; a name is what was meant
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if kind in (int, float):
+        try:
+            # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}")
+        if kind is int and float(number) != int(number):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return kind(number)
+    raise ValueError(f"{where}: unsupported option type {kind}")
+
+
+def _from_mapping(cls: type, data: Mapping, source: str, base: Any, path: str = "") -> Any:
+    """``base`` (a ``cls``) with ``data`` applied; errors name ``source`` and the dotted option."""
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(f"{path}{k}" for k in set(data) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(path + k for k in known)}")
+    changes = {}
+    for key, value in data.items():
+        if is_dataclass(hints[key]) and isinstance(value, Mapping):
+            changes[key] = _from_mapping(hints[key], value, source, getattr(base, key), f"{path}{key}.")
+        else:
+            changes[key] = _coerce(hints[key], value, f"{source}: option {path}{key}")
+    return replace(base, **changes)
+
+
+def from_dict(data: Mapping, base: TrainConfig = TrainConfig(), where: str = "config") -> TrainConfig:
+    """``base`` with the options in ``data`` (possibly nested, possibly partial) applied.
+
+    Works for subclasses of :class:`TrainConfig` too (the joint package adds its options that
+    way): the result has ``base``'s class."""
+    return _from_mapping(type(base), data, where, base)
+
+
+def load_config(path: Path, base: TrainConfig = TrainConfig()) -> TrainConfig:
+    """Options from a YAML file applied over ``base``; ValueError naming the file on bad content."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping of options at the top level")
+    return from_dict(data, base, where=str(path))
+
+
+def save_config(cfg: TrainConfig, path: Path) -> Path:
+    """Write ``cfg`` as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=str(path.parent))
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def apply_overrides(cfg: TrainConfig, assignments: Sequence[str]) -> TrainConfig:
+    """Apply ``key=value`` strings (``student_a.widths=[8,16,32]``, ``lr=0.01``); values are YAML."""
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        cfg = from_dict(nested, cfg, where="--set")
+    return cfg
+
+
+def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Dotted names of the options where ``a`` and ``b`` differ."""
+    def walk(x: Any, y: Any, prefix: str) -> list[str]:
+        if is_dataclass(x) and is_dataclass(y):
+            return [d for f in fields(x) for d in walk(getattr(x, f.name), getattr(y, f.name), f"{prefix}{f.name}.")]
+        return [] if x == y else [prefix.rstrip(".")]
+    return walk(a, b, "")
+

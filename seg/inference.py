@@ -1,0 +1,106 @@
+"""Slice-wise prediction of a 3D volume by one student, stacked back into the native grid, and
+loading the students of a trainer checkpoint for it.
+
+Each slice ``z`` of the volume ``(Z, Y, X)`` is resized to the training size with the same
+matrix the trainer uses (:func:`seg.slices.resize_matrix`, no augmentation); the student's class
+probabilities are mapped back onto the slice's native ``(Y, X)`` grid through the inverse
+matrix (bilinear), and the argmax is the label. Intensities are normalised per volume as in
+training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg.config import TrainConfig, from_dict
+from seg.data.case import CaseError
+from seg.slices import normalize_intensity, resample_slice, resize_matrix
+from seg.students import build_student
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    image_zyx: np.ndarray,
+    image_size: tuple[int, int],
+    normalization: str = "zscore",
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Class probabilities ``(C, Z, Y, X)`` float32 of ``model`` on the raw volume ``image_zyx``."""
+    volume = torch.from_numpy(normalize_intensity(image_zyx, normalization))
+    z_count, vy, vx = volume.shape
+    out_hw = (int(image_size[0]), int(image_size[1]))
+    to_volume = resize_matrix((vy, vx), out_hw)
+    to_sample = np.linalg.inv(to_volume)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = []
+        for start in range(0, z_count, batch_size):
+            zs = range(start, min(start + batch_size, z_count))
+            batch = torch.stack([resample_slice(volume, z, to_volume, out_hw, "linear") for z in zs])[:, None]
+            probs = torch.softmax(model(batch).logits, dim=1)                # (S, C, H, W)
+            s, c = probs.shape[:2]
+            # every slice shares one matrix: resample all (slice, class) planes in one call
+            planes = probs.reshape(s * c, 1, *out_hw)
+            native = resample_slice(planes, 0, to_sample, (vy, vx), "linear", padding="border")
+            chunks.append(native.reshape(s, c, vy, vx))
+        return torch.cat(chunks).permute(1, 0, 2, 3).contiguous().numpy()
+    finally:
+        model.train(was_training)
+
+
+def predict_labels(
+    model: nn.Module,
+    image_zyx: np.ndarray,
+    image_size: tuple[int, int],
+    normalization: str = "zscore",
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Label map ``(Z, Y, X)`` uint8 of ``model`` on ``image_zyx`` in its native grid."""
+    return predict_probabilities(model, image_zyx, image_size, normalization, batch_size).argmax(axis=0).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class TrainedStudents:
+    """What prediction needs from a checkpoint."""
+
+    config: TrainConfig
+    class_names: tuple[str, ...]
+    students: Mapping[str, nn.Module]   # 'a' and, for two-student methods, 'b'; in eval mode
+    step: int
+
+    def predict(self, image_zyx: np.ndarray, student: str = "a") -> np.ndarray:
+        if student not in self.students:
+            raise ValueError(f"no student {student!r} in this checkpoint; it has {sorted(self.students)}")
+        cfg = self.config
+        return predict_labels(self.students[student], image_zyx, cfg.image_size, cfg.normalization, cfg.infer_batch)
+
+
+def load_students(path: Path) -> TrainedStudents:
+    """The students of a checkpoint written by :func:`seg.train.train`.
+
+    Options the joint package adds to the config are ignored here: prediction needs only the
+    students' architecture, the training size and the normalisation."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        known = {f.name for f in fields(TrainConfig)}
+        cfg = from_dict({k: v for k, v in ckpt["config"].items() if k in known}, TrainConfig(), where=str(path))
+        class_names = tuple(ckpt["class_names"])
+        students = {}
+        for name, state in ckpt["students"].items():
+            student_cfg = cfg.student_a if name == "a" else cfg.student_b
+            model = build_student(student_cfg, len(class_names))
+            model.load_state_dict(state)
+            students[name] = model.eval()
+    except (KeyError, RuntimeError, EOFError, ValueError) as exc:
+        raise CaseError(f"{path}: not a cctr segmentation checkpoint ({type(exc).__name__}: {exc})") from exc
+    return TrainedStudents(cfg, class_names, students, int(ckpt["step"]))

@@ -1,0 +1,153 @@
+"""The registration-aware methods: their extras, a short real training run of 'cctr', and the
+registration-only atlas baseline."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from joint.methods import (METHODS, TRAINER_METHODS, JointConfig, as_joint_config, pair_dice, registration_only,
+                           train_joint)
+from joint.oracle import OracleConfig, RegistrationOracle
+from joint.reps import RegistrationPositives
+from joint.rsl import RegistrationSupervision
+from reg.field import Field
+from seg.data.case import Case, CaseError, CaseRef, spacing_affine
+from seg.data.dataset import Dataset
+from seg.data.split import Split
+from seg.students import StudentConfig
+from seg.train import load_train_data
+
+CLASSES = ("background", "RV", "MYO", "LV")
+SHAPE = (3, 32, 32)
+SHIFT = (0, 2, -3)
+
+
+def anatomy() -> tuple[np.ndarray, np.ndarray]:
+    z, y, x = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    lab = np.zeros(SHAPE, np.uint8)
+    r = ((y - 16) / (9 - z)) ** 2 + ((x - 18) / 8.0) ** 2
+    lab[r < 1.0] = 2
+    lab[r < 0.45] = 3
+    lab[(((y - 15) / 6.0) ** 2 + ((x - 6) / 3.0) ** 2 < 1.0) & (lab == 0)] = 1
+    return (lab * 100.0 + 20.0).astype(np.float32), lab
+
+
+def shifted(volume: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(volume)
+    src = tuple(slice(max(s, 0), n + min(s, 0)) for s, n in zip(SHIFT, volume.shape))
+    dst = tuple(slice(max(-s, 0), n + min(-s, 0)) for s, n in zip(SHIFT, volume.shape))
+    out[dst] = volume[src]
+    return out
+
+
+def case(pid: str, image: np.ndarray, label: np.ndarray) -> Case:
+    return Case(case_id=f"{pid}_ED", patient_id=pid, image=image, label=label, spacing=(8.0, 1.5, 1.5),
+                affine=spacing_affine((8.0, 1.5, 1.5)), sources=(), class_names=CLASSES)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    image, label = anatomy()
+    cases = [case("p1", image, label)]
+    cases += [case(p, shifted(image) + k, shifted(label)) for k, p in enumerate(("p2", "p3", "p4", "p5", "p6"))]
+    refs = tuple(CaseRef(c.case_id, c.patient_id, True, loader=(lambda c=c: c)) for c in cases)
+    ds = Dataset("nnunet", tmp_path / "data", refs, CLASSES)
+    split = Split(train=("p1", "p2", "p3"), val=("p4",), test=("p5", "p6"), labeled_sets={"1": ("p1",)})
+    return ds, split
+
+
+class ShiftBackend:
+    spec = "fake-shift"
+
+    def register(self, fixed, fs, moving, ms):
+        return self.register_many([(fixed, fs, moving, ms)])[0]
+
+    def register_many(self, pairs):
+        shift = np.asarray(SHIFT, np.float32).reshape(3, 1, 1, 1)
+        return [Field(Field.identity(f.shape).coords + shift, tuple(m.shape)) for f, _, m, _ in pairs]
+
+
+def small_cfg(tmp_path, **changes) -> JointConfig:
+    tiny = StudentConfig(kind="unet", widths=(4, 8), embedding_dim=8)
+    base = JointConfig(method="cctr", image_size=(32, 32), labeled_batch=2, unlabeled_batch=2, student_a=tiny,
+                       student_b=tiny, iterations=3, val_every=1000, checkpoint_every=1000, overlays=False,
+                       reg_backend="identity", reg_cache=str(tmp_path / "fields"), out_dir=str(tmp_path / "run"))
+    return replace(base, **changes)
+
+
+def test_a_seg_preset_becomes_a_joint_config_that_overrides_keep():
+    from seg.config import apply_overrides, preset
+
+    cfg = as_joint_config(preset("paper"), reg_backend="sitk-demons")
+    assert isinstance(cfg, JointConfig) and cfg.iterations == preset("paper").iterations
+    cfg = apply_overrides(cfg, ["atlas_policy=fused", "iterations=7"])
+    assert isinstance(cfg, JointConfig) and (cfg.atlas_policy, cfg.iterations, cfg.reg_backend) == ("fused", 7, "sitk-demons")
+    with pytest.raises(ValueError, match="atlas_policy"):
+        apply_overrides(cfg, ["atlas_policy=nearest"])
+
+
+def test_every_method_of_the_table_is_known():
+    assert METHODS == ("supervised", "ct", "cct", "cctr-rsl", "cctr", "registration-only")
+    assert TRAINER_METHODS["cctr"].contrastive and TRAINER_METHODS["cctr-rsl"].cross_teaching
+
+
+def test_cctr_extras_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path):
+    ds, split = dataset
+    cfg = small_cfg(tmp_path)
+    data = load_train_data(ds, split, "1")
+    (tmp_path / "run").mkdir()
+    extras = TRAINER_METHODS["cctr"].build_extras(cfg, data, tmp_path / "run")
+    assert [type(t) for t in extras.terms] == [RegistrationSupervision, RegistrationPositives]
+    assert extras.extra_positive_factory is not None
+    info = json.loads((tmp_path / "run" / "registration.json").read_text())
+    assert info["pairs"] == 2 and info["memory_bank_bytes"] == extras.terms[1].nbytes > 0
+    rsl_only = TRAINER_METHODS["cctr-rsl"].build_extras(cfg, data, tmp_path / "run")
+    assert [type(t) for t in rsl_only.terms] == [RegistrationSupervision] and rsl_only.extra_positive_factory is None
+    with pytest.raises(ValueError, match="registration backend"):
+        TRAINER_METHODS["cctr"].build_extras(small_cfg(tmp_path, reg_backend=""), data, tmp_path / "run")
+
+
+def test_cctr_trains_and_checkpoints_its_memory_bank(dataset, tmp_path):
+    ds, split = dataset
+    result = train_joint(small_cfg(tmp_path), ds, split, progress=False)
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    bank = state["terms"]["reps"]["a"]
+    assert bank["filled"].any() and bank["embedding"].dtype == torch.float16
+    assert list((tmp_path / "fields").rglob("*.npz"))  # Fields went to the disk cache
+    with pytest.raises(ValueError, match="trains no network"):
+        train_joint(small_cfg(tmp_path, method="registration-only"), ds, split)
+
+
+def test_registration_only_propagates_and_scores(dataset, tmp_path):
+    ds, split = dataset
+    good = registration_only(small_cfg(tmp_path, method="registration-only", out_dir=str(tmp_path / "good")),
+                             ds, split, backend=ShiftBackend(), progress=False)
+    plain = registration_only(small_cfg(tmp_path, method="registration-only", out_dir=str(tmp_path / "plain")),
+                              ds, split, progress=False)
+    assert sorted(good.predictions) == ["p5_ED", "p6_ED"]
+    assert all(p.is_file() for p in good.predictions.values())
+    assert (tmp_path / "good" / "scores.csv").is_file() and (tmp_path / "good" / "summary.md").is_file()
+    good_dice = np.mean([s.dice for sc in good.scores.values() for s in sc.values()])
+    plain_dice = np.mean([s.dice for sc in plain.scores.values() for s in sc.values()])
+    assert good_dice > 0.99 and plain_dice < good_dice - 0.05
+
+
+def test_pair_dice_measures_the_guidance(dataset):
+    ds, split = dataset
+    atlas = ds.ref("p1_ED").load()
+    targets = [ds.ref(f"{p}_ED").load() for p in ("p2", "p3")]
+    refs = {t.case_id: t.label for t in targets}
+    oracle = RegistrationOracle([atlas], [t.with_label(None) for t in targets], OracleConfig(), backend=ShiftBackend())
+    dice = pair_dice(oracle, refs)
+    assert set(dice) == {("p2_ED", "p1_ED"), ("p3_ED", "p1_ED")} and min(dice.values()) > 0.99
+
+
+def test_registration_only_refuses_an_empty_subset(dataset, tmp_path):
+    ds, split = dataset
+    no_test = Split(train=split.train, val=split.val, test=(), labeled_sets=split.labeled_sets)
+    with pytest.raises(CaseError, match="no test patients"):
+        registration_only(small_cfg(tmp_path, method="registration-only"), ds, no_test, progress=False)

@@ -1,0 +1,215 @@
+"""The registration oracle: Field caching (memory LRU by bytes, disk), batching, atlas policies,
+warped atlas labels, and its errors on bad input."""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from joint.oracle import ByteLRU, OracleConfig, RegistrationOracle, load_field, save_field
+from reg.field import Field
+from seg.data.case import Case, CaseError, spacing_affine
+
+CLASSES = ("background", "RV", "MYO", "LV")
+SHAPE = (4, 12, 14)
+
+
+def make_case(case_id: str, image: np.ndarray, label: np.ndarray | None = None) -> Case:
+    return Case(case_id=case_id, patient_id=case_id, image=image.astype(np.float32), label=label,
+                spacing=(5.0, 1.5, 1.5), affine=spacing_affine((5.0, 1.5, 1.5)), sources=(), class_names=CLASSES)
+
+
+def blob_label(center_yx: tuple[int, int]) -> np.ndarray:
+    lab = np.zeros(SHAPE, np.uint8)
+    cy, cx = center_yx
+    lab[:, cy - 2:cy + 3, cx - 2:cx + 3] = 1
+    lab[:, cy - 1:cy + 2, cx - 1:cx + 2] = 3
+    return lab
+
+
+class ShiftBackend:
+    """Fake backend: the moving point of fixed voxel p is p + shift; records every call."""
+
+    spec = "fake-shift"
+
+    def __init__(self, shift_zyx=(0.0, 0.0, 0.0)) -> None:
+        self.shift = np.asarray(shift_zyx, np.float32).reshape(3, 1, 1, 1)
+        self.calls: list[int] = []
+
+    def register(self, fixed, fixed_spacing, moving, moving_spacing) -> Field:
+        return self.register_many([(fixed, fixed_spacing, moving, moving_spacing)])[0]
+
+    def register_many(self, pairs):
+        self.calls.append(len(pairs))
+        return [Field(Field.identity(f.shape).coords + self.shift, tuple(m.shape)) for f, _, m, _ in pairs]
+
+
+class RefusingBackend(ShiftBackend):
+    def register_many(self, pairs):
+        raise AssertionError("the disk cache should have answered")
+
+
+@pytest.fixture
+def cases():
+    rng = np.random.default_rng(0)
+    atlases = [make_case(f"atlas{i}", rng.random(SHAPE), blob_label((5 + i, 6))) for i in range(3)]
+    targets = [make_case(f"target{i}", rng.random(SHAPE)) for i in range(4)]
+    return atlases, targets
+
+
+def test_byte_lru_evicts_least_recently_used_and_refuses_oversize():
+    lru = ByteLRU[bytes](10, len)
+    lru.put("a", b"xxxx")
+    lru.put("b", b"xxxx")
+    assert lru.get("a") == b"xxxx"  # 'a' is now the most recent
+    lru.put("c", b"xxxx")
+    assert "b" not in lru and "a" in lru and "c" in lru
+    assert lru.nbytes == 8
+    lru.put("big", b"x" * 11)
+    assert "big" not in lru and len(lru) == 2
+
+
+def test_fields_are_batched_then_served_from_memory(cases):
+    atlases, targets = cases
+    backend = ShiftBackend((0, 1, 0))
+    oracle = RegistrationOracle(atlases, targets, OracleConfig(batch_pairs=2), backend=backend)
+    pairs = [(t.case_id, a.case_id) for t in targets[:2] for a in atlases[:3]][:5]
+    fields = oracle.many_fields(pairs)
+    assert backend.calls == [2, 2, 1]
+    assert all(isinstance(f, Field) and f.fixed_shape == SHAPE for f in fields)
+    np.testing.assert_allclose(fields[0].coords[1], Field.identity(SHAPE).coords[1] + 1)
+    oracle.many_fields(pairs)
+    assert backend.calls == [2, 2, 1]
+
+
+def test_memory_cache_stays_under_its_byte_bound(cases):
+    atlases, targets = cases
+    one_field = 3 * int(np.prod(SHAPE)) * 4
+    oracle = RegistrationOracle(atlases, targets, OracleConfig(field_cache_bytes=2 * one_field), backend=ShiftBackend())
+    assert oracle.warm(progress=False) == len(atlases) * len(targets)
+    assert len(oracle.fields) == 2 and oracle.fields.nbytes <= 2 * one_field
+
+
+def test_disk_cache_is_reused_by_a_second_run_and_keyed_on_content(cases, tmp_path):
+    atlases, targets = cases
+    cfg = OracleConfig(disk_cache=tmp_path / "fields")
+    first = RegistrationOracle(atlases, targets, cfg, backend=ShiftBackend((0.5, -2.25, 1.0)))
+    first.warm(progress=False)
+    files = sorted((tmp_path / "fields").rglob("*"))
+    npz = [p for p in files if p.suffix == ".npz"]
+    assert len(npz) == len(atlases) * len(targets)
+    assert not [p for p in files if p.name.startswith(".tmp-")]
+
+    second = RegistrationOracle(atlases, targets, cfg, backend=RefusingBackend())
+    got = second.field("target1", "atlas2")
+    np.testing.assert_allclose(got.coords, first.field("target1", "atlas2").coords, atol=1e-3)
+
+    # Same id, other voxels: the key changes, so the refusing backend is asked.
+    changed = [make_case("target1", targets[1].image + 1.0)]
+    third = RegistrationOracle(atlases, changed, cfg, backend=RefusingBackend())
+    with pytest.raises(AssertionError, match="disk cache"):
+        third.field("target1", "atlas2")
+
+
+def test_corrupt_cached_field_names_the_file(tmp_path):
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(CaseError, match="broken.npz"):
+        load_field(bad)
+    good = tmp_path / "ok.npz"
+    fld = Field(Field.identity(SHAPE).coords + 0.25, (5, 6, 7))
+    save_field(good, fld)
+    back = load_field(good)
+    assert back.moving_shape == (5, 6, 7)
+    np.testing.assert_allclose(back.coords, fld.coords, atol=1e-3)
+
+
+def test_random_policy_is_seeded_per_step_and_shared_by_callers(cases):
+    atlases, targets = cases
+    oracle = RegistrationOracle(atlases, targets, OracleConfig(policy="random", seed=3), backend=ShiftBackend())
+    again = RegistrationOracle(atlases, targets, OracleConfig(policy="random", seed=3), backend=ShiftBackend())
+    picks = [oracle.atlases_for("target0", step, 1) for step in range(60)]
+    assert picks == [again.atlases_for("target0", step, 1) for step in range(60)]
+    assert all(len(p) == 1 for p in picks)
+    assert {p[0] for p in picks} == {a.case_id for a in atlases}
+    other_seed = RegistrationOracle(atlases, targets, OracleConfig(policy="random", seed=4), backend=ShiftBackend())
+    assert picks != [other_seed.atlases_for("target0", step, 1) for step in range(60)]
+
+
+def test_similar_policy_picks_the_most_alike_image_and_fused_takes_all(cases):
+    atlases, targets = cases
+    rng = np.random.default_rng(1)
+    look_alike = make_case("target-like-1", atlases[1].image + 0.05 * rng.random(SHAPE))
+    oracle = RegistrationOracle(atlases, [look_alike], OracleConfig(policy="similar"), backend=ShiftBackend())
+    assert oracle.atlases_for("target-like-1", step=7) == ("atlas1",)
+    assert oracle.needed_pairs() == [("target-like-1", "atlas1")]
+    fused = RegistrationOracle(atlases, targets, OracleConfig(policy="fused"), backend=ShiftBackend())
+    assert fused.atlases_for("target2", step=0) == ("atlas0", "atlas1", "atlas2")
+
+
+def test_warped_atlas_follows_the_field_and_votes(cases):
+    atlases, targets = cases
+    # Moving point of fixed (z, y, x) is (z, y + 1, x): the warped label is the atlas label moved up one row.
+    oracle = RegistrationOracle(atlases, targets, OracleConfig(policy="fused"), backend=ShiftBackend((0, 1, 0)))
+    single = oracle.warped_atlas("target0", ("atlas0",))
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[:, :-1] = atlases[0].label[:, 1:]
+    np.testing.assert_array_equal(single.hard_label(), expected)
+    assert single.probs.shape == (4, *SHAPE) and single.probs.dtype == np.float16
+    # The last row maps to y = 12, outside [-0.5, 11.5]: no atlas covers it.
+    assert float(single.probs[:, :, -1].sum()) == 0.0 and float(single.agreement[:, -1].max()) == 0.0
+
+    fused = oracle.warped_atlas("target0", oracle.atlases_for("target0", 0))
+    np.testing.assert_allclose(fused.probs[:, :, :-1].astype(np.float32).sum(axis=0), 1.0, atol=1e-2)
+    # atlas centres are rows 5, 6, 7: voxels all three call LV agree fully, at a disputed edge 1/3 or 2/3
+    agree = fused.agreement.astype(np.float32)
+    lv_all = (fused.hard_label() == 3)
+    assert np.allclose(agree[:, 5, 6], 1.0) and lv_all[:, 5, 6].all()
+    assert ((agree > 0.3) & (agree < 0.7)).any()
+    assert oracle.warped_atlas("target0", ("atlas0",)) is single  # served from the label cache
+
+
+def test_bad_inputs_raise_clear_errors(cases):
+    atlases, targets = cases
+    with pytest.raises(ValueError, match="atlas policy"):
+        OracleConfig(policy="nearest")
+    with pytest.raises(CaseError, match="target0.*no label"):
+        RegistrationOracle([targets[0]], targets[1:], OracleConfig(), backend=ShiftBackend())
+    oracle = RegistrationOracle(atlases, targets, OracleConfig(), backend=ShiftBackend())
+    with pytest.raises(CaseError, match="unknown case 'nobody'"):
+        oracle.field("nobody", "atlas0")
+
+    class WrongShape(ShiftBackend):
+        def register_many(self, pairs):
+            return [Field.identity((2, 2, 2)) for _ in pairs]
+
+    wrong = RegistrationOracle(atlases, targets, OracleConfig(), backend=WrongShape())
+    with pytest.raises(ValueError, match="target0"):
+        wrong.field("target0", "atlas0")
+
+
+def test_classical_pairs_run_in_worker_processes_then_come_from_disk(tmp_path, monkeypatch):
+    import joint.oracle
+
+    spec = "sitk-demons?iterations=5&prealign=none"
+    z, y, x = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    disc = lambda cy, cx: (((y - cy) ** 2 + (x - cx) ** 2) < 12).astype(np.float32)  # noqa: E731
+    atlases = [make_case("atlas", disc(6, 7), (disc(6, 7) * 3).astype(np.uint8))]
+    targets = [make_case(f"t{i}", disc(5 + i, 6 + i)) for i in range(3)]
+    pairs = [(t.case_id, "atlas") for t in targets]
+    serial = RegistrationOracle(atlases, targets, OracleConfig(backend=spec, workers=1))
+    cfg = OracleConfig(backend=spec, workers=2, disk_cache=tmp_path / "cache")
+    pooled = RegistrationOracle(atlases, targets, cfg)
+    assert pooled.warm(progress=False, labels=False) == 3
+    for pair in pairs:
+        np.testing.assert_allclose(pooled.field(*pair).coords, serial.field(*pair).coords, atol=1e-4)
+    assert np.abs(serial.field("t2", "atlas").displacement).max() > 0.02  # demons did move something
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a second run must not register again")
+
+    monkeypatch.setattr(joint.oracle, "ProcessPoolExecutor", no_pool)
+    again = RegistrationOracle(atlases, targets, cfg)
+    again.warm(progress=False, labels=False)
+    for pair in pairs:
+        np.testing.assert_allclose(again.field(*pair).coords, pooled.field(*pair).coords, atol=1e-2)

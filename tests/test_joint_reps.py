@@ -1,0 +1,192 @@
+"""REPS: the memory bank stores and looks up embeddings by volume voxel, and the registration
+positive of an unlabeled anchor is the bank's embedding at the registered point."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from joint.memory_bank import BankConfig, MemoryBank
+from joint.oracle import OracleConfig, RegistrationOracle
+from joint.reps import RegistrationPositives, anchor_voxels, registration_positives
+from reg.field import Field
+from seg.data.case import Case, spacing_affine
+from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
+from seg.students import StudentOutput
+
+CLASSES = ("background", "RV", "MYO", "LV")
+SHAPE = (5, 40, 44)
+SHIFT = (1, 4, -3)
+HW = (32, 32)
+
+
+def code(z, y, x) -> torch.Tensor:
+    """A smooth unit 6-vector naming a voxel position: (..., 6)."""
+    z, y, x = (torch.as_tensor(v, dtype=torch.float32) for v in (z, y, x))
+    parts = [torch.cos(z / 3), torch.sin(z / 3), torch.cos(y / 9), torch.sin(y / 9), torch.cos(x / 9), torch.sin(x / 9)]
+    return torch.stack(parts, dim=-1) / np.sqrt(3.0)
+
+
+def code_volume(shape) -> torch.Tensor:
+    """(6, Z, Y, X): ``code`` of every voxel, aligned with the volume."""
+    z, y, x = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+    return code(z, y, x).permute(3, 0, 1, 2).contiguous()
+
+
+def embed(batch, volume_code: torch.Tensor) -> torch.Tensor:
+    """What a perfect student would output: the code of each sample pixel's voxel, (B, 6, H, W)."""
+    maps = [resample_slice(volume_code, int(batch.slice_index[b]), batch.to_volume[b], HW, "linear", padding="border")
+            for b in range(batch.image.shape[0])]
+    return torch.nn.functional.normalize(torch.stack(maps), dim=1)
+
+
+def make_case(case_id, image, label):
+    return Case(case_id=case_id, patient_id=case_id, image=image.astype(np.float32), label=label,
+                spacing=(8.0, 1.5, 1.5), affine=spacing_affine((8.0, 1.5, 1.5)), sources=(), class_names=CLASSES)
+
+
+class ShiftBackend:
+    spec = "fake-shift"
+
+    def __init__(self, shift):
+        self.shift = np.asarray(shift, np.float32).reshape(3, 1, 1, 1)
+
+    def register(self, fixed, fs, moving, ms):
+        return self.register_many([(fixed, fs, moving, ms)])[0]
+
+    def register_many(self, pairs):
+        return [Field(Field.identity(f.shape).coords + self.shift, tuple(m.shape)) for f, _, m, _ in pairs]
+
+
+@pytest.fixture
+def world():
+    rng = np.random.default_rng(2)
+    label = (rng.random(SHAPE) > 0.5).astype(np.uint8)
+    atlas = make_case("lab", rng.random(SHAPE), label)
+    target = make_case("unl", rng.random(SHAPE), None)
+    sampler = SliceSampler([prepare_volume(atlas)], [prepare_volume(target, with_label=False)],
+                           labeled_batch=3, unlabeled_batch=3, out_hw=HW,
+                           augment=AugmentConfig(rotation_deg=25.0, flip=True, zoom=(0.9, 1.3)), seed=11)
+    return atlas, target, sampler
+
+
+def filled_bank(sampler, steps: int, cfg=BankConfig(downsample=2)) -> MemoryBank:
+    bank = MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW, cfg=cfg)
+    volume_code = code_volume(SHAPE)
+    for _ in range(steps):
+        batch = sampler.next_batch()
+        lab = batch.is_labeled
+        bank.update([c for c, l in zip(batch.case_id, lab) if l], batch.slice_index[lab], batch.to_volume[lab],
+                    embed(batch, volume_code)[lab])
+    return bank
+
+
+def test_bank_looks_up_what_was_stored_by_volume_voxel(world):
+    _, _, sampler = world
+    bank = filled_bank(sampler, steps=8)
+    assert bank.filled.all()
+    pts = torch.tensor([[z, y, x] for z in range(SHAPE[0]) for y in (12.0, 20.5, 27.25) for x in (14.0, 22.75, 30.0)])
+    vec, valid = bank.lookup(torch.zeros(len(pts), dtype=torch.long), pts)
+    assert valid.all()
+    cos = (vec * code(pts[:, 0], pts[:, 1], pts[:, 2])).sum(dim=1)
+    assert cos.min() > 0.99
+
+
+def test_bank_marks_what_it_cannot_answer(world):
+    _, _, sampler = world
+    bank = MemoryBank({"lab": SHAPE[0], "other": 3}, dim=6, sample_hw=HW, cfg=BankConfig(max_slice_gap=1.0))
+    batch = sampler.next_batch()
+    first = batch.is_labeled.nonzero().flatten()[:1]
+    z = int(batch.slice_index[first])
+    bank.update(["lab"], batch.slice_index[first], batch.to_volume[first], embed(batch, code_volume(SHAPE))[first])
+    centre_yx = batch.to_volume[first][0] @ torch.tensor([15.5, 15.5, 1.0])
+    queries = torch.tensor([
+        [z, centre_yx[0], centre_yx[1]],              # stored slice, centre of its view: valid
+        [z + 0.8, centre_yx[0], centre_yx[1]],        # nearest stored slice within the gap: valid
+        [z + 2.0 if z + 2 < SHAPE[0] else z - 2.0, centre_yx[0], centre_yx[1]],  # too far from any stored slice
+        [z, -30.0, -30.0],                            # outside the stored sample's view
+        [1.0, 10.0, 10.0],                            # a case with nothing stored yet
+    ])
+    vec, valid = bank.lookup(torch.tensor([0, 0, 0, 0, 1]), queries)
+    assert valid.tolist() == [True, z + 0.8 <= SHAPE[0] - 0.5, False, False, False]
+    assert torch.all(vec[~valid] == 0)
+    with pytest.raises(ValueError, match="nobody"):
+        bank.case_index(["nobody"])
+
+
+def test_bank_memory_is_fixed_float16_and_shrinks_with_downsampling():
+    big = MemoryBank({"a": 10, "b": 8}, dim=128, sample_hw=(64, 64), cfg=BankConfig(downsample=2))
+    small = MemoryBank({"a": 10, "b": 8}, dim=128, sample_hw=(64, 64), cfg=BankConfig(downsample=4))
+    assert big.embedding.dtype == torch.float16
+    assert big.nbytes == 18 * 32 * 32 * 128 * 2 + 18 + 18 * 9 * 4
+    assert small.nbytes < big.nbytes / 3.5
+
+
+def test_registration_positive_is_the_embedding_at_the_registered_point(world):
+    atlas, target, sampler = world
+    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
+    bank = filled_bank(sampler, steps=10)
+    batch = sampler.next_batch()
+    B, (H, W) = batch.image.shape[0], HW
+    anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(0))[:600]
+    vec, valid = registration_positives(batch, anchors, oracle, bank, step=0)
+    b, voxels = anchor_voxels(batch, anchors)
+    labeled = batch.is_labeled[b]
+    assert not valid[labeled].any()
+    there = voxels + torch.tensor(SHIFT, dtype=torch.float32)
+    inside = ((there > -0.5) & (there < torch.tensor(SHAPE) - 0.5)).all(dim=1)
+    inside &= ((voxels > -0.5) & (voxels < torch.tensor(SHAPE) - 0.5)).all(dim=1)
+    assert valid.sum() > 100
+    assert not valid[~inside].any()
+    expected = code(there[:, 0], there[:, 1], there[:, 2])
+    assert (vec[valid] * expected[valid]).sum(dim=1).min() > 0.99
+    # Control: an identity registration gives other positives.
+    wrong = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend((0, 0, 0)))
+    vec0, valid0 = registration_positives(batch, anchors, wrong, bank, step=0)
+    both = valid & valid0
+    assert (vec0[both] * expected[both]).sum(dim=1).mean() < 0.97
+
+
+def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
+    atlas, target, sampler = world
+    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
+    banks = {name: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for name in ("a", "b")}
+    reps = RegistrationPositives(oracle, banks)
+    batch = sampler.next_batch()
+    emb = embed(batch, code_volume(SHAPE)).requires_grad_(True)
+    outputs = {"a": StudentOutput(emb, emb, emb), "b": StudentOutput(emb, emb, -emb)}
+    reps.after_step(0, batch, outputs)
+    rows = batch.slice_index[batch.is_labeled]
+    assert banks["a"].filled[rows].all() and int(banks["a"].filled.sum()) == len(set(rows.tolist()))
+    assert torch.allclose(banks["a"].embedding, -banks["b"].embedding)
+    assert reps.nbytes == banks["a"].nbytes * 2
+    unl = int((~batch.is_labeled).nonzero()[0])
+    anchors = unl * HW[0] * HW[1] + torch.arange(HW[0] * HW[1])
+    vec_a, ok_a = reps.factory(0, batch, outputs, "a")(anchors)
+    vec_b, ok_b = reps.factory(0, batch, outputs, "b")(anchors)
+    assert ok_a.any() and torch.equal(ok_a, ok_b)
+    assert torch.allclose(vec_a[ok_a], -vec_b[ok_b], atol=1e-6)
+    assert vec_a.shape == (HW[0] * HW[1], 6)
+    assert reps.factory(0, batch, outputs, "c") is None
+    assert reps(0, batch, outputs) == {}
+
+    # A resumed run gets the banks back exactly.
+    fresh = RegistrationPositives(oracle, {n: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for n in ("a", "b")})
+    fresh.load_state_dict(reps.state_dict())
+    assert torch.equal(fresh.banks["b"].embedding, banks["b"].embedding)
+    assert torch.equal(fresh.factory(0, batch, outputs, "a")(anchors)[0], vec_a)
+    with pytest.raises(ValueError, match="shape"):
+        MemoryBank({"lab": 2}, dim=6, sample_hw=HW).load_state_dict(banks["a"].state_dict())
+
+
+def test_repeated_slice_in_one_batch_keeps_the_last_sample_with_its_matrix():
+    bank = MemoryBank({"lab": 2}, dim=2, sample_hw=(4, 4), cfg=BankConfig(downsample=1))
+    flip = torch.tensor([[-1.0, 0.0, 3.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # rows reversed
+    ramp = torch.arange(4.0)[None, :, None].expand(1, 4, 4)                   # (1, H, W): value = row
+    emb = torch.cat([ramp, torch.ones_like(ramp)])[None]                      # (1, 2, H, W)
+    bank.update(["lab", "lab"], torch.tensor([1, 1]), torch.stack([torch.eye(3), flip]),
+                torch.cat([emb, emb.flip(2)]))
+    # Both samples describe the same slice; either way voxel y=3 has the code of row 3.
+    vec, ok = bank.lookup(torch.tensor([0]), torch.tensor([[1.0, 3.0, 1.0]]))
+    assert ok.all()
+    assert torch.allclose(vec, torch.nn.functional.normalize(torch.tensor([[3.0, 1.0]]), dim=1), atol=1e-3)

@@ -1,0 +1,162 @@
+"""The students' losses on hand-made tensors: known values, gradients, absent classes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seg.losses import (
+    ContrastConfig,
+    ContrastPart,
+    cross_teaching_loss,
+    dice_loss,
+    pixel_contrastive_loss,
+    sigmoid_rampup,
+    supervised_loss,
+)
+
+
+def _uniform_supervised_value(label: torch.Tensor, num_classes: int) -> float:
+    """0.5 * (CE + 1 - mean Dice) of uniform predictions, computed by hand (smoothing 1e-5)."""
+    n = label.numel()
+    dices = []
+    for c in range(num_classes):
+        n_c = int((label == c).sum())
+        inter = n_c / num_classes
+        dices.append((2 * inter + 1e-5) / (n / num_classes + n_c + 1e-5))
+    return 0.5 * (math.log(num_classes) + 1 - sum(dices) / num_classes)
+
+
+def test_supervised_loss_of_uniform_prediction_matches_hand_computation():
+    label = torch.tensor([[[0, 0, 1], [2, 1, 0]], [[0, 2, 2], [0, 0, 1]]])  # (B=2, H=2, W=3)
+    logits = torch.zeros(2, 3, 2, 3)
+    assert supervised_loss(logits, label).item() == pytest.approx(_uniform_supervised_value(label, 3), rel=1e-5)
+
+
+def test_supervised_loss_of_confident_correct_prediction_is_near_zero_and_of_wrong_one_is_large():
+    label = torch.tensor([[[0, 1], [2, 1]]])
+    right = F.one_hot(label, 3).permute(0, 3, 1, 2).float() * 50.0
+    wrong = F.one_hot((label + 1) % 3, 3).permute(0, 3, 1, 2).float() * 50.0
+    assert supervised_loss(right, label).item() < 1e-4
+    assert supervised_loss(wrong, label).item() > 25.0  # CE alone is 50 / 2
+
+
+def test_supervised_loss_has_gradients_and_no_nan_when_a_class_is_absent():
+    label = torch.zeros(2, 4, 4, dtype=torch.int64)  # classes 1..3 absent
+    label[0, 1:3, 1:3] = 2
+    logits = torch.randn(2, 4, 4, 4, requires_grad=True)
+    loss = supervised_loss(logits, label)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_cross_teaching_trains_on_the_teachers_argmax_without_touching_the_teacher():
+    teacher = torch.randn(2, 3, 4, 4, requires_grad=True)
+    student = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = cross_teaching_loss(student, teacher, "dice")
+    assert loss.item() == pytest.approx(dice_loss(student, teacher.argmax(1)).item())
+    loss.backward()
+    assert teacher.grad is None
+    assert student.grad.abs().sum() > 0
+    agreeing = F.one_hot(teacher.argmax(1), 3).permute(0, 3, 1, 2).float() * 50.0
+    for kind in ("dice", "ce", "dice+ce"):
+        assert cross_teaching_loss(agreeing, teacher, kind).item() < 1e-4
+    with pytest.raises(ValueError, match="cross-teaching loss"):
+        cross_teaching_loss(student, teacher, "mse")
+
+
+def test_sigmoid_rampup_values():
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(100, 100) == 1.0
+    assert sigmoid_rampup(500, 100) == 1.0
+    assert sigmoid_rampup(3, 0) == 1.0
+
+
+def _two_class_part(b: int = 1, h: int = 4, w: int = 4):
+    """Left half class 0 with embedding e0, right half class 1 with embedding e1 (orthogonal)."""
+    classes = torch.zeros(b, h, w, dtype=torch.int64)
+    classes[..., w // 2:] = 1
+    emb = torch.zeros(b, 8, h, w)
+    emb[:, 0][classes == 0] = 1.0
+    emb[:, 1][classes == 1] = 1.0
+    return emb.requires_grad_(True), classes
+
+
+def test_contrastive_loss_matches_hand_value_for_separated_classes():
+    emb, classes = _two_class_part()
+    cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5)
+    loss = pixel_contrastive_loss([ContrastPart(emb, classes, torch.ones(classes.shape))], cfg)
+    # every anchor: a.p = 1, and 5 negatives with a.n = 0
+    assert loss.item() == pytest.approx(math.log(math.exp(10.0) + 5) - 10.0, rel=1e-5)
+    collapsed = torch.zeros_like(emb)
+    collapsed[:, 0] = 1.0  # every pixel the same embedding: a.p = a.n = 1
+    bad = pixel_contrastive_loss([ContrastPart(collapsed, classes, torch.ones(classes.shape))], cfg)
+    assert bad.item() == pytest.approx(math.log(6.0), rel=1e-5)
+
+
+def test_contrastive_loss_of_mixed_embeddings_has_gradients():
+    emb = F.normalize(torch.randn(2, 16, 6, 6), dim=1).requires_grad_(True)
+    classes = torch.randint(0, 3, (2, 6, 6))
+    loss = pixel_contrastive_loss([ContrastPart(emb, classes, torch.ones(2, 6, 6))], ContrastConfig(10, 10, 0.1, 0.5))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert emb.grad.abs().sum() > 0
+
+
+def test_contrastive_loss_is_zero_not_nan_with_one_class_and_ignores_unconfident_pixels():
+    emb, classes = _two_class_part()
+    confidence = torch.ones(classes.shape)
+    confidence[classes == 1] = 0.3  # class 1 not confident: only class 0 left
+    loss = pixel_contrastive_loss([ContrastPart(emb, classes, confidence)], ContrastConfig(confidence=0.5))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.isfinite(emb.grad).all()
+    ignored = classes.clone()
+    ignored[classes == 1] = -1
+    assert pixel_contrastive_loss([ContrastPart(emb, ignored, torch.ones(classes.shape))]).item() == 0.0
+
+
+def test_contrastive_loss_samples_at_most_the_configured_number_of_anchors_per_class():
+    emb, classes = _two_class_part(b=2, h=8, w=8)   # 64 pixels per class
+    seen = []
+
+    def extra(index: torch.Tensor):
+        seen.append(index.clone())
+        return torch.zeros(index.numel(), 8), torch.zeros(index.numel(), dtype=torch.bool)
+
+    cfg = ContrastConfig(anchors_per_class=7, negatives_per_class=3, confidence=0.5)
+    pixel_contrastive_loss([ContrastPart(emb, classes, torch.ones(classes.shape), extra)], cfg)
+    index = seen[0]
+    assert index.numel() == 14 and index.unique().numel() == 14
+    picked = classes.reshape(-1)[index]
+    assert int((picked == 0).sum()) == 7 and int((picked == 1).sum()) == 7
+
+
+def test_extra_positive_gets_flat_indices_of_its_own_part_and_changes_the_loss_by_hand_value():
+    emb_a, classes = _two_class_part()
+    emb_b, _ = _two_class_part()
+    conf = torch.ones(classes.shape)
+    cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5)
+    calls = []
+
+    def orthogonal_key(index: torch.Tensor):
+        calls.append(index.clone())
+        key = torch.zeros(index.numel(), 8)
+        key[:, 5] = 1.0  # orthogonal to every embedding: a.p = 0
+        return key, torch.ones(index.numel(), dtype=torch.bool)
+
+    loss = pixel_contrastive_loss(
+        [ContrastPart(emb_a, classes, conf, orthogonal_key), ContrastPart(emb_b, classes, conf)], cfg
+    )
+    assert len(calls) == 1
+    idx = calls[0]
+    assert int(idx.min()) >= 0 and int(idx.max()) < classes.numel()
+    # part A holds half the 32 anchors; those average their two InfoNCE terms
+    base = math.log(math.exp(10.0) + 5) - 10.0
+    extra = math.log(1 + 5)
+    expected = (16 * base + 16 * 0.5 * (base + extra)) / 32
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,181 @@
+"""The trainer at tiny scale: a few steps run and write what they promise; resume is exact;
+the extension points are called; bad set-ups are refused."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from layouts import fake_volume
+from seg.config import TrainConfig, load_config
+from seg.data.case import Case, CaseRef, spacing_affine
+from seg.data.dataset import Dataset
+from seg.data.split import Split
+from seg.inference import load_students
+from seg.slices import AugmentConfig
+from seg.students import StudentConfig
+from seg.train import poly_lr, train
+
+NAMES = ("background", "RV", "MYO", "LV")
+
+
+def _dataset(root: Path) -> tuple[Dataset, Split]:
+    refs = []
+    for i in range(5):
+        pid = f"p{i}"
+        image, label = fake_volume(i, (3, 24, 28))
+        case = Case(f"{pid}_ED", pid, image, label, (8.0, 1.5, 1.5), spacing_affine((8.0, 1.5, 1.5)), (), NAMES)
+        refs.append(CaseRef(case.case_id, pid, True, loader=lambda c=case: c))
+    split = Split(train=("p0", "p1", "p2"), val=("p3",), test=("p4",), labeled_sets={"1": ("p0",)})
+    return Dataset("memory", root, tuple(refs), NAMES), split
+
+
+def _cfg(out: Path, method: str = "cct", **changes) -> TrainConfig:
+    tiny = replace(
+        TrainConfig(),
+        method=method,
+        out_dir=str(out),
+        image_size=(32, 64),
+        labeled_batch=2,
+        unlabeled_batch=2,
+        augment=AugmentConfig(flip=True),
+        student_a=StudentConfig(kind="unet", widths=(4, 8)),
+        student_b=StudentConfig(kind="swin", feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 3, 3, 3), window_size=4),
+        iterations=4,
+        val_every=2,
+        checkpoint_every=2,
+        rampup_fraction=0.5,
+    )
+    return replace(tiny, **changes)
+
+
+def test_a_cct_run_writes_checkpoints_config_logs_and_validation(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    cfg = _cfg(tmp_path / "run")
+    result = train(cfg, dataset, split, progress=False)
+    run = tmp_path / "run"
+    assert result.last_checkpoint == run / "last.pt" and result.best_checkpoint == run / "best.pt"
+    assert load_config(run / "config.yaml") == cfg
+    assert any((run / "tb").iterdir())
+    assert [h["step"] for h in result.history] == [2, 4]
+    for h in result.history:
+        assert 0.0 <= h["a_dice"] <= 1.0 and 0.0 <= h["b_dice"] <= 1.0
+    assert result.best_score == max(h["a_dice"] for h in result.history)
+    trained = load_students(run / "last.pt")
+    assert sorted(trained.students) == ["a", "b"] and trained.step == 4
+    case = dataset.refs[4].load()
+    pred = trained.predict(case.image, "b")
+    assert pred.shape == case.shape and pred.dtype == np.uint8 and pred.max() < 4
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    train(_cfg(tmp_path / "straight"), dataset, split, progress=False)
+
+    def crash(step, batch, outputs):
+        if step == 3:
+            raise RuntimeError("power cut")
+        return {}
+
+    cfg = _cfg(tmp_path / "cut")
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg, dataset, split, extra_terms=(crash,), progress=False)
+    assert _weights(tmp_path / "cut" / "last.pt")["step"] == 2
+    train(cfg, dataset, split, resume=True, progress=False)
+
+    want, got = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
+    assert got["step"] == want["step"] == 4
+    for student in ("a", "b"):
+        for key, value in want["students"][student].items():
+            assert torch.equal(got["students"][student][key], value), f"{student}.{key} differs after resume"
+        moments = [s["exp_avg"] for s in want["optimizers"][student]["state"].values()]
+        resumed = [s["exp_avg"] for s in got["optimizers"][student]["state"].values()]
+        assert all(torch.equal(a, b) for a, b in zip(moments, resumed))
+    assert got["history"] == want["history"]
+
+
+def test_existing_runs_are_not_overwritten_and_resume_needs_the_same_config(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    cfg = _cfg(tmp_path / "run", method="supervised", iterations=2)
+    train(cfg, dataset, split, progress=False)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train(cfg, dataset, split, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(replace(cfg, lr=0.5), dataset, split, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(_cfg(tmp_path / "empty"), dataset, split, resume=True, progress=False)
+
+
+def test_supervised_trains_student_a_alone(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    result = train(_cfg(tmp_path / "sup", method="supervised", iterations=2), dataset, split, progress=False)
+    assert list(_weights(result.last_checkpoint)["students"]) == ["a"]
+    assert set(result.history[0]) == {"step", "a_dice", "a_hd95", "a_dice_RV", "a_dice_MYO", "a_dice_LV"}
+    with pytest.raises(ValueError, match="select_student"):
+        train(_cfg(tmp_path / "bad", method="supervised", select_student="b"), dataset, split, progress=False)
+    with pytest.raises(ValueError, match="unknown method"):
+        train(_cfg(tmp_path / "bad", method="cctr"), dataset, split, progress=False)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        train(_cfg(tmp_path / "bad", image_size=(48, 48)), dataset, split, progress=False)
+
+
+class CountingTerm:
+    """An extra term with every optional hook, recording what the trainer did with it."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        self.calls, self.after, self.grads = 0, 0, []
+
+    def __call__(self, step, batch, outputs):
+        self.calls += 1
+        loss = 0.01 * outputs["b"].logits.mean()
+        loss.register_hook(self.grads.append)  # fires only if the loss reaches backward()
+        return {"b": loss}
+
+    def after_step(self, step, batch, outputs):
+        assert not outputs["a"].embedding.requires_grad
+        self.after += 1
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def test_extra_terms_and_the_extra_positive_factory_join_the_loop(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    term = CountingTerm()
+    asked, indices = [], []
+
+    def factory(step, batch, outputs, student):
+        asked.append(student)
+        b, _, h, w = outputs[student].embedding.shape
+
+        def extra(index):
+            indices.append((index.min().item(), index.max().item(), b * h * w))
+            return outputs[student].embedding.detach().new_zeros(index.numel(), 128), torch.zeros(index.numel(), dtype=torch.bool)
+
+        return extra
+
+    result = train(_cfg(tmp_path / "run", cl_weight=1.0, contrast=replace(TrainConfig().contrast, confidence=0.0)),
+                   dataset, split, extra_terms=(term,), extra_positive_factory=factory, progress=False)
+    assert term.calls == term.after == 4
+    assert len(term.grads) == 4 and all(float(g) == 1.0 for g in term.grads)
+    assert _weights(result.last_checkpoint)["terms"] == {"probe": {"calls": 4}}
+    assert asked == ["a", "b"] * 4
+    assert indices and all(0 <= lo <= hi < n for lo, hi, n in indices)
+
+
+def test_poly_learning_rate():
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
