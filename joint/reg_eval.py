@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from reg.backends import load_backend
+from reg.backends import Backend
 from reg.jacobian import regularity
 from seg.data.case import Case, CaseRef
 from seg.data.dataset import Dataset
@@ -55,12 +55,11 @@ def labeled_pairs(
 
 
 def evaluate(
-    specs: Sequence[str], pairs: Sequence[tuple[CaseRef, CaseRef]], class_names: Sequence[str], show_progress: bool = False
+    backends: Sequence[Backend], pairs: Sequence[tuple[CaseRef, CaseRef]], class_names: Sequence[str], show_progress: bool = False
 ) -> list[PairResult]:
-    """Every backend on every pair; backends are loaded (and bad specs refused) before any work."""
+    """Every backend (see :func:`reg.backends.load_backend`) on every pair."""
     if not pairs:
         raise ValueError("no labeled pairs to evaluate registration on (too few labeled patients in this subset?)")
-    backends = [load_backend(s) for s in specs]
     cases: dict[str, Case] = {}
 
     def load(ref: CaseRef) -> Case:

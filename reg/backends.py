@@ -164,16 +164,16 @@ class CanonicalBackend:
         return [field_of(d, f, m) for d, (f, m) in zip(disps, jobs)]
 
 
-def _learned_displacements(net: RegistrationNet, batch: int) -> DisplacementFn:
+def _learned_displacements(net: RegistrationNet, batch: int, device: torch.device) -> DisplacementFn:
     def run(jobs: list[tuple[Placed, Placed]]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         with torch.no_grad():
             for start in range(0, len(jobs), batch):
                 chunk = jobs[start:start + batch]
-                fixed = torch.from_numpy(np.stack([f.image for f, _ in chunk]))[:, None]
-                moving = torch.from_numpy(np.stack([m.image for _, m in chunk]))[:, None]
+                fixed = torch.from_numpy(np.stack([f.image for f, _ in chunk]))[:, None].to(device)
+                moving = torch.from_numpy(np.stack([m.image for _, m in chunk]))[:, None].to(device)
                 disp, _ = net(fixed, moving)
-                out.extend(d.numpy() for d in disp)
+                out.extend(d.cpu().numpy() for d in disp)
         return out
 
     return run
@@ -186,6 +186,7 @@ def _per_pair(fn: Callable[[np.ndarray, np.ndarray, Sequence[float], Any], np.nd
 @dataclass(frozen=True)
 class LearnedParams:
     batch: int = 8
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,12 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
             raise ValueError(f"backend {spec!r}: batch must be >= 1")
         path = Path(s.path)  # type: ignore[arg-type]
         net, config = load_model(path)
-        described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), **asdict(params)}
-        return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net, params.batch), described)
+        try:
+            device = torch.device(params.device)
+        except RuntimeError as exc:
+            raise ValueError(f"backend {spec!r}: bad device {params.device!r}") from exc
+        described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), "batch": params.batch}
+        return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net.to(device), params.batch, device), described)
     params_cls, fn = _CLASSICAL[s.kind]
     own, rest = _split_options(params_cls, s.options)
     common = _typed(ClassicalCommon, rest, spec, also_known=[f.name for f in fields(params_cls)])

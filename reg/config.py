@@ -21,6 +21,12 @@ class LossConfig:
     smoothness_weight: float = 1.0
     dice_weight: float = 0.0  # > 0: also Dice of warped labels on pairs where both are labeled
 
+    def __post_init__(self) -> None:
+        if self.similarity not in ("ncc", "mse"):
+            raise ValueError(f"unknown similarity {self.similarity!r}; expected 'ncc' or 'mse'")
+        if self.smoothness_weight < 0 or self.dice_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -33,6 +39,13 @@ class TrainConfig:
     log_every: int = 25
     image_every: int = 500
     seed: int = 0
+    device: str = "cpu"  # torch device for training; resuming is bit-identical on CPU
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.val_every < 1 or self.log_every < 1 or self.image_every < 1:
+            raise ValueError("train: steps, batch_size, val_every, log_every and image_every must be >= 1")
+        if not 0.0 <= self.intra_patient_fraction <= 1.0:
+            raise ValueError(f"train: intra_patient_fraction must be in [0, 1], got {self.intra_patient_fraction}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ exactly as an uninterrupted run would (bit-identical on CPU).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,6 @@ def prepare(volumes: Sequence[Volume], config: RegConfig, num_classes: int, desc
 
 
 def _tty() -> bool:
-    import sys
-
     return sys.stderr.isatty()
 
 
@@ -149,10 +148,10 @@ def _grid_image(shape_yx: tuple[int, int], spacing: int = 4) -> np.ndarray:
 def _panel(net: RegistrationNet, batch: dict[str, torch.Tensor], disp: torch.Tensor, warped: torch.Tensor) -> np.ndarray:
     """(1, H, 4W) mid-slice panel of the first pair: fixed | moving | warped | deformed grid."""
     z = batch["fixed"].shape[2] // 2
-    grid = torch.from_numpy(np.broadcast_to(_grid_image(tuple(batch["fixed"].shape[3:])), batch["fixed"].shape[2:]).copy())
+    grid = torch.from_numpy(np.broadcast_to(_grid_image(tuple(batch["fixed"].shape[3:])), batch["fixed"].shape[2:]).copy()).to(disp.device)
     warped_grid = net.warp(grid[None, None], disp[:1])
     tiles = [batch["fixed"][0, 0, z], batch["moving"][0, 0, z], warped[0, 0, z], warped_grid[0, 0, z]]
-    return torch.cat([t.detach().clamp(0, 1) for t in tiles], dim=1)[None].numpy()
+    return torch.cat([t.detach().clamp(0, 1) for t in tiles], dim=1)[None].cpu().numpy()
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -176,8 +175,9 @@ def validate(net: RegistrationNet, pairs: list[tuple[int, int]], data: list[Prep
         for fi, mi in pairs:
             f, m = data[fi], data[mi]
             m_placed = place_pair(f.placed, m.placed, config.grid, config.prealign)
-            disp, _ = net(torch.from_numpy(f.placed.image)[None, None], torch.from_numpy(m_placed.image)[None, None])
-            field = field_of(disp[0].numpy(), f.placed, m_placed)
+            device = next(net.parameters()).device
+            disp, _ = net(torch.from_numpy(f.placed.image)[None, None].to(device), torch.from_numpy(m_placed.image)[None, None].to(device))
+            field = field_of(disp[0].cpu().numpy(), f.placed, m_placed)
             dices.append(mean_foreground_dice(field.warp_labels(m.volume.label, num_classes), f.volume.label, num_classes))
             folded.append(regularity(field).folded_percent)
     net.train()
@@ -209,6 +209,8 @@ def train(
     with torch.random.fork_rng():
         torch.manual_seed(tc.seed)
         net = RegistrationNet(config.net)
+    device = torch.device(tc.device)
+    net = net.to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=tc.learning_rate)
     rng = np.random.default_rng(tc.seed)
     step, best = 0, -np.inf
@@ -220,7 +222,7 @@ def train(
                 f"{last}: was trained with a different config; resume with the stored one "
                 f"({out_dir / 'config.yaml'}), changing at most the number of steps"
             )
-        net.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])  # loads onto the parameters' device
         optimiser.load_state_dict(ckpt["optimizer"])
         step, best = int(ckpt["step"]), float(ckpt["best_score"])
         rng = _restore_rng(ckpt["rng"])
@@ -246,6 +248,7 @@ def train(
     bar = tqdm(total=tc.steps, initial=step, desc="reg train", unit="step", disable=not _tty())
     while step < tc.steps:
         batch = _batch(sample_pairs(rng, train_volumes, tc.batch_size, tc.intra_patient_fraction), train_data, config)
+        batch = {k: v.to(device) for k, v in batch.items()}
         disp, warped = net(batch["fixed"], batch["moving"])
         loss_sim = similarity(warped, batch["fixed"])
         loss_smooth = smooth(disp)

@@ -35,7 +35,7 @@ class TrainConfig:
     student_a: StudentConfig = StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256))
     student_b: StudentConfig = StudentConfig(kind="swin", feature_size=12, depths=(2, 2, 2, 2))
     # optimisation
-    iterations: int = 800
+    iterations: int = 600
     optimizer: str = "adamw"          # 'sgd' (momentum 0.9) or 'adamw'
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -47,8 +47,8 @@ class TrainConfig:
     cl_weight: float = 0.1
     contrast: ContrastConfig = ContrastConfig(anchors_per_class=200, negatives_per_class=100)
     # validation and checkpoints
-    val_every: int = 200
-    checkpoint_every: int = 200
+    val_every: int = 100
+    checkpoint_every: int = 100
     select_student: str = "a"         # the student whose validation Dice picks the best checkpoint
     infer_batch: int = 16             # slices per forward pass at validation / prediction
     overlays: bool = True             # TensorBoard image overlays at validation
@@ -171,7 +171,7 @@ def save_config(cfg: TrainConfig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=str(path.parent))
     with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, default_flow_style=None)
     os.replace(tmp, path)
     return path
 

@@ -34,6 +34,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from seg.config import TrainConfig, differences, from_dict, save_config, to_dict
@@ -273,8 +274,6 @@ def train(
             "history": history,
         }
 
-    from torch.utils.tensorboard import SummaryWriter
-
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start if start else None)
     rampup_steps = cfg.rampup_fraction * cfg.iterations
     for m in students.values():
@@ -385,7 +384,7 @@ def _method_losses(
     return losses
 
 
-def _write_overlays(writer, case: Case, predictions: Mapping[str, np.ndarray], num_classes: int, step: int) -> None:
+def _write_overlays(writer: SummaryWriter, case: Case, predictions: Mapping[str, np.ndarray], num_classes: int, step: int) -> None:
     """Middle slice of ``case``: ground truth and each student's prediction over the image."""
     z = case.shape[0] // 2
     writer.add_image("overlay/truth", _overlay(case.image[z], case.label[z], num_classes), step)

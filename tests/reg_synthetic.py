@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
+import torch
 
 BLOBS = (  # centre (z, y, x) mm, sigma mm, weight; deliberately asymmetric
     ((0.0, -12.0, 8.0), 7.0, 1.0),
@@ -68,3 +70,13 @@ def true_map(fixed_shape, fixed_spacing, moving_shape, moving_spacing, motion: M
         return m
 
     return np.linalg.inv(vox_to_mm(moving_shape, moving_spacing)) @ motion.matrix() @ vox_to_mm(fixed_shape, fixed_spacing)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run each registration test on one torch thread, restoring the setting after: on a
+    shared, loaded 2-core machine two spinning threads made these tiny steps ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,7 +12,7 @@ from reg.jacobian import jacobian_determinant, regularity
 from reg.model import RegistrationNet, NetConfig
 from reg.placement import field_of, place_pair, place_volume
 from reg.prealign import PrealignConfig
-from tests.reg_synthetic import Motion, true_map, volume
+from tests.reg_synthetic import Motion, true_map, volume, one_torch_thread  # noqa: F401 (autouse)
 
 FIXED = ((10, 48, 40), (6.0, 1.5, 1.5))
 MOVING = ((12, 40, 44), (5.0, 1.8, 1.8))

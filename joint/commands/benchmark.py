@@ -1,8 +1,101 @@
-"""``cctr benchmark``: placeholder until its issue lands; registers nothing."""
+"""``cctr benchmark``: the comparison grid of METHOD.md's methods (see :mod:`joint.benchmark`).
+
+    cctr benchmark [--data DIR] [--split FILE] [--methods supervised,ct,cct,cctr-rsl,cctr,registration-only]
+                   [--backends learned:CKPT,sitk-demons,identity] [--labeled 1,3] [--seeds 3]
+                   [--out DIR] [--config YAML_OR_PRESET] [--set key=value ...]
+                   [--patients N] [--reg-steps N] [--no-progress]
+
+Without ``--data`` the phantom (``--patients`` patients) is generated into ``OUT/data``. A bare
+``learned`` backend means: pretrain the registration net on the data's training volumes into
+``OUT/reg`` (``--reg-steps`` steps, the demo's registration config otherwise) and use it.
+``--seeds N`` runs seeds 0..N-1. The segmentation options start from the ``cpu-small`` preset
+(or ``--config``), with the Field disk cache in ``OUT/reg-cache``, then every ``--set``.
+Re-running the same command skips every finished run and rewrites the tables.
+"""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from joint.benchmark import plan_runs, run_grid
+from joint.demo import DemoConfig, pretrain_registration
+from joint.methods import METHODS, JointConfig, as_joint_config
+from seg.config import PRESETS, apply_overrides, load_config, preset
+from seg.data.case import CaseError
+from seg.data.phantom import write_phantom
+from seg.data.readers import open_dataset
+from seg.data.split import load_split
+
+DEFAULT_BACKENDS = "learned,identity"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("benchmark", help="run the methods x backends x labeled sets x seeds grid; CSV, table, plot")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: generate the phantom in OUT/data)")
+    p.add_argument("--split", type=Path, default=None, help="split JSON (default: the dataset folder's split.json)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")
+    p.add_argument("--backends", default=DEFAULT_BACKENDS,
+                   help="comma-separated registration backend specs for the registration methods; a bare "
+                        f"'learned' pretrains one in OUT/reg (default {DEFAULT_BACKENDS})")
+    p.add_argument("--labeled", default="1", help="comma-separated labeled sets of the split (default 1)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="benchmark folder (default runs/benchmark)")
+    p.add_argument("--config", default=None, help=f"a preset ({', '.join(sorted(PRESETS))}) or a YAML file of options")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="segmentation / registration option for every run, e.g. --set iterations=400")
+    p.add_argument("--patients", type=int, default=DemoConfig.patients,
+                   help=f"phantom patients when generating (default {DemoConfig.patients})")
+    p.add_argument("--reg-steps", type=int, default=DemoConfig.reg.train.steps,
+                   help=f"pretraining steps for a bare 'learned' backend (default {DemoConfig.reg.train.steps})")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run)
+
+
+def _items(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--{what}: give at least one value")
+    return items
+
+
+def base_config(config: str | None, overrides: list[str], out: Path) -> JointConfig:
+    """cpu-small (or ``config``) as a JointConfig with the cache in ``out``, then ``overrides``."""
+    if config is None or config in PRESETS:
+        cfg = as_joint_config(preset(config or "cpu-small"))
+    else:
+        cfg = as_joint_config(load_config(Path(config), preset("cpu-small")))
+    return apply_overrides(replace(cfg, reg_cache=str(out / "reg-cache")), overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out.resolve()
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    methods, labeled = _items(args.methods, "methods"), _items(args.labeled, "labeled")
+    backends = _items(args.backends, "backends") if any(m in ("cctr-rsl", "cctr", "registration-only") for m in methods) else []
+    base = base_config(args.config, args.overrides, out)
+    plan_runs(methods, backends, labeled, range(args.seeds))  # refuse a bad grid before any work
+
+    data = args.data
+    if data is None:
+        data = out / "data"
+        if not (data / "dataset.json").is_file():
+            write_phantom(data, args.patients, seed=0, progress=None if not args.no_progress else False)
+    dataset = open_dataset(data)
+    split = load_split(args.split) if args.split is not None else dataset.default_split
+    if split is None:
+        raise CaseError(f"{data}: the folder has no split.json; pass --split FILE")
+    split.check_patients(dataset.patient_ids, str(args.split or data))
+    if "learned" in backends:
+        if args.reg_steps < 1:
+            raise ValueError(f"--reg-steps must be >= 1, got {args.reg_steps}")
+        reg_cfg = DemoConfig().reg.with_overrides(steps=args.reg_steps)
+        ckpt = pretrain_registration(dataset, split, reg_cfg, out / "reg", labeled[0])
+        backends = [f"learned:{ckpt}" if b == "learned" else b for b in backends]
+
+    runs = plan_runs(methods, backends, labeled, range(args.seeds))
+    results = run_grid(runs, base, dataset, split, out, progress=not args.no_progress)
+    print((out / "results.md").read_text(), end="")
+    print(f"{len(results)} run(s); wrote {out / 'results.csv'}, {out / 'results.md'} and {out / 'results.png'}")
+    return 0

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from reg.backends import load_backend
 from reg.config import RegConfig, load_config
 from reg.train import Volume, train
 from seg.data.case import CaseError
@@ -100,12 +101,13 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         if args.pairs < 1:
             raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+        backends = [load_backend(spec) for spec in args.backend]
         dataset, split = _open(args)
         patients = {"test": split.test, "val": split.val, "train": split.train}[args.subset]
         pairs = labeled_pairs(dataset, patients, args.pairs, args.seed, intra_patient=args.intra)
         if not pairs:
             raise ValueError(f"no labeled pairs among the {args.subset} patients {list(patients)}; try --intra or another --subset")
-        results = evaluate(args.backend, pairs, dataset.class_names, show_progress=sys.stderr.isatty())
+        results = evaluate(backends, pairs, dataset.class_names, show_progress=sys.stderr.isatty())
     except (ValueError, ImportError) as exc:
         raise CaseError(str(exc)) from exc
     csv_path, md_path = write_report(args.out, results, dataset.class_names)

@@ -1,0 +1,278 @@
+"""The comparison grid behind ``cctr benchmark``: methods x registration backends x labeled sets
+x seeds on one dataset and split, every run scored in 3D on the same test volumes.
+
+A :class:`Run` is one cell. Registration backends only matter for the registration methods
+(``cctr-rsl``, ``cctr``, ``registration-only``); every other method runs once per labeled set
+and seed. Each run lives in ``OUT/runs/<method>/<backend>/labeled-<set>/seed-<k>``:
+trained (an interrupted training resumes from its ``last.pt``), its test predictions by
+student A scored per volume and class (``scores.csv``), and last, written atomically, the
+marker ``result.json`` (options and scores). A run with a marker is never redone; one whose
+marker holds other options is refused rather than mixed into the table.
+
+Outputs in ``OUT``: ``results.csv`` (one row per run and class, plus the class mean, each the
+mean over test volumes), ``results.md`` (3D Dice and HD95 as mean ± std over seeds, per class
+and overall, one row per method / backend / labeled set) and ``results.png``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from joint.methods import METHODS, REGISTRATION_ONLY, JointConfig, registration_only, train_joint
+from seg.config import differences, from_dict, to_dict
+from seg.data.case import Case, CaseError
+from seg.data.dataset import Dataset
+from seg.data.split import Split
+from seg.inference import load_students
+from seg.metrics import ClassScore, score_case
+from seg.report import Summary, summarize, write_scores_csv, write_text_atomic
+
+REGISTRATION_METHODS = ("cctr-rsl", "cctr", REGISTRATION_ONLY)
+RESULT_FILE = "result.json"
+CSV_COLUMNS = ("method", "backend", "labeled", "seed", "class", "dice", "hd95_mm", "cases")
+MEAN_ROW = "mean"   # the class column of the row holding the mean over classes
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    backend: str     # registration backend spec; '' for a method that uses none
+    labeled: str
+    seed: int
+
+    @property
+    def folder(self) -> Path:
+        """Where the run lives, relative to the benchmark folder."""
+        return Path("runs") / self.method / backend_tag(self.backend) / f"labeled-{self.labeled}" / f"seed-{self.seed}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run: Run
+    class_names: tuple[str, ...]
+    scores: dict[str, dict[int, ClassScore]]   # test case id -> foreground class -> score
+
+    @property
+    def summary(self) -> Summary:
+        return summarize(self.scores, self.class_names)
+
+
+def backend_tag(spec: str) -> str:
+    """A folder name for a backend spec: its kind, plus a short hash when it has a path or options."""
+    if not spec:
+        return "none"
+    kind = spec.partition("?")[0].partition(":")[0]
+    if spec == kind:
+        return kind
+    return f"{kind}-{hashlib.blake2b(spec.encode(), digest_size=4).hexdigest()}"
+
+
+def plan_runs(methods: Sequence[str], backends: Sequence[str], labeled_sets: Sequence[str],
+              seeds: Sequence[int]) -> list[Run]:
+    """Every run of the grid, labeled set by labeled set and seed by seed (so a partial grid
+    already compares the methods); unknown methods and a registration method without any
+    backend are refused."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    if not methods or not labeled_sets or not seeds:
+        raise ValueError("the grid needs at least one method, one labeled set and one seed")
+    if any(m in REGISTRATION_METHODS for m in methods) and not backends:
+        raise ValueError(f"methods {[m for m in methods if m in REGISTRATION_METHODS]} need at least one --backends spec")
+    runs = []
+    for labeled in labeled_sets:
+        for seed in seeds:
+            for method in methods:
+                for backend in (backends if method in REGISTRATION_METHODS else ("",)):
+                    runs.append(Run(method, backend, labeled, int(seed)))
+    return runs
+
+
+def run_config(base: JointConfig, run: Run, out_dir: Path) -> JointConfig:
+    return replace(base, method=run.method, reg_backend=run.backend, labeled=run.labeled, seed=run.seed,
+                   out_dir=str(out_dir), eval_subset="test")
+
+
+def _scores_to_json(scores: Mapping[str, Mapping[int, ClassScore]]) -> dict:
+    return {case: {str(c): {"dice": s.dice, "hd95": s.hd95, "asd": s.asd} for c, s in per.items()}
+            for case, per in scores.items()}
+
+
+def _scores_from_json(data: Mapping) -> dict[str, dict[int, ClassScore]]:
+    return {case: {int(c): ClassScore(**s) for c, s in per.items()} for case, per in data.items()}
+
+
+def read_result(folder: Path, run: Run, cfg: JointConfig) -> Optional[RunResult]:
+    """The finished result in ``folder``, None when the run is not finished; a result made
+    with other options raises ValueError naming the options."""
+    path = Path(folder) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        saved = from_dict(data["config"], JointConfig(), where=str(path))
+        result = RunResult(run, tuple(data["class_names"]), _scores_from_json(data["scores"]))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CaseError(f"{path}: not a benchmark result ({type(exc).__name__}: {exc}); delete it to redo the run") from exc
+    changed = differences(saved, cfg)
+    if changed:
+        raise ValueError(f"{path}: this run finished with other options (changed: {changed}); "
+                         "use another --out or the same options")
+    return result
+
+
+def predict_and_score(checkpoint: Path, cases: Sequence[Case], student: str = "a") -> dict[str, dict[int, ClassScore]]:
+    trained = load_students(checkpoint)
+    return {c.case_id: score_case(trained.predict(c.image, student), c.label, c.spacing, c.num_classes) for c in cases}
+
+
+def execute_run(run: Run, cfg: JointConfig, dataset: Dataset, split: Split, test_cases: Sequence[Case],
+                progress: bool = True) -> RunResult:
+    """Train (or resume) and score one run, then write its marker; see the module docstring."""
+    folder = Path(cfg.out_dir)
+    class_names = tuple(dataset.class_names)
+    if run.method == REGISTRATION_ONLY:
+        scores = registration_only(cfg, dataset, split, progress=progress).scores
+    else:
+        last = folder / "last.pt"
+        result = train_joint(cfg, dataset, split, resume=last.is_file(), progress=progress)
+        checkpoint = result.best_checkpoint or result.last_checkpoint
+        scores = predict_and_score(checkpoint, test_cases)
+        write_scores_csv(folder / "scores.csv", scores, class_names)
+    write_text_atomic(folder / RESULT_FILE, json.dumps({
+        "run": {"method": run.method, "backend": run.backend, "labeled": run.labeled, "seed": run.seed},
+        "class_names": list(class_names),
+        "config": to_dict(cfg),
+        "scores": _scores_to_json(scores),
+    }, indent=2) + "\n")
+    return RunResult(run, class_names, scores)
+
+
+def run_grid(runs: Sequence[Run], base: JointConfig, dataset: Dataset, split: Split, out_dir: Path,
+             progress: bool = True) -> list[RunResult]:
+    """Every run of ``runs``, skipping finished ones; then the CSV, markdown and plot."""
+    out_dir = Path(out_dir)
+    missing = [ref.case_id for ref in dataset.of_patients(split.test) if not ref.has_label]
+    if not split.test:
+        raise CaseError(f"{dataset.root}: the split has no test patients to score the runs on")
+    if missing:
+        raise CaseError(f"{dataset.root}: test cases without a reference label: {missing}")
+    configs = {run: run_config(base, run, out_dir / run.folder) for run in runs}
+    results = {run: read_result(Path(cfg.out_dir), run, cfg) for run, cfg in configs.items()}
+    todo = [run for run in runs if results[run] is None]
+    test_cases = [ref.load() for ref in dataset.of_patients(split.test)] if todo else []
+    with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="benchmark", unit="run",
+              disable=None if progress else True) as bar:
+        for run in todo:
+            bar.set_postfix_str(f"{run.method} {backend_tag(run.backend)} L{run.labeled} s{run.seed}")
+            results[run] = execute_run(run, configs[run], dataset, split, test_cases, progress)
+            bar.update(1)
+    done = [results[run] for run in runs]
+    write_text_atomic(out_dir / "results.csv", results_csv(done))
+    write_text_atomic(out_dir / "results.md", results_markdown(done, dataset.root))
+    plot_results(out_dir / "results.png", done)
+    return done
+
+
+# -- tables and plot -------------------------------------------------------------------------------
+
+def run_values(result: RunResult) -> dict[str, dict[str, float]]:
+    """Per class name and ``'mean'``: the run's Dice and HD95, means over test volumes."""
+    summary = result.summary
+    out = {name: {"dice": stats["dice"].mean, "hd95": stats["hd95"].mean} for name, stats in summary.per_class.items()}
+    out[MEAN_ROW] = {"dice": summary.overall["dice"].mean, "hd95": summary.overall["hd95"].mean}
+    return out
+
+
+def results_csv(results: Sequence[RunResult]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        for name, v in run_values(r).items():
+            writer.writerow([r.run.method, r.run.backend, r.run.labeled, r.run.seed, name,
+                             repr(float(v["dice"])), repr(float(v["hd95"])), len(r.scores)])
+    return buf.getvalue()
+
+
+def group_results(results: Sequence[RunResult]) -> dict[tuple[str, str, str], list[RunResult]]:
+    """Results by (method, backend, labeled set), in the order they first appear."""
+    groups: dict[tuple[str, str, str], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.run.method, r.run.backend, r.run.labeled), []).append(r)
+    return groups
+
+
+def _mean_std(values: Sequence[float], digits: int) -> str:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return "n/a" if v.size == 0 else f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+
+
+def results_markdown(results: Sequence[RunResult], data_root: Path) -> str:
+    """One row per method / backend / labeled set: Dice and HD95 (mm) per class and their mean
+    over classes, each as mean ± std over seeds (population std) of the per-run means over
+    the test volumes."""
+    if not results:
+        raise ValueError("no benchmark results to tabulate")
+    names = [str(n) for n in results[0].class_names[1:]] + [MEAN_ROW]
+    head = (["method", "backend", "labeled", "seeds"] + [f"Dice {n}" for n in names]
+            + [f"HD95 {n} (mm)" for n in names])
+    lines = [
+        "# Benchmark",
+        "",
+        f"Data: `{data_root}`; {len(results[0].scores)} test volume(s). Each cell: mean ± std over seeds "
+        "of the run's mean over test volumes (3D, student A for trained methods); `mean` is the "
+        "mean over foreground classes.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- | --- | --- | ---: | " + " | ".join(["---:"] * (2 * len(names))) + " |",
+    ]
+    for (method, backend, labeled), group in group_results(results).items():
+        values = [run_values(r) for r in group]
+        dice = [_mean_std([v[n]["dice"] for v in values], 4) for n in names]
+        hd95 = [_mean_std([v[n]["hd95"] for v in values], 2) for n in names]
+        cells = [method, f"`{backend}`" if backend else "-", labeled, str(len(group))] + dice + hd95
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def row_label(method: str, backend: str) -> str:
+    return method if not backend else f"{method}\n{backend_tag(backend)}"
+
+
+def plot_results(path: Path, results: Sequence[RunResult]) -> Path:
+    """Mean Dice over classes per method / backend: bar = mean over seeds, whisker = std, dots =
+    seeds; one panel per labeled set."""
+    from matplotlib.figure import Figure
+
+    from joint.demo import save_figure
+
+    groups = group_results(results)
+    labeled_sets = list(dict.fromkeys(key[2] for key in groups))
+    rows = list(dict.fromkeys(key[:2] for key in groups))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(rows)) * len(labeled_sets), 4.5))
+    axes = np.atleast_1d(fig.subplots(1, len(labeled_sets), squeeze=False)[0])
+    for ax, labeled in zip(axes, labeled_sets):
+        for x, (method, backend) in enumerate(rows):
+            group = groups.get((method, backend, labeled), [])
+            dice = np.array([run_values(r)[MEAN_ROW]["dice"] for r in group], dtype=float)
+            if dice.size == 0:
+                continue
+            ax.bar(x, dice.mean(), yerr=dice.std(), capsize=4, color=f"C{x % 10}", alpha=0.7)
+            ax.plot(np.full(dice.size, x), dice, "k.", markersize=6)
+        ax.set_xticks(range(len(rows)), [row_label(*r) for r in rows], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("3D Dice, mean over classes")
+        ax.set_title(f"labeled set {labeled}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)

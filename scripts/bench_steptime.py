@@ -1,0 +1,189 @@
+"""Seconds per training step of ``cct`` and of ``cctr`` (learned backend, warm cache) on the same
+batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct).
+
+    python scripts/bench_steptime.py [--out runs/bench_steptime] [--data DIR] [--patients 16]
+        [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--set key=value ...]
+
+The two trainings run in two threads of this process through the ordinary trainer
+(:func:`seg.train.train` with :data:`joint.methods.TRAINER_METHODS`) and take turns one step at a time, so a change of load on
+the machine hits both alike. A clock is added to each run as an extra trainer term: the time
+between two of its calls is one whole step (sampling, forward, every loss, backward,
+optimiser, memory-bank refresh, logging), measured only while that run holds the turn. Both
+runs use one config and seed apart from the method, so their samplers draw the same batches
+(checked). ``cctr``'s oracle is warmed before its first step, so every step finds its Fields
+and warped labels in memory. Without ``--reg-ckpt`` a tiny registration net is trained first:
+its quality does not change the cost of a step. Without ``--data`` a phantom is generated.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from joint.demo import pretrain_registration
+from joint.methods import TRAINER_METHODS, JointConfig, as_joint_config
+from reg.config import RegConfig
+from seg.config import apply_overrides, preset
+from seg.data.phantom import write_phantom
+from seg.data.readers import open_dataset
+from seg.data.split import Split
+from seg.slices import SliceBatch
+from seg.train import train
+
+
+class Turns:
+    """Players take turns: :meth:`hand_over` ends the caller's turn and returns at its next one."""
+
+    def __init__(self, players: Sequence[str]) -> None:
+        self._order = list(players)
+        self._active = set(players)
+        self._turn = self._order[0]
+        self._cond = threading.Condition()
+
+    def _next_after(self, me: str) -> str:
+        i = self._order.index(me)
+        for k in range(1, len(self._order) + 1):
+            other = self._order[(i + k) % len(self._order)]
+            if other in self._active:
+                return other
+        return me
+
+    def hand_over(self, me: str) -> None:
+        with self._cond:
+            self._turn = self._next_after(me)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._turn == me)
+
+    def leave(self, me: str) -> None:
+        """``me`` plays no more (finished or failed): the others keep taking turns without it."""
+        with self._cond:
+            self._active.discard(me)
+            if self._turn == me:
+                self._turn = self._next_after(me)
+            self._cond.notify_all()
+
+
+class StepClock:
+    """An extra trainer term that adds no loss: it times the step just completed and hands the
+    turn over between steps. ``seconds[k]`` is the step from call k to call k + 1."""
+
+    name = "clock"
+
+    def __init__(self, player: str, turns: Turns) -> None:
+        self.player = player
+        self.turns = turns
+        self.seconds: list[float] = []
+        self.batches: list[str] = []
+        self._resumed: Optional[float] = None
+
+    def __call__(self, step: int, batch: SliceBatch, outputs: dict) -> dict:
+        now = time.perf_counter()
+        if self._resumed is not None:
+            self.seconds.append(now - self._resumed)
+        self.batches.append(hashlib.blake2b(batch.image.numpy().tobytes(), digest_size=8).hexdigest())
+        self.turns.hand_over(self.player)
+        self._resumed = time.perf_counter()
+        return {}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/bench_steptime"))
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: a phantom in OUT/phantom)")
+    p.add_argument("--patients", type=int, default=16, help="phantom patients when generating (default 16)")
+    p.add_argument("--labeled", default="1", help="labeled set of the split (default '1')")
+    p.add_argument("--reg-ckpt", type=Path, default=None, help="learned registration checkpoint (default: train a tiny one)")
+    p.add_argument("--reg-steps", type=int, default=3, help="steps of the tiny registration net (default 3)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per method (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed first steps per method (default 5)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="segmentation option for both runs (cpu-small preset otherwise)")
+    return p.parse_args(argv)
+
+
+def run_pair(configs: dict[str, JointConfig], dataset, split: Split) -> dict[str, StepClock]:
+    """Train every config in its own thread, one step each in turn; the clocks of the runs."""
+    turns = Turns(list(configs))
+    clocks = {name: StepClock(name, turns) for name in configs}
+    errors: dict[str, BaseException] = {}
+
+    def play(name: str) -> None:
+        try:
+            train(configs[name], dataset, split, extra_terms=(clocks[name],), methods=TRAINER_METHODS, progress=False)
+        except BaseException as exc:  # re-raised in the main thread
+            errors[name] = exc
+        finally:
+            turns.leave(name)
+
+    threads = [threading.Thread(target=play, args=(name,), name=f"train-{name}") for name in configs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, exc in errors.items():
+        raise RuntimeError(f"the {name} run failed: {exc}") from exc
+    return clocks
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data_dir = args.data or args.out / "phantom"
+    if args.data is None and not (data_dir / "dataset.json").is_file():
+        write_phantom(data_dir, args.patients, seed=0)
+    dataset = open_dataset(data_dir)
+    if dataset.default_split is None:
+        raise SystemExit(f"{data_dir}: no split.json")
+    full = dataset.default_split
+    # no validation patients: the trainer then never validates, not even after the last step
+    split = Split(train=full.train, val=(), test=full.test, labeled_sets=full.labeled_sets)
+
+    reg_ckpt = args.reg_ckpt
+    if reg_ckpt is None:
+        n = args.reg_steps
+        reg_cfg = RegConfig().with_overrides(steps=n, val_every=n, image_every=n, log_every=n)
+        reg_ckpt = pretrain_registration(dataset, full, reg_cfg, args.out / f"reg-{n}steps", args.labeled)
+
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=str(args.out)))
+    try:
+        base = replace(apply_overrides(as_joint_config(preset("cpu-small")), args.overrides),
+                       labeled=args.labeled, iterations=args.warmup + args.steps + 1, val_every=10 ** 9,
+                       checkpoint_every=10 ** 9, overlays=False, reg_cache=str(args.out / "reg-cache"))
+        configs = {
+            "cct": replace(base, method="cct", out_dir=str(runs / "cct")),
+            "cctr": replace(base, method="cctr", out_dir=str(runs / "cctr"), reg_backend=f"learned:{reg_ckpt}"),
+        }
+        started = time.perf_counter()
+        clocks = run_pair(configs, dataset, split)
+        wall = time.perf_counter() - started
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+
+    same = clocks["cct"].batches == clocks["cctr"].batches
+    medians = {}
+    print(f"{args.steps} timed steps per method after {args.warmup} warm-up steps, taking turns step by step; "
+          f"batch {base.labeled_batch} labeled + {base.unlabeled_batch} unlabeled at {base.image_size[0]}x{base.image_size[1]}; "
+          f"same batches in both runs: {same}; wall {wall:.0f} s")
+    print("| method | median s/step | mean s/step | min | max |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, clock in clocks.items():
+        s = np.asarray(clock.seconds[args.warmup:])
+        medians[name] = float(np.median(s))
+        print(f"| {name} | {medians[name]:.3f} | {s.mean():.3f} | {s.min():.3f} | {s.max():.3f} |")
+    print(f"cctr / cct median step time: {medians['cctr'] / medians['cct']:.2f} (target <= 1.3)")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

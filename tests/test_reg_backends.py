@@ -1,0 +1,160 @@
+"""Backends behind one spec string: identity, the classical SimpleITK ones, the learned one
+from a checkpoint alone, and the clear errors for bad specs and bad checkpoints."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from reg.backends import backend_params, load_backend, parse_spec
+from reg.checkpoint import save_checkpoint
+from reg.config import RegConfig
+from reg.grid import CanonicalGrid
+from reg.losses import LocalNCCLoss, _clamped_local_ncc
+from reg.model import RegistrationNet
+from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (autouse)
+
+FIXED = ((8, 48, 40), (6.0, 1.5, 1.5))
+MOVING = ((9, 40, 44), (5.5, 1.8, 1.8))
+SMALL = CanonicalGrid((16, 32, 32), (4.0, 2.4, 2.4))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([2 * ((a == c) & (b == c)).sum() / max(1, (a == c).sum() + (b == c).sum()) for c in (1, 2, 3)]))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    (fs, fsp), (ms, msp) = FIXED, MOVING
+    f_img, f_lab = volume(fs, fsp)
+    m_img, m_lab = volume(ms, msp, Motion(np.deg2rad(15.0), (0.0, 4.0, -3.0)))
+    return f_img, fsp, f_lab, m_img, msp, m_lab
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    config = RegConfig.from_dict({"grid": {"shape": [16, 32, 32], "spacing": [4.0, 2.4, 2.4]},
+                                  "net": {"nb_features": [4, 4, 4, 4]}})
+    torch.manual_seed(0)
+    net = RegistrationNet(config.net)
+    path = tmp_path_factory.mktemp("ckpt") / "net.pt"
+    save_checkpoint(path, {"config": config.to_dict(), "model": net.state_dict()})
+    return path
+
+
+def test_identity_overlays_volumes_centre_on_centre(pair):
+    f_img, fsp, _, m_img, msp, _ = pair
+    same = load_backend("identity").register(f_img, fsp, f_img, fsp)
+    np.testing.assert_allclose(same.coords, same.identity(f_img.shape).coords, atol=1e-5)
+    other = load_backend("identity").register(f_img, fsp, m_img, msp)
+    centre = (np.asarray(f_img.shape) - 1) / 2
+    np.testing.assert_allclose(other.map_points(centre[None])[0], (np.asarray(m_img.shape) - 1) / 2, atol=1e-4)
+
+
+def test_demons_improves_on_identity_and_is_deterministic(pair):
+    f_img, fsp, f_lab, m_img, msp, m_lab = pair
+    spec = "sitk-demons?iterations=20&levels=1"
+    backend = load_backend(spec, grid=SMALL)
+    first = backend.register(f_img, fsp, m_img, msp)
+    again = backend.register(f_img, fsp, m_img, msp)
+    assert np.array_equal(first.coords, again.coords)
+    assert first.fixed_shape == f_img.shape and first.moving_shape == m_img.shape
+    base = _dice(load_backend("identity").register(f_img, fsp, m_img, msp).warp_labels(m_lab, 4), f_lab)
+    assert _dice(first.warp_labels(m_lab, 4), f_lab) > base + 0.2
+
+
+def test_bspline_returns_a_regular_field(pair):
+    f_img, fsp, f_lab, m_img, msp, m_lab = pair
+    field = load_backend("sitk-bspline?iterations=5&levels=1&mesh_mm=30", grid=SMALL).register(f_img, fsp, m_img, msp)
+    assert field.fixed_shape == f_img.shape
+    assert _dice(field.warp_labels(m_lab, 4), f_lab) > 0.5
+
+
+def test_learned_backend_runs_from_the_checkpoint_alone_and_batches(pair, checkpoint):
+    f_img, fsp, _, m_img, msp, _ = pair
+    backend = load_backend(f"learned:{checkpoint}?batch=2")
+    fields = backend.register_many([(f_img, fsp, m_img, msp), (m_img, msp, f_img, fsp), (f_img, fsp, m_img, msp)])
+    assert [f.fixed_shape for f in fields] == [f_img.shape, m_img.shape, f_img.shape]
+    np.testing.assert_allclose(fields[0].coords, fields[2].coords, atol=1e-5)
+    single = backend.register(f_img, fsp, m_img, msp)
+    np.testing.assert_allclose(single.coords, fields[0].coords, atol=1e-4)
+    params = backend_params(f"learned:{checkpoint}")
+    assert params["kind"] == "learned" and len(params["checkpoint_sha256"]) == 64
+    assert params["config"]["grid"]["shape"] == [16, 32, 32]
+
+
+def test_backend_params_name_every_option():
+    params = backend_params("sitk-demons?iterations=7")
+    assert params["iterations"] == 7 and params["sigma_mm"] > 0 and params["prealign"]["method"] == "search"
+    assert backend_params("sitk-demons?prealign=none")["prealign"]["method"] == "none"
+    assert backend_params("identity") == {"kind": "identity"}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "empty"),
+    ("elastix", "unknown registration backend"),
+    ("learned", "learned:PATH"),
+    ("identity:foo", "only 'learned' takes a path"),
+    ("sitk-demons?iterations", "not key=value"),
+    ("sitk-demons?iterations=many", "not a valid int"),
+    ("sitk-demons?speed=3", "unknown option 'speed'"),
+    ("sitk-demons?prealign=magic", "unknown pre-alignment"),
+    ("identity?x=1", "takes no options"),
+])
+def test_bad_specs_are_refused_clearly(spec, message):
+    with pytest.raises(ValueError, match=message):
+        load_backend(spec)
+
+
+def test_spec_grammar():
+    s = parse_spec("learned:runs/a:b/best.pt?batch=4")
+    assert (s.kind, s.path, s.options) == ("learned", "runs/a:b/best.pt", {"batch": "4"})
+
+
+def test_bad_checkpoints_are_refused_clearly(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_backend(f"learned:{tmp_path / 'missing.pt'}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
+        load_backend(f"learned:{junk}")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match="not a cctr registration checkpoint"):
+        load_backend(f"learned:{foreign}")
+    data = torch.load(checkpoint, weights_only=True)
+    data["config"]["net"]["nb_features"] = [8, 8, 8, 8]
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(data, mismatched)
+    with pytest.raises(ValueError, match="do not fit the stored config"):
+        load_backend(f"learned:{mismatched}")
+
+
+def test_ants_without_antspyx_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
+    with pytest.raises(ImportError, match="pip install antspyx"):
+        load_backend("ants-syn")
+
+
+def test_bad_volumes_are_named(pair):
+    f_img, fsp, _, m_img, msp, _ = pair
+    with pytest.raises(ValueError, match="moving volume: spacing"):
+        load_backend("sitk-demons", grid=SMALL).register(f_img, fsp, m_img, (0.0, 1.0, 1.0))
+    bad = f_img.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="fixed volume: image has NaN"):
+        load_backend("identity").register(bad, fsp, m_img, msp)
+
+
+def test_ncc_guard_handles_what_neurite_asserts_on():
+    torch.manual_seed(0)
+    far = torch.rand(1, 1, 8, 16, 16) * 1e-3 + 1000.0  # flat, far from zero: rounding breaks [0, 1]
+    other = torch.rand(1, 1, 8, 16, 16)
+    loss = LocalNCCLoss((3, 5, 5))(far, other)
+    assert torch.isfinite(loss) and 0.0 <= float(loss) <= 1.0
+    a, b = torch.rand(2, 1, 8, 16, 16), torch.rand(2, 1, 8, 16, 16)
+    plain = 1.0 - LocalNCCLoss((3, 5, 5))(a, b)
+    np.testing.assert_allclose(float(plain), float(_clamped_local_ncc(a, b, (3, 5, 5), 1e-5).mean()), rtol=1e-4)
+    assert float(LocalNCCLoss((3, 5, 5))(a, a)) < 0.01
