@@ -3,10 +3,14 @@
     cctr train --data DIR --split FILE --labeled NAME --method M --out DIR
                [--config YAML_OR_PRESET] [--resume] [--set key=value ...]
 
+               [--reg-backend SPEC] [--atlas-policy random|similar|fused]
+
 The configuration starts from the ``cpu-small`` preset (or ``--config``: a preset name such as
 ``paper``, or a YAML file applied over ``cpu-small``), then every ``--set`` (any option of
-:class:`seg.config.TrainConfig`, nested ones with dots), then the explicit flags. The run
-folder gets ``config.yaml``, ``best.pt``, ``last.pt`` and TensorBoard logs in ``tb/``.
+:class:`joint.methods.JointConfig`: the seg options plus the registration ones, nested ones
+with dots), then the explicit flags. The run folder gets ``config.yaml``, ``best.pt``,
+``last.pt`` and TensorBoard logs in ``tb/``. ``registration-only`` trains nothing: it writes
+the propagated labels of the test split and their scores into the run folder.
 """
 from __future__ import annotations
 
@@ -15,17 +19,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
-from seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
+from joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, JointConfig, as_joint_config, registration_only
+from joint.oracle import POLICIES
+from seg.config import PRESETS, apply_overrides, load_config, preset
 from seg.data.case import CaseError
 from seg.data.readers import LAYOUTS, open_dataset
 from seg.data.split import load_split
-from seg.train import SEG_METHODS, Method, train
+from seg.train import Method, train
 
 
 def available_methods() -> Mapping[str, Method]:
-    """Every method ``cctr train`` knows. The registration-guided methods of the joint package
-    (``cctr-rsl``, ``cctr``) are merged into this mapping here."""
-    return dict(SEG_METHODS)
+    """The methods the seg trainer runs: the seg ones plus ``cctr-rsl`` and ``cctr``."""
+    return TRAINER_METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (any layout open_dataset reads)")
     p.add_argument("--split", type=Path, default=None, help="split JSON (default: the dataset folder's split.json)")
     p.add_argument("--labeled", default=None, help="labeled set name in the split, or 'all' (default: the config's, '1')")
-    p.add_argument("--method", choices=sorted(available_methods()), default=None, help="default: the config's, 'cct'")
+    p.add_argument("--method", choices=list(METHODS), default=None, help="default: the config's, 'cct'")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, config.yaml and TensorBoard logs")
     p.add_argument("--config", default=None,
                    help=f"a preset ({', '.join(sorted(PRESETS))}) or a YAML file of options over cpu-small")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one option, e.g. --set iterations=500 --set student_a.widths=[8,16,32,64]")
+    p.add_argument("--reg-backend", default=None, metavar="SPEC",
+                   help="registration for cctr-rsl, cctr, registration-only: 'learned:CKPT', 'sitk-demons', "
+                        "'ants-syn' or 'identity'")
+    p.add_argument("--atlas-policy", choices=POLICIES, default=None, help="which labeled volume guides each unlabeled one")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--layout", choices=LAYOUTS, default=None, help="force a dataset layout instead of detecting it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -46,22 +55,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(config: str | None, overrides: list[str], method: str | None, labeled: str | None,
-                 out: Path) -> TrainConfig:
+                 out: Path, reg_backend: str | None = None, atlas_policy: str | None = None) -> JointConfig:
     """The run's configuration from the command line (module docstring gives the order)."""
+    base = as_joint_config(preset("cpu-small"))
     if config is None:
-        cfg = preset("cpu-small")
+        cfg = base
     elif config in PRESETS:
-        cfg = preset(config)
+        cfg = as_joint_config(preset(config))
     else:
-        cfg = load_config(Path(config), preset("cpu-small"))
+        cfg = load_config(Path(config), base)
     cfg = apply_overrides(cfg, overrides)
-    flags = {"method": method, "labeled": labeled, "out_dir": str(out)}
+    flags = {"method": method, "labeled": labeled, "out_dir": str(out), "reg_backend": reg_backend,
+             "atlas_policy": atlas_policy}
     return replace(cfg, **{k: v for k, v in flags.items() if v is not None})
 
 
 def run_train(args: argparse.Namespace) -> int:
     try:
-        cfg = build_config(args.config, args.overrides, args.method, args.labeled, args.out)
+        cfg = build_config(args.config, args.overrides, args.method, args.labeled, args.out,
+                           args.reg_backend, args.atlas_policy)
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
     dataset = open_dataset(args.data, args.layout)
@@ -71,6 +83,11 @@ def run_train(args: argparse.Namespace) -> int:
         split = dataset.default_split
     else:
         raise CaseError(f"{args.data}: the folder has no split.json; pass --split FILE")
+    if cfg.method == REGISTRATION_ONLY:
+        done = registration_only(cfg, dataset, split, progress=not args.no_progress)
+        print(f"propagated labels to {len(done.predictions)} {cfg.eval_subset} volumes -> {done.out_dir}")
+        print(f"mean foreground Dice {done.summary.overall['dice'].mean:.4f}; see {done.out_dir / 'summary.md'}")
+        return 0
     try:
         result = train(cfg, dataset, split, methods=available_methods(), resume=args.resume,
                        progress=not args.no_progress)
