@@ -10,6 +10,7 @@ import pytest
 
 from joint.cli import main
 from layouts import write_nnunet
+from joint.methods import JointConfig
 from seg.config import load_config
 
 CASES = tuple(f"patient00{i}_{f}" for i in range(1, 6) for f in ("ED", "ES"))
@@ -34,7 +35,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_train_writes_a_run_folder_with_the_command_line_config(trained):
     _, run = trained
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", JointConfig())
+    assert isinstance(cfg, JointConfig) and cfg.reg_backend == ""
     assert cfg.method == "ct" and cfg.labeled == "1" and cfg.out_dir == str(run)
     assert cfg.image_size == (32, 64) and cfg.student_a.widths == (4, 8) and cfg.iterations == 2
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
@@ -76,3 +78,19 @@ def test_bad_input_is_a_one_line_error(trained, tmp_path, capsys):
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--set", "no_such_option=1"]) == 2
     assert "unknown option" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_train_runs_the_registration_methods_from_the_same_cli(trained, tmp_path, capsys):
+    data, _ = trained
+    atlas = tmp_path / "atlas"
+    assert main(["train", "--data", str(data), "--method", "registration-only", "--reg-backend", "identity",
+                 "--out", str(atlas), "--no-progress"]) == 0
+    assert sorted(p.name for p in (atlas / "predictions").iterdir()) == ["patient005_ED.nii.gz", "patient005_ES.nii.gz"]
+    assert "registration-only (identity" in (atlas / "summary.md").read_text()
+    assert load_config(atlas / "config.yaml", JointConfig()).reg_backend == "identity"
+
+    assert main(["train", "--data", str(data), "--method", "cctr", "--out", str(tmp_path / "c"), *TINY]) == 2
+    assert "needs a registration backend" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--method", "cctr", "--reg-backend", "nope", "--out",
+                 str(tmp_path / "d"), *TINY]) == 2
+    assert "unknown registration backend 'nope'" in capsys.readouterr().err
