@@ -17,8 +17,8 @@ from reg.prealign import PrealignConfig
 @dataclass(frozen=True)
 class LossConfig:
     similarity: str = "ncc"  # 'ncc' | 'mse'
-    ncc_window: tuple[int, int, int] = (3, 9, 9)  # (z, y, x) canonical voxels
-    smoothness_weight: float = 1.0
+    ncc_window: tuple[int, int, int] = (3, 7, 7)  # (z, y, x) canonical voxels
+    smoothness_weight: float = 0.3
     dice_weight: float = 0.0  # > 0: also Dice of warped labels on pairs where both are labeled
 
     def __post_init__(self) -> None:
@@ -30,9 +30,9 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 1250
     batch_size: int = 2
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     intra_patient_fraction: float = 0.25  # share of pairs that are ED/ES of one patient
     val_every: int = 250
     val_pairs: int = 12

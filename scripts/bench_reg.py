@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import SimpleITK as sitk
+import torch
+
 from joint.cli import main as cctr
 from joint.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 from reg.backends import load_backend
@@ -30,10 +33,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=20, help="labeled test pairs (default 20)")
     p.add_argument("--steps", type=int, default=None, help="override the default config's training steps")
     p.add_argument("--config", type=Path, default=None, help="registration config (default: the built-in default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and ITK threads for this process, the same for every backend (default: the libraries' own)")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        # this benchmark process only: on a shared, loaded machine spinning extra threads
+        # slow every backend down many times over
+        torch.set_num_threads(args.threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     data, run_dir, out = args.work / "phantom", args.work / "run", args.work / "eval"
     if not (data / "dataset.json").is_file():
         start = time.perf_counter()
