@@ -34,7 +34,8 @@ from seg.data.dataset import Dataset
 from seg.data.nifti import write_nifti
 from seg.data.split import Split
 from seg.metrics import ClassScore, score_case
-from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown, write_text_atomic
+from seg.atomic import write_text_atomic
+from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown
 from seg.train import SEG_METHODS, Method, MethodExtras, TrainData, TrainResult, train
 
 REGISTRATION_ONLY = "registration-only"

@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
-import tempfile
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,6 +37,7 @@ from tqdm.auto import tqdm
 
 from reg.backends import Backend, load_backend
 from reg.field import Field, voxel_grid
+from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError
 
 POLICIES = ("random", "similar", "fused")
@@ -155,16 +154,9 @@ def pair_key(fingerprint: str, target_digest: str, atlas_digest: str) -> str:
 
 def save_field(path: Path, field: Field) -> None:
     """Store ``field`` as float16 displacements (compact, exact to ~1e-3 voxel), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     disp = field.displacement.astype(np.float16)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, displacement=disp, moving_shape=np.asarray(field.moving_shape, dtype=np.int64))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, displacement=disp, moving_shape=np.asarray(field.moving_shape, dtype=np.int64))
 
 
 def load_field(path: Path) -> Field:

@@ -26,7 +26,8 @@ from reg.jacobian import regularity
 from seg.data.case import Case, CaseRef
 from seg.data.dataset import Dataset
 from seg.metrics import ClassScore, score_case
-from seg.report import summarize, write_text_atomic
+from seg.atomic import write_text_atomic
+from seg.report import summarize
 
 
 @dataclass(frozen=True)

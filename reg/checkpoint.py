@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -20,19 +21,28 @@ from reg.model import RegistrationNet
 FORMAT = "cctr-reg-checkpoint/1"
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (with the format tag added) to ``path`` atomically."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary name beside ``path``, renamed onto it when the block succeeds, removed
+    otherwise: a crash never leaves half a file. (``seg`` has its own: the packages stay
+    independent.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=str(path.parent))
     os.close(fd)
     try:
-        torch.save({"format": FORMAT, **payload}, tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (with the format tag added) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
+    return Path(path)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

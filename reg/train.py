@@ -15,9 +15,7 @@ exactly as an uninterrupted run would (bit-identical on CPU).
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,7 +25,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from reg.checkpoint import read_checkpoint, save_checkpoint
+from reg.checkpoint import atomic_path, read_checkpoint, save_checkpoint
 from reg.config import RegConfig, dump_config
 from reg.jacobian import regularity
 from reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
@@ -184,13 +182,6 @@ def validate(net: RegistrationNet, pairs: list[tuple[int, int]], data: list[Prep
     return {"dice": float(np.mean(dices)), "folded_percent": float(np.mean(folded))}
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def train(
     config: RegConfig,
     train_volumes: Sequence[Volume],
@@ -229,7 +220,8 @@ def train(
     elif last.exists():
         raise ValueError(f"{out_dir}: already holds a run; resume it or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(out_dir / "config.yaml", dump_config(config))
+    with atomic_path(out_dir / "config.yaml") as tmp:
+        Path(tmp).write_text(dump_config(config))
 
     train_data = prepare(train_volumes, config, num_classes, "placing train volumes")
     val_data = prepare(val_volumes, config, num_classes, "placing val volumes")

@@ -6,14 +6,13 @@ Every option is a field here, so every option can be set from a YAML file or the
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
 import yaml
 
+from seg.atomic import write_text_atomic
 from seg.losses import ContrastConfig
 from seg.slices import AugmentConfig
 from seg.students import StudentConfig
@@ -167,13 +166,8 @@ def load_config(path: Path, base: TrainConfig = TrainConfig()) -> TrainConfig:
 
 def save_config(cfg: TrainConfig, path: Path) -> Path:
     """Write ``cfg`` as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
-    return path
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return write_text_atomic(path, text)
 
 
 def apply_overrides(cfg: TrainConfig, assignments: Sequence[str]) -> TrainConfig:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from seg.atomic import write_text_atomic
 from seg.metrics import ClassScore
 
 METRICS: tuple[str, ...] = tuple(f.name for f in fields(ClassScore))  # ('dice', 'hd95', 'asd')
@@ -122,21 +121,6 @@ def scores_csv(scores: CaseScores, class_names: Sequence[str]) -> str:
             s = per_class[c]
             writer.writerow([case_id, c, name, *(repr(float(getattr(s, m))) for m in METRICS)])
     return buf.getvalue()
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so that the file appears complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def write_scores_csv(path: Path, scores: CaseScores, class_names: Sequence[str]) -> Path:

@@ -23,8 +23,6 @@ everything needed to resume exactly: students, optimisers, step, RNG and sampler
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from seg.atomic import atomic_path
 from seg.config import TrainConfig, differences, from_dict, save_config, to_dict
 from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
@@ -124,14 +123,8 @@ def load_train_data(dataset: Dataset, split: Split, labeled_set: str, with_unlab
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _term_name(term: object, index: int) -> str:

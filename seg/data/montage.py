@@ -3,8 +3,6 @@ grey with its label map overlaid (translucent fill and solid outline per class),
 can check at a glance that images look right and labels sit on them."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,6 +12,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError, CaseRef  # noqa: E402
 from seg.data.dataset import Dataset  # noqa: E402
 
@@ -109,14 +108,9 @@ def write_montage(
                  ha="center", va="bottom", fontsize=9, fontweight="bold")
     fig.tight_layout(rect=(0, 0.02, 1, 0.98))
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=str(out_png.parent))
-    os.close(fd)
     try:
-        fig.savefig(tmp, facecolor="black", dpi=100)
-        os.replace(tmp, out_png)
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, facecolor="black", dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_png

@@ -3,14 +3,13 @@ arrays and the case model's ``(Z, Y, X)`` arrays (see :mod:`seg.data.case`), and
 an image/label pair of NIfTI files becomes a :class:`~seg.data.case.Case`."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import nibabel as nib
 import numpy as np
 
+from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError, label_to_uint8
 
 # Image and label affines may differ by float noise from the writer, not by geometry.
@@ -147,13 +146,6 @@ def write_nifti(
     img.set_data_dtype(data.dtype)
     if data.dtype == np.uint8:
         img.header.set_slope_inter(1, 0)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

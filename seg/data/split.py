@@ -13,12 +13,11 @@ as ``split.json`` at its top level (:data:`SPLIT_FILENAME`); readers then attach
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from seg.atomic import write_text_atomic
 from seg.data.case import CaseError
 
 SPLIT_FILENAME = "split.json"
@@ -104,17 +103,7 @@ def _ids(value: object, key: str) -> tuple[str, ...]:
 
 def save_split(split: Split, path: Path) -> Path:
     """Write ``split`` as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(split.to_dict(), f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return write_text_atomic(path, json.dumps(split.to_dict(), indent=2))
 
 
 def load_split(path: Path) -> Split:
