@@ -15,8 +15,10 @@ so install it in a separate environment (``pip install antspyx``, or ``pip insta
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -96,7 +98,15 @@ def bspline(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float],
 
 @dataclass(frozen=True)
 class SynParams:
-    seed: int = 0
+    seed: int = 0  # ANTS_RANDOM_SEED for the run
+    pad: int = 4  # voxels of edge-replicated margin on every side while registering (see ants_syn)
+
+    def __post_init__(self) -> None:
+        if self.pad < 0:
+            raise ValueError(f"ants-syn: pad must be >= 0, got {self.pad}")
+
+
+ANTS_EXTRA = "pip install 'cctr[ants]'"
 
 
 def require_ants() -> Any:
@@ -105,30 +115,61 @@ def require_ants() -> Any:
         import ants  # type: ignore[import-not-found]
     except ImportError as exc:
         raise ImportError(
-            "backend 'ants-syn' needs the optional package antspyx, which is not installed. It pins "
-            "numpy<2.4 and scipy<1.16, so install it in a separate environment: pip install antspyx"
+            "backend 'ants-syn' needs the optional extra 'ants' (package antspyx), which is not installed. "
+            "antspyx pins numpy<2.4 and scipy<1.16, so install it in a separate environment without the "
+            f"project's constraints: {ANTS_EXTRA} (pip install -e '.[ants]' from a checkout), or pip install antspyx"
         ) from exc
     return ants
 
 
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of a block, restoring the old values after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in before.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
 def ants_syn(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], p: SynParams) -> np.ndarray:
-    """ANTs SyN (deformable only: the pair is already pre-aligned), via antspyx."""
+    """ANTs SyN (deformable only: the pair is already pre-aligned), via antspyx.
+
+    SyN holds its displacement at zero on the outermost voxels of the image it registers, so
+    both images get ``p.pad`` voxels of edge-replicated margin first (no artificial edge) and
+    the displacement is cropped back; without it a shift fades out towards the border, which
+    on a grid of few slices is a large part of the volume. The transforms ANTs writes are composed into
+    one displacement field on the fixed grid, read back and deleted.
+
+    The seed reaches antsRegistration through ANTS_RANDOM_SEED (antspyx 0.6 ignores a
+    ``random_seed`` argument) and ITK runs on one thread; ITK reads its thread count once per
+    process, so this holds when the first ANTs call of the process is made here."""
     ants = require_ants()
-    os.environ["ANTS_RANDOM_SEED"] = str(p.seed)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    sp_xyz = tuple(float(s) for s in reversed(tuple(spacing_zyx)))
+    shape = np.shape(fixed)
+    if np.shape(moving) != shape or len(shape) != 3:
+        raise ValueError(f"ants-syn: fixed {shape} and moving {np.shape(moving)} must be 3D images of one shape")
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    sp_xyz = tuple(float(s) for s in spacing[::-1])
 
     def img(a: np.ndarray):
-        return ants.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 1, 0)), dtype=np.float32), spacing=sp_xyz)
+        padded = np.pad(np.asarray(a, dtype=np.float32), p.pad, mode="edge")
+        return ants.from_numpy(np.ascontiguousarray(np.transpose(padded, (2, 1, 0))), spacing=sp_xyz)
 
-    f_img = img(fixed)
-    out = ants.registration(fixed=f_img, moving=img(moving), type_of_transform="SyNOnly", random_seed=p.seed)
-    # warping each physical coordinate image with the forward transforms gives, at every
-    # fixed voxel, the physical point it maps to in the moving image
-    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in fixed.shape], indexing="ij"))
-    mapped = []
-    for axis in range(3):
-        coord_mm = grid[axis] * float(spacing_zyx[axis])
-        warped = ants.apply_transforms(fixed=f_img, moving=img(coord_mm), transformlist=out["fwdtransforms"], interpolator="linear")
-        mapped.append(np.transpose(warped.numpy(), (2, 1, 0)) / float(spacing_zyx[axis]))
-    return (np.stack(mapped) - grid).astype(np.float32)
+    f_img, m_img = img(fixed), img(moving)
+    with tempfile.TemporaryDirectory(prefix="cctr-ants-") as tmp, \
+            _environment(ANTS_RANDOM_SEED=str(p.seed), ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1"):
+        out = ants.registration(fixed=f_img, moving=m_img, type_of_transform="SyNOnly",
+                                outprefix=os.path.join(tmp, "syn_"))
+        composed = ants.apply_transforms(fixed=f_img, moving=m_img, transformlist=out["fwdtransforms"],
+                                         compose=os.path.join(tmp, "fwd_"))
+        if not composed:
+            raise RuntimeError("ants-syn: antsApplyTransforms did not write the composed displacement field")
+        field = ants.image_read(composed).numpy()  # (X, Y, Z, 3): physical (x, y, z) mm at each fixed voxel
+    disp_zyx = np.transpose(field[..., ::-1], (3, 2, 1, 0)) / spacing[:, None, None, None]
+    crop = tuple(slice(p.pad, p.pad + n) for n in shape)
+    return np.ascontiguousarray(disp_zyx[(slice(None), *crop)], dtype=np.float32)
