@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -26,7 +27,13 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from joint.methods import METHODS, REGISTRATION_ONLY, JointConfig, registration_only, train_joint
+from joint.methods import (
+    METHODS,
+    REGISTRATION_ONLY,
+    JointConfig,
+    registration_only,
+    train_joint,
+)
 from seg.config import differences, from_dict, to_dict
 from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
@@ -177,7 +184,7 @@ def run_grid(runs: Sequence[Run], base: JointConfig, dataset: Dataset, split: Sp
             bar.update(1)
     done = [results[run] for run in runs]
     write_text_atomic(out_dir / "results.csv", results_csv(done))
-    write_text_atomic(out_dir / "results.md", results_markdown(done, dataset.root))
+    write_text_atomic(out_dir / "results.md", results_markdown(done, dataset.root, relative_to=out_dir))
     plot_results(out_dir / "results.png", done)
     return done
 
@@ -217,21 +224,22 @@ def _mean_std(values: Sequence[float], digits: int) -> str:
     return "n/a" if v.size == 0 else f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
 
 
-def results_markdown(results: Sequence[RunResult], data_root: Path) -> str:
+def results_markdown(results: Sequence[RunResult], data_root: Path, relative_to: Optional[Path] = None) -> str:
     """One row per method / backend / labeled set: Dice and HD95 (mm) per class and their mean
     over classes, each as mean ± std over seeds (population std) of the per-run means over
-    the test volumes."""
+    the test volumes. Backend paths under ``relative_to`` are shown relative to it."""
     if not results:
         raise ValueError("no benchmark results to tabulate")
+    prefix = f"{relative_to}{os.sep}" if relative_to is not None else None
     names = [str(n) for n in results[0].class_names[1:]] + [MEAN_ROW]
     head = (["method", "backend", "labeled", "seeds"] + [f"Dice {n}" for n in names]
             + [f"HD95 {n} (mm)" for n in names])
     lines = [
         "# Benchmark",
         "",
-        f"Data: `{data_root}`; {len(results[0].scores)} test volume(s). Each cell: mean ± std over seeds "
-        "of the run's mean over test volumes (3D, student A for trained methods); `mean` is the "
-        "mean over foreground classes.",
+        (f"Data: `{data_root}`; {len(results[0].scores)} test volume(s). Each cell: mean ± std over seeds "
+         "of the run's mean over test volumes (3D, student A for trained methods); `mean` is the "
+         "mean over foreground classes."),
         "",
         "| " + " | ".join(head) + " |",
         "| --- | --- | --- | ---: | " + " | ".join(["---:"] * (2 * len(names))) + " |",
@@ -240,7 +248,8 @@ def results_markdown(results: Sequence[RunResult], data_root: Path) -> str:
         values = [run_values(r) for r in group]
         dice = [_mean_std([v[n]["dice"] for v in values], 4) for n in names]
         hd95 = [_mean_std([v[n]["hd95"] for v in values], 2) for n in names]
-        cells = [method, f"`{backend}`" if backend else "-", labeled, str(len(group))] + dice + hd95
+        shown = backend.replace(prefix, "") if prefix else backend
+        cells = [method, f"`{shown}`" if backend else "-", labeled, str(len(group))] + dice + hd95
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -54,8 +54,9 @@ def sigmoid_rampup(step: int, rampup_steps: float) -> float:
 
 @dataclass(frozen=True)
 class ContrastConfig:
-    """Anchor sampling of the pixel contrastive loss (paper: 1000 anchors and 500 negative keys
-    per class, temperature 0.1)."""
+    """Anchor sampling of the pixel contrastive loss. The paper gives N = 1000 and O = 500 without
+    code; this project reads N as anchors per class and O as negative keys drawn per class
+    (each anchor contrasts against the O keys of every other class), temperature 0.1."""
 
     anchors_per_class: int = 1000
     negatives_per_class: int = 500

@@ -3,7 +3,7 @@
     cctr benchmark [--data DIR] [--split FILE] [--methods supervised,ct,cct,cctr-rsl,cctr,registration-only]
                    [--backends learned:CKPT,sitk-demons,identity] [--labeled 1,3] [--seeds 3]
                    [--out DIR] [--config YAML_OR_PRESET] [--set key=value ...]
-                   [--patients N] [--reg-steps N] [--no-progress]
+                   [--patients N] [--reg-steps N] [--threads N] [--no-progress]
 
 Without ``--data`` the phantom (``--patients`` patients) is generated into ``OUT/data``. A bare
 ``learned`` backend means: pretrain the registration net on the data's training volumes into
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from joint.benchmark import plan_runs, run_grid
 from joint.demo import DemoConfig, pretrain_registration
@@ -48,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"phantom patients when generating (default {DemoConfig.patients})")
     p.add_argument("--reg-steps", type=int, default=DemoConfig.reg.train.steps,
                    help=f"pretraining steps for a bare 'learned' backend (default {DemoConfig.reg.train.steps})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of this process (default: torch's; 1 is faster on a CPU shared with other jobs)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
 
@@ -72,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)   # this process only, at the user's request
     methods, labeled = _items(args.methods, "methods"), _items(args.labeled, "labeled")
     backends = _items(args.backends, "backends") if any(m in ("cctr-rsl", "cctr", "registration-only") for m in methods) else []
     base = base_config(args.config, args.overrides, out)

@@ -1,7 +1,7 @@
 """``cctr demo``: the main job on the embedded phantom, end to end (see :mod:`joint.demo`).
 
     cctr demo [--out DIR] [--patients N] [--seed S] [--config YAML] [--set key=value ...]
-              [--no-progress]
+              [--threads N] [--no-progress]
 
 Generates the phantom, pretrains the learned registration, trains ``cctr`` guided by it,
 predicts and scores the test volumes and writes ``DIR/report.md`` with figures. The options
@@ -17,6 +17,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from joint.demo import DemoConfig, run_demo, with_seed
 from seg.config import apply_overrides, load_config
 from seg.report import summary_markdown
@@ -30,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML file of demo options over the defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one option, e.g. --set seg.iterations=800 --set reg.train.steps=300")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of this process (default: torch's; 1 is faster on a CPU shared with other jobs)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
 
@@ -49,6 +53,10 @@ def build_config(config: Path | None, overrides: list[str], patients: int | None
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args.config, args.overrides, args.patients, args.seed)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)   # this process only, at the user's request
     result = run_demo(cfg, args.out, progress=not args.no_progress)
     print(summary_markdown(result.summary, f"Test volumes, {cfg.seg.method} (student {cfg.student})"))
     print(f"report: {result.paths.report}")

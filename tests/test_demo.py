@@ -1,0 +1,143 @@
+"""``cctr demo`` at tiny scale: the report folder's contents (tables, figures, NIfTI predictions
+lined up with the inputs, TensorBoard logs), a re-run that skips every expensive stage, a folder
+made with other options refused, and the option order of the command line."""
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from joint import demo
+from joint.cli import main
+from joint.commands.demo import build_config
+from seg.config import apply_overrides, load_config
+from seg.data.case import Case, spacing_affine
+
+TINY = [
+    "patients=4",
+    "phantom.matrix=[40,48]",
+    "phantom.slices=[4,6]",
+    "reg.train.steps=1",
+    "reg.train.val_pairs=1",
+    "seg.iterations=2",
+    "seg.val_every=2",
+    "seg.image_size=[32,32]",
+    "seg.labeled_batch=2",
+    "seg.unlabeled_batch=2",
+    "seg.student_a={kind: unet, widths: [4, 8], embedding_dim: 8}",
+    "seg.student_b={kind: unet, widths: [4, 8], embedding_dim: 8}",
+    "overlay_rows=3",
+]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg() -> demo.DemoConfig:
+    return apply_overrides(demo.DemoConfig(), TINY)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_cfg) -> demo.DemoResult:
+    return demo.run_demo(tiny_cfg, tmp_path_factory.mktemp("demo") / "out", progress=False)
+
+
+def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(finished):
+    text = finished.paths.report.read_text()
+    assert "## Test volumes, cctr (student a)" in text
+    assert "## Test volumes, registration-only (learned backend, same atlases)" in text
+    for name in ("RV", "MYO", "LV", "**mean**"):
+        assert text.count(f"| {name} |") == 2   # the cctr table and the baseline table
+    mean_dice = finished.summary.overall["dice"].mean
+    assert f"| **mean** | {mean_dice:.4f} ±" in text
+    # guidance: one row per backend, learned named relative to the report folder, pairs = 2 targets x 2 atlases
+    assert "| `learned:reg/best.pt` | 4 |" in text and "| `identity` | 4 |" in text
+    assert set(finished.guidance) == {f"learned:{finished.paths.reg / 'best.pt'}", "identity"}
+    assert all(0.0 <= d <= 1.0 for values in finished.guidance.values() for d in values)
+    for stage in ("phantom", "registration pretraining", "cctr training", "evaluation and report"):
+        assert f"| {stage} |" in text and finished.seconds[stage] >= 0
+
+
+def test_predictions_line_up_with_the_inputs_and_are_scored_per_class(finished):
+    paths = finished.paths
+    predictions = sorted(paths.predictions.iterdir())
+    assert [p.name for p in predictions] == ["patient003_ED.nii.gz", "patient003_ES.nii.gz"]
+    for pred in predictions:
+        src = nib.load(str(paths.data / "imagesTr" / pred.name.replace(".nii.gz", "_0000.nii.gz")))
+        got = nib.load(str(pred))
+        assert got.shape == src.shape
+        np.testing.assert_array_equal(got.affine, src.affine)
+        assert np.asarray(got.dataobj).max() < 4
+    with open(paths.out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 and {r["class"] for r in rows} == {"RV", "MYO", "LV"}
+    assert np.isclose(np.mean([float(r["dice"]) for r in rows]), finished.summary.overall["dice"].mean)
+    assert len(list((paths.registration_only / "predictions").glob("*.nii.gz"))) == 2
+
+
+def test_figures_and_tensorboard_logs_are_in_the_folder(finished):
+    paths = finished.paths
+    for name in ("overlays.png", "curves.png"):
+        png = (paths.figures / name).read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+    assert list((paths.reg / "tb").glob("events.out.tfevents.*"))
+    scalars = demo.read_scalars(paths.seg / "tb")
+    assert {"loss/total", "loss/a/rsl", "val_a/dice"} <= set(scalars)
+    steps, _ = scalars["loss/total"]
+    assert list(steps) == [1, 2]
+
+
+def test_a_rerun_skips_every_expensive_stage(finished, tiny_cfg, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("write_phantom", "train_registration", "train_joint", "load_students"):
+        monkeypatch.setattr(demo, name, refuse)
+    before = {k: v for k, v in finished.seconds.items() if k != "evaluation and report"}
+    again = demo.run_demo(tiny_cfg, finished.paths.out, progress=False)
+    assert again.summary == finished.summary and again.guidance == finished.guidance
+    assert {k: v for k, v in again.seconds.items() if k != "evaluation and report"} == before
+
+
+def test_a_folder_made_with_other_options_is_refused(finished, tiny_cfg, tmp_path):
+    other = apply_overrides(tiny_cfg, ["seg.iterations=3"])
+    with pytest.raises(ValueError, match=r"other options \(changed: \['seg.iterations'\]\)"):
+        demo.run_demo(other, finished.paths.out, progress=False)
+    (tmp_path / "stranger.txt").write_text("not a demo")
+    with pytest.raises(ValueError, match="holds no demo.yaml"):
+        demo.run_demo(tiny_cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="at least 4 phantom patients"):
+        demo.run_demo(replace(tiny_cfg, patients=3), tmp_path / "few", progress=False)
+
+
+def test_command_line_options_apply_in_order(tmp_path):
+    yaml_file = tmp_path / "demo.yaml"
+    yaml_file.write_text("patients: 9\nseg: {iterations: 50, lr: 0.01}\n")
+    cfg = build_config(yaml_file, ["seg.iterations=60", "reg.train.steps=7"], patients=None, seed=3)
+    assert (cfg.patients, cfg.seg.iterations, cfg.seg.lr, cfg.reg.train.steps) == (9, 60, 0.01, 7)
+    assert (cfg.seed, cfg.seg.seed, cfg.reg.train.seed) == (3, 3, 3)
+    assert build_config(None, ["patients=9"], patients=5, seed=None).patients == 5
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--set", "seg.atlas_policy=nearest"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--threads", "0"]) == 2
+    assert not (tmp_path / "bad").exists()   # refused before anything was written
+
+
+def test_the_saved_demo_config_round_trips(finished, tiny_cfg):
+    assert load_config(finished.paths.config, demo.DemoConfig()) == tiny_cfg
+
+
+def test_overlay_slices_take_cases_in_turn_with_the_largest_labeled_slices():
+    label = np.zeros((4, 6, 6), np.uint8)
+    label[2, :4, :4] = 1     # largest
+    label[0, :2, :2] = 2     # second
+    case = Case("c_ED", "c", np.zeros((4, 6, 6), np.float32), label, (5.0, 1.0, 1.0), spacing_affine((5.0, 1.0, 1.0)),
+                (), ("background", "RV", "LV"))
+    other = replace(case, case_id="d_ED", patient_id="d", label=np.flip(label, axis=0).copy())
+    assert demo.overlay_slices([case, other], 4) == [(0, 2), (1, 1), (0, 0), (1, 3)]
+
+
+def test_smooth_is_a_trailing_mean():
+    np.testing.assert_allclose(demo.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(demo.smooth(np.array([1.0, 3.0]), 1), [1.0, 3.0])
