@@ -2,7 +2,7 @@
 batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct).
 
     python scripts/bench_steptime.py [--out runs/bench_steptime] [--data DIR] [--patients 16]
-        [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--set key=value ...]
+        [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--threads 1] [--set key=value ...]
 
 The two trainings run in two threads of this process through the ordinary trainer
 (:func:`seg.train.train` with :data:`joint.methods.TRAINER_METHODS`) and take turns one step at a time, so a change of load on
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from joint.demo import pretrain_registration
 from joint.methods import TRAINER_METHODS, JointConfig, as_joint_config
@@ -105,6 +106,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--reg-steps", type=int, default=3, help="steps of the tiny registration net (default 3)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per method (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed first steps per method (default 5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1, as cctr demo / benchmark; 0 keeps torch's default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="segmentation option for both runs (cpu-small preset otherwise)")
     return p.parse_args(argv)
@@ -136,8 +139,10 @@ def run_pair(configs: dict[str, JointConfig], dataset, split: Split) -> dict[str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.threads < 0:
+        raise SystemExit("--steps must be >= 1, --warmup and --threads >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data_dir = args.data or args.out / "phantom"
     if args.data is None and not (data_dir / "dataset.json").is_file():
@@ -174,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     medians = {}
     print(f"{args.steps} timed steps per method after {args.warmup} warm-up steps, taking turns step by step; "
           f"batch {base.labeled_batch} labeled + {base.unlabeled_batch} unlabeled at {base.image_size[0]}x{base.image_size[1]}; "
-          f"same batches in both runs: {same}; wall {wall:.0f} s")
+          f"same batches in both runs: {same}; torch threads {torch.get_num_threads()}; wall {wall:.0f} s")
     print("| method | median s/step | mean s/step | min | max |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, clock in clocks.items():

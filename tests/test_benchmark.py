@@ -16,7 +16,9 @@ from seg.metrics import ClassScore
 TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[32,32]", "--set", "labeled_batch=2",
         "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8], embedding_dim: 8}",
         "--set", "student_b={kind: unet, widths: [4, 8], embedding_dim: 8}"]
-GRID = ["--methods", "supervised,cctr,registration-only", "--backends", "identity", "--labeled", "1", "--seeds", "1"]
+# --threads 0: leave the test process's torch threads as they are
+GRID = ["--methods", "supervised,cctr,registration-only", "--backends", "identity", "--labeled", "1", "--seeds", "1",
+        "--threads", "0"]
 
 
 @pytest.fixture(scope="module")

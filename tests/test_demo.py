@@ -120,7 +120,7 @@ def test_command_line_options_apply_in_order(tmp_path):
     assert (cfg.seed, cfg.seg.seed, cfg.reg.train.seed) == (3, 3, 3)
     assert build_config(None, ["patients=9"], patients=5, seed=None).patients == 5
     assert main(["demo", "--out", str(tmp_path / "bad"), "--set", "seg.atlas_policy=nearest"]) == 2
-    assert main(["demo", "--out", str(tmp_path / "bad"), "--threads", "0"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--threads", "-1"]) == 2
     assert not (tmp_path / "bad").exists()   # refused before anything was written
 
 

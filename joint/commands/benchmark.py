@@ -10,7 +10,8 @@ Without ``--data`` the phantom (``--patients`` patients) is generated into ``OUT
 ``OUT/reg`` (``--reg-steps`` steps, the demo's registration config otherwise) and use it.
 ``--seeds N`` runs seeds 0..N-1. The segmentation options start from the ``cpu-small`` preset
 (or ``--config``), with the Field disk cache in ``OUT/reg-cache``, then every ``--set``.
-Re-running the same command skips every finished run and rewrites the tables.
+Re-running the same command skips every finished run and rewrites the tables. Like ``cctr
+demo``, the process uses ``--threads`` torch threads, 1 by default (0: torch's default).
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"phantom patients when generating (default {DemoConfig.patients})")
     p.add_argument("--reg-steps", type=int, default=DemoConfig.reg.train.steps,
                    help=f"pretraining steps for a bare 'learned' backend (default {DemoConfig.reg.train.steps})")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of this process (default: torch's; 1 is faster on a CPU shared with other jobs)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of this process; 0 keeps torch's default, one per core (default 1: on a CPU "
+                        "shared with other jobs, more threads spin-wait on each other and run several times slower)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
 
@@ -76,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)   # this process only, at the user's request
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)   # this command's process only
     methods, labeled = _items(args.methods, "methods"), _items(args.labeled, "labeled")
     backends = _items(args.backends, "backends") if any(m in ("cctr-rsl", "cctr", "registration-only") for m in methods) else []
     base = base_config(args.config, args.overrides, out)
