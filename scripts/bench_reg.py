@@ -2,7 +2,7 @@
 then evaluate it, SimpleITK demons and identity on the same labeled test pairs, print the
 table, the classical/learned speed ratio per pair, and the issue's targets met or not.
 
-    python scripts/bench_reg.py --work /tmp/reg_bench [--patients 60] [--pairs 20] [--steps N]
+    python scripts/bench_reg.py --work runs/reg_bench [--patients 60] [--pairs 20] [--steps N]
 
 ``--patients 60`` gives 42 training patients with the phantom's default split (70/10/20 %),
 the ">= 40 training patients" the targets ask for. A finished phantom or run in ``--work``
