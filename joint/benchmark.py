@@ -7,7 +7,8 @@ and seed. Each run lives in ``OUT/runs/<method>/<backend>/labeled-<set>/seed-<k>
 trained (an interrupted training resumes from its ``last.pt``), its test predictions by
 student A scored per volume and class (``scores.csv``), and last, written atomically, the
 marker ``result.json`` (options and scores). A run with a marker is never redone; one whose
-marker holds other options is refused rather than mixed into the table.
+marker holds other options is refused rather than mixed into the table. Grids run by separate
+commands (or processes) on the same folder are put into one table by :func:`collect_results`.
 
 Outputs in ``OUT``: ``results.csv`` (one row per run and class, plus the class mean, each the
 mean over test volumes), ``results.md`` (3D Dice and HD95 as mean ± std over seeds, per class
@@ -183,10 +184,41 @@ def run_grid(runs: Sequence[Run], base: JointConfig, dataset: Dataset, split: Sp
             results[run] = execute_run(run, configs[run], dataset, split, test_cases, progress)
             bar.update(1)
     done = [results[run] for run in runs]
-    write_text_atomic(out_dir / "results.csv", results_csv(done))
-    write_text_atomic(out_dir / "results.md", results_markdown(done, dataset.root, relative_to=out_dir))
-    plot_results(out_dir / "results.png", done)
+    write_tables(done, dataset.root, out_dir)
     return done
+
+
+def collect_results(out_dir: Path) -> list[RunResult]:
+    """Every finished run under ``out_dir/runs``, whichever command ran it, ordered by labeled
+    set, method (METHODS order), backend and seed. Runs scored on different test volumes or
+    classes cannot share a table and raise ValueError naming two of them."""
+    found = []
+    for path in sorted((Path(out_dir) / "runs").rglob(RESULT_FILE)):
+        try:
+            data = json.loads(path.read_text())
+            spec = data["run"]
+            run = Run(spec["method"], spec["backend"], str(spec["labeled"]), int(spec["seed"]))
+            found.append((path, RunResult(run, tuple(data["class_names"]), _scores_from_json(data["scores"]))))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CaseError(f"{path}: not a benchmark result ({type(exc).__name__}: {exc})") from exc
+    if not found:
+        raise CaseError(f"{out_dir}: no finished benchmark runs (no runs/**/{RESULT_FILE})")
+    first_path, first = found[0]
+    for path, r in found[1:]:
+        if r.class_names != first.class_names or set(r.scores) != set(first.scores):
+            raise ValueError(f"{path} and {first_path} were scored on different test volumes or classes; "
+                             "they cannot share one table")
+    order = {m: i for i, m in enumerate(METHODS)}
+    results = [r for _, r in found]
+    results.sort(key=lambda r: (r.run.labeled, order.get(r.run.method, len(order)), r.run.backend, r.run.seed))
+    return results
+
+
+def write_tables(results: Sequence[RunResult], data_root: Path, out_dir: Path) -> None:
+    """``results.csv``, ``results.md`` and ``results.png`` in ``out_dir``."""
+    write_text_atomic(out_dir / "results.csv", results_csv(results))
+    write_text_atomic(out_dir / "results.md", results_markdown(results, data_root, relative_to=out_dir))
+    plot_results(out_dir / "results.png", results)
 
 
 # -- tables and plot -------------------------------------------------------------------------------

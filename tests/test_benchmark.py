@@ -1,8 +1,10 @@
 """``cctr benchmark`` at tiny scale: the grid it plans, the CSV / markdown / plot it writes, a
-re-run that skips finished runs, and the mean ± std over seeds of its table."""
+re-run that skips finished runs, one table over grids run separately, and the mean ± std over
+seeds of its table."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,24 @@ def test_table_cells_are_mean_and_population_std_over_seeds():
     row = next(line for line in table.splitlines() if line.startswith("| cct |"))
     assert row == ("| cct | - | 1 | 2 | 0.6000 ± 0.1000 | 0.9000 ± 0.0000 | 0.7500 ± 0.0500 "
                    "| 2.00 ± 0.00 | 4.00 ± 0.00 | 3.00 ± 0.00 |")
+
+
+def test_tabulate_joins_grids_run_by_separate_commands(grid, tmp_path, capsys):
+    data, out = grid
+    joined = tmp_path / "joined"
+    shutil.copytree(out / "runs", joined / "runs")
+    second = ["--methods", "ct", "--labeled", "1", "--seeds", "1", "--threads", "0"]
+    assert main(["benchmark", "--data", str(data), "--out", str(joined), "--no-progress", *second, *TINY]) == 0
+    assert "| supervised |" not in (joined / "results.md").read_text()   # a grid's own table: its runs only
+
+    assert main(["benchmark", "--out", str(joined), "--tabulate"]) == 0
+    table = [line for line in (joined / "results.md").read_text().splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0].lstrip("| ") for row in table] == ["supervised", "ct", "cctr", "registration-only"]
+    with open(joined / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4 * 4
+
+    edited = joined / "runs" / "ct" / "none" / "labeled-1" / "seed-0" / "result.json"
+    edited.write_text(edited.read_text().replace('"patient', '"other'))
+    assert main(["benchmark", "--out", str(joined), "--tabulate"]) == 2
+    assert "scored on different test volumes" in capsys.readouterr().err
+    assert main(["benchmark", "--out", str(tmp_path / "empty"), "--tabulate"]) == 2

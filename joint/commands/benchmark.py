@@ -4,6 +4,7 @@
                    [--backends learned:CKPT,sitk-demons,identity] [--labeled 1,3] [--seeds 3]
                    [--out DIR] [--config YAML_OR_PRESET] [--set key=value ...]
                    [--patients N] [--reg-steps N] [--threads N] [--no-progress]
+    cctr benchmark --out DIR --tabulate
 
 Without ``--data`` the phantom (``--patients`` patients) is generated into ``OUT/data``. A bare
 ``learned`` backend means: pretrain the registration net on the data's training volumes into
@@ -12,6 +13,8 @@ Without ``--data`` the phantom (``--patients`` patients) is generated into ``OUT
 (or ``--config``), with the Field disk cache in ``OUT/reg-cache``, then every ``--set``.
 Re-running the same command skips every finished run and rewrites the tables. Like ``cctr
 demo``, the process uses ``--threads`` torch threads, 1 by default (0: torch's default).
+Several commands may share one ``--out`` with disjoint grids (e.g. one process per core);
+``--tabulate`` then writes one table of every finished run there, and runs nothing.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from joint.benchmark import plan_runs, run_grid
+from joint.benchmark import collect_results, plan_runs, run_grid, write_tables
 from joint.demo import DemoConfig, pretrain_registration
 from joint.methods import METHODS, JointConfig, as_joint_config
 from seg.config import PRESETS, apply_overrides, load_config, preset
@@ -55,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads of this process; 0 keeps torch's default, one per core (default 1: on a CPU "
                         "shared with other jobs, more threads spin-wait on each other and run several times slower)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--tabulate", action="store_true",
+                   help="run nothing; write the CSV, table and plot of every finished run in --out")
     p.set_defaults(func=run)
 
 
@@ -74,8 +79,18 @@ def base_config(config: str | None, overrides: list[str], out: Path) -> JointCon
     return apply_overrides(replace(cfg, reg_cache=str(out / "reg-cache")), overrides)
 
 
+def _report(out: Path, count: int) -> None:
+    print((out / "results.md").read_text(), end="")
+    print(f"{count} run(s); wrote {out / 'results.csv'}, {out / 'results.md'} and {out / 'results.png'}")
+
+
 def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
+    if args.tabulate:
+        results = collect_results(out)
+        write_tables(results, (args.data or out / "data"), out)
+        _report(out, len(results))
+        return 0
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.threads < 0:
@@ -106,6 +121,5 @@ def run(args: argparse.Namespace) -> int:
 
     runs = plan_runs(methods, backends, labeled, range(args.seeds))
     results = run_grid(runs, base, dataset, split, out, progress=not args.no_progress)
-    print((out / "results.md").read_text(), end="")
-    print(f"{len(results)} run(s); wrote {out / 'results.csv'}, {out / 'results.md'} and {out / 'results.png'}")
+    _report(out, len(results))
     return 0
