@@ -1,7 +1,9 @@
 """The ``cctr`` command line: one verb per pipeline stage, each defined in ``joint/commands/``.
 
-Each command module exposes ``register(subparsers)``; it adds its verb and sets
-``func(args) -> int`` as the parser default. Bad input surfaces as a one-line error
+Each command module exposes ``configure(parser)``; it adds the verb's options and sets
+``func(args) -> int`` as the parser default. Only the module of the verb being run is
+imported, so ``cctr --help`` and a mistyped verb answer without loading torch. Bad input
+surfaces as a one-line error
 (``CaseError``, ``FileNotFoundError``, ``ValueError``) and exit status 2, no traceback;
 set ``CCTR_DEBUG=1`` to see the traceback instead.
 """
@@ -15,32 +17,43 @@ from typing import Optional, Sequence
 
 from seg.data.case import CaseError
 
-COMMAND_MODULES = (
-    "joint.commands.data",
-    "joint.commands.reg",
-    "joint.commands.train",
-    "joint.commands.predict",
-    "joint.commands.evaluate",
-    "joint.commands.demo",
-    "joint.commands.benchmark",
-)
+# verb -> (module, one-line help); the order is the order of the pipeline
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("joint.commands.data", "generate, inspect and split datasets"),
+    "reg": ("joint.commands.reg", "pretrain the registration net; compare registration backends"),
+    "train": ("joint.commands.train", "train segmentation students (supervised, cross teaching, ...)"),
+    "predict": ("joint.commands.predict", "segment NIfTI volumes with a trained student"),
+    "eval": ("joint.commands.evaluate", "score predicted label maps against references (3D Dice, HD95, ASD in mm)"),
+    "demo": ("joint.commands.demo", "the whole pipeline on the embedded phantom: registration, cctr, 3D report"),
+    "benchmark": ("joint.commands.benchmark",
+                  "run the methods x backends x labeled sets x seeds grid; CSV, table, plot"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser with every verb listed; only ``verb`` (None: every verb) gets its options,
+    which means importing its module."""
     parser = argparse.ArgumentParser(
         prog="cctr",
         description="Semi-supervised 3D segmentation guided by learned registration (CCT-R).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, (module, summary) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if verb is None or name == verb:
+            importlib.import_module(module).configure(p)
     return parser
 
 
+def _verb(argv: Sequence[str]) -> str:
+    """The verb being run ('' for none yet): the first argument that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_verb(argv)).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (CaseError, FileNotFoundError, NotADirectoryError, ValueError) as exc:

@@ -36,8 +36,7 @@ from seg.data.split import load_split
 DEFAULT_BACKENDS = "learned,identity"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("benchmark", help="run the methods x backends x labeled sets x seeds grid; CSV, table, plot")
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: generate the phantom in OUT/data)")
     p.add_argument("--split", type=Path, default=None, help="split JSON (default: the dataset folder's split.json)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")

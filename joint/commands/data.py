@@ -28,8 +28,7 @@ from seg.data.readers import LAYOUTS, open_dataset
 from seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="generate, inspect and split datasets")
+def configure(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
 

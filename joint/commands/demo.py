@@ -26,8 +26,7 @@ from seg.config import apply_overrides, load_config
 from seg.report import summary_markdown
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole pipeline on the embedded phantom: registration, cctr, 3D report")
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run and report folder (default runs/demo)")
     p.add_argument("--patients", type=int, default=None, help=f"phantom patients (default {DemoConfig.patients})")
     p.add_argument("--seed", type=int, default=None, help="seed of the phantom, registration and segmentation (default 0)")

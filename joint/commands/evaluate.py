@@ -188,13 +188,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="score predicted label maps against references (3D Dice, HD95, ASD in mm)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label maps (NIfTI)")
     p.add_argument(
         "--ref", required=True, metavar="DIR", help="folder of reference label maps, or a dataset with labelsTr/"

@@ -24,8 +24,7 @@ from seg.inference import load_students
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment NIfTI volumes with a trained student")
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint (.pt) or run folder")
     p.add_argument("--in", dest="inputs", type=Path, required=True, help="a NIfTI file or a folder of them")
     p.add_argument("--out", type=Path, required=True, help="folder for the label maps")

@@ -26,8 +26,7 @@ from seg.data.split import Split, load_split
 from joint.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reg", help="pretrain the registration net; compare registration backends")
+def configure(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="reg_command", metavar="ACTION")
     actions.required = True
 

@@ -33,8 +33,7 @@ def available_methods() -> Mapping[str, Method]:
     return TRAINER_METHODS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train segmentation students (supervised, cross teaching, ...)")
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (any layout open_dataset reads)")
     p.add_argument("--split", type=Path, default=None, help="split JSON (default: the dataset folder's split.json)")
     p.add_argument("--labeled", default=None, help="labeled set name in the split, or 'all' (default: the config's, '1')")
