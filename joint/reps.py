@@ -115,7 +115,7 @@ class RegistrationPositives:
             return None
 
         def extra_positive(anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            vec, valid = registration_positives(batch, anchor_flat_index, self.oracle, bank, step)
+            vec, valid = registration_positives(batch, anchor_flat_index.cpu(), self.oracle, bank, step)
             return vec.to(anchor_flat_index.device), valid.to(anchor_flat_index.device)
 
         return extra_positive

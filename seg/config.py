@@ -50,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     select_student: str = "a"         # the student whose validation Dice picks the best checkpoint
     infer_batch: int = 16             # slices per forward pass at validation / prediction
+    device: str = "cpu"               # torch device of the students ('cuda' on a GPU); data and geometry stay on the CPU
     overlays: bool = True             # TensorBoard image overlays at validation
 
 

@@ -37,6 +37,7 @@ def predict_probabilities(
     out_hw = (int(image_size[0]), int(image_size[1]))
     to_volume = resize_matrix((vy, vx), out_hw)
     to_sample = np.linalg.inv(to_volume)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
@@ -44,7 +45,7 @@ def predict_probabilities(
         for start in range(0, z_count, batch_size):
             zs = range(start, min(start + batch_size, z_count))
             batch = torch.stack([resample_slice(volume, z, to_volume, out_hw, "linear") for z in zs])[:, None]
-            probs = torch.softmax(model(batch).logits, dim=1)                # (S, C, H, W)
+            probs = torch.softmax(model(batch.to(device)).logits, dim=1).cpu()    # (S, C, H, W)
             s, c = probs.shape[:2]
             # every slice shares one matrix: resample all (slice, class) planes in one call
             planes = probs.reshape(s * c, 1, *out_hw)

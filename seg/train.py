@@ -224,7 +224,9 @@ def train(
     terms = tuple(extras.terms) + tuple(extra_terms)
     factory = extra_positive_factory or extras.extra_positive_factory
 
-    students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes) for n in method.students}
+    device = torch.device(cfg.device)
+    students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes).to(device)
+                for n in method.students}
     optimizers = {n: _optimizer(cfg, m) for n, m in students.items()}
     sampler = SliceSampler(
         [prepare_volume(c, cfg.normalization) for c in data.labeled],
@@ -279,8 +281,9 @@ def train(
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group["lr"] = lr
-            batch = sampler.next_batch()
-            outputs = {n: m(batch.image) for n, m in students.items()}
+            batch = sampler.next_batch()   # on the CPU: extra terms read its geometry there
+            image = batch.image.to(device, non_blocking=True)
+            outputs = {n: m(image) for n, m in students.items()}
             ramp = sigmoid_rampup(step, rampup_steps)
             losses = _method_losses(cfg, method, batch, outputs, ramp, contrast_rng, factory, step)
             for i, term in enumerate(terms):
@@ -351,11 +354,14 @@ def _method_losses(
     factory: Optional[ExtraPositiveFactory],
     step: int,
 ) -> dict[str, torch.Tensor]:
-    """The base losses of ``method`` for one batch, weighted, keyed ``'<student>/<loss>'``."""
+    """The base losses of ``method`` for one batch, weighted, keyed ``'<student>/<loss>'``.
+    ``batch`` is on the CPU, ``outputs`` on the students' device."""
     nl = batch.num_labeled
+    device = next(iter(outputs.values())).logits.device
+    label, is_labeled = batch.label.to(device), batch.is_labeled.to(device)
     losses: dict[str, torch.Tensor] = {}
     for n, out in outputs.items():
-        losses[f"{n}/sup"] = supervised_loss(out.logits[:nl], batch.label[:nl])
+        losses[f"{n}/sup"] = supervised_loss(out.logits[:nl], label[:nl])
     names = list(outputs)
     teacher = {n: names[(i + 1) % len(names)] for i, n in enumerate(names)}  # the other student (or itself)
     if method.cross_teaching and batch.image.shape[0] > nl:
@@ -365,11 +371,11 @@ def _method_losses(
             losses[f"{n}/cps"] = w * unl
     if method.contrastive:
         parts = []
-        labeled_rows = batch.is_labeled[:, None, None]
+        labeled_rows = is_labeled[:, None, None]
         for n in names:
             probs = torch.softmax(outputs[teacher[n]].logits.detach(), dim=1)
             conf, pseudo = probs.max(dim=1)
-            classes = torch.where(labeled_rows, batch.label, pseudo)
+            classes = torch.where(labeled_rows, label, pseudo)
             confidence = torch.where(labeled_rows, torch.ones_like(conf), conf)
             extra = factory(step, batch, outputs, n) if factory is not None else None
             parts.append(ContrastPart(outputs[n].embedding, classes, confidence, extra))
