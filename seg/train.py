@@ -122,6 +122,18 @@ def load_train_data(dataset: Dataset, split: Split, labeled_set: str, with_unlab
     return TrainData(labeled, unlabeled, val, tuple(dataset.class_names))
 
 
+def training_device(name: str) -> torch.device:
+    """The torch device ``name`` names, refused with a clear error when it is malformed or
+    this machine lacks it (a CUDA device without CUDA)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device: {name!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but this torch build or machine has no CUDA; use device=cpu")
+    return device
+
+
 def _atomic_save(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -201,6 +213,7 @@ def train(
     if cfg.select_student not in method.students:
         raise ValueError(f"select_student {cfg.select_student!r} is not a student of {cfg.method!r} {method.students}")
     _check_sizes(cfg, method.students)
+    device = training_device(cfg.device)
     out_dir = Path(cfg.out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     checkpoint = None
@@ -224,7 +237,6 @@ def train(
     terms = tuple(extras.terms) + tuple(extra_terms)
     factory = extra_positive_factory or extras.extra_positive_factory
 
-    device = torch.device(cfg.device)
     students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes).to(device)
                 for n in method.students}
     optimizers = {n: _optimizer(cfg, m) for n, m in students.items()}

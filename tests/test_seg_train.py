@@ -179,3 +179,13 @@ def test_poly_learning_rate():
     assert poly_lr(0.01, 0, 100, 0.9) == 0.01
     assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path, monkeypatch):
+    dataset, split = _dataset(tmp_path)
+    with pytest.raises(ValueError, match="not a torch device"):
+        train(_cfg(tmp_path / "bad", device="gpu0"), dataset, split, progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA"):
+        train(_cfg(tmp_path / "cuda", device="cuda"), dataset, split, progress=False)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "cuda").exists()
