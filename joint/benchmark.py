@@ -118,23 +118,34 @@ def _scores_from_json(data: Mapping) -> dict[str, dict[int, ClassScore]]:
     return {case: {int(c): ClassScore(**s) for c, s in per.items()} for case, per in data.items()}
 
 
+def _load_result(path: Path) -> tuple[dict, RunResult]:
+    """The marker at ``path``: its raw JSON and the result it holds; a file that is not one
+    raises CaseError naming it."""
+    try:
+        data = json.loads(path.read_text())
+        spec = data["run"]
+        run = Run(spec["method"], spec["backend"], str(spec["labeled"]), int(spec["seed"]))
+        return data, RunResult(run, tuple(data["class_names"]), _scores_from_json(data["scores"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CaseError(f"{path}: not a benchmark result ({type(exc).__name__}: {exc}); delete it to redo the run") from exc
+
+
 def read_result(folder: Path, run: Run, cfg: JointConfig) -> Optional[RunResult]:
-    """The finished result in ``folder``, None when the run is not finished; a result made
-    with other options raises ValueError naming the options."""
+    """The finished result of ``run`` in ``folder``, None when the run is not finished; a
+    result made with other options raises ValueError naming the options."""
     path = Path(folder) / RESULT_FILE
     if not path.is_file():
         return None
+    data, result = _load_result(path)
     try:
-        data = json.loads(path.read_text())
         saved = from_dict(data["config"], JointConfig(), where=str(path))
-        result = RunResult(run, tuple(data["class_names"]), _scores_from_json(data["scores"]))
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise CaseError(f"{path}: not a benchmark result ({type(exc).__name__}: {exc}); delete it to redo the run") from exc
     changed = differences(saved, cfg)
     if changed:
         raise ValueError(f"{path}: this run finished with other options (changed: {changed}); "
                          "use another --out or the same options")
-    return result
+    return replace(result, run=run)
 
 
 def predict_and_score(checkpoint: Path, cases: Sequence[Case], student: str = "a") -> dict[str, dict[int, ClassScore]]:
@@ -192,15 +203,7 @@ def collect_results(out_dir: Path) -> list[RunResult]:
     """Every finished run under ``out_dir/runs``, whichever command ran it, ordered by labeled
     set, method (METHODS order), backend and seed. Runs scored on different test volumes or
     classes cannot share a table and raise ValueError naming two of them."""
-    found = []
-    for path in sorted((Path(out_dir) / "runs").rglob(RESULT_FILE)):
-        try:
-            data = json.loads(path.read_text())
-            spec = data["run"]
-            run = Run(spec["method"], spec["backend"], str(spec["labeled"]), int(spec["seed"]))
-            found.append((path, RunResult(run, tuple(data["class_names"]), _scores_from_json(data["scores"]))))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CaseError(f"{path}: not a benchmark result ({type(exc).__name__}: {exc})") from exc
+    found = [(path, _load_result(path)[1]) for path in sorted((Path(out_dir) / "runs").rglob(RESULT_FILE))]
     if not found:
         raise CaseError(f"{out_dir}: no finished benchmark runs (no runs/**/{RESULT_FILE})")
     first_path, first = found[0]

@@ -294,7 +294,7 @@ def train(
                 for group in opt.param_groups:
                     group["lr"] = lr
             batch = sampler.next_batch()   # on the CPU: extra terms read its geometry there
-            image = batch.image.to(device, non_blocking=True)
+            image = batch.image.to(device)
             outputs = {n: m(image) for n, m in students.items()}
             ramp = sigmoid_rampup(step, rampup_steps)
             losses = _method_losses(cfg, method, batch, outputs, ramp, contrast_rng, factory, step)

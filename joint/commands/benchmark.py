@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if args.tabulate:
         results = collect_results(out)
-        write_tables(results, (args.data or out / "data"), out)
+        write_tables(results, args.data or out / "data", out)
         _report(out, len(results))
         return 0
     if args.seeds < 1:
