@@ -1,1 +1,3 @@
-"""cctr.joint: segmentation training that queries registration on the fly (RSL, REPS), and the CLI."""
+"""cctr.joint: the registration-guided method (oracle, RSL, REPS, memory bank, methods) on top of
+``reg`` and ``seg``; :mod:`joint.app` holds the application (CLI, pipeline stages, demo,
+benchmark, figures) and is never imported by the method modules."""

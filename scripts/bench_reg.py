@@ -18,8 +18,8 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from joint.cli import main as cctr
-from joint.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
+from joint.app.cli import main as cctr
+from joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 from reg.backends import load_backend
 from seg.data.readers import open_dataset
 

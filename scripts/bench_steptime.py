@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from joint.demo import pretrain_registration
+from joint.app.demo import pretrain_registration
 from joint.methods import TRAINER_METHODS, JointConfig, as_joint_config
 from reg.config import RegConfig
 from seg.config import apply_overrides, preset

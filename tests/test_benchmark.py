@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import joint.benchmark as bench
-from joint.benchmark import Run, RunResult, backend_tag, plan_runs, results_markdown
-from joint.cli import main
+import joint.app.benchmark as bench
+from joint.app.benchmark import Run, RunResult, backend_tag, plan_runs, results_markdown
+from joint.app.cli import main
 from seg.data.phantom import PhantomConfig, write_phantom
 from seg.metrics import ClassScore
 

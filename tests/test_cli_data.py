@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from joint.cli import main
+from joint.app.cli import main
 from seg.data.case import Case, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
 from seg.data.montage import class_colors, overlay, pick_slices, write_montage

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from joint.cli import main
+from joint.app.cli import main
 from seg.data.case import spacing_affine
 from seg.data.nifti import write_nifti
 from seg.data.split import Split, save_split

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from joint.cli import main
+from joint.app.cli import main
 from reg.checkpoint import read_checkpoint
 from seg.data.case import spacing_affine
 from seg.data.nifti import write_nifti

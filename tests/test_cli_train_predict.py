@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from joint.cli import main
+from joint.app.cli import main
 from layouts import write_nnunet
 from joint.methods import JointConfig
 from seg.config import load_config

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from joint import demo
-from joint.cli import main
-from joint.commands.demo import build_config
+from joint.app import demo
+from joint.app.cli import main
+from joint.app.commands.demo import build_config
 from seg.config import apply_overrides, load_config
 from seg.data.case import Case, spacing_affine
 

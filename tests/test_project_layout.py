@@ -44,3 +44,24 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_torch_pinned_in_constraints():
     pins = (ROOT / "constraints.txt").read_text().splitlines()
     assert "torch==2.13.0" in pins
+
+
+def test_joint_method_modules_never_import_the_application():
+    method_files = {f: n for f, n in _imported_modules("joint").items() if not f.startswith("joint/app/")}
+    bad = {f: sorted(m for m in mods if m == "joint.app" or m.startswith("joint.app.")) for f, mods in method_files.items()}
+    bad = {f: m for f, m in bad.items() if m}
+    assert method_files and not bad, f"the method part of joint must not import joint.app: {bad}"
+
+
+def _imported_modules(package: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[str(path.relative_to(ROOT))] = names
+    return found

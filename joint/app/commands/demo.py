@@ -1,11 +1,11 @@
-"""``cctr demo``: the main job on the embedded phantom, end to end (see :mod:`joint.demo`).
+"""``cctr demo``: the main job on the embedded phantom, end to end (see :mod:`joint.app.demo`).
 
     cctr demo [--out DIR] [--patients N] [--seed S] [--config YAML] [--set key=value ...]
               [--threads N] [--no-progress]
 
 Generates the phantom, pretrains the learned registration, trains ``cctr`` guided by it,
 predicts and scores the test volumes and writes ``DIR/report.md`` with figures. The options
-start from :class:`joint.demo.DemoConfig`'s defaults, then ``--config`` (a YAML file of its
+start from :class:`joint.app.demo.DemoConfig`'s defaults, then ``--config`` (a YAML file of its
 options: ``patients``, ``phantom``, ``reg``, ``seg``, ...), then every ``--set``
 (``--set seg.iterations=800 --set reg.train.steps=300``), then ``--patients`` and ``--seed``
 (which seeds the phantom, the registration and the segmentation). Re-running with the same
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from joint.demo import DemoConfig, run_demo, with_seed
+from joint.app.demo import DemoConfig, run_demo, with_seed
 from seg.config import apply_overrides, load_config
 from seg.report import summary_markdown
 

@@ -1,4 +1,4 @@
-"""The ``cctr`` command line: one verb per pipeline stage, each defined in ``joint/commands/``.
+"""The ``cctr`` command line: one verb per pipeline stage, each defined in ``joint/app/commands/``.
 
 Each command module exposes ``configure(parser)``; it adds the verb's options and sets
 ``func(args) -> int`` as the parser default. Only the module of the verb being run is
@@ -19,13 +19,13 @@ from seg.data.case import CaseError
 
 # verb -> (module, one-line help); the order is the order of the pipeline
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("joint.commands.data", "generate, inspect and split datasets"),
-    "reg": ("joint.commands.reg", "pretrain the registration net; compare registration backends"),
-    "train": ("joint.commands.train", "train segmentation students (supervised, cross teaching, ...)"),
-    "predict": ("joint.commands.predict", "segment NIfTI volumes with a trained student"),
-    "eval": ("joint.commands.evaluate", "score predicted label maps against references (3D Dice, HD95, ASD in mm)"),
-    "demo": ("joint.commands.demo", "the whole pipeline on the embedded phantom: registration, cctr, 3D report"),
-    "benchmark": ("joint.commands.benchmark",
+    "data": ("joint.app.commands.data", "generate, inspect and split datasets"),
+    "reg": ("joint.app.commands.reg", "pretrain the registration net; compare registration backends"),
+    "train": ("joint.app.commands.train", "train segmentation students (supervised, cross teaching, ...)"),
+    "predict": ("joint.app.commands.predict", "segment NIfTI volumes with a trained student"),
+    "eval": ("joint.app.commands.evaluate", "score predicted label maps against references (3D Dice, HD95, ASD in mm)"),
+    "demo": ("joint.app.commands.demo", "the whole pipeline on the embedded phantom: registration, cctr, 3D report"),
+    "benchmark": ("joint.app.commands.benchmark",
                   "run the methods x backends x labeled sets x seeds grid; CSV, table, plot"),
 }
 

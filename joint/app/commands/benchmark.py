@@ -1,4 +1,4 @@
-"""``cctr benchmark``: the comparison grid of METHOD.md's methods (see :mod:`joint.benchmark`).
+"""``cctr benchmark``: the comparison grid of METHOD.md's methods (see :mod:`joint.app.benchmark`).
 
     cctr benchmark [--data DIR] [--split FILE] [--methods supervised,ct,cct,cctr-rsl,cctr,registration-only]
                    [--backends learned:CKPT,sitk-demons,identity] [--labeled 1,3] [--seeds 3]
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from joint.benchmark import collect_results, plan_runs, run_grid, write_tables
-from joint.demo import DemoConfig, pretrain_registration
+from joint.app.benchmark import collect_results, plan_runs, run_grid, write_tables
+from joint.app.demo import DemoConfig, pretrain_registration
 from joint.methods import METHODS, JointConfig, as_joint_config
 from seg.config import PRESETS, apply_overrides, load_config, preset
 from seg.data.case import CaseError

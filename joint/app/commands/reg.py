@@ -6,7 +6,7 @@
   the validation patients; see :mod:`reg.train`.
 - ``eval --data DIR --backend SPEC [--backend SPEC ...] --out DIR [--split FILE]
   [--subset test|val|train] [--pairs N] [--seed S] [--intra]``: per-pair CSV and a markdown
-  table, one row per backend; see :mod:`joint.reg_eval`.
+  table, one row per backend; see :mod:`joint.app.reg_eval`.
 
 Without ``--split`` the split saved with the dataset (``split.json``) is used.
 """
@@ -23,7 +23,7 @@ from seg.data.case import CaseError
 from seg.data.dataset import Dataset
 from seg.data.readers import open_dataset
 from seg.data.split import Split, load_split
-from joint.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
+from joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 
 
 def configure(p: argparse.ArgumentParser) -> None:

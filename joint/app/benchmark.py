@@ -298,7 +298,7 @@ def plot_results(path: Path, results: Sequence[RunResult]) -> Path:
     seeds; one panel per labeled set."""
     from matplotlib.figure import Figure
 
-    from joint.demo import save_figure
+    from joint.app.demo import save_figure
 
     groups = group_results(results)
     labeled_sets = list(dict.fromkeys(key[2] for key in groups))

@@ -1,0 +1,1 @@
+"""One module per ``cctr`` verb; see :mod:`joint.app.cli`."""

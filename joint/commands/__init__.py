@@ -1,1 +1,0 @@
-"""One module per ``cctr`` verb; see :mod:`joint.cli`."""
