@@ -7,35 +7,16 @@ Everything in it is plain data (dicts, lists, numbers, strings, tensors), so it 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from reg.atomic import atomic_path
 from reg.config import RegConfig
 from reg.model import RegistrationNet
 
 FORMAT = "cctr-reg-checkpoint/1"
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[str]:
-    """A temporary name beside ``path``, renamed onto it when the block succeeds, removed
-    otherwise: a crash never leaves half a file. (``seg`` has its own: the packages stay
-    independent.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=str(path.parent))
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
