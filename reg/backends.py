@@ -73,7 +73,44 @@ def parse_spec(spec: str) -> Spec:
         options[key] = value
     if kind == "identity" and options:
         raise ValueError(f"backend {spec!r}: identity takes no options")
-    return Spec(kind, path or None, options)
+    parsed = Spec(kind, path or None, options)
+    _typed_options(parsed, spec)  # every option's type and range, before any work is done
+    return parsed
+
+
+def check_device(name: str, spec: str) -> torch.device:
+    """The torch device ``name``; ValueError when it is malformed or this machine lacks it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"backend {spec!r}: {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"backend {spec!r}: device {name!r} asked for, but this machine or torch build has no CUDA; use device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"backend {spec!r}: device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _typed_options(s: Spec, spec: str) -> tuple[Any, Any]:
+    """The typed, checked options of a parsed spec: (LearnedParams, None) for ``learned``,
+    (backend params, ClassicalCommon) for the classical kinds, (None, None) for identity."""
+    if s.kind == "identity":
+        return None, None
+    if s.kind == "learned":
+        params = _typed(LearnedParams, s.options, spec)
+        if params.batch < 1:
+            raise ValueError(f"backend {spec!r}: batch must be >= 1")
+        check_device(params.device, spec)
+        return params, None
+    params_cls, _ = _CLASSICAL[s.kind]
+    own, rest = _split_options(params_cls, s.options)
+    common = _typed(ClassicalCommon, rest, spec, also_known=[f.name for f in fields(params_cls)])
+    try:
+        replace(PrealignConfig(), method=common.prealign)
+    except ValueError as exc:
+        raise ValueError(f"backend {spec!r}: {exc}") from exc
+    return _typed(params_cls, own, spec), common
 
 
 def _typed(params_cls: type, options: dict[str, str], spec: str, also_known: Sequence[str] = ()) -> Any:
@@ -93,7 +130,10 @@ def _typed(params_cls: type, options: dict[str, str], spec: str, also_known: Seq
                 values[key] = type(default)(raw)
         except ValueError as exc:
             raise ValueError(f"backend {spec!r}: option {key}={raw!r} is not a valid {type(default).__name__}") from exc
-    return params_cls(**values)
+    try:
+        return params_cls(**values)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"backend {spec!r}: {exc}") from exc
 
 
 def _volume_key(image: np.ndarray, spacing: Sequence[float]) -> str:
@@ -161,7 +201,8 @@ class CanonicalBackend:
             moving = place_pair(fixed, place(m_img, m_sp, "moving volume"), self.grid, self.prealign)
             jobs.append((fixed, moving))
         disps = self.displacements(jobs) if jobs else []
-        return [field_of(d, f, m) for d, (f, m) in zip(disps, jobs)]
+        # a diverged net or a failed classical run must not hand NaN or wild Fields onward
+        return [field_of(d, f, m).check(f"backend {self.spec!r}") for d, (f, m) in zip(disps, jobs)]
 
 
 def _learned_displacements(net: RegistrationNet, batch: int, device: torch.device) -> DisplacementFn:
@@ -213,21 +254,14 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
     s = parse_spec(spec)
     if s.kind == "identity":
         return IdentityBackend()
+    params, common = _typed_options(s, spec)
     if s.kind == "learned":
-        params = _typed(LearnedParams, s.options, spec)
-        if params.batch < 1:
-            raise ValueError(f"backend {spec!r}: batch must be >= 1")
         path = Path(s.path)  # type: ignore[arg-type]
         net, config = load_model(path)
-        try:
-            device = torch.device(params.device)
-        except RuntimeError as exc:
-            raise ValueError(f"backend {spec!r}: bad device {params.device!r}") from exc
+        device = check_device(params.device, spec)
         described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), "batch": params.batch}
         return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net.to(device), params.batch, device), described)
-    params_cls, fn = _CLASSICAL[s.kind]
-    own, rest = _split_options(params_cls, s.options)
-    common = _typed(ClassicalCommon, rest, spec, also_known=[f.name for f in fields(params_cls)])
+    _, fn = _CLASSICAL[s.kind]
     base = prealign or PrealignConfig()
     try:
         chosen = replace(base, method=common.prealign)
@@ -236,9 +270,8 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
     the_grid = grid or CanonicalGrid()
     if s.kind == "ants-syn":
         require_ants()
-    fn_params = _typed(params_cls, own, spec)
-    described = {"kind": s.kind, **asdict(fn_params), "grid": asdict(the_grid), "prealign": asdict(chosen)}
-    return CanonicalBackend(spec, the_grid, chosen, _per_pair(fn, fn_params, the_grid), described)
+    described = {"kind": s.kind, **asdict(params), "grid": asdict(the_grid), "prealign": asdict(chosen)}
+    return CanonicalBackend(spec, the_grid, chosen, _per_pair(fn, params, the_grid), described)
 
 
 def backend_params(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Optional[PrealignConfig] = None) -> dict[str, Any]:

@@ -44,6 +44,13 @@ class DemonsParams:
     levels: int = 2  # in-plane pyramid levels (halving y and x); z keeps its few slices
     match_histograms: bool = True  # demons assumes equal intensities for equal tissue
 
+    def __post_init__(self) -> None:
+        # refused when the spec is read, before any pre-alignment or registration runs
+        if self.iterations < 1 or self.levels < 1:
+            raise ValueError(f"sitk-demons: iterations and levels must be >= 1, got {self.iterations} and {self.levels}")
+        if not self.sigma_mm > 0:
+            raise ValueError(f"sitk-demons: sigma_mm must be > 0, got {self.sigma_mm}")
+
 
 def demons(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], p: DemonsParams) -> np.ndarray:
     """Diffeomorphic demons, coarse to fine in-plane."""
@@ -73,6 +80,12 @@ class BSplineParams:
     mesh_mm: float = 20.0  # control point spacing in-plane; along z, one node per 2 slices
     iterations: int = 50  # per level
     levels: int = 2
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.levels < 1:
+            raise ValueError(f"sitk-bspline: iterations and levels must be >= 1, got {self.iterations} and {self.levels}")
+        if not self.mesh_mm > 0:
+            raise ValueError(f"sitk-bspline: mesh_mm must be > 0, got {self.mesh_mm}")
 
 
 def bspline(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], p: BSplineParams) -> np.ndarray:

@@ -156,6 +156,11 @@ class Field:
         moved = np.stack([_sample(disp[a], where, order=1) for a in range(3)], axis=1)
         return (pts + moved).astype(np.float32)
 
+    def check(self, where: str) -> "Field":
+        """``self`` when it is plausible (see :func:`validate_field`), else ValueError naming ``where``."""
+        validate_field(self, where)
+        return self
+
     @staticmethod
     def identity(shape_zyx: Sequence[int]) -> "Field":
         shape = tuple(int(n) for n in shape_zyx)
@@ -194,6 +199,36 @@ class Field:
         m = np.asarray(moving_to_native, dtype=np.float64)
         coords = np.einsum("ij,jzyx->izyx", m[:3, :3], canon + moved) + m[:3, 3, None, None, None]
         return Field(coords.astype(np.float32), tuple(moving_shape))  # type: ignore[arg-type]
+
+
+# A plausible Field maps no fixed voxel further than one moving-volume extent beyond the moving
+# volume, and is smooth: real transforms (affine, demons, B-spline, the net) have in-plane
+# second differences of coords well below a voxel, while a map of noise has them of the order
+# of the noise amplitude.
+MAX_MEAN_ROUGHNESS = 1.0  # voxels: mean |second difference| of coords along y and x
+
+
+def validate_field(field: Field, where: str) -> None:
+    """Raise ValueError naming ``where`` when ``field`` holds NaN or inf, maps a fixed voxel
+    more than one moving-volume extent outside the moving volume, or is rough like noise.
+    Used on every Field a backend computes and every Field read from a cache."""
+    c = field.coords
+    if not np.isfinite(c).all():
+        bad = int((~np.isfinite(c)).any(axis=0).sum())
+        raise ValueError(f"{where}: Field holds NaN or inf at {bad} voxel(s)")
+    for axis, (name, n) in enumerate(zip("zyx", field.moving_shape)):
+        lo, hi = float(c[axis].min()), float(c[axis].max())
+        if lo < -0.5 - n or hi > n - 0.5 + n:
+            raise ValueError(
+                f"{where}: Field maps {name} to [{lo:.1f}, {hi:.1f}], more than one volume extent outside the "
+                f"moving volume (0..{n - 1}); the registration failed or the stored Field is damaged")
+    rough = []
+    for axis in (2, 3):  # in-plane only: few thick slices make z differences legitimately coarse
+        if c.shape[axis] >= 3:
+            rough.append(float(np.abs(np.diff(c, n=2, axis=axis)).mean()))
+    if rough and max(rough) > MAX_MEAN_ROUGHNESS:
+        raise ValueError(f"{where}: Field is not smooth (mean in-plane second difference {max(rough):.2f} voxels, "
+                         f"limit {MAX_MEAN_ROUGHNESS}); it looks like noise, not a registration")
 
 
 def _axis_positions(matrix: np.ndarray, axis: int, size: int) -> np.ndarray:
