@@ -14,13 +14,16 @@ import torch
 
 from reg.atomic import atomic_path
 from reg.config import RegConfig
+from reg.guard import check_state_finite
 from reg.model import RegistrationNet
 
 FORMAT = "cctr-reg-checkpoint/1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (with the format tag added) to ``path`` atomically."""
+    """Write ``payload`` (with the format tag added) to ``path`` atomically; a payload holding
+    NaN or inf (a diverged run) is refused with :class:`reg.guard.NonFiniteError`."""
+    check_state_finite(payload, str(path))
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **payload}, tmp)
     return Path(path)

@@ -3,9 +3,11 @@ the network itself, its losses and its training schedule. One dataclass, saved a
 to the checkpoints and inside every checkpoint, so a checkpoint alone rebuilds the model."""
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, get_type_hints
 
 import yaml
 
@@ -73,8 +75,9 @@ class RegConfig:
             bad = set(section) - set(known)
             if bad:
                 raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in section {name!r}; expected {sorted(known)}")
-            typed = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+            hints = get_type_hints(kind)
             try:
+                typed = {k: coerce(v, hints[k], k) for k, v in section.items()}
                 built[name] = kind(**typed)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{where}: section {name!r}: {exc}") from exc
@@ -85,6 +88,59 @@ class RegConfig:
         d = self.to_dict()
         d["train"].update({k: v for k, v in train_overrides.items() if v is not None})
         return RegConfig.from_dict(d)
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """``value`` as the annotated type ``kind`` of option ``key``, or ValueError naming both.
+
+    YAML reads ``1e-4`` (no dot) as a string and ``1.0e+6`` as a float: numbers written as
+    strings are parsed, an integral float is accepted for an int, lists become tuples; a bool
+    is never taken for a number (YAML's ``yes`` is True)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        return coerce(value, kind, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if kind in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value) if kind is float else _int_text(value)
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ValueError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if kind is int:
+            if float(number) != int(number):
+                raise ValueError(f"{key}: expected an integer, got {value!r}")
+            return int(number)
+        return float(number)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    return tuple(value) if isinstance(value, list) else value  # other types: as before, lists as tuples
+
+
+def _int_text(text: str) -> int | float:
+    """An integer written as text: ``12`` or ``1e3`` (an integral float is checked by the caller)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _plain(value: Any) -> Any:

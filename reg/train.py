@@ -12,10 +12,18 @@ The output folder holds ``config.yaml``, ``last.pt`` (every validation and at th
 panels: fixed, moving, warped, deformed grid). A checkpoint holds model, optimiser, step,
 every RNG state and the config; resuming from ``last.pt`` replays the remaining steps
 exactly as an uninterrupted run would (bit-identical on CPU).
+
+Reliability: the output folder is locked for the run (:mod:`reg.runlock`: a second trainer
+on it is refused naming the holder); a NaN or inf loss term or gradient stops training naming
+the step and the term (``max_bad_steps`` lets a few such steps be skipped instead), and no
+checkpoint holding NaN or inf is written; ``config.yaml`` is written once the volumes have been
+read and checked, and removed again if a fresh run fails before its first checkpoint. When
+stderr is not a terminal, progress is printed as plain lines (:mod:`reg.progress`).
 """
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,12 +33,16 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from reg.checkpoint import atomic_path, read_checkpoint, save_checkpoint
+from reg.atomic import atomic_path
+from reg.checkpoint import read_checkpoint, save_checkpoint
 from reg.config import RegConfig, dump_config
+from reg.guard import NonFiniteError, check_gradients, check_losses
 from reg.jacobian import regularity
 from reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
 from reg.model import RegistrationNet
 from reg.placement import Placed, check_volume, field_of, place_pair, place_volume
+from reg.progress import Progress
+from reg.runlock import run_lock
 
 
 @dataclass(frozen=True)
@@ -189,12 +201,23 @@ def train(
     num_classes: int,
     out_dir: Path,
     resume: bool = False,
+    max_bad_steps: int = 0,
+    progress: bool = True,
 ) -> Path:
     """Train (or resume) into ``out_dir``; returns the path of ``best.pt`` (``last.pt`` when
-    there is nothing to validate on)."""
+    there is nothing to validate on). ``max_bad_steps``: how many steps with a non-finite
+    loss or gradient may be skipped (with a warning) before training stops; 0 stops at once."""
     out_dir = Path(out_dir)
     if len(train_volumes) < 2:
         raise ValueError(f"registration training needs at least two training volumes to pair, got {len(train_volumes)}")
+    if max_bad_steps < 0:
+        raise ValueError(f"max_bad_steps must be >= 0, got {max_bad_steps}")
+    with run_lock(out_dir):
+        return _train_locked(config, train_volumes, val_volumes, num_classes, out_dir, resume, max_bad_steps, progress)
+
+
+def _train_locked(config: RegConfig, train_volumes: Sequence[Volume], val_volumes: Sequence[Volume], num_classes: int,
+                  out_dir: Path, resume: bool, max_bad_steps: int, progress: bool) -> Path:
     last = out_dir / "last.pt"
     tc = config.train
     with torch.random.fork_rng():
@@ -213,18 +236,42 @@ def train(
                 f"{last}: was trained with a different config; resume with the stored one "
                 f"({out_dir / 'config.yaml'}), changing at most the number of steps"
             )
-        net.load_state_dict(ckpt["model"])  # loads onto the parameters' device
-        optimiser.load_state_dict(ckpt["optimizer"])
-        step, best = int(ckpt["step"]), float(ckpt["best_score"])
-        rng = _restore_rng(ckpt["rng"])
+        try:
+            net.load_state_dict(ckpt["model"])  # loads onto the parameters' device
+            optimiser.load_state_dict(ckpt["optimizer"])
+            step, best = int(ckpt["step"]), float(ckpt["best_score"])
+            rng = _restore_rng(ckpt["rng"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{last}: cannot resume from this checkpoint ({type(exc).__name__}: {exc})") from exc
     elif last.exists():
         raise ValueError(f"{out_dir}: already holds a run; resume it or choose another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "config.yaml") as tmp:
-        Path(tmp).write_text(dump_config(config))
 
     train_data = prepare(train_volumes, config, num_classes, "placing train volumes")
     val_data = prepare(val_volumes, config, num_classes, "placing val volumes")
+    with ExitStack() as cleanup:
+        if not resume:
+            cleanup.callback(_discard_if_unfinished, out_dir / "config.yaml", last)
+        with atomic_path(out_dir / "config.yaml") as tmp:
+            Path(tmp).write_text(dump_config(config))
+        _run(config, net, optimiser, rng, step, best, device, train_data, val_data, train_volumes, val_volumes,
+             num_classes, out_dir, resume, max_bad_steps, progress)
+        cleanup.pop_all()  # finished: keep everything
+    return out_dir / "best.pt" if (out_dir / "best.pt").exists() else last
+
+
+def _discard_if_unfinished(config_path: Path, last: Path) -> None:
+    """After a fresh run failed: remove its ``config.yaml`` unless a checkpoint exists (then a
+    resume needs it)."""
+    if not last.exists() and config_path.is_file():
+        config_path.unlink()
+
+
+def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
+         step: int, best: float, device: torch.device, train_data: list[Prepared], val_data: list[Prepared],
+         train_volumes: Sequence[Volume], val_volumes: Sequence[Volume], num_classes: int, out_dir: Path,
+         resume: bool, max_bad_steps: int, progress: bool) -> None:
+    """The training loop proper, from ``step`` to ``config.train.steps``."""
+    tc, last = config.train, out_dir / "last.pt"
     val_pairs = validation_pairs(val_volumes, tc.val_pairs, tc.seed)
     similarity = similarity_loss(config.loss.similarity, config.loss.ncc_window)
     smooth, dice = SmoothnessLoss(), SoftDiceLoss()
@@ -237,41 +284,58 @@ def train(
         })
 
     net.train()
-    bar = tqdm(total=tc.steps, initial=step, desc="reg train", unit="step", disable=not _tty())
-    while step < tc.steps:
-        batch = _batch(sample_pairs(rng, train_volumes, tc.batch_size, tc.intra_patient_fraction), train_data, config)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        disp, warped = net(batch["fixed"], batch["moving"])
-        loss_sim = similarity(warped, batch["fixed"])
-        loss_smooth = smooth(disp)
-        loss = loss_sim + config.loss.smoothness_weight * loss_smooth
-        loss_dice = None
-        if config.loss.dice_weight > 0 and "fixed_onehot" in batch:
-            warped_oh = net.warp(batch["moving_onehot"], disp[batch["labeled"]])
-            loss_dice = dice(warped_oh, batch["fixed_onehot"])
-            loss = loss + config.loss.dice_weight * loss_dice
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        step += 1
-        bar.update(1)
-        if step % tc.log_every == 0 or step == tc.steps:
-            writer.add_scalar("loss/total", float(loss.detach()), step)
-            writer.add_scalar("loss/similarity", float(loss_sim.detach()), step)
-            writer.add_scalar("loss/smoothness", float(loss_smooth.detach()), step)
-            if loss_dice is not None:
-                writer.add_scalar("loss/dice", float(loss_dice.detach()), step)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if step % tc.image_every == 0 or step == tc.steps:
-            writer.add_image("pair/fixed_moving_warped_grid", _panel(net, batch, disp, warped), step)
-        if step % tc.val_every == 0 or step == tc.steps:
-            scores = validate(net, val_pairs, val_data, config, num_classes)
-            for k, v in scores.items():
-                writer.add_scalar(f"val/{k}", v, step)
-            if scores and scores["dice"] > best:
-                best = scores["dice"]
-                checkpoint(out_dir / "best.pt")
-            checkpoint(last)
-    bar.close()
-    writer.close()
-    return out_dir / "best.pt" if (out_dir / "best.pt").exists() else last
+    bar = Progress(tc.steps, "reg train", initial=step, enabled=progress)
+    skipped = 0
+    try:
+        while step < tc.steps:
+            batch = _batch(sample_pairs(rng, train_volumes, tc.batch_size, tc.intra_patient_fraction), train_data, config)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            disp, warped = net(batch["fixed"], batch["moving"])
+            loss_sim = similarity(warped, batch["fixed"])
+            loss_smooth = smooth(disp)
+            loss = loss_sim + config.loss.smoothness_weight * loss_smooth
+            loss_dice = None
+            terms = {"similarity": loss_sim, "smoothness": loss_smooth}
+            if config.loss.dice_weight > 0 and "fixed_onehot" in batch:
+                warped_oh = net.warp(batch["moving_onehot"], disp[batch["labeled"]])
+                loss_dice = dice(warped_oh, batch["fixed_onehot"])
+                loss = loss + config.loss.dice_weight * loss_dice
+                terms["dice"] = loss_dice
+            optimiser.zero_grad()
+            try:
+                check_losses(step + 1, {**terms, "total": loss})
+                loss.backward()
+                check_gradients(step + 1, net.named_parameters())
+            except NonFiniteError as exc:
+                if skipped >= max_bad_steps:
+                    raise
+                skipped += 1  # the batch's RNG draws stay consumed, so a resume still replays exactly
+                print(f"cctr: warning: {exc.detail}; skipping the step ({skipped} of {max_bad_steps} allowed)", file=sys.stderr)
+                optimiser.zero_grad()
+                good = False
+            else:
+                optimiser.step()
+                good = True
+            step += 1
+            bar.update(1, loss=float(loss.detach()))
+            if step % tc.log_every == 0 or step == tc.steps:
+                writer.add_scalar("loss/total", float(loss.detach()), step)
+                writer.add_scalar("loss/similarity", float(loss_sim.detach()), step)
+                writer.add_scalar("loss/smoothness", float(loss_smooth.detach()), step)
+                if loss_dice is not None:
+                    writer.add_scalar("loss/dice", float(loss_dice.detach()), step)
+            if good and (step % tc.image_every == 0 or step == tc.steps):
+                writer.add_image("pair/fixed_moving_warped_grid", _panel(net, batch, disp, warped), step)
+            if step % tc.val_every == 0 or step == tc.steps:
+                scores = validate(net, val_pairs, val_data, config, num_classes)
+                for k, v in scores.items():
+                    writer.add_scalar(f"val/{k}", v, step)
+                if scores:
+                    bar.note(f"validation Dice {scores['dice']:.4f} (folded {scores['folded_percent']:.2f}%)")
+                if scores and scores["dice"] > best:
+                    best = scores["dice"]
+                    checkpoint(out_dir / "best.pt")
+                checkpoint(last)
+    finally:
+        bar.close()
+        writer.close()

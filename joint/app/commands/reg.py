@@ -37,6 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--steps", type=int, default=None, help="override train.steps")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     tr.add_argument("--labeled", default=None, help="labeled set of the split whose labels Dice supervision may use")
+    tr.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                    help="skip up to N steps whose loss or gradient is NaN/inf, with a warning (default 0: stop at the first)")
     tr.set_defaults(func=run_train)
 
     ev = actions.add_parser("eval", help="score registration backends on labeled pairs of a split")
@@ -89,7 +91,8 @@ def run_train(args: argparse.Namespace) -> int:
         labeled = set(split.labeled(args.labeled)) if args.labeled else set()
         train_volumes = _volumes(dataset, split.train, labeled)
         val_volumes = _volumes(dataset, split.val, set(split.val))
-        best = train(config, train_volumes, val_volumes, len(dataset.class_names), args.out, resume=args.resume)
+        best = train(config, train_volumes, val_volumes, len(dataset.class_names), args.out, resume=args.resume,
+                     max_bad_steps=args.skip_nonfinite)
     except (ValueError, ImportError) as exc:
         raise CaseError(str(exc)) from exc
     print(f"registration net: {best}")
