@@ -5,17 +5,15 @@
 - ``registration-only``: no network; each evaluated volume gets the label of the atlas(es)
   warped onto it by registration alone (the atlas baseline).
 
-:class:`JointConfig` is the seg :class:`~seg.config.TrainConfig` plus the registration
-options, so one YAML / ``--set`` mechanism sets them all. :data:`TRAINER_METHODS` is the seg
-trainer's method table extended with the two training methods; pass it as ``methods=`` to
-:func:`seg.train.train` (:func:`train_joint` does). Each method's extras are built once per
-run: the oracle over (unlabeled, labeled) pairs is warmed at the start so every step finds
-its Fields and warped labels in memory.
+:data:`TRAINER_METHODS` is the seg trainer's method table extended with the two training
+methods; pass it as ``methods=`` to :func:`seg.train.train` (:func:`train_joint` does). Their
+options are :class:`joint.config.JointConfig`'s. Each method's hooks are built once per run:
+the oracle over (unlabeled, labeled) pairs is warmed at the start so every step finds its
+Fields and warped labels in memory.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence
@@ -23,10 +21,11 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from joint.memory_bank import BankConfig, MemoryBank
-from joint.oracle import POLICIES, OracleConfig, RegistrationOracle
+from joint.config import JointConfig
+from joint.memory_bank import MemoryBank
+from joint.oracle import RegistrationOracle
 from joint.reps import RegistrationPositives
-from joint.rsl import CONFIDENCE_MODES, RegistrationSupervision, RSLConfig
+from joint.rsl import RegistrationSupervision
 from reg.backends import Backend
 from seg.config import TrainConfig, save_config
 from seg.data.case import Case, CaseError
@@ -34,130 +33,78 @@ from seg.data.dataset import Dataset
 from seg.data.nifti import write_nifti
 from seg.data.split import Split
 from seg.metrics import ClassScore, score_case
-from seg.atomic import write_text_atomic
+from seg.atomic import write_json
+from seg.hooks import TrainerHook
 from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown
-from seg.train import SEG_METHODS, Method, MethodExtras, TrainData, TrainResult, train
+from seg.train import SEG_METHODS, Method, TrainData, TrainResult, train
 
 REGISTRATION_ONLY = "registration-only"
 
 
-@dataclass(frozen=True)
-class JointConfig(TrainConfig):
-    """Training options plus registration ones (METHOD.md parts 5-7); defaults are the project's."""
-
-    reg_backend: str = ""              # load_backend spec: 'learned:CKPT', 'sitk-demons', 'ants-syn', 'identity'
-    atlas_policy: str = "random"       # 'random' (per step, seeded), 'similar', 'fused'
-    rs_weight: float = 0.1             # lambda_rs, ramped up like L_cps
-    rs_confidence: str = "none"        # RSL per-pixel weight: 'none', 'max-prob', 'agreement'
-    reg_cache: str = "runs/reg-cache"  # disk cache of Fields, shared across runs; '' = none
-    reg_memory_mb: int = 1024          # bound of the in-memory Field cache
-    warped_memory_mb: int = 512        # bound of the in-memory warped-label cache
-    reg_workers: int = 2               # processes computing classical registrations
-    reg_batch_pairs: int = 4           # pairs per learned-backend call
-    bank_downsample: int = 4           # REPS bank stores embeddings at 1/this of the sample size
-    bank_max_slice_gap: float = 1.0    # farthest stored slice (in slices) a REPS lookup may read
-    eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
-
-    def __post_init__(self) -> None:
-        # Refuse bad registration options when the config is built, not after data loading.
-        if self.atlas_policy not in POLICIES:
-            raise ValueError(f"atlas_policy must be one of {POLICIES}, got {self.atlas_policy!r}")
-        if self.rs_confidence not in CONFIDENCE_MODES:
-            raise ValueError(f"rs_confidence must be one of {CONFIDENCE_MODES}, got {self.rs_confidence!r}")
-        if self.eval_subset not in ("val", "test"):
-            raise ValueError(f"eval_subset must be 'val' or 'test', got {self.eval_subset!r}")
-
-
-def as_joint_config(cfg: TrainConfig, **registration_options: object) -> JointConfig:
-    """``cfg`` (e.g. a seg preset) as a :class:`JointConfig`, registration options at their
-    defaults unless given. Overrides and YAML applied to the result keep it a JointConfig."""
-    own = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
-    return JointConfig(**own, **registration_options)  # type: ignore[arg-type]
-
-
-def oracle_config(cfg: JointConfig) -> OracleConfig:
-    """The oracle options of ``cfg``; a registration method without a backend is refused."""
-    if not cfg.reg_backend:
-        raise ValueError(f"method {cfg.method!r} needs a registration backend (reg_backend / --reg-backend: "
-                         "'learned:CKPT', 'sitk-demons', 'ants-syn' or 'identity')")
-    return OracleConfig(
-        backend=cfg.reg_backend,
-        policy=cfg.atlas_policy,
-        seed=cfg.seed,
-        field_cache_bytes=int(cfg.reg_memory_mb) << 20,
-        label_cache_bytes=int(cfg.warped_memory_mb) << 20,
-        disk_cache=Path(cfg.reg_cache) if cfg.reg_cache else None,
-        workers=cfg.reg_workers,
-        batch_pairs=cfg.reg_batch_pairs,
-    )
-
-
-def _joint_cfg(cfg: TrainConfig) -> JointConfig:
+def _joint_cfg(cfg: TrainConfig, backend: Optional[Backend]) -> JointConfig:
+    """``cfg`` as the JointConfig a registration method needs, with a backend to query."""
     if not isinstance(cfg, JointConfig):
         raise ValueError(f"method {cfg.method!r} needs a JointConfig (the registration options), got {type(cfg).__name__}")
+    if backend is None and not cfg.oracle.backend:
+        raise ValueError(f"method {cfg.method!r} needs a registration backend (oracle.backend / --reg-backend: "
+                         "'learned:CKPT', 'sitk-demons', 'ants-syn' or 'identity')")
     return cfg
 
 
 def build_banks(cfg: JointConfig, labeled: Sequence[Case], students: Sequence[str] = ("a", "b")) -> dict[str, MemoryBank]:
     """One REPS memory bank per student over the slices of the labeled cases."""
     slices = {c.case_id: c.shape[0] for c in labeled}
-    bank_cfg = BankConfig(downsample=cfg.bank_downsample, max_slice_gap=cfg.bank_max_slice_gap)
     dims = {"a": cfg.student_a.embedding_dim, "b": cfg.student_b.embedding_dim}
-    return {s: MemoryBank(slices, dims[s], cfg.image_size, bank_cfg) for s in students}
+    return {s: MemoryBank(slices, dims[s], cfg.image_size, cfg.bank) for s in students}
 
 
-def _write_json(path: Path, data: Mapping) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def registration_extras(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool,
-                        backend: Optional[Backend] = None) -> MethodExtras:
-    """The RSL term (and with ``with_reps`` the REPS term and positive factory) of one run.
+def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool,
+                       backend: Optional[Backend] = None) -> tuple[TrainerHook, ...]:
+    """The RSL hook (and with ``with_reps`` the REPS hook) of one run.
 
     Warms the oracle over every (unlabeled, labeled) pair the atlas policy can ask for and
     writes ``registration.json`` in ``out_dir`` (backend, policy, pairs, cache and bank bytes).
     """
-    jcfg = _joint_cfg(cfg)
-    oracle = RegistrationOracle(data.labeled, data.unlabeled, oracle_config(jcfg), backend=backend)
+    jcfg = _joint_cfg(cfg, backend)
+    oracle = RegistrationOracle(data.labeled, data.unlabeled, jcfg.oracle, seed=jcfg.seed, backend=backend)
     pairs = oracle.warm(progress=True)
-    rsl = RegistrationSupervision(oracle, RSLConfig(weight=jcfg.rs_weight,
-                                                    rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
-                                                    confidence=jcfg.rs_confidence))
-    terms: tuple = (rsl,)
-    factory = None
+    hooks: tuple[TrainerHook, ...] = (
+        RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations),)
     bank_bytes = 0
     if with_reps:
         reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled))
-        terms, factory, bank_bytes = (rsl, reps), reps.factory, reps.nbytes
-    _write_json(Path(out_dir) / "registration.json", {
-        "reg_backend": jcfg.reg_backend,
-        "atlas_policy": jcfg.atlas_policy,
+        hooks, bank_bytes = (*hooks, reps), reps.nbytes
+    write_json(Path(out_dir) / "registration.json", {
+        "reg_backend": jcfg.oracle.backend,
+        "atlas_policy": jcfg.oracle.policy,
         "pairs": pairs,
         "field_cache_bytes": oracle.fields.nbytes,
         "warped_label_cache_bytes": oracle.warped.nbytes,
         "memory_bank_bytes": bank_bytes,
     })
-    return MethodExtras(terms=terms, extra_positive_factory=factory)
+    return hooks
 
 
-def _rsl_extras(cfg: TrainConfig, data: TrainData, out_dir: Path) -> MethodExtras:
-    return registration_extras(cfg, data, out_dir, with_reps=False)
+def _rsl_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
+    return registration_hooks(cfg, data, out_dir, with_reps=False)
 
 
-def _cctr_extras(cfg: TrainConfig, data: TrainData, out_dir: Path) -> MethodExtras:
-    return registration_extras(cfg, data, out_dir, with_reps=True)
+def _cctr_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
+    return registration_hooks(cfg, data, out_dir, with_reps=True)
 
 
 TRAINER_METHODS: Mapping[str, Method] = MappingProxyType({
     **SEG_METHODS,
     "cctr-rsl": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
-                       build_extras=_rsl_extras),
+                       build_hooks=_rsl_hooks),
     "cctr": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
-                   build_extras=_cctr_extras),
+                   build_hooks=_cctr_hooks),
 })
 
 # Every method of METHOD.md's table, in its order.
 METHODS: tuple[str, ...] = (*TRAINER_METHODS, REGISTRATION_ONLY)
+# The methods that query a registration backend.
+REGISTRATION_METHODS: tuple[str, ...] = ("cctr-rsl", "cctr", REGISTRATION_ONLY)
 
 
 def train_joint(cfg: TrainConfig, dataset: Dataset, split: Split, *, resume: bool = False,
@@ -192,7 +139,7 @@ def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backe
     """The atlas baseline: labels of ``cfg.labeled`` propagated to the ``cfg.eval_subset``
     volumes, written as NIfTI under ``out_dir/predictions`` and scored in 3D
     (``scores.csv``, ``summary.md``), with ``config.yaml`` alongside."""
-    jcfg = _joint_cfg(cfg)
+    jcfg = _joint_cfg(cfg, backend)
     patients = split.val if jcfg.eval_subset == "val" else split.test
     if not patients:
         raise CaseError(f"{dataset.root}: the split has no {jcfg.eval_subset} patients to propagate labels to")
@@ -204,7 +151,7 @@ def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backe
     out_dir = Path(jcfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(jcfg, out_dir / "config.yaml")
-    oracle = RegistrationOracle(atlases, targets, oracle_config(jcfg), backend=backend)
+    oracle = RegistrationOracle(atlases, targets, jcfg.oracle, seed=jcfg.seed, backend=backend)
     oracle.warm(progress=progress, labels=False)
     labels = propagate_labels(oracle, [c.case_id for c in targets], progress)
     class_names = tuple(dataset.class_names)
@@ -216,7 +163,7 @@ def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backe
     summary = summarize(scores, class_names)
     write_scores_csv(out_dir / "scores.csv", scores, class_names)
     write_summary_markdown(out_dir / "summary.md", summary,
-                           title=f"registration-only ({jcfg.reg_backend}, {jcfg.atlas_policy}), {jcfg.eval_subset}")
+                           title=f"registration-only ({jcfg.oracle.backend}, {jcfg.oracle.policy}), {jcfg.eval_subset}")
     return PropagationResult(out_dir, predictions, scores, summary)
 
 

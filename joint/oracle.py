@@ -49,23 +49,28 @@ V = TypeVar("V")
 
 @dataclass(frozen=True)
 class OracleConfig:
-    backend: str = "identity"              # a :func:`reg.backends.load_backend` spec
+    """The oracle's options; nested as ``oracle.*`` in :class:`joint.config.JointConfig`."""
+
+    backend: str = ""                      # :func:`reg.backends.load_backend` spec; '' = none given
     policy: str = "random"                 # one of POLICIES
-    seed: int = 0                          # seeds the 'random' policy
-    field_cache_bytes: int = 1 << 30       # memory bound of the Field LRU
-    label_cache_bytes: int = 512 << 20     # memory bound of the warped-label LRU
-    disk_cache: Optional[Path] = None      # folder of cached Fields; None = no disk cache
+    cache: str = ""                        # folder of cached Fields, shared across runs; '' = no disk cache
+    field_memory_mb: float = 1024.0        # memory bound of the Field LRU
+    warped_memory_mb: float = 512.0        # memory bound of the warped-label LRU
     workers: int = 2                       # processes for classical backends; <= 1 = in process
     batch_pairs: int = 4                   # pairs per learned-backend call
     similarity_shape: tuple[int, int, int] = (16, 64, 64)  # canonical (Z, Y, X) grid of 'similar'
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"atlas policy must be one of {POLICIES}, got {self.policy!r}")
-        if self.field_cache_bytes < 0 or self.label_cache_bytes < 0:
-            raise ValueError("cache sizes must be >= 0 bytes")
+            raise ValueError(f"oracle.policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.field_memory_mb < 0 or self.warped_memory_mb < 0:
+            raise ValueError("oracle.field_memory_mb and oracle.warped_memory_mb must be >= 0")
         if self.batch_pairs < 1:
-            raise ValueError(f"batch_pairs must be >= 1, got {self.batch_pairs}")
+            raise ValueError(f"oracle.batch_pairs must be >= 1, got {self.batch_pairs}")
+
+    @property
+    def disk_cache(self) -> Optional[Path]:
+        return Path(self.cache) if self.cache else None
 
 
 @dataclass(frozen=True)
@@ -205,9 +210,10 @@ class RegistrationOracle:
     ``atlases`` must carry labels; ``targets`` need not. ``backend`` defaults to
     ``load_backend(cfg.backend)``; a backend passed in is keyed on disk by its own ``spec`` and
     always runs in this process (worker processes can only rebuild a backend from its spec).
+    ``seed`` seeds the 'random' policy.
     """
 
-    def __init__(self, atlases: Sequence[Case], targets: Sequence[Case], cfg: OracleConfig,
+    def __init__(self, atlases: Sequence[Case], targets: Sequence[Case], cfg: OracleConfig, seed: int = 0,
                  backend: Optional[Backend] = None) -> None:
         if not atlases:
             raise CaseError("registration oracle: no labeled (atlas) case given")
@@ -217,7 +223,11 @@ class RegistrationOracle:
         num_classes = {case.num_classes for case in atlases}
         if len(num_classes) != 1:
             raise CaseError(f"registration oracle: atlases disagree on the class count: {sorted(num_classes)}")
+        if backend is None and not cfg.backend:
+            raise ValueError("a registration backend is needed (oracle.backend / --reg-backend: "
+                             "'learned:CKPT', 'sitk-demons', 'ants-syn' or 'identity')")
         self.cfg = cfg
+        self.seed = int(seed)
         self.backend = backend if backend is not None else load_backend(cfg.backend)
         self._from_spec = backend is None
         self.atlases = {c.case_id: c for c in atlases}
@@ -226,8 +236,8 @@ class RegistrationOracle:
         self.atlas_ids = tuple(self.atlases)
         self._fingerprint = backend_fingerprint(self.backend)
         self._digests: dict[str, str] = {}
-        self.fields = ByteLRU[Field](cfg.field_cache_bytes, lambda f: f.coords.nbytes)
-        self.warped = ByteLRU[WarpedAtlas](cfg.label_cache_bytes, lambda w: w.nbytes)
+        self.fields = ByteLRU[Field](int(cfg.field_memory_mb * 2**20), lambda f: f.coords.nbytes)
+        self.warped = ByteLRU[WarpedAtlas](int(cfg.warped_memory_mb * 2**20), lambda w: w.nbytes)
         self._similar: dict[str, str] = {}
 
     # -- cases ---------------------------------------------------------------------------------
@@ -337,7 +347,7 @@ class RegistrationOracle:
         if self.cfg.policy == "similar":
             return (self.most_similar(target_id),)
         salt = zlib.crc32(target_id.encode())
-        rng = np.random.default_rng([self.cfg.seed, int(step), salt, int(slice_index)])
+        rng = np.random.default_rng([self.seed, int(step), salt, int(slice_index)])
         return (self.atlas_ids[int(rng.integers(len(self.atlas_ids)))],)
 
     def most_similar(self, target_id: str) -> str:

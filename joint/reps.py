@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
 from reg.field import Field
+from seg.hooks import TrainerHook
 from seg.losses import ExtraPositive
 from seg.slices import SliceBatch
 from seg.students import StudentOutput
@@ -84,13 +85,14 @@ def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, o
     return F.normalize(vectors, dim=1) * valid[:, None].float(), valid
 
 
-class RegistrationPositives:
-    """REPS for the seg trainer: one memory bank per student.
+class RegistrationPositives(TrainerHook):
+    """REPS as a trainer hook: one memory bank per student.
 
-    It plugs into both of the trainer's extension points: as an extra *term* it adds no loss
-    but refreshes the banks in ``after_step`` (detached labeled-sample embeddings) and saves
-    them in checkpoints (``state_dict``), and :meth:`factory` is the contrastive loss's
-    ``extra_positive_factory``.
+    :meth:`extra_positive` gives the pixel contrastive loss each anchor's registration
+    positive; :meth:`after_step` refreshes the banks with the labeled samples' detached
+    embeddings; the banks travel in checkpoints. :meth:`metrics` logs, per step, the share of
+    the last batch's anchors that found a valid registration positive, so a run whose lookups
+    all fail (silently plain ``cctr-rsl``) shows it.
     """
 
     name = "reps"
@@ -98,27 +100,36 @@ class RegistrationPositives:
     def __init__(self, oracle: RegistrationOracle, banks: Mapping[str, MemoryBank]) -> None:
         self.oracle = oracle
         self.banks = dict(banks)
+        self._asked = 0
+        self._valid = 0
 
     @property
     def nbytes(self) -> int:
         """Bytes held by all banks."""
         return sum(bank.nbytes for bank in self.banks.values())
 
-    def __call__(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
-        return {}
-
-    def factory(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput],
-                student: str) -> Optional[ExtraPositive]:
-        """The ``extra_positive`` of ``student`` for this batch; None for a student without a bank."""
+    def extra_positive(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput],
+                       student: str) -> Optional[ExtraPositive]:
+        """The extra positive of ``student`` for this batch; None for a student without a bank."""
         bank = self.banks.get(student)
         if bank is None:
             return None
 
-        def extra_positive(anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def positive(anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             vec, valid = registration_positives(batch, anchor_flat_index.cpu(), self.oracle, bank, step)
+            unlabeled = ~batch.is_labeled[anchor_voxels(batch, anchor_flat_index)[0]]
+            self._asked += int(unlabeled.sum())
+            self._valid += int((valid & unlabeled).sum())
             return vec.to(anchor_flat_index.device), valid.to(anchor_flat_index.device)
 
-        return extra_positive
+        return positive
+
+    def metrics(self) -> dict[str, float]:
+        """``valid_fraction``: share of unlabeled-sample anchors with a registration positive
+        since the last call; ``anchors``: how many were asked."""
+        out = {"valid_fraction": self._valid / self._asked if self._asked else 0.0, "anchors": float(self._asked)}
+        self._asked = self._valid = 0
+        return out
 
     def after_step(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:
         labeled = torch.nonzero(batch.is_labeled).flatten()

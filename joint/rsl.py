@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from joint.oracle import RegistrationOracle
+from seg.hooks import TrainerHook
 from seg.losses import sigmoid_rampup
 from seg.slices import SliceBatch, resample_slice
 from seg.students import StudentOutput
@@ -29,15 +30,16 @@ CONFIDENCE_MODES = ("none", "max-prob", "agreement")
 
 @dataclass(frozen=True)
 class RSLConfig:
-    weight: float = 0.1            # lambda_rs once ramped up
-    rampup_steps: float = 0.0      # length of the sigmoid ramp-up (the trainer's, as for L_cps)
-    confidence: str = "none"       # one of CONFIDENCE_MODES
+    """RSL options; nested as ``rsl.*`` in :class:`joint.config.JointConfig`."""
+
+    weight: float = 0.1            # lambda_rs once ramped up (the ramp is the trainer's, as for L_cps)
+    confidence: str = "none"       # per-pixel weight, one of CONFIDENCE_MODES
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCE_MODES:
-            raise ValueError(f"RSL confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
-        if self.weight < 0 or self.rampup_steps < 0:
-            raise ValueError(f"RSL weight and rampup_steps must be >= 0, got {self}")
+            raise ValueError(f"rsl.confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
+        if self.weight < 0:
+            raise ValueError(f"rsl.weight must be >= 0, got {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -104,23 +106,27 @@ def weighted_ce_dice(logits: torch.Tensor, label: torch.Tensor, weight: torch.Te
     return 0.5 * (ce + dice)
 
 
-class RegistrationSupervision:
-    """The RSL extra term of the seg trainer: ``(step, batch, outputs) -> {student: loss}``.
+class RegistrationSupervision(TrainerHook):
+    """RSL as a trainer hook: a loss per student against the batch's registration targets,
+    ramped up over ``rampup_steps`` like L_cps.
 
     ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
     """
 
     name = "rsl"
 
-    def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig) -> None:
+    def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig, rampup_steps: float = 0.0) -> None:
+        if rampup_steps < 0:
+            raise ValueError(f"RSL rampup_steps must be >= 0, got {rampup_steps}")
         self.oracle = oracle
         self.cfg = cfg
+        self.rampup_steps = float(rampup_steps)
         self.last_targets: RegistrationTargets | None = None
 
-    def __call__(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
+    def losses(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
         targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
         self.last_targets = targets
-        lam = self.cfg.weight * sigmoid_rampup(step, self.cfg.rampup_steps)
+        lam = self.cfg.weight * sigmoid_rampup(step, self.rampup_steps)
         losses = {}
         for name, out in outputs.items():
             logits = out.logits[targets.index]

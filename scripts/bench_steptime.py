@@ -25,18 +25,19 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from joint.app.demo import pretrain_registration
-from joint.methods import TRAINER_METHODS, JointConfig, as_joint_config
+from joint.app.stages import pretrain_registration
+from joint.config import JointConfig, build_config, with_backend
+from joint.methods import TRAINER_METHODS
 from reg.config import RegConfig
-from seg.config import apply_overrides, preset
 from seg.data.phantom import write_phantom
 from seg.data.readers import open_dataset
 from seg.data.split import Split
+from seg.hooks import TrainerHook
 from seg.slices import SliceBatch
 from seg.train import train
 
@@ -73,9 +74,9 @@ class Turns:
             self._cond.notify_all()
 
 
-class StepClock:
-    """An extra trainer term that adds no loss: it times the step just completed and hands the
-    turn over between steps. ``seconds[k]`` is the step from call k to call k + 1."""
+class StepClock(TrainerHook):
+    """A trainer hook that adds no loss: it times the step just completed and hands the turn
+    over between steps. ``seconds[k]`` is the step from call k to call k + 1."""
 
     name = "clock"
 
@@ -86,7 +87,7 @@ class StepClock:
         self.batches: list[str] = []
         self._resumed: Optional[float] = None
 
-    def __call__(self, step: int, batch: SliceBatch, outputs: dict) -> dict:
+    def losses(self, step: int, batch: SliceBatch, outputs: Mapping) -> dict:
         now = time.perf_counter()
         if self._resumed is not None:
             self.seconds.append(now - self._resumed)
@@ -121,7 +122,7 @@ def run_pair(configs: dict[str, JointConfig], dataset, split: Split) -> dict[str
 
     def play(name: str) -> None:
         try:
-            train(configs[name], dataset, split, extra_terms=(clocks[name],), methods=TRAINER_METHODS, progress=False)
+            train(configs[name], dataset, split, hooks=(clocks[name],), methods=TRAINER_METHODS, progress=False)
         except BaseException as exc:  # re-raised in the main thread
             errors[name] = exc
         finally:
@@ -162,12 +163,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     runs = Path(tempfile.mkdtemp(prefix="runs-", dir=str(args.out)))
     try:
-        base = replace(apply_overrides(as_joint_config(preset("cpu-small")), args.overrides),
-                       labeled=args.labeled, iterations=args.warmup + args.steps + 1, val_every=10 ** 9,
-                       checkpoint_every=10 ** 9, overlays=False, reg_cache=str(args.out / "reg-cache"))
+        base = replace(build_config(None, args.overrides, labeled=args.labeled, field_cache=str(args.out / "reg-cache")),
+                       iterations=args.warmup + args.steps + 1, val_every=10 ** 9, checkpoint_every=10 ** 9,
+                       overlays=False)
         configs = {
             "cct": replace(base, method="cct", out_dir=str(runs / "cct")),
-            "cctr": replace(base, method="cctr", out_dir=str(runs / "cctr"), reg_backend=f"learned:{reg_ckpt}"),
+            "cctr": replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr", out_dir=str(runs / "cctr")),
         }
         started = time.perf_counter()
         clocks = run_pair(configs, dataset, split)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence, get_type_hints
+from typing import Any, Mapping, Sequence, Union, get_type_hints
 
 import yaml
 
@@ -96,6 +96,14 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
     if is_dataclass(kind):
         raise ValueError(f"{where}: expected a mapping of options, got {value!r}")
     origin = getattr(kind, "__origin__", None)
+    if origin is Union:
+        # Optional[X]: null stays None, anything else must be an X
+        others = [t for t in kind.__args__ if t is not type(None)]
+        if value is None and len(others) < len(kind.__args__):
+            return None
+        if len(others) == 1:
+            return _coerce(others[0], value, where)
+        raise ValueError(f"{where}: unsupported option type {kind}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")

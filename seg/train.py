@@ -1,25 +1,17 @@
 """The one segmentation trainer: every method (``supervised``, ``ct``, ``cct`` and those the joint
 package adds) runs through :func:`train`.
 
-A method (:class:`Method`) says which students train, whether cross teaching and the pixel
-contrastive loss are on, whether the batch has an unlabeled part, and optionally how to build
-extra loss terms. Extension points, for registration-aware methods:
-
-- an **extra term** is a callable ``(step, batch, outputs) -> {student name: weighted scalar}``
-  whose losses are added to the total; it may define ``after_step(step, batch, outputs)``
-  (called after the optimiser step, with detached outputs, e.g. to refresh a memory bank) and
-  ``state_dict()`` / ``load_state_dict(state)`` (saved in checkpoints so resume stays exact);
-  its ``name`` attribute, if any, labels its losses in TensorBoard;
-- an **extra-positive factory** ``(step, batch, outputs, student) -> ExtraPositive | None``
-  gives the pixel contrastive loss an extra positive key per anchor of that student's
-  embedding (see :data:`seg.losses.ExtraPositive`).
+A :class:`Method` says which students train, whether cross teaching and the pixel contrastive
+loss are on, whether the batch has an unlabeled part, and how to build the method's trainer
+hooks (:class:`seg.hooks.TrainerHook`, the one extension protocol: extra losses, extra
+contrastive positives, after-step work, metrics, validation scalars, checkpoint state).
 
 Training is iteration based with a poly learning rate. Every ``val_every`` steps both students
-predict the validation volumes slice by slice (:mod:`seg.inference`) and are scored in 3D
-(:func:`seg.metrics.score_case`); ``best.pt`` holds the best validation Dice of
-``select_student``, ``last.pt`` the latest state. Both are written atomically and hold
-everything needed to resume exactly: students, optimisers, step, RNG and sampler state.
-``config.yaml`` and TensorBoard logs (``tb/``) sit next to them.
+predict the validation volumes slice by slice and are scored in 3D (:mod:`seg.validation`);
+``best.pt`` holds the best validation Dice of ``select_student``, ``last.pt`` the latest state.
+Both are written atomically and hold everything needed to resume exactly: students,
+optimisers, step, RNG and sampler state, and every hook's state. ``config.yaml`` and
+TensorBoard logs (``tb/``) sit next to them.
 """
 from __future__ import annotations
 
@@ -29,7 +21,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -40,21 +31,12 @@ from seg.config import TrainConfig, differences, from_dict, save_config, to_dict
 from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
 from seg.data.split import Split
-from seg.inference import predict_labels
-from seg.losses import (
-    ContrastPart,
-    ExtraPositive,
-    cross_teaching_loss,
-    pixel_contrastive_loss,
-    sigmoid_rampup,
-    supervised_loss,
-)
-from seg.metrics import score_case
+from seg.hooks import TrainerHook, check_names
+from seg.losses import ExtraPositive, sigmoid_rampup
+from seg.objective import base_losses
 from seg.slices import SliceBatch, SliceSampler, prepare_volume
 from seg.students import StudentOutput, build_student
-
-ExtraTerm = Callable[[int, SliceBatch, dict[str, StudentOutput]], dict[str, torch.Tensor]]
-ExtraPositiveFactory = Callable[[int, SliceBatch, dict[str, StudentOutput], str], Optional[ExtraPositive]]
+from seg.validation import validate, write_overlays
 
 
 @dataclass(frozen=True)
@@ -68,19 +50,13 @@ class TrainData:
 
 
 @dataclass(frozen=True)
-class MethodExtras:
-    terms: tuple[ExtraTerm, ...] = ()
-    extra_positive_factory: Optional[ExtraPositiveFactory] = None
-
-
-@dataclass(frozen=True)
 class Method:
     students: tuple[str, ...]          # ('a',) or ('a', 'b')
     cross_teaching: bool
     contrastive: bool
     unlabeled: bool                    # whether batches have an unlabeled part
-    # builds the method's own extra terms from the config, the loaded data and the run folder
-    build_extras: Optional[Callable[[TrainConfig, TrainData, Path], MethodExtras]] = None
+    # builds the method's own hooks from the config, the loaded data and the run folder
+    build_hooks: Optional[Callable[[TrainConfig, "TrainData", Path], tuple[TrainerHook, ...]]] = None
 
 
 # the methods seg defines; the joint package passes a mapping extended with its own
@@ -139,10 +115,6 @@ def _atomic_save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _term_name(term: object, index: int) -> str:
-    return str(getattr(term, "name", f"extra{index}"))
-
-
 def _check_sizes(cfg: TrainConfig, students: Sequence[str]) -> None:
     h, w = cfg.image_size
     for name in students:
@@ -153,48 +125,11 @@ def _check_sizes(cfg: TrainConfig, students: Sequence[str]) -> None:
                              + (" and larger than 32x32" if sc.kind == "swin" else ""))
 
 
-def validate(students: Mapping[str, nn.Module], cases: Sequence[Case], cfg: TrainConfig,
-             class_names: Sequence[str]) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """Mean 3D Dice and HD95 over classes, then cases, per student, and Dice per class; also
-    each student's label map ``(Z, Y, X)`` of the first case (for overlays)."""
-    scores: dict[str, dict[str, float]] = {}
-    first: dict[str, np.ndarray] = {}
-    n = len(class_names)
-    for name, model in students.items():
-        per_case = []
-        for i, case in enumerate(cases):
-            pred = predict_labels(model, case.image, cfg.image_size, cfg.normalization, cfg.infer_batch)
-            per_case.append(score_case(pred, case.label, case.spacing, n))
-            if i == 0:
-                first[name] = pred
-        record = {
-            "dice": float(np.mean([np.mean([s.dice for s in sc.values()]) for sc in per_case])),
-            "hd95": float(np.mean([np.mean([s.hd95 for s in sc.values()]) for sc in per_case])),
-        }
-        for c in range(1, n):
-            record[f"dice_{class_names[c]}"] = float(np.mean([sc[c].dice for sc in per_case]))
-        scores[name] = record
-    return scores, first
-
-
-def _overlay(image_hw: np.ndarray, label_hw: np.ndarray, num_classes: int) -> np.ndarray:
-    """RGB ``(3, H, W)`` in [0, 1]: the image in grey with the label's classes tinted."""
-    lo, hi = np.percentile(image_hw, [1, 99])
-    grey = np.clip((image_hw - lo) / max(hi - lo, 1e-6), 0, 1)
-    rgb = np.repeat(grey[None], 3, axis=0)
-    palette = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, .5, 0], [.5, 0, 1]])
-    for c in range(1, num_classes):
-        mask = label_hw == c
-        rgb[:, mask] = 0.5 * rgb[:, mask] + 0.5 * palette[(c - 1) % len(palette)][:, None]
-    return rgb.astype(np.float32)
-
-
 def train(
     cfg: TrainConfig,
     dataset: Dataset,
     split: Split,
-    extra_terms: Sequence[ExtraTerm] = (),
-    extra_positive_factory: Optional[ExtraPositiveFactory] = None,
+    hooks: Sequence[TrainerHook] = (),
     *,
     methods: Mapping[str, Method] = SEG_METHODS,
     resume: bool = False,
@@ -202,9 +137,9 @@ def train(
 ) -> TrainResult:
     """Train ``cfg.method`` on ``dataset`` / ``split`` into ``cfg.out_dir``.
 
-    ``extra_terms`` and ``extra_positive_factory`` add to what the method's own
-    ``build_extras`` gives. With ``resume`` the run continues from ``last.pt`` and must have
-    the same configuration; without it, a folder that already holds a checkpoint is refused.
+    ``hooks`` are added after the method's own (``Method.build_hooks``). With ``resume`` the
+    run continues from ``last.pt`` and must have the same configuration; without it, a folder
+    that already holds a checkpoint is refused.
     """
     started = time.perf_counter()
     if cfg.method not in methods:
@@ -233,9 +168,9 @@ def train(
     torch.manual_seed(cfg.seed)
     data = load_train_data(dataset, split, cfg.labeled, with_unlabeled=method.unlabeled)
     num_classes = len(data.class_names)
-    extras = method.build_extras(cfg, data, out_dir) if method.build_extras else MethodExtras()
-    terms = tuple(extras.terms) + tuple(extra_terms)
-    factory = extra_positive_factory or extras.extra_positive_factory
+    own = method.build_hooks(cfg, data, out_dir) if method.build_hooks else ()
+    all_hooks: tuple[TrainerHook, ...] = (*own, *hooks)
+    check_names(all_hooks)
 
     students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes).to(device)
                 for n in method.students}
@@ -258,9 +193,8 @@ def train(
         sampler.load_state_dict(checkpoint["sampler"])
         contrast_rng.set_state(checkpoint["contrast_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        for i, term in enumerate(terms):
-            if hasattr(term, "load_state_dict"):
-                term.load_state_dict(checkpoint["terms"][_term_name(term, i)])
+        for hook in all_hooks:
+            hook.load_state_dict(checkpoint["hooks"].get(hook.name, {}))
         start, best_score, best_step = int(checkpoint["step"]), float(checkpoint["best_score"]), int(checkpoint["best_step"])
         history = list(checkpoint["history"])
 
@@ -275,7 +209,7 @@ def train(
             "sampler": sampler.state_dict(),
             "contrast_rng": contrast_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "terms": {_term_name(t, i): t.state_dict() for i, t in enumerate(terms) if hasattr(t, "state_dict")},
+            "hooks": {h.name: h.state_dict() for h in all_hooks},
             "best_score": best_score,
             "best_step": best_step,
             "history": history,
@@ -293,24 +227,25 @@ def train(
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group["lr"] = lr
-            batch = sampler.next_batch()   # on the CPU: extra terms read its geometry there
+            batch = sampler.next_batch()   # on the CPU: hooks read its geometry there
             image = batch.image.to(device)
             outputs = {n: m(image) for n, m in students.items()}
             ramp = sigmoid_rampup(step, rampup_steps)
-            losses = _method_losses(cfg, method, batch, outputs, ramp, contrast_rng, factory, step)
-            for i, term in enumerate(terms):
-                for n, value in term(step, batch, outputs).items():
-                    losses[f"{n}/{_term_name(term, i)}"] = value
+            losses = base_losses(cfg, method.cross_teaching, method.contrastive, batch, outputs, ramp, contrast_rng,
+                                 _extra_positives(all_hooks, step, batch, outputs))
+            for hook in all_hooks:
+                for n, value in hook.losses(step, batch, outputs).items():
+                    losses[f"{n}/{hook.name}"] = value
             total = sum(losses.values())
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
             total.backward()
             for opt in optimizers.values():
                 opt.step()
-            detached = {n: StudentOutput(o.logits.detach(), o.features.detach(), o.embedding.detach()) for n, o in outputs.items()}
-            for term in terms:
-                if hasattr(term, "after_step"):
-                    term.after_step(step, batch, detached)
+            detached = {n: StudentOutput(o.logits.detach(), o.features.detach(), o.embedding.detach())
+                        for n, o in outputs.items()}
+            for hook in all_hooks:
+                hook.after_step(step, batch, detached)
 
             done = step + 1
             for key, value in losses.items():
@@ -318,6 +253,9 @@ def train(
             writer.add_scalar("loss/total", float(total.detach()), done)
             writer.add_scalar("lr", lr, done)
             writer.add_scalar("rampup", ramp, done)
+            for hook in all_hooks:
+                for key, value in hook.metrics().items():
+                    writer.add_scalar(f"{hook.name}/{key}", value, done)
             bar.update(1)
             bar.set_postfix(loss=f"{float(total.detach()):.3f}")
 
@@ -326,14 +264,23 @@ def train(
                 for n, record in scores.items():
                     for key, value in record.items():
                         writer.add_scalar(f"val_{n}/{key}", value, done)
-                history.append({"step": done, **{f"{n}_{k}": v for n, r in scores.items() for k, v in r.items()}})
+                record = {"step": done, **{f"{n}_{k}": v for n, r in scores.items() for k, v in r.items()}}
+                for hook in all_hooks:
+                    for key, value in hook.validate(done).items():
+                        writer.add_scalar(f"val_{hook.name}/{key}", value, done)
+                        record[f"{hook.name}_{key}"] = value
+                history.append(record)
                 if cfg.overlays:
-                    _write_overlays(writer, data.val[0], first_preds, num_classes, done)
+                    write_overlays(writer, data.val[0], first_preds, num_classes, done)
                 if scores[cfg.select_student]["dice"] > best_score:
                     best_score, best_step = scores[cfg.select_student]["dice"], done
                     _atomic_save(snapshot(done), best_path)
+                    for hook in all_hooks:
+                        hook.checkpoint(out_dir, best=True)
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
                 _atomic_save(snapshot(done), last_path)
+                for hook in all_hooks:
+                    hook.checkpoint(out_dir, best=False)
     finally:
         bar.close()
         writer.close()
@@ -348,56 +295,21 @@ def train(
     )
 
 
+def _extra_positives(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch,
+                     outputs: Mapping[str, StudentOutput]) -> Callable[[str], Optional[ExtraPositive]]:
+    """Per student, the one extra contrastive positive the hooks give (two hooks giving one
+    for the same student is a configuration error, not something to merge silently)."""
+    def for_student(student: str) -> Optional[ExtraPositive]:
+        given = [(h.name, p) for h in hooks if (p := h.extra_positive(step, batch, outputs, student)) is not None]
+        if len(given) > 1:
+            raise ValueError(f"hooks {[n for n, _ in given]} each give an extra positive for student {student!r}")
+        return given[0][1] if given else None
+    return for_student
+
+
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'sgd' or 'adamw'")
-
-
-def _method_losses(
-    cfg: TrainConfig,
-    method: Method,
-    batch: SliceBatch,
-    outputs: dict[str, StudentOutput],
-    ramp: float,
-    contrast_rng: torch.Generator,
-    factory: Optional[ExtraPositiveFactory],
-    step: int,
-) -> dict[str, torch.Tensor]:
-    """The base losses of ``method`` for one batch, weighted, keyed ``'<student>/<loss>'``.
-    ``batch`` is on the CPU, ``outputs`` on the students' device."""
-    nl = batch.num_labeled
-    device = next(iter(outputs.values())).logits.device
-    label, is_labeled = batch.label.to(device), batch.is_labeled.to(device)
-    losses: dict[str, torch.Tensor] = {}
-    for n, out in outputs.items():
-        losses[f"{n}/sup"] = supervised_loss(out.logits[:nl], label[:nl])
-    names = list(outputs)
-    teacher = {n: names[(i + 1) % len(names)] for i, n in enumerate(names)}  # the other student (or itself)
-    if method.cross_teaching and batch.image.shape[0] > nl:
-        w = cfg.cps_weight * ramp
-        for n in names:
-            unl = cross_teaching_loss(outputs[n].logits[nl:], outputs[teacher[n]].logits[nl:], cfg.cps_loss)
-            losses[f"{n}/cps"] = w * unl
-    if method.contrastive:
-        parts = []
-        labeled_rows = is_labeled[:, None, None]
-        for n in names:
-            probs = torch.softmax(outputs[teacher[n]].logits.detach(), dim=1)
-            conf, pseudo = probs.max(dim=1)
-            classes = torch.where(labeled_rows, label, pseudo)
-            confidence = torch.where(labeled_rows, torch.ones_like(conf), conf)
-            extra = factory(step, batch, outputs, n) if factory is not None else None
-            parts.append(ContrastPart(outputs[n].embedding, classes, confidence, extra))
-        losses["joint/cl"] = cfg.cl_weight * ramp * pixel_contrastive_loss(parts, cfg.contrast, contrast_rng)
-    return losses
-
-
-def _write_overlays(writer: SummaryWriter, case: Case, predictions: Mapping[str, np.ndarray], num_classes: int, step: int) -> None:
-    """Middle slice of ``case``: ground truth and each student's prediction over the image."""
-    z = case.shape[0] // 2
-    writer.add_image("overlay/truth", _overlay(case.image[z], case.label[z], num_classes), step)
-    for n, pred in predictions.items():
-        writer.add_image(f"overlay/{n}", _overlay(case.image[z], pred[z], num_classes), step)

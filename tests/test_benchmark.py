@@ -78,7 +78,7 @@ def test_a_rerun_skips_finished_runs_and_refuses_other_options(grid, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run ran again")
 
-    monkeypatch.setattr(bench, "train_joint", refuse)
+    monkeypatch.setattr(bench, "train_segmentation", refuse)
     monkeypatch.setattr(bench, "registration_only", refuse)
     assert main(["benchmark", "--data", str(data), "--out", str(out), "--no-progress", *GRID, *TINY]) == 0
     assert (out / "results.csv").read_text() == before

@@ -11,7 +11,8 @@ import pytest
 from joint.app.cli import main
 from seg.data.case import Case, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
-from seg.data.montage import class_colors, overlay, pick_slices, write_montage
+from seg.data.montage import pick_slices, write_montage
+from seg.overlay import class_colors, overlay
 from seg.data.readers import open_dataset
 from seg.data.split import draw_split, load_split
 
@@ -111,11 +112,11 @@ def test_overlay_outlines_classes_and_leaves_background_grey():
     label = np.zeros((8, 8), dtype=np.uint8)
     label[2:6, 2:6] = 1
     colors = class_colors(2)
-    rgb = overlay(image, label, (0.0, 1.0), colors)
+    rgb = overlay(image, label, colors, (0.0, 1.0))
     assert np.allclose(rgb[0, 0], image[0, 0]) and np.allclose(rgb[7, 7], image[7, 7])
     assert np.allclose(rgb[2, 3], colors[1]), "outline pixel in full colour"
     assert not np.allclose(rgb[3, 3], colors[1]) and not np.allclose(rgb[3, 3], image[3, 3]), "fill is translucent"
-    assert np.allclose(overlay(image, None, (0.0, 1.0), colors)[..., 0], image)
+    assert np.allclose(overlay(image, None, colors, (0.0, 1.0))[..., 0], image)
 
 
 def test_split_writes_the_published_acdc_split_and_refuses_a_folder_without_its_patients(tmp_path, capsys):

@@ -36,7 +36,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 def test_train_writes_a_run_folder_with_the_command_line_config(trained):
     _, run = trained
     cfg = load_config(run / "config.yaml", JointConfig())
-    assert isinstance(cfg, JointConfig) and cfg.reg_backend == ""
+    assert isinstance(cfg, JointConfig) and cfg.oracle.backend == ""
     assert cfg.method == "ct" and cfg.labeled == "1" and cfg.out_dir == str(run)
     assert cfg.image_size == (32, 64) and cfg.student_a.widths == (4, 8) and cfg.iterations == 2
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
@@ -87,7 +87,7 @@ def test_train_runs_the_registration_methods_from_the_same_cli(trained, tmp_path
                  "--out", str(atlas), "--no-progress"]) == 0
     assert sorted(p.name for p in (atlas / "predictions").iterdir()) == ["patient005_ED.nii.gz", "patient005_ES.nii.gz"]
     assert "registration-only (identity" in (atlas / "summary.md").read_text()
-    assert load_config(atlas / "config.yaml", JointConfig()).reg_backend == "identity"
+    assert load_config(atlas / "config.yaml", JointConfig()).oracle.backend == "identity"
 
     assert main(["train", "--data", str(data), "--method", "cctr", "--out", str(tmp_path / "c"), *TINY]) == 2
     assert "needs a registration backend" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from joint.app import demo
+from joint.app import demo, figures, stages
 from joint.app.cli import main
 from joint.app.commands.demo import build_config
 from seg.config import apply_overrides, load_config
@@ -83,7 +83,7 @@ def test_figures_and_tensorboard_logs_are_in_the_folder(finished):
         png = (paths.figures / name).read_bytes()
         assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert list((paths.reg / "tb").glob("events.out.tfevents.*"))
-    scalars = demo.read_scalars(paths.seg / "tb")
+    scalars = figures.read_scalars(paths.seg / "tb")
     assert {"loss/total", "loss/a/rsl", "val_a/dice"} <= set(scalars)
     steps, _ = scalars["loss/total"]
     assert list(steps) == [1, 2]
@@ -93,8 +93,10 @@ def test_a_rerun_skips_every_expensive_stage(finished, tiny_cfg, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    for name in ("write_phantom", "train_registration", "train_joint", "load_students"):
+    for name in ("write_phantom",):
         monkeypatch.setattr(demo, name, refuse)
+    for name in ("train_registration", "train_joint", "load_students"):
+        monkeypatch.setattr(stages, name, refuse)
     before = {k: v for k, v in finished.seconds.items() if k != "evaluation and report"}
     again = demo.run_demo(tiny_cfg, finished.paths.out, progress=False)
     assert again.summary == finished.summary and again.guidance == finished.guidance
@@ -119,7 +121,7 @@ def test_command_line_options_apply_in_order(tmp_path):
     assert (cfg.patients, cfg.seg.iterations, cfg.seg.lr, cfg.reg.train.steps) == (9, 60, 0.01, 7)
     assert (cfg.seed, cfg.seg.seed, cfg.reg.train.seed) == (3, 3, 3)
     assert build_config(None, ["patients=9"], patients=5, seed=None).patients == 5
-    assert main(["demo", "--out", str(tmp_path / "bad"), "--set", "seg.atlas_policy=nearest"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--set", "seg.oracle.policy=nearest"]) == 2
     assert main(["demo", "--out", str(tmp_path / "bad"), "--threads", "-1"]) == 2
     assert not (tmp_path / "bad").exists()   # refused before anything was written
 
@@ -135,9 +137,9 @@ def test_overlay_slices_take_cases_in_turn_with_the_largest_labeled_slices():
     case = Case("c_ED", "c", np.zeros((4, 6, 6), np.float32), label, (5.0, 1.0, 1.0), spacing_affine((5.0, 1.0, 1.0)),
                 (), ("background", "RV", "LV"))
     other = replace(case, case_id="d_ED", patient_id="d", label=np.flip(label, axis=0).copy())
-    assert demo.overlay_slices([case, other], 4) == [(0, 2), (1, 1), (0, 0), (1, 3)]
+    assert figures.overlay_slices([case, other], 4) == [(0, 2), (1, 1), (0, 0), (1, 3)]
 
 
 def test_smooth_is_a_trailing_mean():
-    np.testing.assert_allclose(demo.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
-    np.testing.assert_allclose(demo.smooth(np.array([1.0, 3.0]), 1), [1.0, 3.0])
+    np.testing.assert_allclose(figures.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(figures.smooth(np.array([1.0, 3.0]), 1), [1.0, 3.0])

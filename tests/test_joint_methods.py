@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from joint.methods import (METHODS, TRAINER_METHODS, JointConfig, as_joint_config, pair_dice, registration_only,
-                           train_joint)
+from fakes import ShiftBackend
+from joint.config import JointConfig, as_joint_config, build_config, with_backend
+from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, train_joint
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.reps import RegistrationPositives
 from joint.rsl import RegistrationSupervision
-from reg.field import Field
 from seg.data.case import Case, CaseError, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
 from seg.data.split import Split
@@ -60,34 +60,35 @@ def dataset(tmp_path):
     return ds, split
 
 
-class ShiftBackend:
-    spec = "fake-shift"
-
-    def register(self, fixed, fs, moving, ms):
-        return self.register_many([(fixed, fs, moving, ms)])[0]
-
-    def register_many(self, pairs):
-        shift = np.asarray(SHIFT, np.float32).reshape(3, 1, 1, 1)
-        return [Field(Field.identity(f.shape).coords + shift, tuple(m.shape)) for f, _, m, _ in pairs]
-
-
 def small_cfg(tmp_path, **changes) -> JointConfig:
     tiny = StudentConfig(kind="unet", widths=(4, 8), embedding_dim=8)
     base = JointConfig(method="cctr", image_size=(32, 32), labeled_batch=2, unlabeled_batch=2, student_a=tiny,
                        student_b=tiny, iterations=3, val_every=1000, checkpoint_every=1000, overlays=False,
-                       reg_backend="identity", reg_cache=str(tmp_path / "fields"), out_dir=str(tmp_path / "run"))
-    return replace(base, **changes)
+                       out_dir=str(tmp_path / "run"))
+    return replace(with_backend(base, "identity", str(tmp_path / "fields")), **changes)
 
 
 def test_a_seg_preset_becomes_a_joint_config_that_overrides_keep():
     from seg.config import apply_overrides, preset
 
-    cfg = as_joint_config(preset("paper"), reg_backend="sitk-demons")
+    cfg = with_backend(as_joint_config(preset("paper")), "sitk-demons")
     assert isinstance(cfg, JointConfig) and cfg.iterations == preset("paper").iterations
-    cfg = apply_overrides(cfg, ["atlas_policy=fused", "iterations=7"])
-    assert isinstance(cfg, JointConfig) and (cfg.atlas_policy, cfg.iterations, cfg.reg_backend) == ("fused", 7, "sitk-demons")
-    with pytest.raises(ValueError, match="atlas_policy"):
-        apply_overrides(cfg, ["atlas_policy=nearest"])
+    cfg = apply_overrides(cfg, ["oracle.policy=fused", "iterations=7", "rsl.weight=0.3", "bank.downsample=1"])
+    assert isinstance(cfg, JointConfig)
+    assert (cfg.oracle.policy, cfg.iterations, cfg.oracle.backend) == ("fused", 7, "sitk-demons")
+    assert (cfg.rsl.weight, cfg.bank.downsample) == (0.3, 1)
+    with pytest.raises(ValueError, match="oracle.policy"):
+        apply_overrides(cfg, ["oracle.policy=nearest"])
+
+
+def test_one_builder_orders_preset_overrides_and_flags(tmp_path):
+    cfg = build_config("paper", ["oracle.policy=fused", "lr=0.5"], method="cctr", out_dir=tmp_path / "run",
+                       reg_backend="identity", field_cache=str(tmp_path / "cache"))
+    assert (cfg.image_size, cfg.lr, cfg.method, cfg.out_dir) == ((224, 224), 0.5, "cctr", str(tmp_path / "run"))
+    assert (cfg.oracle.backend, cfg.oracle.policy, cfg.oracle.cache) == ("identity", "fused", str(tmp_path / "cache"))
+    # an explicit flag wins over an override of the same option
+    assert build_config(None, ["oracle.policy=fused"], atlas_policy="similar").oracle.policy == "similar"
+    assert build_config().oracle.cache == "runs/reg-cache"
 
 
 def test_every_method_of_the_table_is_known():
@@ -95,27 +96,26 @@ def test_every_method_of_the_table_is_known():
     assert TRAINER_METHODS["cctr"].contrastive and TRAINER_METHODS["cctr-rsl"].cross_teaching
 
 
-def test_cctr_extras_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path):
+def test_cctr_hooks_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path):
     ds, split = dataset
     cfg = small_cfg(tmp_path)
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
-    extras = TRAINER_METHODS["cctr"].build_extras(cfg, data, tmp_path / "run")
-    assert [type(t) for t in extras.terms] == [RegistrationSupervision, RegistrationPositives]
-    assert extras.extra_positive_factory is not None
+    hooks = TRAINER_METHODS["cctr"].build_hooks(cfg, data, tmp_path / "run")
+    assert [type(h) for h in hooks] == [RegistrationSupervision, RegistrationPositives]
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
-    assert info["pairs"] == 2 and info["memory_bank_bytes"] == extras.terms[1].nbytes > 0
-    rsl_only = TRAINER_METHODS["cctr-rsl"].build_extras(cfg, data, tmp_path / "run")
-    assert [type(t) for t in rsl_only.terms] == [RegistrationSupervision] and rsl_only.extra_positive_factory is None
+    assert info["pairs"] == 2 and info["memory_bank_bytes"] == hooks[1].nbytes > 0
+    rsl_only = TRAINER_METHODS["cctr-rsl"].build_hooks(cfg, data, tmp_path / "run")
+    assert [type(h) for h in rsl_only] == [RegistrationSupervision]
     with pytest.raises(ValueError, match="registration backend"):
-        TRAINER_METHODS["cctr"].build_extras(small_cfg(tmp_path, reg_backend=""), data, tmp_path / "run")
+        TRAINER_METHODS["cctr"].build_hooks(with_backend(cfg, ""), data, tmp_path / "run")
 
 
 def test_cctr_trains_and_checkpoints_its_memory_bank(dataset, tmp_path):
     ds, split = dataset
     result = train_joint(small_cfg(tmp_path), ds, split, progress=False)
     state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
-    bank = state["terms"]["reps"]["a"]
+    bank = state["hooks"]["reps"]["a"]
     assert bank["filled"].any() and bank["embedding"].dtype == torch.float16
     assert list((tmp_path / "fields").rglob("*.npz"))  # Fields went to the disk cache
     with pytest.raises(ValueError, match="trains no network"):
@@ -125,7 +125,7 @@ def test_cctr_trains_and_checkpoints_its_memory_bank(dataset, tmp_path):
 def test_registration_only_propagates_and_scores(dataset, tmp_path):
     ds, split = dataset
     good = registration_only(small_cfg(tmp_path, method="registration-only", out_dir=str(tmp_path / "good")),
-                             ds, split, backend=ShiftBackend(), progress=False)
+                             ds, split, backend=ShiftBackend(SHIFT), progress=False)
     plain = registration_only(small_cfg(tmp_path, method="registration-only", out_dir=str(tmp_path / "plain")),
                               ds, split, progress=False)
     assert sorted(good.predictions) == ["p5_ED", "p6_ED"]
@@ -141,7 +141,7 @@ def test_pair_dice_measures_the_guidance(dataset):
     atlas = ds.ref("p1_ED").load()
     targets = [ds.ref(f"{p}_ED").load() for p in ("p2", "p3")]
     refs = {t.case_id: t.label for t in targets}
-    oracle = RegistrationOracle([atlas], [t.with_label(None) for t in targets], OracleConfig(), backend=ShiftBackend())
+    oracle = RegistrationOracle([atlas], [t.with_label(None) for t in targets], OracleConfig(), backend=ShiftBackend(SHIFT))
     dice = pair_dice(oracle, refs)
     assert set(dice) == {("p2_ED", "p1_ED"), ("p3_ED", "p1_ED")} and min(dice.values()) > 0.99
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fakes import ShiftBackend
 from joint.oracle import ByteLRU, OracleConfig, RegistrationOracle, load_field, save_field
 from reg.field import Field
 from seg.data.case import Case, CaseError, spacing_affine
@@ -25,23 +26,6 @@ def blob_label(center_yx: tuple[int, int]) -> np.ndarray:
     lab[:, cy - 2:cy + 3, cx - 2:cx + 3] = 1
     lab[:, cy - 1:cy + 2, cx - 1:cx + 2] = 3
     return lab
-
-
-class ShiftBackend:
-    """Fake backend: the moving point of fixed voxel p is p + shift; records every call."""
-
-    spec = "fake-shift"
-
-    def __init__(self, shift_zyx=(0.0, 0.0, 0.0)) -> None:
-        self.shift = np.asarray(shift_zyx, np.float32).reshape(3, 1, 1, 1)
-        self.calls: list[int] = []
-
-    def register(self, fixed, fixed_spacing, moving, moving_spacing) -> Field:
-        return self.register_many([(fixed, fixed_spacing, moving, moving_spacing)])[0]
-
-    def register_many(self, pairs):
-        self.calls.append(len(pairs))
-        return [Field(Field.identity(f.shape).coords + self.shift, tuple(m.shape)) for f, _, m, _ in pairs]
 
 
 class RefusingBackend(ShiftBackend):
@@ -85,14 +69,14 @@ def test_fields_are_batched_then_served_from_memory(cases):
 def test_memory_cache_stays_under_its_byte_bound(cases):
     atlases, targets = cases
     one_field = 3 * int(np.prod(SHAPE)) * 4
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(field_cache_bytes=2 * one_field), backend=ShiftBackend())
+    oracle = RegistrationOracle(atlases, targets, OracleConfig(field_memory_mb=2 * one_field / 2**20), backend=ShiftBackend())
     assert oracle.warm(progress=False) == len(atlases) * len(targets)
     assert len(oracle.fields) == 2 and oracle.fields.nbytes <= 2 * one_field
 
 
 def test_disk_cache_is_reused_by_a_second_run_and_keyed_on_content(cases, tmp_path):
     atlases, targets = cases
-    cfg = OracleConfig(disk_cache=tmp_path / "fields")
+    cfg = OracleConfig(cache=str(tmp_path / "fields"))
     first = RegistrationOracle(atlases, targets, cfg, backend=ShiftBackend((0.5, -2.25, 1.0)))
     first.warm(progress=False)
     files = sorted((tmp_path / "fields").rglob("*"))
@@ -126,13 +110,13 @@ def test_corrupt_cached_field_names_the_file(tmp_path):
 
 def test_random_policy_is_seeded_per_step_and_shared_by_callers(cases):
     atlases, targets = cases
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(policy="random", seed=3), backend=ShiftBackend())
-    again = RegistrationOracle(atlases, targets, OracleConfig(policy="random", seed=3), backend=ShiftBackend())
+    oracle = RegistrationOracle(atlases, targets, OracleConfig(policy="random"), seed=3, backend=ShiftBackend())
+    again = RegistrationOracle(atlases, targets, OracleConfig(policy="random"), seed=3, backend=ShiftBackend())
     picks = [oracle.atlases_for("target0", step, 1) for step in range(60)]
     assert picks == [again.atlases_for("target0", step, 1) for step in range(60)]
     assert all(len(p) == 1 for p in picks)
     assert {p[0] for p in picks} == {a.case_id for a in atlases}
-    other_seed = RegistrationOracle(atlases, targets, OracleConfig(policy="random", seed=4), backend=ShiftBackend())
+    other_seed = RegistrationOracle(atlases, targets, OracleConfig(policy="random"), seed=4, backend=ShiftBackend())
     assert picks != [other_seed.atlases_for("target0", step, 1) for step in range(60)]
 
 
@@ -171,7 +155,7 @@ def test_warped_atlas_follows_the_field_and_votes(cases):
 
 def test_bad_inputs_raise_clear_errors(cases):
     atlases, targets = cases
-    with pytest.raises(ValueError, match="atlas policy"):
+    with pytest.raises(ValueError, match="oracle.policy"):
         OracleConfig(policy="nearest")
     with pytest.raises(CaseError, match="target0.*no label"):
         RegistrationOracle([targets[0]], targets[1:], OracleConfig(), backend=ShiftBackend())
@@ -198,7 +182,7 @@ def test_classical_pairs_run_in_worker_processes_then_come_from_disk(tmp_path, m
     targets = [make_case(f"t{i}", disc(5 + i, 6 + i)) for i in range(3)]
     pairs = [(t.case_id, "atlas") for t in targets]
     serial = RegistrationOracle(atlases, targets, OracleConfig(backend=spec, workers=1))
-    cfg = OracleConfig(backend=spec, workers=2, disk_cache=tmp_path / "cache")
+    cfg = OracleConfig(backend=spec, workers=2, cache=str(tmp_path / "cache"))
     pooled = RegistrationOracle(atlases, targets, cfg)
     assert pooled.warm(progress=False, labels=False) == 3
     for pair in pairs:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from fakes import ShiftBackend
 from joint.memory_bank import BankConfig, MemoryBank
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.reps import RegistrationPositives, anchor_voxels, registration_positives
-from reg.field import Field
 from seg.data.case import Case, spacing_affine
 from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
 from seg.students import StudentOutput
@@ -43,19 +43,6 @@ def embed(batch, volume_code: torch.Tensor) -> torch.Tensor:
 def make_case(case_id, image, label):
     return Case(case_id=case_id, patient_id=case_id, image=image.astype(np.float32), label=label,
                 spacing=(8.0, 1.5, 1.5), affine=spacing_affine((8.0, 1.5, 1.5)), sources=(), class_names=CLASSES)
-
-
-class ShiftBackend:
-    spec = "fake-shift"
-
-    def __init__(self, shift):
-        self.shift = np.asarray(shift, np.float32).reshape(3, 1, 1, 1)
-
-    def register(self, fixed, fs, moving, ms):
-        return self.register_many([(fixed, fs, moving, ms)])[0]
-
-    def register_many(self, pairs):
-        return [Field(Field.identity(f.shape).coords + self.shift, tuple(m.shape)) for f, _, m, _ in pairs]
 
 
 @pytest.fixture
@@ -162,19 +149,20 @@ def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
     assert reps.nbytes == banks["a"].nbytes * 2
     unl = int((~batch.is_labeled).nonzero()[0])
     anchors = unl * HW[0] * HW[1] + torch.arange(HW[0] * HW[1])
-    vec_a, ok_a = reps.factory(0, batch, outputs, "a")(anchors)
-    vec_b, ok_b = reps.factory(0, batch, outputs, "b")(anchors)
+    vec_a, ok_a = reps.extra_positive(0, batch, outputs, "a")(anchors)
+    vec_b, ok_b = reps.extra_positive(0, batch, outputs, "b")(anchors)
     assert ok_a.any() and torch.equal(ok_a, ok_b)
     assert torch.allclose(vec_a[ok_a], -vec_b[ok_b], atol=1e-6)
     assert vec_a.shape == (HW[0] * HW[1], 6)
-    assert reps.factory(0, batch, outputs, "c") is None
-    assert reps(0, batch, outputs) == {}
+    assert reps.extra_positive(0, batch, outputs, "c") is None
+    assert reps.losses(0, batch, outputs) == {}
+    assert reps.metrics()["valid_fraction"] > 0.5  # the three lookups above were logged
 
     # A resumed run gets the banks back exactly.
     fresh = RegistrationPositives(oracle, {n: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for n in ("a", "b")})
     fresh.load_state_dict(reps.state_dict())
     assert torch.equal(fresh.banks["b"].embedding, banks["b"].embedding)
-    assert torch.equal(fresh.factory(0, batch, outputs, "a")(anchors)[0], vec_a)
+    assert torch.equal(fresh.extra_positive(0, batch, outputs, "a")(anchors)[0], vec_a)
     with pytest.raises(ValueError, match="shape"):
         MemoryBank({"lab": 2}, dim=6, sample_hw=HW).load_state_dict(banks["a"].state_dict())
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fakes import ShiftBackend
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice
 from reg.field import Field
@@ -46,24 +47,13 @@ def shifted(volume: np.ndarray, shift=SHIFT) -> np.ndarray:
     return out
 
 
-class ShiftBackend:
-    spec = "fake-shift"
-
-    def register(self, fixed, fs, moving, ms):
-        return self.register_many([(fixed, fs, moving, ms)])[0]
-
-    def register_many(self, pairs):
-        shift = np.asarray(SHIFT, np.float32).reshape(3, 1, 1, 1)
-        return [Field(Field.identity(f.shape).coords + shift, tuple(m.shape)) for f, _, m, _ in pairs]
-
-
 @pytest.fixture
 def setup():
     image, label = anatomy()
     atlas = make_case("lab", image, label)
     target_label = shifted(label)
     target = make_case("unl", shifted(image), None)
-    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend())
+    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
     sampler = SliceSampler([prepare_volume(atlas)], [prepare_volume(target, with_label=False)],
                            labeled_batch=2, unlabeled_batch=4, out_hw=(24, 24),
                            augment=AugmentConfig(rotation_deg=30.0, flip=True, zoom=(0.8, 1.25)), seed=5)
@@ -126,8 +116,8 @@ def test_term_gives_each_student_a_ramped_loss_on_unlabeled_samples_only(setup):
     B = batch.image.shape[0]
     logits = {name: torch.zeros(B, 4, 24, 24, requires_grad=True) for name in ("a", "b")}
     outputs = {name: StudentOutput(logits=l, features=l, embedding=l) for name, l in logits.items()}
-    term = RegistrationSupervision(oracle, RSLConfig(weight=0.1, rampup_steps=40))
-    early, mid, late = term(0, batch, outputs), term(20, batch, outputs), term(60, batch, outputs)
+    term = RegistrationSupervision(oracle, RSLConfig(weight=0.1), rampup_steps=40)
+    early, mid, late = term.losses(0, batch, outputs), term.losses(20, batch, outputs), term.losses(60, batch, outputs)
     assert set(late) == {"a", "b"}
     value = {k: {n: float(t.detach()) for n, t in d.items()} for k, d in (("early", early), ("mid", mid), ("late", late))}
     assert value["early"]["a"] == pytest.approx(value["late"]["a"] * math.exp(-5), rel=1e-4)

@@ -14,6 +14,7 @@ from seg.config import TrainConfig, load_config
 from seg.data.case import Case, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
 from seg.data.split import Split
+from seg.hooks import TrainerHook
 from seg.inference import load_students
 from seg.slices import AugmentConfig
 from seg.students import StudentConfig
@@ -79,14 +80,17 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     dataset, split = _dataset(tmp_path)
     train(_cfg(tmp_path / "straight"), dataset, split, progress=False)
 
-    def crash(step, batch, outputs):
-        if step == 3:
-            raise RuntimeError("power cut")
-        return {}
+    class Crash(TrainerHook):
+        name = "crash"
+
+        def losses(self, step, batch, outputs):
+            if step == 3:
+                raise RuntimeError("power cut")
+            return {}
 
     cfg = _cfg(tmp_path / "cut")
     with pytest.raises(RuntimeError, match="power cut"):
-        train(cfg, dataset, split, extra_terms=(crash,), progress=False)
+        train(cfg, dataset, split, hooks=(Crash(),), progress=False)
     assert _weights(tmp_path / "cut" / "last.pt")["step"] == 2
     train(cfg, dataset, split, resume=True, progress=False)
 
@@ -126,19 +130,40 @@ def test_supervised_trains_student_a_alone(tmp_path):
         train(_cfg(tmp_path / "bad", image_size=(48, 48)), dataset, split, progress=False)
 
 
-class CountingTerm:
-    """An extra term with every optional hook, recording what the trainer did with it."""
+class ProbeHook(TrainerHook):
+    """A hook using every method of the protocol, recording what the trainer did with it."""
 
     name = "probe"
 
     def __init__(self) -> None:
-        self.calls, self.after, self.grads = 0, 0, []
+        self.calls, self.after, self.grads, self.validated, self.saved = 0, 0, [], [], []
+        self.asked, self.indices = [], []
 
-    def __call__(self, step, batch, outputs):
+    def losses(self, step, batch, outputs):
         self.calls += 1
         loss = 0.01 * outputs["b"].logits.mean()
         loss.register_hook(self.grads.append)  # fires only if the loss reaches backward()
         return {"b": loss}
+
+    def extra_positive(self, step, batch, outputs, student):
+        self.asked.append(student)
+        b, _, h, w = outputs[student].embedding.shape
+
+        def extra(index):
+            self.indices.append((index.min().item(), index.max().item(), b * h * w))
+            return outputs[student].embedding.detach().new_zeros(index.numel(), 128), torch.zeros(index.numel(), dtype=torch.bool)
+
+        return extra
+
+    def metrics(self):
+        return {"calls": float(self.calls)}
+
+    def validate(self, step):
+        self.validated.append(step)
+        return {"seen": float(self.calls)}
+
+    def checkpoint(self, out_dir, best):
+        self.saved.append(best)
 
     def after_step(self, step, batch, outputs):
         assert not outputs["a"].embedding.requires_grad
@@ -151,28 +176,29 @@ class CountingTerm:
         self.calls = state["calls"]
 
 
-def test_extra_terms_and_the_extra_positive_factory_join_the_loop(tmp_path):
+def test_every_hook_method_joins_the_loop(tmp_path):
     dataset, split = _dataset(tmp_path)
-    term = CountingTerm()
-    asked, indices = [], []
-
-    def factory(step, batch, outputs, student):
-        asked.append(student)
-        b, _, h, w = outputs[student].embedding.shape
-
-        def extra(index):
-            indices.append((index.min().item(), index.max().item(), b * h * w))
-            return outputs[student].embedding.detach().new_zeros(index.numel(), 128), torch.zeros(index.numel(), dtype=torch.bool)
-
-        return extra
-
+    hook = ProbeHook()
     result = train(_cfg(tmp_path / "run", cl_weight=1.0, contrast=replace(TrainConfig().contrast, confidence=0.0)),
-                   dataset, split, extra_terms=(term,), extra_positive_factory=factory, progress=False)
-    assert term.calls == term.after == 4
-    assert len(term.grads) == 4 and all(float(g) == 1.0 for g in term.grads)
-    assert _weights(result.last_checkpoint)["terms"] == {"probe": {"calls": 4}}
-    assert asked == ["a", "b"] * 4
-    assert indices and all(0 <= lo <= hi < n for lo, hi, n in indices)
+                   dataset, split, hooks=(hook,), progress=False)
+    assert hook.calls == hook.after == 4
+    assert len(hook.grads) == 4 and all(float(g) == 1.0 for g in hook.grads)
+    assert _weights(result.last_checkpoint)["hooks"] == {"probe": {"calls": 4}}
+    assert hook.asked == ["a", "b"] * 4
+    assert hook.indices and all(0 <= lo <= hi < n for lo, hi, n in hook.indices)
+    assert hook.validated == [r["step"] for r in result.history] and result.history[-1]["probe_seen"] == 4.0
+    assert True in hook.saved and False in hook.saved  # told of best.pt and of last.pt
+
+
+def test_hooks_must_have_distinct_names_and_one_extra_positive_per_student(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    with pytest.raises(ValueError, match="distinct names"):
+        train(_cfg(tmp_path / "twice"), dataset, split, hooks=(ProbeHook(), ProbeHook()), progress=False)
+    other = ProbeHook()
+    other.name = "other"
+    with pytest.raises(ValueError, match="extra positive"):
+        train(_cfg(tmp_path / "clash", cl_weight=1.0, contrast=replace(TrainConfig().contrast, confidence=0.0)),
+              dataset, split, hooks=(ProbeHook(), other), progress=False)
 
 
 def test_poly_learning_rate():

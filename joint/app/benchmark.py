@@ -5,7 +5,7 @@ A :class:`Run` is one cell. Registration backends only matter for the registrati
 (``cctr-rsl``, ``cctr``, ``registration-only``); every other method runs once per labeled set
 and seed. Each run lives in ``OUT/runs/<method>/<backend>/labeled-<set>/seed-<k>``:
 trained (an interrupted training resumes from its ``last.pt``), its test predictions by
-student A scored per volume and class (``scores.csv``), and last, written atomically, the
+student A written as NIfTI (``predictions/``) and scored per volume and class (``scores.csv``), and last, written atomically, the
 marker ``result.json`` (options and scores). A run with a marker is never redone; one whose
 marker holds other options is refused rather than mixed into the table. Grids run by separate
 commands (or processes) on the same folder are put into one table by :func:`collect_results`.
@@ -28,23 +28,20 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from joint.methods import (
-    METHODS,
-    REGISTRATION_ONLY,
-    JointConfig,
-    registration_only,
-    train_joint,
-)
+from joint.app.figures import plot_dice_bars
+from joint.app.stages import predict_cases, score_cases, train_segmentation
+from joint.config import JointConfig, with_backend
+from joint.methods import METHODS, REGISTRATION_METHODS, REGISTRATION_ONLY, registration_only
 from seg.config import differences, from_dict, to_dict
 from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
 from seg.data.split import Split
-from seg.inference import load_students
-from seg.metrics import ClassScore, score_case
-from seg.report import Summary, summarize, write_scores_csv, write_text_atomic
+from seg.metrics import ClassScore
+from seg.atomic import write_json, write_text_atomic
+from seg.report import Summary, summarize, write_scores_csv
 
-REGISTRATION_METHODS = ("cctr-rsl", "cctr", REGISTRATION_ONLY)
 RESULT_FILE = "result.json"
+PREDICTIONS = "predictions"   # a run's test predictions (NIfTI), so `cctr eval` can re-score them
 CSV_COLUMNS = ("method", "backend", "labeled", "seed", "class", "dice", "hd95_mm", "cases")
 MEAN_ROW = "mean"   # the class column of the row holding the mean over classes
 
@@ -105,7 +102,7 @@ def plan_runs(methods: Sequence[str], backends: Sequence[str], labeled_sets: Seq
 
 
 def run_config(base: JointConfig, run: Run, out_dir: Path) -> JointConfig:
-    return replace(base, method=run.method, reg_backend=run.backend, labeled=run.labeled, seed=run.seed,
+    return replace(with_backend(base, run.backend), method=run.method, labeled=run.labeled, seed=run.seed,
                    out_dir=str(out_dir), eval_subset="test")
 
 
@@ -148,11 +145,6 @@ def read_result(folder: Path, run: Run, cfg: JointConfig) -> Optional[RunResult]
     return replace(result, run=run)
 
 
-def predict_and_score(checkpoint: Path, cases: Sequence[Case], student: str = "a") -> dict[str, dict[int, ClassScore]]:
-    trained = load_students(checkpoint)
-    return {c.case_id: score_case(trained.predict(c.image, student), c.label, c.spacing, c.num_classes) for c in cases}
-
-
 def execute_run(run: Run, cfg: JointConfig, dataset: Dataset, split: Split, test_cases: Sequence[Case],
                 progress: bool = True) -> RunResult:
     """Train (or resume) and score one run, then write its marker; see the module docstring."""
@@ -161,17 +153,16 @@ def execute_run(run: Run, cfg: JointConfig, dataset: Dataset, split: Split, test
     if run.method == REGISTRATION_ONLY:
         scores = registration_only(cfg, dataset, split, progress=progress).scores
     else:
-        last = folder / "last.pt"
-        result = train_joint(cfg, dataset, split, resume=last.is_file(), progress=progress)
-        checkpoint = result.best_checkpoint or result.last_checkpoint
-        scores = predict_and_score(checkpoint, test_cases)
+        checkpoint = train_segmentation(cfg, dataset, split, progress)
+        predictions = predict_cases(checkpoint, test_cases, folder / PREDICTIONS, progress=progress)
+        scores = score_cases(predictions, test_cases)
         write_scores_csv(folder / "scores.csv", scores, class_names)
-    write_text_atomic(folder / RESULT_FILE, json.dumps({
+    write_json(folder / RESULT_FILE, {
         "run": {"method": run.method, "backend": run.backend, "labeled": run.labeled, "seed": run.seed},
         "class_names": list(class_names),
         "config": to_dict(cfg),
         "scores": _scores_to_json(scores),
-    }, indent=2) + "\n")
+    })
     return RunResult(run, class_names, scores)
 
 
@@ -294,29 +285,10 @@ def row_label(method: str, backend: str) -> str:
 
 
 def plot_results(path: Path, results: Sequence[RunResult]) -> Path:
-    """Mean Dice over classes per method / backend: bar = mean over seeds, whisker = std, dots =
-    seeds; one panel per labeled set."""
-    from matplotlib.figure import Figure
-
-    from joint.app.demo import save_figure
-
-    groups = group_results(results)
-    labeled_sets = list(dict.fromkeys(key[2] for key in groups))
-    rows = list(dict.fromkeys(key[:2] for key in groups))
-    fig = Figure(figsize=(max(6.0, 1.3 * len(rows)) * len(labeled_sets), 4.5))
-    axes = np.atleast_1d(fig.subplots(1, len(labeled_sets), squeeze=False)[0])
-    for ax, labeled in zip(axes, labeled_sets):
-        for x, (method, backend) in enumerate(rows):
-            group = groups.get((method, backend, labeled), [])
-            dice = np.array([run_values(r)[MEAN_ROW]["dice"] for r in group], dtype=float)
-            if dice.size == 0:
-                continue
-            ax.bar(x, dice.mean(), yerr=dice.std(), capsize=4, color=f"C{x % 10}", alpha=0.7)
-            ax.plot(np.full(dice.size, x), dice, "k.", markersize=6)
-        ax.set_xticks(range(len(rows)), [row_label(*r) for r in rows], fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("3D Dice, mean over classes")
-        ax.set_title(f"labeled set {labeled}")
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    """Mean Dice over classes per method / backend, one panel per labeled set (the seeds'
+    bar, whisker and dots: :func:`joint.app.figures.plot_dice_bars`)."""
+    panels: dict[str, dict[str, list[float]]] = {}
+    for (method, backend, labeled), group in group_results(results).items():
+        rows = panels.setdefault(f"labeled set {labeled}", {})
+        rows[row_label(method, backend)] = [run_values(r)[MEAN_ROW]["dice"] for r in group]
+    return plot_dice_bars(path, panels)

@@ -15,15 +15,9 @@ import numpy as np  # noqa: E402
 from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError, CaseRef  # noqa: E402
 from seg.data.dataset import Dataset  # noqa: E402
+from seg.overlay import class_colors, grey_window, overlay  # noqa: E402
 
-FILL_ALPHA = 0.2
 TILE_INCHES = 2.2
-
-
-def class_colors(num_classes: int) -> np.ndarray:
-    """``(num_classes, 3)`` RGB in [0, 1]; class 0 (background) is never drawn."""
-    cmap = plt.get_cmap("tab10" if num_classes <= 11 else "tab20")
-    return np.array([(0.0, 0.0, 0.0)] + [cmap(i % cmap.N)[:3] for i in range(num_classes - 1)])
 
 
 def pick_cases(dataset: Dataset, count: int) -> tuple[CaseRef, ...]:
@@ -46,32 +40,6 @@ def pick_slices(case: Case, count: int) -> np.ndarray:
     else:
         lo, hi = 0, case.shape[0] - 1
     return np.unique(np.linspace(lo, hi, min(count, hi - lo + 1)).round().astype(int))
-
-
-def grey_window(image_zyx: np.ndarray) -> tuple[float, float]:
-    """Display window of a volume: its 0.5 and 99.5 percentiles."""
-    lo, hi = np.percentile(image_zyx, [0.5, 99.5])
-    return float(lo), float(max(hi, lo + 1e-6))
-
-
-def overlay(image_yx: np.ndarray, label_yx: Optional[np.ndarray], window: tuple[float, float], colors: np.ndarray) -> np.ndarray:
-    """RGB ``(Y, X, 3)`` float in [0, 1]: the windowed slice, each labeled class filled
-    translucently and outlined where its pixels touch another class."""
-    lo, hi = window
-    grey = np.clip((image_yx - lo) / (hi - lo), 0.0, 1.0)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    if label_yx is None:
-        return rgb
-    lab = label_yx.astype(np.intp)
-    edge = np.zeros(lab.shape, dtype=bool)
-    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    fg = lab > 0
-    tint = colors[lab]
-    alpha = np.where(fg & edge, 1.0, np.where(fg, FILL_ALPHA, 0.0))[..., None]
-    return rgb * (1.0 - alpha) + tint * alpha
 
 
 def write_montage(
@@ -99,7 +67,7 @@ def write_montage(
             ax.set_axis_off()
         for ax, z in zip(row, zs):
             label = None if case.label is None else case.label[z]
-            ax.imshow(overlay(case.image[z], label, window, colors), aspect=case.spacing[1] / case.spacing[2],
+            ax.imshow(overlay(case.image[z], label, colors, window), aspect=case.spacing[1] / case.spacing[2],
                       interpolation="nearest")
             ax.set_title(f"{case.case_id}  z={z}/{case.shape[0] - 1}", color="white", fontsize=8)
     fig.suptitle(f"{dataset.root.name} ({dataset.layout})", color="white", fontsize=10, y=0.995)

@@ -19,15 +19,16 @@ Several commands may share one ``--out`` with disjoint grids (e.g. one process p
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from joint.app.benchmark import collect_results, plan_runs, run_grid, write_tables
-from joint.app.demo import DemoConfig, pretrain_registration
-from joint.methods import METHODS, JointConfig, as_joint_config
-from seg.config import PRESETS, apply_overrides, load_config, preset
+from joint.app.demo import DemoConfig
+from joint.app.stages import pretrain_registration
+from joint.config import build_config
+from joint.methods import METHODS, REGISTRATION_METHODS
+from seg.config import PRESETS
 from seg.data.case import CaseError
 from seg.data.phantom import write_phantom
 from seg.data.readers import open_dataset
@@ -69,15 +70,6 @@ def _items(text: str, what: str) -> list[str]:
     return items
 
 
-def base_config(config: str | None, overrides: list[str], out: Path) -> JointConfig:
-    """cpu-small (or ``config``) as a JointConfig with the cache in ``out``, then ``overrides``."""
-    if config is None or config in PRESETS:
-        cfg = as_joint_config(preset(config or "cpu-small"))
-    else:
-        cfg = as_joint_config(load_config(Path(config), preset("cpu-small")))
-    return apply_overrides(replace(cfg, reg_cache=str(out / "reg-cache")), overrides)
-
-
 def _report(out: Path, count: int) -> None:
     print((out / "results.md").read_text(), end="")
     print(f"{count} run(s); wrote {out / 'results.csv'}, {out / 'results.md'} and {out / 'results.png'}")
@@ -97,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)   # this command's process only
     methods, labeled = _items(args.methods, "methods"), _items(args.labeled, "labeled")
-    backends = _items(args.backends, "backends") if any(m in ("cctr-rsl", "cctr", "registration-only") for m in methods) else []
-    base = base_config(args.config, args.overrides, out)
+    backends = _items(args.backends, "backends") if any(m in REGISTRATION_METHODS for m in methods) else []
+    base = build_config(args.config, args.overrides, field_cache=str(out / "reg-cache"))
     plan_runs(methods, backends, labeled, range(args.seeds))  # refuse a bad grid before any work
 
     data = args.data

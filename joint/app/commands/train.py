@@ -7,21 +7,22 @@
 
 The configuration starts from the ``cpu-small`` preset (or ``--config``: a preset name such as
 ``paper``, or a YAML file applied over ``cpu-small``), then every ``--set`` (any option of
-:class:`joint.methods.JointConfig`: the seg options plus the registration ones, nested ones
-with dots), then the explicit flags. The run folder gets ``config.yaml``, ``best.pt``,
+:class:`joint.config.JointConfig`: the seg options plus the registration ones, nested ones
+with dots, e.g. ``oracle.policy=fused``), then the explicit flags (``--reg-backend`` sets
+``oracle.backend``, ``--atlas-policy`` sets ``oracle.policy``). The run folder gets ``config.yaml``, ``best.pt``,
 ``last.pt`` and TensorBoard logs in ``tb/``. ``registration-only`` trains nothing: it writes
 the propagated labels of the test split and their scores into the run folder.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
-from joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, JointConfig, as_joint_config, registration_only
+from joint.config import build_config
+from joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, registration_only
 from joint.oracle import POLICIES
-from seg.config import PRESETS, apply_overrides, load_config, preset
+from seg.config import PRESETS
 from seg.data.case import CaseError
 from seg.data.readers import LAYOUTS, open_dataset
 from seg.data.split import load_split
@@ -53,26 +54,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_train)
 
 
-def build_config(config: str | None, overrides: list[str], method: str | None, labeled: str | None,
-                 out: Path, reg_backend: str | None = None, atlas_policy: str | None = None) -> JointConfig:
-    """The run's configuration from the command line (module docstring gives the order)."""
-    base = as_joint_config(preset("cpu-small"))
-    if config is None:
-        cfg = base
-    elif config in PRESETS:
-        cfg = as_joint_config(preset(config))
-    else:
-        cfg = load_config(Path(config), base)
-    cfg = apply_overrides(cfg, overrides)
-    flags = {"method": method, "labeled": labeled, "out_dir": str(out), "reg_backend": reg_backend,
-             "atlas_policy": atlas_policy}
-    return replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-
-
 def run_train(args: argparse.Namespace) -> int:
     try:
-        cfg = build_config(args.config, args.overrides, args.method, args.labeled, args.out,
-                           args.reg_backend, args.atlas_policy)
+        cfg = build_config(args.config, args.overrides, method=args.method, labeled=args.labeled, out_dir=args.out,
+                           reg_backend=args.reg_backend, atlas_policy=args.atlas_policy)
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
     dataset = open_dataset(args.data, args.layout)

@@ -1,0 +1,151 @@
+"""Every figure the application draws, as PNG files written atomically: test-slice overlays
+(image / truth / prediction / warped atlas label), training curves read back from TensorBoard
+logs, and the benchmark's Dice bars. Overlays come from :mod:`seg.overlay`, so a class has one
+colour in every figure."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from seg.atomic import atomic_path
+from seg.data.case import Case
+from seg.metrics import ClassScore
+from seg.overlay import class_colors, overlay
+
+
+def overlay_slices(cases: Sequence[Case], rows: int) -> list[tuple[int, int]]:
+    """``rows`` (case index, slice) picks: cases in turn, each pass taking the slice with the
+    next-largest labeled area of that case, so the heart is in view."""
+    picks: list[tuple[int, int]] = []
+    ranked = [np.argsort(-(c.label > 0).sum(axis=(1, 2)), kind="stable") if c.label is not None else np.arange(c.shape[0])
+              for c in cases]
+    for row in range(rows):
+        i = row % len(cases)
+        order = ranked[i]
+        picks.append((i, int(order[(row // len(cases)) % len(order)])))
+    return picks
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically."""
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return Path(path)
+
+
+def plot_overlays(path: Path, cases: Sequence[Case], predictions: Mapping[str, np.ndarray],
+                  warped: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[int, ClassScore]],
+                  rows: int, prediction_title: str = "prediction") -> Path:
+    """A grid of test slices, one per row: image | truth | prediction | warped atlas label."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    picks = overlay_slices(cases, rows)
+    colors = class_colors(cases[0].num_classes)
+    fig = Figure(figsize=(10, 2.8 * len(picks) + 0.6))
+    axes = fig.subplots(len(picks), 4, squeeze=False)
+    for r, (i, z) in enumerate(picks):
+        case = cases[i]
+        aspect = case.spacing[1] / case.spacing[2]
+        dice = np.mean([s.dice for s in scores[case.case_id].values()])
+        panels = [(None, f"{case.case_id} z={z}"), (case.label, "truth"),
+                  (predictions[case.case_id], f"{prediction_title} (Dice {dice:.3f})"),
+                  (warped[case.case_id], "warped atlas label")]
+        for ax, (label, title) in zip(axes[r], panels):
+            ax.imshow(overlay(case.image[z], None if label is None else label[z], colors), aspect=aspect,
+                      interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    names = cases[0].class_names[1:]
+    fig.legend(handles=[Patch(color=colors[k], label=n) for k, n in enumerate(names, start=1)],
+               loc="lower center", ncol=len(names), frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (2.8 * len(picks) + 0.6), 1, 1))
+    return save_figure(fig, path)
+
+
+def read_scalars(log_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar series of a TensorBoard log folder: tag -> (steps, values)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not Path(log_dir).is_dir():
+        return {}
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("scalars", []):
+        events = acc.Scalars(tag)
+        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=np.float64))
+    return out
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` points (shorter at the start)."""
+    if window <= 1 or values.size == 0:
+        return values
+    cumsum = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, values.size + 1)
+    lo = np.maximum(idx - window, 0)
+    return (cumsum[idx] - cumsum[lo]) / (idx - lo)
+
+
+def plot_curves(path: Path, reg_log: Path, seg_log: Path, student: str = "a") -> Path:
+    """Training curves from the TensorBoard logs: registration loss and validation Dice;
+    segmentation losses of ``student`` (and the joint contrastive one); validation Dice."""
+    from matplotlib.figure import Figure
+
+    reg, seg = read_scalars(reg_log), read_scalars(seg_log)
+    fig = Figure(figsize=(15, 4))
+    ax_reg, ax_loss, ax_val = fig.subplots(1, 3)
+    if "loss/total" in reg:
+        steps, values = reg["loss/total"]
+        ax_reg.plot(steps, values, color="tab:blue", alpha=0.3)
+        ax_reg.plot(steps, smooth(values, max(1, len(values) // 10)), color="tab:blue")
+    ax_reg.set_title("registration pretraining")
+    ax_reg.set_xlabel("step")
+    ax_reg.set_ylabel("similarity + smoothness loss")
+    if "val/dice" in reg:
+        twin = ax_reg.twinx()
+        twin.plot(*reg["val/dice"], "o-", color="tab:red", label="val Dice")
+        twin.set_ylabel("validation Dice of warped labels", color="tab:red")
+    for tag in sorted(t for t in seg if t.startswith((f"loss/{student}/", "loss/joint/")) or t == "loss/total"):
+        steps, values = seg[tag]
+        ax_loss.plot(steps, smooth(values, max(1, len(values) // 40)), label=tag[len("loss/"):])
+    ax_loss.set_title(f"segmentation losses (student {student}, smoothed)")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_yscale("log")
+    ax_loss.legend(fontsize=8)
+    for tag in sorted(t for t in seg if t.startswith("val_") and t.endswith("/dice")):
+        ax_val.plot(*seg[tag], "o-", label=f"student {tag[4:-5]}")
+    ax_val.set_title("validation 3D Dice (mean over classes)")
+    ax_val.set_xlabel("iteration")
+    ax_val.set_ylim(0, 1)
+    if ax_val.has_data():
+        ax_val.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_dice_bars(path: Path, groups: Mapping[str, Mapping[str, Sequence[float]]]) -> Path:
+    """One panel per labeled set (``groups``: panel title -> row label -> Dice of each seed):
+    bar = mean over seeds, whisker = std, dots = the seeds."""
+    from matplotlib.figure import Figure
+
+    rows = list(dict.fromkeys(r for panel in groups.values() for r in panel))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(rows)) * len(groups), 4.5))
+    axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0])
+    for ax, (title, panel) in zip(axes, groups.items()):
+        for x, row in enumerate(rows):
+            dice = np.asarray(panel.get(row, ()), dtype=float)
+            if dice.size == 0:
+                continue
+            ax.bar(x, dice.mean(), yerr=dice.std(), capsize=4, color=f"C{x % 10}", alpha=0.7)
+            ax.plot(np.full(dice.size, x), dice, "k.", markersize=6)
+        ax.set_xticks(range(len(rows)), rows, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("3D Dice, mean over classes")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)

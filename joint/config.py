@@ -1,0 +1,73 @@
+"""The joint training configuration: the seg trainer's :class:`~seg.config.TrainConfig` plus the
+registration options, each in one nested home (METHOD.md parts 5-7):
+
+- ``oracle.*`` (:class:`joint.oracle.OracleConfig`): backend spec, atlas policy, caches, workers;
+- ``rsl.*`` (:class:`joint.rsl.RSLConfig`): weight and per-pixel confidence of RSL;
+- ``bank.*`` (:class:`joint.memory_bank.BankConfig`): resolution and reach of the REPS bank;
+- ``eval_subset``: which split part ``registration-only`` predicts.
+
+So one YAML / ``--set`` mechanism sets them all (``--set oracle.policy=fused``), and
+:func:`build_config` is the one way the command line turns a preset or YAML file, overrides
+and explicit flags into a run's configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+from joint.memory_bank import BankConfig
+from joint.oracle import OracleConfig
+from joint.rsl import RSLConfig
+from seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
+
+# the Field disk cache of command-line runs: shared by every run started in the same folder
+DEFAULT_FIELD_CACHE = "runs/reg-cache"
+
+
+@dataclass(frozen=True)
+class JointConfig(TrainConfig):
+    """Training options plus the registration ones; defaults are the project's."""
+
+    oracle: OracleConfig = OracleConfig(cache=DEFAULT_FIELD_CACHE)
+    rsl: RSLConfig = RSLConfig()
+    bank: BankConfig = BankConfig()
+    eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
+
+    def __post_init__(self) -> None:
+        if self.eval_subset not in ("val", "test"):
+            raise ValueError(f"eval_subset must be 'val' or 'test', got {self.eval_subset!r}")
+
+
+def as_joint_config(cfg: TrainConfig) -> JointConfig:
+    """``cfg`` (e.g. a seg preset) as a :class:`JointConfig` with the registration options at
+    their defaults."""
+    return JointConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+
+
+def with_backend(cfg: JointConfig, spec: str, cache: Optional[str] = None) -> JointConfig:
+    """``cfg`` with another registration backend (and, if given, Field cache folder)."""
+    oracle = replace(cfg.oracle, backend=spec, **({} if cache is None else {"cache": cache}))
+    return replace(cfg, oracle=oracle)
+
+
+def build_config(config: Optional[str] = None, overrides: Sequence[str] = (), *, method: Optional[str] = None,
+                 labeled: Optional[str] = None, out_dir: Optional[Path] = None, reg_backend: Optional[str] = None,
+                 atlas_policy: Optional[str] = None, field_cache: Optional[str] = None) -> JointConfig:
+    """A run's configuration: the ``cpu-small`` preset, or ``config`` (a preset name, or a YAML
+    file applied over ``cpu-small``); then ``field_cache``; then every ``key=value`` of
+    ``overrides``; then each explicit flag that is not None."""
+    base = as_joint_config(preset("cpu-small"))
+    if config is None:
+        cfg = base
+    elif config in PRESETS:
+        cfg = as_joint_config(preset(config))
+    else:
+        cfg = load_config(Path(config), base)
+    if field_cache is not None:
+        cfg = replace(cfg, oracle=replace(cfg.oracle, cache=field_cache))
+    cfg = apply_overrides(cfg, overrides)
+    top = {"method": method, "labeled": labeled, "out_dir": None if out_dir is None else str(out_dir)}
+    cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
+    oracle = {"backend": reg_backend, "policy": atlas_policy}
+    return replace(cfg, oracle=replace(cfg.oracle, **{k: v for k, v in oracle.items() if v is not None}))

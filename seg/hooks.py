@@ -1,0 +1,74 @@
+"""The trainer's one extension protocol: :class:`TrainerHook`.
+
+A method that needs more than the base losses (supervised, cross teaching, pixel contrast)
+hands the trainer a tuple of hooks (``Method.build_hooks``; ``train(hooks=...)`` adds more).
+Every hook has every method below with a no-op default, so the trainer calls them all
+unconditionally and a hook overrides only what it does. Per step, in this order:
+
+1. ``losses(step, batch, outputs)``: extra loss terms, ``{student name: weighted scalar}``,
+   added to the total the students are optimised on;
+2. ``extra_positive(step, batch, outputs, student)``: an extra positive key per anchor of the
+   pixel contrastive loss for that student (at most one hook may give one per student);
+3. after the students' optimiser step, ``after_step(step, batch, detached_outputs)``: work
+   on detached outputs (refresh a memory bank, take a step of the hook's OWN optimiser);
+4. ``metrics()``: scalars to log for this step, under ``<hook name>/<key>``.
+
+At each validation ``validate(step)`` returns scalars logged under ``val_<hook name>/<key>``.
+``state_dict()`` / ``load_state_dict()`` put the hook's state (banks, a second network and
+its optimiser, RNGs) in every checkpoint so resume stays exact; ``checkpoint(out_dir,
+best)`` lets a hook write its own files next to the students' (e.g. ``reg/last.pt``).
+
+Layouts: ``batch`` is a :class:`seg.slices.SliceBatch` on the CPU; ``outputs`` maps student
+name to :class:`seg.students.StudentOutput` on the students' device.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from seg.losses import ExtraPositive
+from seg.slices import SliceBatch
+from seg.students import StudentOutput
+
+Outputs = Mapping[str, StudentOutput]
+
+
+class TrainerHook:
+    """Base class of every trainer extension; see the module docstring for the call order."""
+
+    #: labels the hook's losses (``loss/<student>/<name>``), metrics and checkpoint state
+    name: str = "hook"
+
+    def losses(self, step: int, batch: SliceBatch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        return {}
+
+    def extra_positive(self, step: int, batch: SliceBatch, outputs: Outputs, student: str) -> Optional[ExtraPositive]:
+        return None
+
+    def after_step(self, step: int, batch: SliceBatch, outputs: Outputs) -> None:
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def validate(self, step: int) -> dict[str, float]:
+        return {}
+
+    def checkpoint(self, out_dir: Path, best: bool) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        return None
+
+
+def check_names(hooks: tuple[TrainerHook, ...]) -> None:
+    """Refuse hooks that share a name: their losses, metrics and saved state would collide."""
+    names = [h.name for h in hooks]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"trainer hooks need distinct names; repeated: {dup}")

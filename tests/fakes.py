@@ -1,0 +1,26 @@
+"""Test doubles shared by the test modules: a registration backend whose answer is known."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from reg.field import Field
+
+
+class ShiftBackend:
+    """Fake backend: the moving point of fixed voxel p is p + shift (voxels, (z, y, x));
+    records the size of every ``register_many`` call in ``calls``."""
+
+    spec = "fake-shift"
+
+    def __init__(self, shift_zyx: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
+        self.shift = np.asarray(shift_zyx, np.float32).reshape(3, 1, 1, 1)
+        self.calls: list[int] = []
+
+    def register(self, fixed, fixed_spacing, moving, moving_spacing) -> Field:
+        return self.register_many([(fixed, fixed_spacing, moving, moving_spacing)])[0]
+
+    def register_many(self, pairs) -> list[Field]:
+        self.calls.append(len(pairs))
+        return [Field(Field.identity(f.shape).coords + self.shift, tuple(m.shape)) for f, _, m, _ in pairs]
