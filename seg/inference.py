@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ class TrainedStudents:
     class_names: tuple[str, ...]
     students: Mapping[str, nn.Module]   # 'a' and, for two-student methods, 'b'; in eval mode
     step: int
+    geometry: Optional[Mapping[str, Any]] = None  # seg.geometry_check statistics of the training cases, when stored
 
     def predict(self, image_zyx: np.ndarray, student: str = "a") -> np.ndarray:
         if student not in self.students:
@@ -83,16 +84,33 @@ class TrainedStudents:
         return predict_labels(self.students[student], image_zyx, cfg.image_size, cfg.normalization, cfg.infer_batch)
 
 
+def read_checkpoint_dict(path: Path, required: tuple[str, ...] = ("config", "class_names", "students", "step")) -> dict:
+    """The dict a segmentation checkpoint holds; :class:`CaseError` naming ``path`` when the
+    file is missing, unreadable (truncated, text, foreign) or lacks a ``required`` key. For
+    prediction and for the trainer's ``--resume``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for text, truncated or foreign files
+        raise CaseError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise CaseError(f"{path}: not a cctr segmentation checkpoint (holds a {type(ckpt).__name__})")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CaseError(f"{path}: not a cctr segmentation checkpoint (no {missing} entries)")
+    return ckpt
+
+
 def load_students(path: Path) -> TrainedStudents:
     """The students of a checkpoint written by :func:`seg.train.train`.
 
     Options the joint package adds to the config are ignored here: prediction needs only the
     students' architecture, the training size and the normalisation."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+    ckpt = read_checkpoint_dict(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         known = {f.name for f in fields(TrainConfig)}
         cfg = from_dict({k: v for k, v in ckpt["config"].items() if k in known}, TrainConfig(), where=str(path))
         class_names = tuple(ckpt["class_names"])
@@ -102,6 +120,8 @@ def load_students(path: Path) -> TrainedStudents:
             model = build_student(student_cfg, len(class_names))
             model.load_state_dict(state)
             students[name] = model.eval()
-    except (KeyError, RuntimeError, EOFError, ValueError) as exc:
+        step = int(ckpt["step"])
+    except (KeyError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise CaseError(f"{path}: not a cctr segmentation checkpoint ({type(exc).__name__}: {exc})") from exc
-    return TrainedStudents(cfg, class_names, students, int(ckpt["step"]))
+    geometry = ckpt.get("geometry")
+    return TrainedStudents(cfg, class_names, students, step, geometry if isinstance(geometry, dict) else None)

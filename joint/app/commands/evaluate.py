@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from seg.data.case import CaseError, label_to_uint8
 from seg.data.nifti import AFFINE_ATOL_MM, read_nifti
 from seg.data.split import load_split
 from seg.metrics import EMPTY_POLICIES, ClassScore, EmptyPolicy, empty_policy, score_case
+from seg.progress import Progress
 from seg.report import summarize, summary_markdown, write_scores_csv, write_summary_markdown
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -174,10 +174,11 @@ def run(args: argparse.Namespace) -> int:
     pairs = pair_cases(nifti_files(pred_dir), refs, pred_dir, wanted)
 
     policy = empty_policy(args.empty_policy)
-    scores = {
-        name: score_pair(pred_path, ref_path, class_names, policy)
-        for name, pred_path, ref_path in tqdm(pairs, desc="scoring", unit="case", disable=not sys.stderr.isatty())
-    }
+    scores = {}
+    with Progress(len(pairs), "eval", unit="case", every_s=10.0) as bar:  # plain lines when not on a terminal
+        for name, pred_path, ref_path in pairs:
+            scores[name] = score_pair(pred_path, ref_path, class_names, policy)
+            bar.update(1)
     summary = summarize(scores, class_names)
     title = f"{pred_dir} vs {reference.labels_dir} (empty masks: {args.empty_policy})"
     out = Path(args.out) if args.out else pred_dir

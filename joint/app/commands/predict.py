@@ -7,6 +7,11 @@ output ``DIR/<case>.nii.gz`` is a uint8 label map with the input's affine and he
 lines up with the input in any viewer; ``<case>`` is the input name without its extension
 and without an nnU-Net channel suffix ``_0000``. A run folder as ``--ckpt`` means its
 ``best.pt`` (or ``last.pt`` when there is no best).
+
+Every input is read and checked (3D, finite voxels, geometry) before any label map is
+written, so a bad input anywhere writes nothing. When the checkpoint holds the training
+geometry (:mod:`seg.geometry_check`), an input whose spacing, field of view or axis order is
+far from it gets a warning on stderr; ``--strict-geometry`` refuses it instead.
 """
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from seg.data.case import CaseError
 from seg.data.nifti import read_nifti, write_nifti
-from seg.inference import load_students
+from seg.geometry_check import geometry_warnings
+from seg.inference import TrainedStudents, load_students
+from seg.progress import Progress
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -29,6 +35,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="inputs", type=Path, required=True, help="a NIfTI file or a folder of them")
     p.add_argument("--out", type=Path, required=True, help="folder for the label maps")
     p.add_argument("--student", choices=("a", "b"), default="a", help="which student predicts (default a)")
+    p.add_argument("--strict-geometry", action="store_true",
+                   help="refuse inputs whose spacing / field of view / axes are far from the training data (default: warn)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=run_predict)
 
 
@@ -62,6 +71,22 @@ def case_name(path: Path) -> str:
     return name[:-5] if name.endswith("_0000") else name
 
 
+def check_inputs(files: list[Path], trained: TrainedStudents, strict: bool) -> None:
+    """Read every input once before anything is written: CaseError for an unreadable, non-3D
+    or non-finite volume, and geometry warnings on stderr (CaseError with ``strict``)."""
+    for path in files:
+        image, spacing, _, _ = read_nifti(path)
+        if not np.isfinite(image).all():
+            raise CaseError(f"{path}: image has NaN or inf voxels")
+        if trained.geometry is None:
+            continue  # an older checkpoint without training geometry: nothing to compare with
+        warnings = geometry_warnings(trained.geometry, spacing, image.shape)
+        if warnings and strict:
+            raise CaseError(f"{path}: unlike the training data: {'; '.join(warnings)} (drop --strict-geometry to predict anyway)")
+        for text in warnings:
+            print(f"cctr: warning: {path}: {text}", file=sys.stderr)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     trained = load_students(checkpoint_path(args.ckpt))
     if args.student not in trained.students:
@@ -71,11 +96,12 @@ def run_predict(args: argparse.Namespace) -> int:
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise CaseError(f"{args.inputs}: several inputs would write the same output: {clash}")
-    for path, name in tqdm(list(zip(files, names)), desc="predict", unit="volume", disable=None):
-        image, _, affine, header = read_nifti(path)
-        if not np.isfinite(image).all():
-            raise CaseError(f"{path}: image has NaN or inf voxels")
-        labels = trained.predict(image.astype(np.float32), args.student)
-        write_nifti(args.out / f"{name}.nii.gz", labels, affine, header)
+    check_inputs(files, trained, args.strict_geometry)
+    with Progress(len(files), "predict", unit="volume", every_s=10.0, enabled=not args.no_progress) as bar:
+        for path, name in zip(files, names):
+            image, _, affine, header = read_nifti(path)
+            labels = trained.predict(image.astype(np.float32), args.student)
+            write_nifti(args.out / f"{name}.nii.gz", labels, affine, header)
+            bar.update(1)
     print(f"wrote {len(files)} label map(s) with student {args.student} to {args.out}", file=sys.stdout)
     return 0
