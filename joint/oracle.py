@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
+import warnings
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -164,17 +166,34 @@ def save_field(path: Path, field: Field) -> None:
         np.savez(f, displacement=disp, moving_shape=np.asarray(field.moving_shape, dtype=np.int64))
 
 
+class CorruptCacheEntry(ValueError):
+    """A cached Field that cannot be read or is not a plausible registration."""
+
+
 def load_field(path: Path) -> Field:
-    """Read a Field written by :func:`save_field`; a corrupt file raises :class:`CaseError`."""
+    """Read a Field written by :func:`save_field` and check it (:func:`reg.field.validate_field`);
+    an unreadable, malformed or implausible file raises :class:`CorruptCacheEntry`."""
     try:
         with np.load(path) as z:
             disp = z["displacement"].astype(np.float32)
             moving_shape = tuple(int(v) for v in z["moving_shape"])
     except Exception as exc:  # numpy raises several types for truncated or foreign files
-        raise CaseError(f"{path}: unreadable cached Field ({type(exc).__name__}: {exc}); delete it") from exc
+        raise CorruptCacheEntry(f"{path}: unreadable cached Field ({type(exc).__name__}: {exc})") from exc
     if disp.ndim != 4 or disp.shape[0] != 3 or len(moving_shape) != 3:
-        raise CaseError(f"{path}: cached Field has displacement shape {disp.shape}, expected (3, Z, Y, X)")
-    return Field(coords=disp + voxel_grid(disp.shape[1:]), moving_shape=moving_shape)
+        raise CorruptCacheEntry(f"{path}: cached Field has displacement shape {disp.shape}, expected (3, Z, Y, X)")
+    field = Field(coords=disp + voxel_grid(disp.shape[1:]), moving_shape=moving_shape)
+    try:
+        return field.check(f"{path}: cached Field")
+    except ValueError as exc:
+        raise CorruptCacheEntry(str(exc)) from exc
+
+
+def quarantine(path: Path) -> Path:
+    """Move a bad cache entry aside (``<name>.corrupt``, kept for a post-mortem, never read
+    again) so the pair is recomputed; returns where it went."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    return aside
 
 
 def _one_thread_worker() -> None:
@@ -281,7 +300,12 @@ class RegistrationOracle:
         if hit is None:
             path = self._disk_path(*pair)
             if path is not None and path.is_file():
-                hit = load_field(path)
+                try:
+                    hit = load_field(path)
+                except CorruptCacheEntry as exc:
+                    warnings.warn(f"{exc}; moved to {quarantine(path).name} and recomputing the pair", stacklevel=2)
+                    return None
+                self._check_field(pair, hit)
                 self.fields.put(pair, hit)
         return hit
 
@@ -306,12 +330,15 @@ class RegistrationOracle:
                 self._compute_in_process(pairs, store, bar)
 
     def _check_field(self, pair: tuple[str, str], fld: Field) -> None:
+        """Refuse a Field of the wrong shapes or an implausible one (NaN, far outside, noise):
+        it would teach every later step, and every run sharing the cache, wrong labels."""
         target, atlas = self.case(pair[0]), self.case(pair[1])
         if tuple(fld.coords.shape) != (3, *target.shape) or tuple(fld.moving_shape) != atlas.shape:
             raise ValueError(
                 f"backend {self.backend.spec!r} returned a Field of coords {fld.coords.shape} onto "
                 f"{fld.moving_shape} for target {pair[0]} {target.shape} / atlas {pair[1]} {atlas.shape}"
             )
+        fld.check(f"backend {self.backend.spec!r}, target {pair[0]} / atlas {pair[1]}")
 
     def _inputs(self, pair: tuple[str, str]) -> tuple[np.ndarray, tuple, np.ndarray, tuple]:
         target, atlas = self.case(pair[0]), self.case(pair[1])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fakes import ShiftBackend
-from joint.oracle import ByteLRU, OracleConfig, RegistrationOracle, load_field, save_field
+from joint.oracle import ByteLRU, CorruptCacheEntry, OracleConfig, RegistrationOracle, load_field, save_field
 from reg.field import Field
 from seg.data.case import Case, CaseError, spacing_affine
 
@@ -98,7 +98,7 @@ def test_disk_cache_is_reused_by_a_second_run_and_keyed_on_content(cases, tmp_pa
 def test_corrupt_cached_field_names_the_file(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(CaseError, match="broken.npz"):
+    with pytest.raises(CorruptCacheEntry, match="broken.npz"):
         load_field(bad)
     good = tmp_path / "ok.npz"
     fld = Field(Field.identity(SHAPE).coords + 0.25, (5, 6, 7))
@@ -106,6 +106,38 @@ def test_corrupt_cached_field_names_the_file(tmp_path):
     back = load_field(good)
     assert back.moving_shape == (5, 6, 7)
     np.testing.assert_allclose(back.coords, fld.coords, atol=1e-3)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "nan", "noise"])
+def test_a_bad_cache_entry_is_quarantined_and_recomputed(cases, tmp_path, damage):
+    atlases, targets = cases
+    cfg = OracleConfig(cache=str(tmp_path / "fields"))
+    first = RegistrationOracle(atlases, targets, cfg, backend=ShiftBackend((0.5, -2.25, 1.0)))
+    want = first.field("target0", "atlas1")
+    (entry,) = (tmp_path / "fields").rglob("*.npz")
+    if damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[:40])
+    else:
+        fld = Field(want.coords.copy(), want.moving_shape)
+        if damage == "nan":
+            fld.coords[1, 0, 2, 3] = np.nan
+        else:
+            fld.coords[:] += np.random.default_rng(0).normal(0, 3.0, fld.coords.shape).astype(np.float32)
+        save_field(entry, fld)
+    backend = ShiftBackend((0.5, -2.25, 1.0))
+    second = RegistrationOracle(atlases, targets, cfg, backend=backend)
+    with pytest.warns(UserWarning, match="recomputing"):
+        got = second.field("target0", "atlas1")
+    assert backend.calls == [1]  # computed again, not read from the damaged file
+    np.testing.assert_allclose(got.coords, want.coords, atol=1e-6)
+    assert entry.is_file() and list((tmp_path / "fields").rglob("*.corrupt"))
+    np.testing.assert_allclose(load_field(entry).coords, want.coords, atol=1e-3)  # the new entry is good
+
+
+def test_an_implausible_field_from_a_backend_is_refused(cases):
+    atlases, targets = cases
+    with pytest.raises(ValueError, match="NaN"):
+        RegistrationOracle(atlases, targets, OracleConfig(), backend=ShiftBackend((np.nan, 0, 0))).field("target0", "atlas1")
 
 
 def test_random_policy_is_seeded_per_step_and_shared_by_callers(cases):
