@@ -10,11 +10,16 @@ A :class:`Pose` says where the grid sits in the native volume: which native poin
 measured from the centre of native voxel 0) its centre lands on, and by how much it is
 turned in-plane. :func:`canonical_to_native` is the 4x4 homogeneous map from canonical voxel
 ``(z, y, x, 1)`` to native voxel ``(z, y, x, 1)``; :mod:`reg.field` composes these maps.
+
+The grid also fixes how intensities reach it: by default each volume's 1st-99th percentile
+range maps to [0, 1]; a ``window`` (raw units, e.g. Hounsfield units of CT, where the
+percentiles of a volume are mostly air) maps that fixed range instead, for every volume.
+:mod:`reg.plan` derives all of it from a dataset's numbers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +30,7 @@ from reg.field import Field
 class CanonicalGrid:
     shape: tuple[int, int, int] = (16, 64, 64)  # (Z, Y, X) voxels
     spacing: tuple[float, float, float] = (7.5, 2.2, 2.2)  # (z, y, x) mm
+    window: Optional[tuple[float, float]] = None  # raw (low, high) mapped to [0, 1]; None: per-volume 1-99th percentiles
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(n) < 1 or int(n) % 16 for n in self.shape):
@@ -33,6 +39,10 @@ class CanonicalGrid:
             raise ValueError(f"canonical grid spacing must be three positive mm values, got {self.spacing}")
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        if self.window is not None:
+            if len(self.window) != 2 or not float(self.window[1]) > float(self.window[0]):
+                raise ValueError(f"canonical grid intensity window must be (low, high) with high > low, got {self.window}")
+            object.__setattr__(self, "window", (float(self.window[0]), float(self.window[1])))
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,16 @@ def normalize_intensity(image_zyx: np.ndarray, low_pct: float = 1.0, high_pct: f
     lo, hi = np.percentile(img, [low_pct, high_pct])
     if not hi > lo:
         return np.zeros_like(img)
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def window_intensity(image_zyx: np.ndarray, window: Optional[tuple[float, float]]) -> np.ndarray:
+    """The grid's intensity mapping: the fixed raw ``window`` to [0, 1] (clipped), or the
+    volume's own percentiles when there is none (:func:`normalize_intensity`)."""
+    if window is None:
+        return normalize_intensity(image_zyx)
+    lo, hi = window
+    img = np.asarray(image_zyx, dtype=np.float32)
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 

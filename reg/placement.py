@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from reg.field import Field
-from reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center, normalize_intensity, to_grid
-from reg.prealign import PrealignConfig, search_rigid
+from reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center, to_grid, window_intensity
+from reg.prealign import PrealignConfig, align_moments, search_rigid
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def check_volume(image_zyx: np.ndarray, spacing_zyx: Sequence[float], what: str)
 def place_volume(image_zyx: np.ndarray, spacing_zyx: Sequence[float], grid: CanonicalGrid) -> Placed:
     """Normalise a native volume and resample it on the canonical grid centred on it."""
     check_volume(image_zyx, spacing_zyx, "volume")
-    native = normalize_intensity(image_zyx)
+    native = window_intensity(image_zyx, grid.window)
     spacing = tuple(float(s) for s in spacing_zyx)
     to_native = canonical_to_native(grid, spacing, Pose(native_center(native.shape, spacing)))
     return Placed(to_grid(native, to_native, grid), to_native, native, spacing)  # type: ignore[arg-type]
@@ -63,7 +63,10 @@ def place_pair(
     """The moving volume re-placed so that its canonical grid matches the fixed one rigidly."""
     if prealign.method == "search" and grid.spacing[1] != grid.spacing[2]:
         raise ValueError(f"the rigid search turns the grid in-plane, so it needs equal y and x spacing; got {grid.spacing}")
-    rigid = search_rigid(fixed.image, moving.image, grid.spacing[1], prealign)
+    if prealign.method == "moments":
+        rigid = align_moments(fixed.image, moving.image, grid.spacing, prealign)
+    else:
+        rigid = search_rigid(fixed.image, moving.image, grid.spacing[1], prealign)
     if np.allclose(rigid, np.eye(4)):
         return moving
     to_native = moving.to_native @ rigid

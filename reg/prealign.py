@@ -8,8 +8,14 @@ tried on slice-averaged canonical images and, for each, the best shift is read o
 cross-correlation. This handles the large in-plane rotations between patients (tens of
 degrees) that a deformable net cannot learn well; it costs a few milliseconds per pair.
 
-The search returns a 4x4 map from fixed canonical voxel to moving canonical voxel, to be
-composed with the moving volume's canonical-to-native map (:mod:`reg.placement`).
+With method ``'moments'`` (isotropic volumes: CT or 3D MR, where the grid is not a stack of
+slices and a rotation search in one plane means nothing) the moving grid is shifted in 3D so
+that the intensity centres of mass of the two canonical images coincide: it takes out where
+the body lies in the field of view, which varies by centimetres between scans, in well under
+a millisecond per pair.
+
+Both return a 4x4 map from fixed canonical voxel to moving canonical voxel, to be composed
+with the moving volume's canonical-to-native map (:mod:`reg.placement`).
 """
 from __future__ import annotations
 
@@ -19,16 +25,16 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-METHODS = ("none", "search")
+METHODS = ("none", "search", "moments")
 
 
 @dataclass(frozen=True)
 class PrealignConfig:
-    method: str = "search"  # 'none' (grids centred on each volume) | 'search' (+ rigid in-plane search)
+    method: str = "search"  # 'none' (grids centred on each volume) | 'search' (+ rigid in-plane search) | 'moments' (+ 3D centre-of-mass shift)
     bright_percentile: float = 90.0  # canonical voxels above this percentile are the "bright structures"
     max_angle_deg: float = 60.0
     angle_step_deg: float = 5.0
-    max_shift_mm: float = 40.0
+    max_shift_mm: float = 40.0  # 'search' and 'moments': no larger shift is taken
     downsample: int = 2  # search on in-plane images pooled by this factor (cost / factor^2)
 
     def __post_init__(self) -> None:
@@ -118,4 +124,38 @@ def search_rigid(
     m = np.eye(4)
     m[1:3, 1:3] = rot
     m[1:3, 3] = rot @ (-np.array([sy, sx]) - q0) + q0
+    return m
+
+
+def center_of_mass(image_zyx: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centre (z, y, x) in voxels of a non-negative image; its geometric
+    centre when the image is all zero."""
+    img = np.clip(np.asarray(image_zyx, dtype=np.float64), 0.0, None)
+    total = img.sum()
+    if not total > 0:
+        return (np.asarray(img.shape, dtype=np.float64) - 1.0) / 2.0
+    return np.array([(img.sum(axis=tuple(a for a in range(3) if a != axis)) * np.arange(n)).sum() / total
+                     for axis, n in enumerate(img.shape)])
+
+
+def align_moments(
+    fixed_canonical: np.ndarray,
+    moving_canonical: np.ndarray,
+    spacing_zyx: Sequence[float],
+    config: PrealignConfig,
+) -> np.ndarray:
+    """3D shift taking fixed canonical voxels to moving canonical voxels so that the intensity
+    centres of mass meet; shifts longer than ``max_shift_mm`` are shortened to it (a scan cut
+    off at one side moves its centre of mass by more than the anatomy moved). Inputs are
+    canonical images (Zc, Yc, Xc) in [0, 1]; returns a 4x4 map on (z, y, x, 1), the identity
+    when the method is not ``'moments'``."""
+    if config.method != "moments":
+        return np.eye(4)
+    shift_vox = center_of_mass(moving_canonical) - center_of_mass(fixed_canonical)
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    length_mm = float(np.linalg.norm(shift_vox * spacing))
+    if length_mm > config.max_shift_mm:
+        shift_vox *= config.max_shift_mm / length_mm
+    m = np.eye(4)
+    m[:3, 3] = shift_vox
     return m

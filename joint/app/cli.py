@@ -20,6 +20,7 @@ from seg.data.case import CaseError
 # verb -> (module, one-line help); the order is the order of the pipeline
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("joint.app.commands.data", "generate, inspect and split datasets"),
+    "plan": ("joint.app.commands.plan", "fingerprint a dataset and derive its registration and student plan"),
     "reg": ("joint.app.commands.reg", "pretrain the registration net; compare registration backends"),
     "train": ("joint.app.commands.train", "train segmentation students (supervised, cross teaching, ...)"),
     "predict": ("joint.app.commands.predict", "segment NIfTI volumes with a trained student"),

@@ -194,7 +194,11 @@ def format_summary(s: DatasetSummary) -> str:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    print(format_summary(summarize(open_dataset(args.dir, args.layout))))
+    from joint.plan import format_plan, plan_for  # the plan is measured once and saved (DATA/cctr_plan.json)
+
+    dataset = open_dataset(args.dir, args.layout)
+    print(format_summary(summarize(dataset)))
+    print(format_plan(plan_for(dataset, dataset.default_split)))
     return 0
 
 

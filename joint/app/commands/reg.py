@@ -8,16 +8,23 @@
   [--subset test|val|train] [--pairs N] [--seed S] [--intra]``: per-pair CSV and a markdown
   table, one row per backend; see :mod:`joint.app.reg_eval`.
 
-Without ``--split`` the split saved with the dataset (``split.json``) is used.
+Without ``--split`` the split saved with the dataset (``split.json``) is used. Without
+``--config`` both use the dataset's plan (:mod:`joint.plan`, ``DATA/cctr_plan.json``, measured
+on first use): train for the whole registration config, eval for the classical backends' grid
+and pre-alignment. ``--set section.key=value`` overrides any field; the run's ``config.yaml``
+holds the values used and ``config_origin.json`` where they came from.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from reg.backends import load_backend
 from reg.config import RegConfig, load_config
+from joint.plan import apply_reg_overrides, plan_for, plan_path, reg_config
+from seg.atomic import write_text_atomic
 from reg.train import Volume, train
 from seg.data.case import CaseError
 from seg.data.dataset import Dataset
@@ -33,7 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     tr = actions.add_parser("train", help="pretrain the learned registration network on a split's training volumes")
     _data_args(tr)
     tr.add_argument("--out", type=Path, required=True, help="run folder: config.yaml, best.pt, last.pt, tb/")
-    tr.add_argument("--config", type=Path, default=None, help="YAML config (default: the built-in CPU default, configs/reg_default.yaml)")
+    tr.add_argument("--config", type=Path, default=None,
+                    help="YAML config (default: the dataset's plan over the built-in CPU default; configs/reg_default.yaml is the cardiac one)")
+    _set_arg(tr)
     tr.add_argument("--steps", type=int, default=None, help="override train.steps")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     tr.add_argument("--labeled", default=None, help="labeled set of the split whose labels Dice supervision may use")
@@ -50,7 +59,26 @@ def configure(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--pairs", type=int, default=20, help="number of (fixed, moving) pairs (default 20)")
     ev.add_argument("--seed", type=int, default=0, help="seed drawing the pairs (default 0)")
     ev.add_argument("--intra", action="store_true", help="also pair the frames of one patient")
+    ev.add_argument("--config", type=Path, default=None,
+                    help="YAML config whose grid and prealign the classical backends use (default: the dataset's plan)")
+    _set_arg(ev)
     ev.set_defaults(func=run_eval)
+
+
+def _set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="reg_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one registration config field, e.g. --set grid.shape=[16,64,64] --set prealign.method=none")
+
+
+def _chosen_config(args: argparse.Namespace) -> tuple[RegConfig, str]:
+    """``--config`` if given, else the dataset's plan over the defaults; then every ``--set``.
+    Returns the config and where it came from."""
+    if args.config is not None:
+        config, source = load_config(args.config), str(args.config)
+    else:
+        dataset, split = _open(args)
+        config, source = reg_config(plan_for(dataset, split)), f"plan {plan_path(dataset)}"
+    return apply_reg_overrides(config, args.reg_overrides), source
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -79,9 +107,15 @@ def _volumes(dataset: Dataset, patients, with_labels: set[str]) -> list[Volume]:
 
 def run_train(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config) if args.config else RegConfig()
-        if args.resume and args.config is None and (args.out / "config.yaml").is_file():
-            config = load_config(args.out / "config.yaml")
+        resuming_stored = args.resume and args.config is None and (args.out / "config.yaml").is_file()
+        if resuming_stored:
+            config = apply_reg_overrides(load_config(args.out / "config.yaml"), args.reg_overrides)
+        else:
+            config, source = _chosen_config(args)
+            if not (args.out / "last.pt").exists():  # an existing run refuses below; keep its record
+                args.out.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(args.out / "config_origin.json", json.dumps(
+                    {"source": source, "overrides": list(args.reg_overrides), "steps": args.steps}, indent=2) + "\n")
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         config = config.with_overrides(steps=args.steps)
@@ -103,7 +137,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         if args.pairs < 1:
             raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
-        backends = [load_backend(spec) for spec in args.backend]
+        front = _chosen_config(args)[0]
+        backends = [load_backend(spec, grid=front.grid, prealign=front.prealign) for spec in args.backend]
         dataset, split = _open(args)
         patients = {"test": split.test, "val": split.val, "train": split.train}[args.subset]
         pairs = labeled_pairs(dataset, patients, args.pairs, args.seed, intra_patient=args.intra)

@@ -1,0 +1,239 @@
+"""The plan of a dataset: its fingerprint (:mod:`seg.data.fingerprint`) and the settings derived
+from it for registration (:mod:`reg.plan`) and for the students, stored once per dataset.
+
+File: ``DATA/cctr_plan.json`` (next to ``split.json``), written atomically::
+
+    {"version": 1,
+     "patients": [...],            training patients it was measured on (sorted)
+     "rules": {...},               reg.plan.PlanRules used
+     "fingerprint": {...},         seg.data.fingerprint.Fingerprint
+     "reg": {"grid": {...}, "prealign": {...}, "ncc_window": [z, y, x], "smoothness_weight": w,
+             "thick_slices": bool, "extent_mm": [z, y, x]},
+     "student": {"slice_axis": 0, "slice_axis_name": "...", "image_size": [h, w],
+                 "normalization": "zscore" | "clip-zscore", "window": [lo, hi] | null}}
+
+:func:`plan_for` reuses the file when it was measured on the same training patients with the
+same rules and version, and otherwise measures again and rewrites it; when the folder cannot be
+written the plan is still returned. Commands apply it only where the user gave no
+configuration, and every planned value stays overridable (``--set``, YAML).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import yaml
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from reg.config import RegConfig
+from reg.grid import CanonicalGrid
+from reg.plan import DatasetGeometry, PlanRules, RegPlan, apply_plan, plan_registration
+from reg.prealign import PrealignConfig
+from seg.atomic import write_text_atomic
+from seg.data.dataset import Dataset
+from seg.data.fingerprint import Fingerprint, fingerprint
+from seg.data.split import Split
+
+PLAN_FILENAME = "cctr_plan.json"
+PLAN_VERSION = 1
+AXIS_NAMES = ("Z (array axis 0)", "Y (array axis 1)", "X (array axis 2)")
+STUDENT_MAX_SIZE = 64  # students' input side on the CPU preset ('cpu-small': 64 x 64)
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    slice_axis: int  # array axis of (Z, Y, X) the students slice across
+    slice_axis_name: str
+    image_size: tuple[int, int]  # students' input (h, w) in pixels
+    normalization: str  # 'zscore' (MR-like) | 'clip-zscore' (CT-like: clip to window, then z-score)
+    window: Optional[tuple[float, float]]  # raw clip window for 'clip-zscore'
+
+
+@dataclass(frozen=True)
+class Plan:
+    patients: tuple[str, ...]
+    rules: PlanRules
+    fingerprint: Fingerprint
+    reg: RegPlan
+    student: StudentPlan
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        reg = asdict(self.reg)
+        return _plain({
+            "version": self.version, "patients": list(self.patients), "rules": asdict(self.rules),
+            "fingerprint": self.fingerprint.to_dict(), "reg": reg, "student": asdict(self.student),
+        })
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "Plan":
+        r = dict(d["reg"])
+        grid = dict(r["grid"])
+        reg = RegPlan(
+            grid=CanonicalGrid(tuple(grid["shape"]), tuple(grid["spacing"]),
+                               tuple(grid["window"]) if grid.get("window") is not None else None),
+            prealign=PrealignConfig(**r["prealign"]),
+            ncc_window=tuple(r["ncc_window"]),  # type: ignore[arg-type]
+            smoothness_weight=float(r["smoothness_weight"]),
+            thick_slices=bool(r["thick_slices"]),
+            extent_mm=tuple(r["extent_mm"]),  # type: ignore[arg-type]
+        )
+        s = dict(d["student"])
+        student = StudentPlan(int(s["slice_axis"]), str(s["slice_axis_name"]), tuple(s["image_size"]),  # type: ignore[arg-type]
+                              str(s["normalization"]), tuple(s["window"]) if s.get("window") is not None else None)
+        return Plan(tuple(d["patients"]), PlanRules(**d["rules"]), Fingerprint.from_dict(d["fingerprint"]), reg, student,
+                    int(d["version"]))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def registration_window(fp: Fingerprint) -> Optional[tuple[float, float]]:
+    """CT-like data: the labelled foreground's 0.5-99.5th percentile range widened by its own
+    width on either side, so the tissue around the organs (fat, body outline) keeps contrast
+    on the grid while air and bone saturate. MR-like or unlabelled: None (per-volume percentiles)."""
+    if fp.modality != "ct-like" or fp.foreground_intensity is None:
+        return None
+    lo, hi = fp.foreground_intensity.percentiles["0.5"], fp.foreground_intensity.percentiles["99.5"]
+    width = max(hi - lo, 1.0)
+    return (round(lo - width, 1), round(hi + width, 1))
+
+
+def geometry_of(fp: Fingerprint) -> DatasetGeometry:
+    return DatasetGeometry(fp.spacing_median, fp.fov_median_mm, fp.roi_mm, registration_window(fp))
+
+
+def _round16(n: float) -> int:
+    return max(16, 16 * int(round(n / 16.0)))
+
+
+def plan_students(fp: Fingerprint, rules: PlanRules = PlanRules(), max_size: int = STUDENT_MAX_SIZE) -> StudentPlan:
+    """Slice across the lowest-resolution axis (Z for near-isotropic data); a square input
+    whose side is the larger in-plane extent in voxels rounded to 16, at most ``max_size``
+    (the students resize each slice to it); clip + z-score for CT-like data, z-score for MR-like."""
+    thick = fp.anisotropy >= rules.thick_ratio
+    axis = fp.low_res_axis if thick else 0
+    side = min(max_size, _round16(max(fp.shape_median[a] for a in range(3) if a != axis)))
+    size = (side, side)
+    if fp.modality == "ct-like" and fp.foreground_intensity is not None:
+        window = (fp.foreground_intensity.percentiles["0.5"], fp.foreground_intensity.percentiles["99.5"])
+        return StudentPlan(axis, AXIS_NAMES[axis], size, "clip-zscore", window)  # type: ignore[arg-type]
+    return StudentPlan(axis, AXIS_NAMES[axis], size, "zscore", None)  # type: ignore[arg-type]
+
+
+def make_plan(dataset: Dataset, patients: Optional[Iterable[str]], rules: PlanRules = PlanRules()) -> Plan:
+    """Measure the cases of ``patients`` (None: every case) and derive the plan."""
+    chosen = tuple(sorted(patients)) if patients is not None else tuple(sorted(dataset.patient_ids))
+    fp = fingerprint(dataset, chosen)
+    return Plan(chosen, rules, fp, plan_registration(geometry_of(fp), rules), plan_students(fp, rules))
+
+
+def plan_path(dataset: Dataset) -> Path:
+    return Path(dataset.root) / PLAN_FILENAME
+
+
+def save_plan(plan: Plan, path: Path) -> Path:
+    return write_text_atomic(Path(path), json.dumps(plan.to_dict(), indent=2) + "\n")
+
+
+def load_plan(path: Path) -> Plan:
+    path = Path(path)
+    try:
+        return Plan.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable cctr plan ({exc})") from exc
+
+
+def plan_for(dataset: Dataset, split: Optional[Split], rules: PlanRules = PlanRules(), force: bool = False) -> Plan:
+    """The plan of ``dataset`` measured on the split's training patients (no split: every
+    patient), read from ``DATA/cctr_plan.json`` when it matches, otherwise computed and saved."""
+    patients = tuple(sorted(split.train)) if split is not None else tuple(sorted(dataset.patient_ids))
+    path = plan_path(dataset)
+    if not force and path.is_file():
+        try:
+            stored = load_plan(path)
+            if stored.version == PLAN_VERSION and stored.patients == patients and stored.rules == rules:
+                return stored
+        except ValueError:
+            pass  # unreadable or from another version: measured again below
+    plan = make_plan(dataset, patients, rules)
+    try:
+        save_plan(plan, path)
+    except OSError as exc:
+        print(f"cctr: note: could not save the plan to {path} ({exc}); it is recomputed next time", file=sys.stderr)
+    return plan
+
+
+def reg_config(plan: Plan, base: RegConfig = RegConfig()) -> RegConfig:
+    """The registration config a run uses without ``--config``: ``base`` (network, schedule)
+    with the planned grid, pre-alignment, NCC window and smoothness."""
+    return apply_plan(plan.reg, base)
+
+
+def apply_reg_overrides(config: RegConfig, assignments: Sequence[str]) -> RegConfig:
+    """``section.key=value`` strings (values are YAML: ``grid.shape=[16,64,64]``) applied to
+    ``config``; ValueError naming the bad one."""
+    d = config.to_dict()
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. grid.shape=[16,64,64]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        if section not in d:
+            raise ValueError(f"--set {item!r}: unknown section {section!r}; expected one of {sorted(d)}")
+        d[section][name] = value
+    return RegConfig.from_dict(d, where="--set")
+
+
+def seg_overrides(plan: Plan) -> dict[str, Any]:
+    """Student settings for ``seg.config.apply_overrides`` / ``TrainConfig``: ``image_size``
+    and ``normalization``. A normalisation the students do not implement yet (``clip-zscore``)
+    falls back to ``zscore``; ``plan.student`` keeps the planned one and its window."""
+    from seg.slices import NORMALIZATIONS
+
+    normalization = plan.student.normalization if plan.student.normalization in NORMALIZATIONS else "zscore"
+    return {"image_size": tuple(plan.student.image_size), "normalization": normalization}
+
+
+def format_plan(plan: Plan) -> str:
+    """Human-readable lines: fingerprint, then the registration and student plan."""
+    fp, reg, st = plan.fingerprint, plan.reg, plan.student
+
+    def t(v: Iterable[float], fmt: str = ".1f") -> str:
+        return " x ".join(format(float(x), fmt) for x in v)
+
+    fg = fp.foreground_intensity
+    lines = [
+        f"plan ({len(plan.patients)} training patients, {fp.cases} cases measured in {fp.seconds:.1f} s):",
+        f"  spacing median (z, y, x) mm:  {t(fp.spacing_median, '.2f')}  (anisotropy {fp.anisotropy:.1f}, "
+        f"low-resolution axis {AXIS_NAMES[fp.low_res_axis]})",
+        f"  shape median (Z, Y, X):       {t(fp.shape_median, '.0f')}",
+        f"  field of view median mm:      {t(fp.fov_median_mm)}",
+        "  labelled anatomy box mm:      " + (t(fp.roi_mm) if fp.roi_mm else "unknown (no labels)"),
+        f"  intensities:                  {fp.modality} ({fp.modality_reason}); 0.5-99.5th pct "
+        f"{fp.intensity.percentiles['0.5']:.4g}..{fp.intensity.percentiles['99.5']:.4g}"
+        + (f", foreground {fg.percentiles['0.5']:.4g}..{fg.percentiles['99.5']:.4g}" if fg else ""),
+        "  class voxel fractions:        " + ", ".join(f"{n} {100 * f:.2f}%" for n, f in zip(fp.class_names, fp.class_fractions)),
+        f"  registration grid:            {' x '.join(str(n) for n in reg.grid.shape)} voxels of {t(reg.grid.spacing, '.2f')} mm "
+        f"= {t([n * s for n, s in zip(reg.grid.shape, reg.grid.spacing)])} mm (to cover {t(reg.extent_mm)} mm)",
+        "  registration intensities:     " + (f"window {reg.grid.window[0]:.4g}..{reg.grid.window[1]:.4g} -> [0, 1]"
+                                              if reg.grid.window else "per-volume 1-99th percentiles -> [0, 1]"),
+        f"  pre-alignment:                {reg.prealign.method} "
+        + ("(in-plane rotation + shift search: thick-slice stacks)" if reg.prealign.method == "search"
+           else "(3D centre-of-mass shift: isotropic volumes)" if reg.prealign.method == "moments" else ""),
+        f"  NCC window (canonical voxels): {' x '.join(str(n) for n in reg.ncc_window)}; smoothness weight {reg.smoothness_weight:g}",
+        f"  students:                     slice across {st.slice_axis_name}, input {st.image_size[0]} x {st.image_size[1]}, "
+        f"{st.normalization}" + (f" (clip {st.window[0]:.4g}..{st.window[1]:.4g})" if st.window else ""),
+    ]
+    return "\n".join(lines)
