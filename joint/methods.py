@@ -69,7 +69,8 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     oracle = RegistrationOracle(data.labeled, data.unlabeled, jcfg.oracle, seed=jcfg.seed, backend=backend)
     pairs = oracle.warm(progress=True)
     hooks: tuple[TrainerHook, ...] = (
-        RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations),)
+        RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
+                                hidden_labels=data.diagnostic_labels),)
     bank_bytes = 0
     if with_reps:
         reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled))

@@ -9,17 +9,23 @@ L_cps. Pixels that fall outside every atlas get weight 0; optionally every other
 weighted by registration confidence ('max-prob': the top soft one-hot probability, i.e. how
 far from a label boundary the interpolation landed; 'agreement': the fraction of atlases
 whose label agrees with the vote, meaningful with the 'fused' policy).
+
+Where the run has hidden labels of the unlabeled volumes (``TrainData.diagnostic_labels``,
+never used by a loss), the hook logs ``rsl/target_dice_hidden``: the foreground Dice of the
+step's registration targets against them, over the pixels RSL trains on.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from joint.oracle import RegistrationOracle
+from seg.diagnostics import foreground_dice, hidden_labels_of
 from seg.hooks import TrainerHook
 from seg.losses import sigmoid_rampup
 from seg.slices import SliceBatch, resample_slice
@@ -111,21 +117,26 @@ class RegistrationSupervision(TrainerHook):
     ramped up over ``rampup_steps`` like L_cps.
 
     ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
+    ``hidden_labels`` (case id -> uint8 ``(Z, Y, X)``) are read for ``metrics()`` only.
     """
 
     name = "rsl"
 
-    def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig, rampup_steps: float = 0.0) -> None:
+    def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig, rampup_steps: float = 0.0,
+                 hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({})) -> None:
         if rampup_steps < 0:
             raise ValueError(f"RSL rampup_steps must be >= 0, got {rampup_steps}")
         self.oracle = oracle
         self.cfg = cfg
         self.rampup_steps = float(rampup_steps)
+        self.hidden = hidden_labels
         self.last_targets: RegistrationTargets | None = None
+        self._target_dice: float | None = None
 
     def losses(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
         targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
         self.last_targets = targets
+        self._target_dice = self._dice_against_hidden(batch, targets)
         lam = self.cfg.weight * sigmoid_rampup(step, self.rampup_steps)
         losses = {}
         for name, out in outputs.items():
@@ -133,3 +144,16 @@ class RegistrationSupervision(TrainerHook):
             losses[name] = lam * weighted_ce_dice(logits, targets.label.to(logits.device),
                                                   targets.weight.to(logits.device))
         return losses
+
+    def _dice_against_hidden(self, batch: SliceBatch, targets: RegistrationTargets) -> Optional[float]:
+        """Foreground Dice of ``targets.label`` against the hidden labels, over pixels with
+        RSL weight > 0 whose volume has one; None without any."""
+        if not self.hidden or targets.index.numel() == 0:
+            return None
+        truth, known = hidden_labels_of(batch, self.hidden, targets.index, self.oracle.num_classes)
+        used = known & (targets.weight > 0)
+        return foreground_dice(targets.label[used], truth[used], self.oracle.num_classes) if bool(used.any()) else None
+
+    def metrics(self) -> dict[str, float]:
+        """``target_dice_hidden`` of the last step, where hidden labels exist."""
+        return {} if self._target_dice is None else {"target_dice_hidden": self._target_dice}

@@ -6,6 +6,7 @@ Every option is a field here, so every option can be set from a YAML file or the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union, get_type_hints
@@ -52,6 +53,21 @@ class TrainConfig:
     infer_batch: int = 16             # slices per forward pass at validation / prediction
     device: str = "cpu"               # torch device of the students ('cuda' on a GPU); data and geometry stay on the CPU
     overlays: bool = True             # TensorBoard image overlays at validation
+    skip_nonfinite: int = 0           # steps with a NaN/inf loss or gradient that may be skipped (0: stop at the first)
+
+    def __post_init__(self) -> None:
+        # refused when the config is built, not after the first training step
+        positive = {"iterations": self.iterations, "val_every": self.val_every, "checkpoint_every": self.checkpoint_every,
+                    "labeled_batch": self.labeled_batch, "infer_batch": self.infer_batch}
+        bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
+        if self.unlabeled_batch < 0 or self.skip_nonfinite < 0:
+            bad += [f"{k}={getattr(self, k)}" for k in ("unlabeled_batch", "skip_nonfinite") if getattr(self, k) < 0]
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            bad.append(f"lr={self.lr}")
+        if bad:
+            raise ValueError(f"options out of range: {', '.join(bad)} (iterations, val_every, checkpoint_every, "
+                             "labeled_batch, infer_batch >= 1; unlabeled_batch, skip_nonfinite >= 0; lr > 0)")
+    diag_every: int = 10              # steps between diag/ scalars (seg/diagnostics.py); 0: off
 
 
 PRESETS: Mapping[str, TrainConfig] = {

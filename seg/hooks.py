@@ -9,9 +9,13 @@ unconditionally and a hook overrides only what it does. Per step, in this order:
    added to the total the students are optimised on;
 2. ``extra_positive(step, batch, outputs, student)``: an extra positive key per anchor of the
    pixel contrastive loss for that student (at most one hook may give one per student);
-3. after the students' optimiser step, ``after_step(step, batch, detached_outputs)``: work
+3. ``inspect_losses(step, batch, outputs, losses)``: a read-only look at every weighted term
+   (base and hooks', keyed as logged) before ``backward()``, with the graph still alive, so a
+   diagnostic may take ``torch.autograd.grad(term, outputs, retain_graph=True)``; it must not
+   change the terms, the outputs or any RNG the training draws from;
+4. after the students' optimiser step, ``after_step(step, batch, detached_outputs)``: work
    on detached outputs (refresh a memory bank, take a step of the hook's OWN optimiser);
-4. ``metrics()``: scalars to log for this step, under ``<hook name>/<key>``.
+5. ``metrics()``: scalars to log for this step, under ``<hook name>/<key>``.
 
 At each validation ``validate(step)`` returns scalars logged under ``val_<hook name>/<key>``.
 ``state_dict()`` / ``load_state_dict()`` put the hook's state (banks, a second network and
@@ -45,6 +49,9 @@ class TrainerHook:
         return {}
 
     def extra_positive(self, step: int, batch: SliceBatch, outputs: Outputs, student: str) -> Optional[ExtraPositive]:
+        return None
+
+    def inspect_losses(self, step: int, batch: SliceBatch, outputs: Outputs, losses: Mapping[str, torch.Tensor]) -> None:
         return None
 
     def after_step(self, step: int, batch: SliceBatch, outputs: Outputs) -> None:

@@ -52,16 +52,41 @@ def sigmoid_rampup(step: int, rampup_steps: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
+# where an unlabeled pixel's class and confidence in the contrastive pool come from
+# (seg/objective.py: contrast_pool): the other student, the student itself, or both agreeing
+PSEUDO_SOURCES = ("teacher", "own", "agree")
+# how an anchor's registration positive joins its class-mean positive (METHOD.md part 7)
+EXTRA_POSITIVE_MODES = ("mean-of-two", "multi-positive", "averaged-key")
+
+
 @dataclass(frozen=True)
 class ContrastConfig:
     """Anchor sampling of the pixel contrastive loss. The paper gives N = 1000 and O = 500 without
     code; this project reads N as anchors per class and O as negative keys drawn per class
-    (each anchor contrasts against the O keys of every other class), temperature 0.1."""
+    (each anchor contrasts against the O keys of every other class), temperature 0.1.
+
+    ``pseudo_source`` (one of PSEUDO_SOURCES) picks the pseudo-label of unlabeled pixels;
+    ``extra_positive_mode`` (one of EXTRA_POSITIVE_MODES) how a second positive is scored:
+    ``'mean-of-two'`` averages two InfoNCE terms (one per positive), ``'multi-positive'`` is one
+    InfoNCE with both positives in the denominator (SupCon's L_out: the mean over positives of
+    ``-log(e^{a.p/t} / (sum_P e^{a.p'/t} + sum_N e^{a.n/t}))``), ``'averaged-key'`` one InfoNCE
+    against the renormalised mean of the two keys."""
 
     anchors_per_class: int = 1000
     negatives_per_class: int = 500
     temperature: float = 0.1
     confidence: float = 0.8   # an unlabeled pixel may be an anchor when its top-1 probability is at least this
+    pseudo_source: str = "teacher"
+    extra_positive_mode: str = "mean-of-two"
+
+    def __post_init__(self) -> None:
+        if self.pseudo_source not in PSEUDO_SOURCES:
+            raise ValueError(f"contrast.pseudo_source must be one of {PSEUDO_SOURCES}, got {self.pseudo_source!r}")
+        if self.extra_positive_mode not in EXTRA_POSITIVE_MODES:
+            raise ValueError(f"contrast.extra_positive_mode must be one of {EXTRA_POSITIVE_MODES}, "
+                             f"got {self.extra_positive_mode!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"contrast.temperature must be > 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,15 @@ def _info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Ten
     return torch.logsumexp(logits, dim=1) - pos[:, 0]
 
 
+def _info_nce_two_positives(anchor: torch.Tensor, first: torch.Tensor, second: torch.Tensor, negatives: torch.Tensor,
+                            negative_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-anchor multi-positive InfoNCE (SupCon L_out) of two positives ``(A, D)`` each:
+    ``logsumexp(both positives and the negatives) - mean of the two positive logits``. Returns ``(A,)``."""
+    pos = torch.stack([(anchor * first).sum(dim=1), (anchor * second).sum(dim=1)], dim=1) / temperature  # (A, 2)
+    neg = ((anchor @ negatives.T) / temperature).masked_fill(~negative_mask, float("-inf"))            # (A, K)
+    return torch.logsumexp(torch.cat([pos, neg], dim=1), dim=1) - pos.mean(dim=1)
+
+
 def pixel_contrastive_loss(
     parts: Sequence[ContrastPart],
     cfg: ContrastConfig = ContrastConfig(),
@@ -117,7 +151,8 @@ def pixel_contrastive_loss(
     parts, so background is kept but cannot dominate. Each anchor's positive key is the mean
     of its class's anchors (renormalised); its negatives are ``negatives_per_class`` drawn
     keys of every other class. A part's ``extra_positive`` callback adds a second positive
-    per anchor where valid; such anchors average the InfoNCE of both positives. Keys carry no
+    per anchor where valid; such anchors combine both positives as ``cfg.extra_positive_mode``
+    says (default: the mean of the two InfoNCE terms). Keys carry no
     gradient (they are targets); anchors do. Returns a scalar, 0 (with a graph) when fewer
     than two classes are present, since there is then nothing to contrast.
     """
@@ -151,7 +186,8 @@ def pixel_contrastive_loss(
     centres = F.normalize(centres, dim=1)
     centre_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     negative_mask = anchor_cls[:, None] != key_cls[None, :]
-    loss = _info_nce(anchors, centres[centre_of], keys, negative_mask, cfg.temperature)
+    positive = centres[centre_of]                                                 # (A, D)
+    loss = _info_nce(anchors, positive, keys, negative_mask, cfg.temperature)
 
     extra_loss = torch.zeros_like(loss)
     has_extra = torch.zeros_like(loss, dtype=torch.bool)
@@ -166,10 +202,23 @@ def pixel_contrastive_loss(
         if not bool(valid.any()):
             continue
         rows = mine[valid]
-        extra_loss[rows] = _info_nce(
-            anchors[rows], F.normalize(key[valid].detach(), dim=1), keys,
-            negative_mask[rows], cfg.temperature,
-        )
+        extra_loss[rows] = _with_extra_positive(anchors[rows], positive[rows], F.normalize(key[valid].detach(), dim=1),
+                                                keys, negative_mask[rows], cfg)
         has_extra[rows] = True
-    loss = torch.where(has_extra, 0.5 * (loss + extra_loss), loss)
+    if cfg.extra_positive_mode == "mean-of-two":
+        loss = torch.where(has_extra, 0.5 * (loss + extra_loss), loss)
+    else:
+        loss = torch.where(has_extra, extra_loss, loss)
     return loss.mean()
+
+
+def _with_extra_positive(anchor: torch.Tensor, centre: torch.Tensor, extra: torch.Tensor, keys: torch.Tensor,
+                         negative_mask: torch.Tensor, cfg: ContrastConfig) -> torch.Tensor:
+    """Per-anchor ``(A,)`` loss term of anchors that have a registration positive ``extra``
+    (A, D), beside their class mean ``centre`` (A, D). For ``'mean-of-two'`` it is the second
+    InfoNCE term only (the caller averages it with the first); for the other modes the whole loss."""
+    if cfg.extra_positive_mode == "mean-of-two":
+        return _info_nce(anchor, extra, keys, negative_mask, cfg.temperature)
+    if cfg.extra_positive_mode == "multi-positive":
+        return _info_nce_two_positives(anchor, centre, extra, keys, negative_mask, cfg.temperature)
+    return _info_nce(anchor, F.normalize(centre + extra, dim=1), keys, negative_mask, cfg.temperature)

@@ -30,6 +30,33 @@ def teachers(names: list[str]) -> dict[str, str]:
     return {n: names[(i + 1) % len(names)] for i, n in enumerate(names)}
 
 
+def pseudo_labels(source: str, own_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A student's pseudo-label ``(B, H, W)`` int64 (-1: none) and its confidence ``(B, H, W)``
+    from the detached softmax of ``'teacher'`` (the other student), ``'own'`` (the student
+    itself) or ``'agree'`` (the teacher's class where both argmaxes agree, -1 elsewhere; the
+    confidence is the lower of the two top-1 probabilities). Logits are ``(B, C, H, W)``."""
+    teacher_conf, teacher_cls = torch.softmax(teacher_logits.detach(), dim=1).max(dim=1)
+    if source == "teacher":
+        return teacher_cls, teacher_conf
+    own_conf, own_cls = torch.softmax(own_logits.detach(), dim=1).max(dim=1)
+    if source == "own":
+        return own_cls, own_conf
+    if source == "agree":
+        agree = own_cls == teacher_cls
+        return torch.where(agree, teacher_cls, torch.full_like(teacher_cls, -1)), torch.minimum(own_conf, teacher_conf)
+    raise ValueError(f"unknown pseudo-label source {source!r}; expected 'teacher', 'own' or 'agree'")
+
+
+def contrast_pool(source: str, own_logits: torch.Tensor, teacher_logits: torch.Tensor, label: torch.Tensor,
+                  is_labeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One student's classes and confidences ``(B, H, W)`` for the pixel contrastive pool:
+    the ground truth (confidence 1) on labeled rows, :func:`pseudo_labels` on the others.
+    ``label`` is ``(B, H, W)``, ``is_labeled`` ``(B,)``; all on the logits' device."""
+    pseudo, conf = pseudo_labels(source, own_logits, teacher_logits)
+    labeled_rows = is_labeled[:, None, None]
+    return torch.where(labeled_rows, label, pseudo), torch.where(labeled_rows, torch.ones_like(conf), conf)
+
+
 def base_losses(cfg: TrainConfig, cross_teaching: bool, contrastive: bool, batch: SliceBatch, outputs: dict[str, StudentOutput],
                 ramp: float, contrast_rng: torch.Generator, extra_positives: ExtraPositives) -> dict[str, torch.Tensor]:
     """The weighted base losses of one batch. ``batch`` is on the CPU, ``outputs`` on the
@@ -49,12 +76,9 @@ def base_losses(cfg: TrainConfig, cross_teaching: bool, contrastive: bool, batch
             losses[f"{n}/cps"] = w * unl
     if contrastive:
         parts = []
-        labeled_rows = is_labeled[:, None, None]
         for n in names:
-            probs = torch.softmax(outputs[teacher[n]].logits.detach(), dim=1)
-            conf, pseudo = probs.max(dim=1)
-            classes = torch.where(labeled_rows, label, pseudo)
-            confidence = torch.where(labeled_rows, torch.ones_like(conf), conf)
+            classes, confidence = contrast_pool(cfg.contrast.pseudo_source, outputs[n].logits, outputs[teacher[n]].logits,
+                                                label, is_labeled)
             parts.append(ContrastPart(outputs[n].embedding, classes, confidence, extra_positives(n)))
         losses["joint/cl"] = cfg.cl_weight * ramp * pixel_contrastive_loss(parts, cfg.contrast, contrast_rng)
     return losses

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -31,6 +32,7 @@ from seg.config import TrainConfig, differences, from_dict, save_config, to_dict
 from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
 from seg.data.split import Split
+from seg.diagnostics import DiagnosticsHook
 from seg.hooks import TrainerHook, check_names
 from seg.losses import ExtraPositive, sigmoid_rampup
 from seg.objective import base_losses
@@ -41,12 +43,18 @@ from seg.validation import validate, write_overlays
 
 @dataclass(frozen=True)
 class TrainData:
-    """The cases one run trains and validates on (labels of unlabeled cases already dropped)."""
+    """The cases one run trains and validates on (labels of unlabeled cases already dropped).
+
+    ``diagnostic_labels``: case id -> uint8 ``(Z, Y, X)`` label of an UNLABELED case where the
+    dataset has one (the phantoms do). Diagnostics only (``seg.diagnostics``,
+    ``rsl/target_dice_hidden``): never read by any loss, so a run is bit-identical without it.
+    """
 
     labeled: tuple[Case, ...]
     unlabeled: tuple[Case, ...]
     val: tuple[Case, ...]
     class_names: tuple[str, ...]
+    diagnostic_labels: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,12 +98,14 @@ def load_train_data(dataset: Dataset, split: Split, labeled_set: str, with_unlab
     if missing:
         raise CaseError(f"{dataset.root}: labeled set {labeled_set!r} has cases without a label: {missing}")
     unlabeled_refs = dataset.of_patients(split.unlabeled(labeled_set)) if with_unlabeled else ()
-    unlabeled = tuple(ref.load().with_label(None) for ref in unlabeled_refs)
+    loaded = tuple(ref.load() for ref in unlabeled_refs)
+    unlabeled = tuple(c.with_label(None) for c in loaded)
+    hidden = MappingProxyType({c.case_id: c.label for c in loaded if c.label is not None})
     val = tuple(ref.load() for ref in dataset.of_patients(split.val))
     missing = [c.case_id for c in val if c.label is None]
     if missing:
         raise CaseError(f"{dataset.root}: validation cases without a label: {missing}")
-    return TrainData(labeled, unlabeled, val, tuple(dataset.class_names))
+    return TrainData(labeled, unlabeled, val, tuple(dataset.class_names), hidden)
 
 
 def training_device(name: str) -> torch.device:
@@ -169,7 +179,8 @@ def train(
     data = load_train_data(dataset, split, cfg.labeled, with_unlabeled=method.unlabeled)
     num_classes = len(data.class_names)
     own = method.build_hooks(cfg, data, out_dir) if method.build_hooks else ()
-    all_hooks: tuple[TrainerHook, ...] = (*own, *hooks)
+    diag = DiagnosticsHook(cfg.diag_every, cfg.contrast, num_classes, data.diagnostic_labels)
+    all_hooks: tuple[TrainerHook, ...] = (*own, *hooks, diag)
     check_names(all_hooks)
 
     students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes).to(device)
@@ -236,6 +247,8 @@ def train(
             for hook in all_hooks:
                 for n, value in hook.losses(step, batch, outputs).items():
                     losses[f"{n}/{hook.name}"] = value
+            for hook in all_hooks:
+                hook.inspect_losses(step, batch, outputs, losses)
             total = sum(losses.values())
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)

@@ -137,7 +137,7 @@ class ProbeHook(TrainerHook):
 
     def __init__(self) -> None:
         self.calls, self.after, self.grads, self.validated, self.saved = 0, 0, [], [], []
-        self.asked, self.indices = [], []
+        self.asked, self.indices, self.inspected = [], [], []
 
     def losses(self, step, batch, outputs):
         self.calls += 1
@@ -165,6 +165,10 @@ class ProbeHook(TrainerHook):
     def checkpoint(self, out_dir, best):
         self.saved.append(best)
 
+    def inspect_losses(self, step, batch, outputs, losses):
+        assert all(v.requires_grad for v in losses.values())  # called before backward, graph alive
+        self.inspected.append(sorted(losses))
+
     def after_step(self, step, batch, outputs):
         assert not outputs["a"].embedding.requires_grad
         self.after += 1
@@ -179,11 +183,13 @@ class ProbeHook(TrainerHook):
 def test_every_hook_method_joins_the_loop(tmp_path):
     dataset, split = _dataset(tmp_path)
     hook = ProbeHook()
-    result = train(_cfg(tmp_path / "run", cl_weight=1.0, contrast=replace(TrainConfig().contrast, confidence=0.0)),
-                   dataset, split, hooks=(hook,), progress=False)
+    # diag_every=0: the diagnostics' gradient probes would also fire the loss's tensor hook
+    result = train(_cfg(tmp_path / "run", cl_weight=1.0, contrast=replace(TrainConfig().contrast, confidence=0.0),
+                        diag_every=0), dataset, split, hooks=(hook,), progress=False)
     assert hook.calls == hook.after == 4
     assert len(hook.grads) == 4 and all(float(g) == 1.0 for g in hook.grads)
-    assert _weights(result.last_checkpoint)["hooks"] == {"probe": {"calls": 4}}
+    assert hook.inspected == [["a/cps", "a/sup", "b/cps", "b/probe", "b/sup", "joint/cl"]] * 4
+    assert _weights(result.last_checkpoint)["hooks"] == {"probe": {"calls": 4}, "diag": {}}
     assert hook.asked == ["a", "b"] * 4
     assert hook.indices and all(0 <= lo <= hi < n for lo, hi, n in hook.indices)
     assert hook.validated == [r["step"] for r in result.history] and result.history[-1]["probe_seen"] == 4.0
