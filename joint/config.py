@@ -35,6 +35,7 @@ class JointConfig(TrainConfig):
     eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.eval_subset not in ("val", "test"):
             raise ValueError(f"eval_subset must be 'val' or 'test', got {self.eval_subset!r}")
 

@@ -53,6 +53,7 @@ class TrainConfig:
     infer_batch: int = 16             # slices per forward pass at validation / prediction
     device: str = "cpu"               # torch device of the students ('cuda' on a GPU); data and geometry stay on the CPU
     overlays: bool = True             # TensorBoard image overlays at validation
+    diag_every: int = 10              # steps between diag/ scalars (seg/diagnostics.py); 0: off
     skip_nonfinite: int = 0           # steps with a NaN/inf loss or gradient that may be skipped (0: stop at the first)
 
     def __post_init__(self) -> None:
@@ -67,7 +68,6 @@ class TrainConfig:
         if bad:
             raise ValueError(f"options out of range: {', '.join(bad)} (iterations, val_every, checkpoint_every, "
                              "labeled_batch, infer_batch >= 1; unlabeled_batch, skip_nonfinite >= 0; lr > 0)")
-    diag_every: int = 10              # steps between diag/ scalars (seg/diagnostics.py); 0: off
 
 
 PRESETS: Mapping[str, TrainConfig] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from contextlib import ExitStack
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Sequence
@@ -25,17 +26,21 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from seg.atomic import atomic_path
+from seg.atomic import atomic_path, discard_on_failure
 from seg.config import TrainConfig, differences, from_dict, save_config, to_dict
 from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
 from seg.data.split import Split
 from seg.diagnostics import DiagnosticsHook
+from seg.geometry_check import geometry_stats
+from seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_losses, check_state_finite
 from seg.hooks import TrainerHook, check_names
+from seg.inference import read_checkpoint_dict
 from seg.losses import ExtraPositive, sigmoid_rampup
 from seg.objective import base_losses
+from seg.progress import Progress
+from seg.runlock import run_lock
 from seg.slices import SliceBatch, SliceSampler, prepare_volume
 from seg.students import StudentOutput, build_student
 from seg.validation import validate, write_overlays
@@ -86,6 +91,11 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one record per validation
 
 
+# what a last.pt must hold to be resumed from
+RESUME_KEYS = ("config", "students", "optimizers", "sampler", "contrast_rng", "torch_rng", "hooks", "step",
+               "best_score", "best_step", "history")
+
+
 def poly_lr(base_lr: float, step: int, iterations: int, power: float) -> float:
     return base_lr * (1.0 - step / iterations) ** power
 
@@ -121,6 +131,8 @@ def training_device(name: str) -> torch.device:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
+    """Write a checkpoint atomically; one holding NaN or inf is refused, never written."""
+    check_state_finite(obj, str(path))
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -160,12 +172,12 @@ def train(
     _check_sizes(cfg, method.students)
     device = training_device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_path = out_dir / "last.pt"
     checkpoint = None
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"{last_path}: nothing to resume")
-        checkpoint = torch.load(last_path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint_dict(last_path, RESUME_KEYS)
         saved = from_dict(checkpoint["config"], type(cfg)(), where=str(last_path))
         changed = differences(saved, cfg)
         if changed:
@@ -173,11 +185,26 @@ def train(
     elif last_path.exists():
         raise ValueError(f"{out_dir}: already holds a checkpoint; pass resume to continue it or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(out_dir), ExitStack() as stack:
+        if checkpoint is None:
+            # a fresh run that dies before its first checkpoint leaves no config.yaml behind
+            stack.enter_context(discard_on_failure([out_dir / "config.yaml"], unless=last_path))
+        return _train_locked(cfg, dataset, split, method, tuple(hooks), checkpoint, device, progress, started)
+
+
+def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Method, hooks: tuple[TrainerHook, ...],
+                  checkpoint: Optional[dict], device: torch.device, progress: bool, started: float) -> TrainResult:
+    """:func:`train` once its run folder is locked: everything that writes into it."""
+    out_dir = Path(cfg.out_dir)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     save_config(cfg, out_dir / "config.yaml")
 
     torch.manual_seed(cfg.seed)
     data = load_train_data(dataset, split, cfg.labeled, with_unlabeled=method.unlabeled)
     num_classes = len(data.class_names)
+    # the training volumes' spacing / field of view, so predict can warn about inputs far outside them
+    geometry = geometry_stats([c.spacing for c in data.labeled + data.unlabeled],
+                              [c.shape for c in data.labeled + data.unlabeled])
     own = method.build_hooks(cfg, data, out_dir) if method.build_hooks else ()
     diag = DiagnosticsHook(cfg.diag_every, cfg.contrast, num_classes, data.diagnostic_labels)
     all_hooks: tuple[TrainerHook, ...] = (*own, *hooks, diag)
@@ -198,16 +225,11 @@ def train(
     contrast_rng = torch.Generator().manual_seed(cfg.seed + 1)
     start, best_score, best_step, history = 0, -1.0, -1, []
     if checkpoint is not None:
-        for n, m in students.items():
-            m.load_state_dict(checkpoint["students"][n])
-            optimizers[n].load_state_dict(checkpoint["optimizers"][n])
-        sampler.load_state_dict(checkpoint["sampler"])
-        contrast_rng.set_state(checkpoint["contrast_rng"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        for hook in all_hooks:
-            hook.load_state_dict(checkpoint["hooks"].get(hook.name, {}))
-        start, best_score, best_step = int(checkpoint["step"]), float(checkpoint["best_score"]), int(checkpoint["best_step"])
-        history = list(checkpoint["history"])
+        try:
+            start, best_score, best_step, history = _restore(checkpoint, students, optimizers, sampler, contrast_rng,
+                                                             all_hooks)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{last_path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc})") from exc
 
     def snapshot(step: int) -> dict:
         return {
@@ -221,6 +243,7 @@ def train(
             "contrast_rng": contrast_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "hooks": {h.name: h.state_dict() for h in all_hooks},
+            "geometry": geometry,
             "best_score": best_score,
             "best_step": best_step,
             "history": history,
@@ -230,8 +253,8 @@ def train(
     rampup_steps = cfg.rampup_fraction * cfg.iterations
     for m in students.values():
         m.train()
-    bar = tqdm(total=cfg.iterations, initial=start, desc=f"train {cfg.method}", disable=None if progress else True,
-               dynamic_ncols=True)
+    bar = Progress(cfg.iterations, f"train {cfg.method}", initial=start, enabled=progress)
+    bad_steps = BadStepBudget(cfg.skip_nonfinite)
     try:
         for step in range(start, cfg.iterations):
             lr = poly_lr(cfg.lr, step, cfg.iterations, cfg.poly_power)
@@ -252,7 +275,19 @@ def train(
             total = sum(losses.values())
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
-            total.backward()
+            try:
+                # a NaN or inf term stops the run naming the step and the term, before it reaches the weights
+                check_losses(step + 1, {**losses, "total": total})
+                total.backward()
+                for n, m in students.items():
+                    check_gradients(step + 1, ((f"{n}.{k}", p) for k, p in m.named_parameters()))
+            except NonFiniteError as exc:
+                if not bad_steps.absorb(exc):
+                    raise
+                for opt in optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                bar.update(1)
+                continue
             for opt in optimizers.values():
                 opt.step()
             detached = {n: StudentOutput(o.logits.detach(), o.features.detach(), o.embedding.detach())
@@ -269,8 +304,7 @@ def train(
             for hook in all_hooks:
                 for key, value in hook.metrics().items():
                     writer.add_scalar(f"{hook.name}/{key}", value, done)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+            bar.update(1, loss=float(total.detach()))
 
             if data.val and (done % cfg.val_every == 0 or done == cfg.iterations):
                 scores, first_preds = validate(students, data.val, cfg, data.class_names)
@@ -283,6 +317,8 @@ def train(
                         writer.add_scalar(f"val_{hook.name}/{key}", value, done)
                         record[f"{hook.name}_{key}"] = value
                 history.append(record)
+                bar.note(f"step {done}: validation Dice {scores[cfg.select_student]['dice']:.4f} "
+                         f"(student {cfg.select_student})")
                 if cfg.overlays:
                     write_overlays(writer, data.val[0], first_preds, num_classes, done)
                 if scores[cfg.select_student]["dice"] > best_score:
@@ -318,6 +354,22 @@ def _extra_positives(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch,
             raise ValueError(f"hooks {[n for n, _ in given]} each give an extra positive for student {student!r}")
         return given[0][1] if given else None
     return for_student
+
+
+def _restore(checkpoint: Mapping, students: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+             sampler: SliceSampler, contrast_rng: torch.Generator,
+             hooks: Sequence[TrainerHook]) -> tuple[int, float, int, list]:
+    """Put a ``last.pt`` back into the run's objects; returns (step, best score, best step, history)."""
+    for n, m in students.items():
+        m.load_state_dict(checkpoint["students"][n])
+        optimizers[n].load_state_dict(checkpoint["optimizers"][n])
+    sampler.load_state_dict(checkpoint["sampler"])
+    contrast_rng.set_state(checkpoint["contrast_rng"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    for hook in hooks:
+        hook.load_state_dict(checkpoint["hooks"].get(hook.name, {}))
+    return (int(checkpoint["step"]), float(checkpoint["best_score"]), int(checkpoint["best_step"]),
+            list(checkpoint["history"]))
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
