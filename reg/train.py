@@ -13,12 +13,13 @@ panels: fixed, moving, warped, deformed grid). A checkpoint holds model, optimis
 every RNG state and the config; resuming from ``last.pt`` replays the remaining steps
 exactly as an uninterrupted run would (bit-identical on CPU).
 
-Reliability: the output folder is locked for the run (:mod:`reg.runlock`: a second trainer
-on it is refused naming the holder); a NaN or inf loss term or gradient stops training naming
-the step and the term (``max_bad_steps`` lets a few such steps be skipped instead), and no
-checkpoint holding NaN or inf is written; ``config.yaml`` is written once the volumes have been
-read and checked, and removed again if a fresh run fails before its first checkpoint. When
-stderr is not a terminal, progress is printed as plain lines (:mod:`reg.progress`).
+Reliability: a NaN or inf loss term or gradient stops training naming the step and the term
+(``max_bad_steps`` lets a few such steps be skipped instead), and no checkpoint holding NaN or
+inf is written; ``config.yaml`` is written once the volumes have been read and checked, and
+removed again if a fresh run fails before its first checkpoint. The caller owns the rest of
+what an application needs: it holds the run folder's lock (the ``cctr`` commands do) and may
+pass a progress reporter (:class:`Reporter`; the ``cctr`` commands pass one that also prints
+plain lines when stderr is not a terminal); the default is a tqdm bar on a terminal only.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -41,8 +42,40 @@ from reg.jacobian import regularity
 from reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
 from reg.model import RegistrationNet
 from reg.placement import Placed, check_volume, field_of, place_pair, place_volume
-from reg.progress import Progress
-from reg.runlock import run_lock
+
+
+class Reporter(Protocol):
+    """What the trainer tells about its progress: steps done (with the latest loss), notes
+    (validation results), and the end."""
+
+    def update(self, n: int = 1, **values: object) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# (total steps, steps already done) -> the run's reporter
+ReporterFactory = Callable[[int, int], Reporter]
+
+
+class _TerminalBar:
+    """The default :class:`Reporter`: a tqdm bar when stderr is a terminal, silent otherwise."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        self._bar = tqdm(total=total, initial=initial, desc="reg train", disable=not _tty(), dynamic_ncols=True)
+
+    def update(self, n: int = 1, **values: object) -> None:
+        self._bar.update(n)
+        if values:
+            self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in values.items()})
+
+    def note(self, text: str) -> None:
+        if not self._bar.disable:
+            self._bar.write(f"reg train: {text}", file=sys.stderr)
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 @dataclass(frozen=True)
@@ -202,22 +235,18 @@ def train(
     out_dir: Path,
     resume: bool = False,
     max_bad_steps: int = 0,
-    progress: bool = True,
+    progress: Optional[ReporterFactory] = None,
 ) -> Path:
     """Train (or resume) into ``out_dir``; returns the path of ``best.pt`` (``last.pt`` when
     there is nothing to validate on). ``max_bad_steps``: how many steps with a non-finite
-    loss or gradient may be skipped (with a warning) before training stops; 0 stops at once."""
+    loss or gradient may be skipped (with a warning) before training stops; 0 stops at once.
+    ``progress`` builds the run's reporter (default: a tqdm bar on a terminal). The caller
+    holds the run folder's lock."""
     out_dir = Path(out_dir)
     if len(train_volumes) < 2:
         raise ValueError(f"registration training needs at least two training volumes to pair, got {len(train_volumes)}")
     if max_bad_steps < 0:
         raise ValueError(f"max_bad_steps must be >= 0, got {max_bad_steps}")
-    with run_lock(out_dir):
-        return _train_locked(config, train_volumes, val_volumes, num_classes, out_dir, resume, max_bad_steps, progress)
-
-
-def _train_locked(config: RegConfig, train_volumes: Sequence[Volume], val_volumes: Sequence[Volume], num_classes: int,
-                  out_dir: Path, resume: bool, max_bad_steps: int, progress: bool) -> Path:
     last = out_dir / "last.pt"
     tc = config.train
     with torch.random.fork_rng():
@@ -254,7 +283,7 @@ def _train_locked(config: RegConfig, train_volumes: Sequence[Volume], val_volume
         with atomic_path(out_dir / "config.yaml") as tmp:
             Path(tmp).write_text(dump_config(config))
         _run(config, net, optimiser, rng, step, best, device, train_data, val_data, train_volumes, val_volumes,
-             num_classes, out_dir, resume, max_bad_steps, progress)
+             num_classes, out_dir, resume, max_bad_steps, progress or _TerminalBar)
         cleanup.pop_all()  # finished: keep everything
     return out_dir / "best.pt" if (out_dir / "best.pt").exists() else last
 
@@ -269,7 +298,7 @@ def _discard_if_unfinished(config_path: Path, last: Path) -> None:
 def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
          step: int, best: float, device: torch.device, train_data: list[Prepared], val_data: list[Prepared],
          train_volumes: Sequence[Volume], val_volumes: Sequence[Volume], num_classes: int, out_dir: Path,
-         resume: bool, max_bad_steps: int, progress: bool) -> None:
+         resume: bool, max_bad_steps: int, progress: ReporterFactory) -> None:
     """The training loop proper, from ``step`` to ``config.train.steps``."""
     tc, last = config.train, out_dir / "last.pt"
     val_pairs = validation_pairs(val_volumes, tc.val_pairs, tc.seed)
@@ -284,7 +313,7 @@ def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimiz
         })
 
     net.train()
-    bar = Progress(tc.steps, "reg train", initial=step, enabled=progress)
+    bar = progress(tc.steps, step)
     skipped = 0
     try:
         while step < tc.steps:

@@ -1,4 +1,4 @@
-"""Progress reporting (``seg.progress``, ``reg.progress``) when stderr is not a terminal: plain
+"""Progress reporting (``seg.progress``, used by every trainer of the application) when stderr is not a terminal: plain
 lines with step, values, rate and ETA on a schedule; nothing when disabled."""
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import io
 
 import pytest
 
-import reg.progress
 import seg.progress
 
 
@@ -18,7 +17,7 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize("progress", [seg.progress, reg.progress])
+@pytest.mark.parametrize("progress", [seg.progress])
 def test_plain_lines_at_the_first_step_every_interval_and_at_the_end(progress, monkeypatch):
     monkeypatch.delenv("CCTR_PROGRESS_SECONDS", raising=False)
     out, clock = io.StringIO(), Clock()

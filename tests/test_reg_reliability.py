@@ -10,7 +10,7 @@ import pytest
 
 from joint.app.cli import main
 from reg.config import RegConfig, load_config
-from reg.runlock import run_lock
+from seg.runlock import run_lock
 from seg.runlock import RunLockedError
 from tests.reg_synthetic import one_torch_thread  # noqa: F401 (autouse)
 from tests.test_cli_reg import TINY_CONFIG, _write_folder

@@ -32,6 +32,9 @@ from seg.data.nifti import read_nifti, write_nifti
 from seg.data.split import Split
 from seg.inference import load_students
 from seg.metrics import ClassScore, score_case
+from seg.progress import Progress
+from seg.runlock import run_lock
+from seg.prediction_info import write_prediction_info
 
 # what the learned registration is compared against when nothing else is asked for
 REFERENCE_BACKEND = "identity"
@@ -50,6 +53,19 @@ def registration_done(cfg: RegConfig, out_dir: Path) -> bool:
     return last.is_file() and int(read_checkpoint(last)["step"]) >= cfg.train.steps
 
 
+def run_registration_training(cfg: RegConfig, train_volumes: Sequence[Volume], val_volumes: Sequence[Volume],
+                              num_classes: int, out_dir: Path, *, resume: bool, max_bad_steps: int = 0,
+                              progress: bool = True) -> Path:
+    """:func:`reg.train.train` as the application runs it: the run folder locked against a
+    second writer, progress as a bar on a terminal and as plain lines in a log."""
+    def reporter(total: int, initial: int) -> Progress:
+        return Progress(total, "reg train", initial=initial, enabled=progress)
+
+    with run_lock(Path(out_dir)):
+        return train_registration(cfg, train_volumes, val_volumes, num_classes, Path(out_dir), resume=resume,
+                                  max_bad_steps=max_bad_steps, progress=reporter)
+
+
 def pretrain_registration(dataset: Dataset, split: Split, cfg: RegConfig, out_dir: Path, labeled: str) -> Path:
     """Train the registration net on ``split``'s training volumes (labels only of the ``labeled``
     set and only when ``cfg.loss.dice_weight > 0``), validating on its validation volumes.
@@ -62,7 +78,7 @@ def pretrain_registration(dataset: Dataset, split: Split, cfg: RegConfig, out_di
         chosen = set(split.labeled(labeled)) if cfg.loss.dice_weight > 0 else set()
         train_vols = [v for p in split.train for v in registration_volumes(dataset, [p], p in chosen)]
         val_vols = registration_volumes(dataset, split.val, with_labels=True)
-        train_registration(cfg, train_vols, val_vols, len(dataset.class_names), out_dir, resume=last.is_file())
+        run_registration_training(cfg, train_vols, val_vols, len(dataset.class_names), out_dir, resume=last.is_file())
     return best if best.is_file() else last
 
 
@@ -84,7 +100,9 @@ def train_segmentation(cfg: JointConfig, dataset: Dataset, split: Split, progres
 def predict_cases(checkpoint: Path, cases: Sequence[Case], out_dir: Path, student: str = "a",
                   progress: bool = True) -> dict[str, np.ndarray]:
     """uint8 ``(Z, Y, X)`` prediction of each case, written to ``out_dir/<case>.nii.gz`` with
-    the case's affine and header; a file already there is read back instead of recomputed."""
+    the case's affine and header; a file already there is read back instead of recomputed.
+    When anything was predicted, ``out_dir/predictions.json`` names the checkpoint and its
+    classes (:mod:`seg.prediction_info`), so ``cctr eval`` knows them."""
     trained = None
     out = {}
     for case in tqdm(cases, desc="predict", unit="volume", disable=None if progress else True):
@@ -95,6 +113,8 @@ def predict_cases(checkpoint: Path, cases: Sequence[Case], out_dir: Path, studen
         trained = trained or load_students(checkpoint)
         out[case.case_id] = trained.predict(case.image, student)
         write_nifti(path, out[case.case_id], case.affine, case.header)
+    if trained is not None:
+        write_prediction_info(out_dir, checkpoint, trained.class_names, student, trained.step)
     return out
 
 

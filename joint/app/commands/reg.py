@@ -25,11 +25,12 @@ from reg.backends import load_backend
 from reg.config import RegConfig, load_config
 from joint.plan import apply_reg_overrides, plan_for, plan_path, reg_config
 from seg.atomic import write_text_atomic
-from reg.train import Volume, train
+from reg.train import Volume
 from seg.data.case import CaseError
 from seg.data.dataset import Dataset
 from seg.data.readers import open_dataset
 from seg.data.split import Split, load_split
+from joint.app.stages import run_registration_training
 from joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 
 
@@ -125,8 +126,8 @@ def run_train(args: argparse.Namespace) -> int:
         labeled = set(split.labeled(args.labeled)) if args.labeled else set()
         train_volumes = _volumes(dataset, split.train, labeled)
         val_volumes = _volumes(dataset, split.val, set(split.val))
-        best = train(config, train_volumes, val_volumes, len(dataset.class_names), args.out, resume=args.resume,
-                     max_bad_steps=args.skip_nonfinite)
+        best = run_registration_training(config, train_volumes, val_volumes, len(dataset.class_names), args.out,
+                                         resume=args.resume, max_bad_steps=args.skip_nonfinite)
     except (ValueError, ImportError) as exc:
         raise CaseError(str(exc)) from exc
     print(f"registration net: {best}")
