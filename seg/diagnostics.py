@@ -151,8 +151,10 @@ class DiagnosticsHook(TrainerHook):
         self._pending.update(output_grad_norms(losses, outputs))
 
     def _pool_figures(self, batch: SliceBatch, outputs: Outputs) -> dict[str, float]:
+        if not self.hidden:
+            return {}
         rows = torch.nonzero(~batch.is_labeled).flatten()
-        if rows.numel() == 0 or not self.hidden:
+        if rows.numel() == 0:
             return {}
         truth, known = hidden_labels_of(batch, self.hidden, rows, self.num_classes)
         if not bool(known.any()):

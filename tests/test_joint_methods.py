@@ -18,8 +18,9 @@ from joint.rsl import RegistrationSupervision
 from seg.data.case import Case, CaseError, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
 from seg.data.split import Split
+from seg.hooks import TrainerHook
 from seg.students import StudentConfig
-from seg.train import load_train_data
+from seg.train import load_train_data, train
 
 CLASSES = ("background", "RV", "MYO", "LV")
 SHAPE = (3, 32, 32)
@@ -120,6 +121,40 @@ def test_cctr_trains_and_checkpoints_its_memory_bank(dataset, tmp_path):
     assert list((tmp_path / "fields").rglob("*.npz"))  # Fields went to the disk cache
     with pytest.raises(ValueError, match="trains no network"):
         train_joint(small_cfg(tmp_path, method="registration-only"), ds, split)
+
+
+class ContrastProbe(TrainerHook):
+    """Records the weighted pixel contrastive loss of every step."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        self.cl: list[float] = []
+
+    def inspect_losses(self, step, batch, outputs, losses):
+        self.cl.append(float(losses["joint/cl"].detach()))
+
+
+def test_a_short_cctr_run_finds_registration_positives_that_change_the_loss(dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ds, split = dataset
+    cfg = small_cfg(tmp_path, iterations=4, cl_weight=1.0, diag_every=1,
+                    contrast=replace(JointConfig().contrast, confidence=0.0))
+    probes = {}
+    for method in ("cctr-rsl", "cctr"):
+        probes[method] = ContrastProbe()
+        train(replace(cfg, method=method, out_dir=str(tmp_path / method)), ds, split, hooks=(probes[method],),
+              methods=TRAINER_METHODS, progress=False)
+    rsl, full = probes["cctr-rsl"].cl, probes["cctr"].cl
+    assert rsl[0] == full[0]  # step 0: the bank is still empty, so cctr is cctr-rsl exactly
+    assert all(a != b for a, b in zip(rsl[1:], full[1:]))  # then the registration positives change the loss
+    events = EventAccumulator(str(tmp_path / "cctr" / "tb"))
+    events.Reload()
+    valid = {e.step: e.value for e in events.Scalars("reps/valid_fraction")}
+    assert valid[1] == 0.0 and min(valid[s] for s in (2, 3, 4)) > 0.5
+    assert 0.0 < events.Scalars("rsl/target_dice_hidden")[-1].value <= 1.0  # the hidden labels reached RSL's metric
+    assert events.Scalars("diag/pool_acc_a") and events.Scalars("diag/grad_joint_cl_a_emb")
 
 
 def test_registration_only_propagates_and_scores(dataset, tmp_path):

@@ -138,3 +138,23 @@ def test_max_prob_confidence_dims_label_boundaries(setup):
     assert (soft.weight[inside] < 0.9).any() and (soft.weight[inside] == 1.0).any()
     with pytest.raises(ValueError, match="confidence"):
         RSLConfig(confidence="entropy")
+
+
+def test_rsl_logs_the_dice_of_its_targets_against_hidden_labels_only_when_it_has_them(setup):
+    oracle, sampler, target_label = setup
+    batch = sampler.next_batch()
+    logits = torch.zeros(batch.image.shape[0], len(CLASSES), 24, 24, requires_grad=True)
+    outputs = {"a": StudentOutput(logits, logits, logits)}
+    exact = RegistrationSupervision(oracle, RSLConfig(), hidden_labels={"unl": target_label})
+    loss = exact.losses(0, batch, outputs)["a"]
+    dice = exact.metrics()["target_dice_hidden"]
+    assert dice > 0.97  # the fake backend's shift is the true one
+    # the hidden label only feeds the metric: the loss is the same without it
+    blind = RegistrationSupervision(oracle, RSLConfig())
+    assert torch.equal(blind.losses(0, batch, outputs)["a"], loss) and blind.metrics() == {}
+    image, label = anatomy()
+    cases = [make_case("lab", image, label), make_case("unl", shifted(image), None)]
+    wrong = RegistrationOracle(cases[:1], cases[1:], OracleConfig(), backend=ShiftBackend((0, 0, 0)))
+    off = RegistrationSupervision(wrong, RSLConfig(), hidden_labels={"unl": target_label})
+    off.losses(0, batch, outputs)
+    assert off.metrics()["target_dice_hidden"] < dice - 0.05

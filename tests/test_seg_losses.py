@@ -160,3 +160,63 @@ def test_extra_positive_gets_flat_indices_of_its_own_part_and_changes_the_loss_b
     extra = math.log(1 + 5)
     expected = (16 * base + 16 * 0.5 * (base + extra)) / 32
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _orthogonal_key(index: torch.Tensor):
+    key = torch.zeros(index.numel(), 8)
+    key[:, 5] = 1.0  # orthogonal to every embedding: a.p = 0
+    return key, torch.ones(index.numel(), dtype=torch.bool)
+
+
+@pytest.mark.parametrize("mode, per_extra_anchor", [
+    # two InfoNCE terms, one per positive, averaged
+    ("mean-of-two", 0.5 * ((math.log(math.exp(10.0) + 5) - 10.0) + math.log(1 + 5))),
+    # one InfoNCE, both positives in the denominator, their logits averaged (SupCon L_out)
+    ("multi-positive", math.log(math.exp(10.0) + 1 + 5) - 0.5 * (10.0 + 0.0)),
+    # one InfoNCE against normalise(centre + key): a.p = 1/sqrt(2)
+    ("averaged-key", math.log(math.exp(10.0 / math.sqrt(2)) + 5) - 10.0 / math.sqrt(2)),
+])
+def test_each_way_of_joining_the_registration_positive_has_its_hand_value(mode, per_extra_anchor):
+    emb_a, classes = _two_class_part()
+    emb_b, _ = _two_class_part()
+    conf = torch.ones(classes.shape)
+    cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5,
+                         extra_positive_mode=mode)
+    loss = pixel_contrastive_loss([ContrastPart(emb_a, classes, conf, _orthogonal_key), ContrastPart(emb_b, classes, conf)],
+                                  cfg)
+    base = math.log(math.exp(10.0) + 5) - 10.0   # the 16 anchors of part B keep the plain term
+    assert loss.item() == pytest.approx((16 * base + 16 * per_extra_anchor) / 32, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(emb_a.grad).all() and emb_a.grad.abs().sum() > 0
+
+
+def test_contrast_options_are_checked():
+    for bad, message in [({"pseudo_source": "mine"}, "pseudo_source"), ({"extra_positive_mode": "sum"}, "extra_positive_mode"),
+                         ({"temperature": 0.0}, "temperature")]:
+        with pytest.raises(ValueError, match=message):
+            ContrastConfig(**bad)
+
+
+def test_pseudo_label_sources_teacher_own_and_agree():
+    from seg.objective import contrast_pool, pseudo_labels
+
+    # one sample, 2 classes, 1x3 pixels; logits (B, C, H, W)
+    own = torch.tensor([[[[2.0, 0.0, -1.0]], [[0.0, 3.0, 1.0]]]])       # own argmax 0, 1, 1
+    teacher = torch.tensor([[[[0.0, 0.0, 0.0]], [[1.0, 2.0, -2.0]]]])   # teacher argmax 1, 1, 0
+
+    def sig(x: float) -> float:  # a 2-class softmax's top probability is the sigmoid of the logit gap
+        return 1.0 / (1.0 + math.exp(-x))
+
+    cls, conf = pseudo_labels("teacher", own, teacher)
+    assert cls.tolist() == [[[1, 1, 0]]]
+    assert conf[0, 0].tolist() == pytest.approx([sig(1.0), sig(2.0), sig(2.0)])
+    cls, conf = pseudo_labels("own", own, teacher)
+    assert cls.tolist() == [[[0, 1, 1]]]
+    assert conf[0, 0].tolist() == pytest.approx([sig(2.0), sig(3.0), sig(2.0)])
+    cls, conf = pseudo_labels("agree", own, teacher)
+    assert cls.tolist() == [[[-1, 1, -1]]]  # only the middle pixel agrees
+    assert conf[0, 0, 1].item() == pytest.approx(sig(2.0))  # the lower of 3 and 2
+    # a labeled row keeps its ground truth at confidence 1 whatever the source
+    cls, conf = contrast_pool("agree", own.repeat(2, 1, 1, 1), teacher.repeat(2, 1, 1, 1),
+                              torch.tensor([[[1, 0, 1]], [[-1, -1, -1]]]), torch.tensor([True, False]))
+    assert cls.tolist() == [[[1, 0, 1]], [[-1, 1, -1]]] and conf[0].tolist() == [[1.0, 1.0, 1.0]]
