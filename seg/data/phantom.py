@@ -23,31 +23,25 @@ worker processes need no torch.
 """
 from __future__ import annotations
 
-import cmath
-import json
 import math
-import os
-import shutil
-import sys
-import tempfile
-import uuid
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
-from seg.data.case import Case, CaseError
+from seg.data.case import Case
 from seg.data.nifti import write_nifti
+from seg.data.phantom_common import PHANTOM_KEY, Range, axis_affine, build_phantom_folder, check_phantom_target
+from seg.data.phantom_common import ellipse_sd as _ellipse_sd
+from seg.data.phantom_common import phantom_dataset_json, upsampled_noise
+from seg.data.phantom_common import uniform as _u
 from seg.data.split import SPLIT_FILENAME, draw_split, save_split
 
-Range = tuple[float, float]
+__all__ = ["PHANTOM_KEY", "PhantomConfig", "make_patient", "upsampled_noise", "write_phantom"]
 
 FRAMES = ("ED", "ES")
-PHANTOM_KEY = "cctr_phantom"  # dataset.json key marking a folder this module wrote
 RV_WALL_MM = 3.0  # the RV free wall: drawn dark, labeled background as in ACDC
 
 
@@ -143,10 +137,6 @@ def case_id(pid: str, frame: str) -> str:
     return f"{pid}_{frame}"
 
 
-def _u(rng: np.random.Generator, r: Range) -> float:
-    return float(rng.uniform(r[0], r[1]))
-
-
 def _round_to(n: float, step: int, lo: int, hi: int) -> int:
     return int(np.clip(step * round(n / step), lo, hi))
 
@@ -220,56 +210,6 @@ def draw_anatomy(rng: np.random.Generator, cfg: PhantomConfig) -> Anatomy:
         gamma=_u(rng, cfg.gamma),
         intensity_scale=_u(rng, cfg.intensity_scale),
     )
-
-
-def _upsample_axis(coarse: np.ndarray, axis: int, n_out: int) -> np.ndarray:
-    """Linear interpolation of ``coarse`` along ``axis`` to ``n_out`` samples, end points
-    aligned. Gathers and blends, no BLAS: the result is the same on any machine load."""
-    n_in = coarse.shape[axis]
-    t = np.linspace(0.0, n_in - 1, n_out)
-    lo = np.minimum(np.floor(t).astype(np.intp), n_in - 2)
-    shape = [1] * coarse.ndim
-    shape[axis] = n_out
-    frac = (t - lo).astype(np.float32).reshape(shape)
-    return np.take(coarse, lo, axis=axis) * (1.0 - frac) + np.take(coarse, lo + 1, axis=axis) * frac
-
-
-def upsampled_noise(
-    rng: np.random.Generator, shape_zyx: tuple[int, int, int], scales_zyx: Sequence[tuple[float, float, float]]
-) -> np.ndarray:
-    """Fractal noise ``(Z, Y, X)`` float32, zero mean, unit std: a weighted sum of coarse
-    Gaussian noise grids, one per octave, with knots ``scale`` voxels apart per axis (1: every
-    voxel independent), upsampled linearly; octave ``i`` has weight ``i + 1``."""
-    total = np.zeros(shape_zyx, dtype=np.float32)
-    for weight, scales in enumerate(scales_zyx, start=1):
-        knots = [max(2, int(np.ceil((n - 1) / max(sc, 1.0))) + 1) for n, sc in zip(shape_zyx, scales)]
-        octave = rng.standard_normal(knots, dtype=np.float32)
-        for axis, (n, k) in enumerate(zip(shape_zyx, knots)):
-            if n != k:
-                octave = _upsample_axis(octave, axis, n)
-        total += weight * octave
-    total -= total.mean()
-    return total / max(float(total.std()), 1e-6)
-
-
-def _ellipse_sd(a: np.ndarray, b: np.ndarray, ra, rb, lumps=()) -> np.ndarray:
-    """Approximate signed distance (mm, negative inside) to an ellipse with semi-axes ``ra``
-    along ``a`` and ``rb`` along ``b``, its radius modulated by harmonics ``lumps``
-    (amplitude, phase) of orders 2, 3, ..."""
-    ra = np.maximum(ra, np.float32(1e-3))
-    rb = np.maximum(rb, np.float32(1e-3))
-    ua, ub = a / ra, b / rb
-    rho = np.sqrt(ua * ua + ub * ub)
-    if lumps:
-        # cos(k theta + phase) as the real part of exp(i phase) * exp(i theta)^k, no trig per voxel.
-        unit = (ua + 1j * ub) / np.maximum(rho, 1e-6)
-        power = unit * unit
-        modulation = np.ones_like(rho)
-        for amp, phase in lumps:
-            modulation += amp * (cmath.rect(1.0, phase) * power).real
-            power = power * unit
-        rho = rho / modulation
-    return (rho - 1.0) * np.sqrt(ra * rb)
 
 
 def _profile(s: np.ndarray, end: float, power: float) -> np.ndarray:
@@ -467,10 +407,7 @@ def _render(an: Anatomy, g: _Geometry, h: _Heart, tex: _Textures, surroundings: 
 
 def affine_of(an: Anatomy) -> np.ndarray:
     """NIfTI affine: axis-aligned, ``diag(sx, sy, sz)``, with the patient's origin."""
-    sz, sy, sx = an.spacing
-    aff = np.diag([sx, sy, sz, 1.0])
-    aff[:3, 3] = an.origin
-    return aff
+    return axis_affine(an.spacing, an.origin)
 
 
 def patient_seeds(seed: int, number: int) -> list[np.random.SeedSequence]:
@@ -507,34 +444,14 @@ def make_patient(
     return cases[0], cases[1]
 
 
-def _write_patient(job: tuple[Path, int, int, int, PhantomConfig]) -> list[str]:
-    root, seed, number, patients, cfg = job
+def _write_patient(root: Path, job: tuple[int, int, int, PhantomConfig]) -> list[str]:
+    seed, number, patients, cfg = job
     written = []
     for case in make_patient(seed, number, cfg, patients):
         write_nifti(root / "imagesTr" / f"{case.case_id}_0000.nii.gz", case.image.astype(np.int16), case.affine)
         write_nifti(root / "labelsTr" / f"{case.case_id}.nii.gz", case.label, case.affine)
         written.append(case.case_id)
     return written
-
-
-class _Inline:
-    """The executor interface, run in this process (no start-up cost for small jobs)."""
-
-    def __enter__(self) -> "_Inline":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def map(self, fn, jobs):
-        return map(fn, jobs)
-
-
-def _is_phantom_folder(path: Path) -> bool:
-    try:
-        return PHANTOM_KEY in json.loads((path / "dataset.json").read_text())
-    except (OSError, ValueError):
-        return False
 
 
 def write_phantom(
@@ -553,57 +470,19 @@ def write_phantom(
     bar (default: when stderr is a terminal).
     """
     out = Path(out)
-    if seed < 0:
-        raise CaseError(f"{out}: the seed must be a non-negative integer, got {seed}")
-    if patients < 3:
-        raise CaseError(f"{out}: need at least 3 patients (train/val/test split), got {patients}")
-    if out.exists() and not out.is_dir():
-        raise CaseError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not _is_phantom_folder(out):
-        raise CaseError(f"{out}: folder is not empty and is not a phantom folder; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, patients))
-    show = sys.stderr.isatty() if progress is None else progress
+    check_phantom_target(out, patients, seed)
+    pids = [patient_id(n, patients) for n in range(1, patients + 1)]
 
-    # mkdir (not mkdtemp) so the finished folder gets the user's usual permissions.
-    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        jobs = [(tmp, seed, n, patients, cfg) for n in range(1, patients + 1)]
-        bar = tqdm(total=patients, desc="phantom", unit="patient", disable=not show)
-        done: list[list[str]] = []
-        with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
-            for ids in pool.map(_write_patient, jobs):
-                done.append(ids)
-                bar.update(1)
-        bar.close()
+    def finish(folder: Path, done: list[list[str]]) -> None:
         case_ids = [cid for ids in done for cid in ids]
-        pids = [patient_id(n, patients) for n in range(1, patients + 1)]
-        meta = {
-            "name": "cctr cardiac cine-MRI phantom",
-            "description": "Procedural ACDC-like short-axis cine MRI, ED and ES frames per patient.",
-            "channel_names": {"0": "cineMRI"},
-            "labels": {name: i for i, name in enumerate(cfg.class_names)},
-            "numTraining": len(case_ids),
-            "file_ending": ".nii.gz",
-            "patient_of": {cid: cid.rsplit("_", 1)[0] for cid in case_ids},
-            PHANTOM_KEY: {"seed": seed, "patients": patients, "config": asdict(cfg)},
-        }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
-        save_split(draw_split(pids, seed), tmp / SPLIT_FILENAME)
-        _swap_in(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+        (folder / "dataset.json").write_text(phantom_dataset_json(
+            "cctr cardiac cine-MRI phantom",
+            "Procedural ACDC-like short-axis cine MRI, ED and ES frames per patient.",
+            "cineMRI", cfg.class_names, case_ids,
+            {cid: cid.rsplit("_", 1)[0] for cid in case_ids},
+            {"seed": seed, "patients": patients, "config": asdict(cfg)},
+        ))
+        save_split(draw_split(pids, seed), folder / SPLIT_FILENAME)
 
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Replace ``out`` by the finished folder ``new`` with renames only."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=str(out.parent)))
-    os.replace(out, old / out.name)
-    os.replace(new, out)
-    shutil.rmtree(old)
+    jobs = [(seed, n, patients, cfg) for n in range(1, patients + 1)]
+    return build_phantom_folder(out, _write_patient, jobs, finish, workers, progress)

@@ -1,7 +1,9 @@
 """``cctr data``: make, look at and split datasets.
 
-- ``phantom --out DIR --patients N [--seed S]``: write the procedural cardiac phantom
-  (nnU-Net layout plus ``split.json``), see :mod:`seg.data.phantom`;
+- ``phantom --out DIR --patients N [--seed S] [--kind cardiac|abdomen] [--layout nnunet|synapse]
+  [--full-size]``: write a procedural phantom plus ``split.json``: the cardiac cine-MRI one
+  (default, nnU-Net layout, :mod:`seg.data.phantom`) or the abdominal CT one (nnU-Net or
+  TransUNet's Synapse layout, CPU-sized or 512 x 512, :mod:`seg.data.phantom_abdomen`);
 - ``show DIR [--out PNG] [--cases K] [--slices S]``: a PNG montage with label overlays;
 - ``summary DIR``: layout, case/patient counts, shapes, spacings, class fractions, split;
 - ``split DIR --seed S [--out FILE]``: draw a train/val/test split with nested labeled sets.
@@ -23,6 +25,8 @@ from tqdm import tqdm
 from seg.data.dataset import Dataset
 from seg.data.montage import write_montage
 from seg.data.phantom import write_phantom
+from seg.data.phantom_abdomen import LAYOUTS as PHANTOM_LAYOUTS
+from seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_phantom
 from seg.data.known_splits import KNOWN_SPLITS, known_split
 from seg.data.readers import LAYOUTS, open_dataset
 from seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
@@ -32,11 +36,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
 
-    ph = actions.add_parser("phantom", help="generate the procedural cardiac cine-MRI phantom (nnU-Net layout)")
+    ph = actions.add_parser("phantom", help="generate a procedural phantom: cardiac cine-MRI (default) or abdominal CT")
     ph.add_argument("--out", type=Path, required=True, help="folder to create (an earlier phantom there is replaced)")
-    ph.add_argument("--patients", type=_positive_int, required=True, help="number of patients (two volumes each: ED, ES)")
+    ph.add_argument("--patients", type=_positive_int, required=True,
+                    help="number of patients (cardiac: two volumes each, ED and ES; abdomen: one CT each)")
     ph.add_argument("--seed", type=_seed, default=0, help="same seed, same phantom (default 0)")
     ph.add_argument("--workers", type=_positive_int, default=None, help="processes (default: one per CPU)")
+    ph.add_argument("--kind", choices=("cardiac", "abdomen"), default="cardiac",
+                    help="cardiac: ACDC-like cine MRI (default); abdomen: Synapse-like CT, 8 organs")
+    ph.add_argument("--layout", choices=PHANTOM_LAYOUTS, default="nnunet",
+                    help="abdomen only: nnunet (default) or synapse (TransUNet's release: npz slices, h5 volumes, lists)")
+    ph.add_argument("--full-size", action="store_true",
+                    help="abdomen only: the real scans' 512 x 512 grid at 0.6-0.9 mm (default: 128 x 128, CPU-sized)")
     ph.set_defaults(func=run_phantom)
 
     sh = actions.add_parser("show", help="write a PNG montage of slices with label overlays")
@@ -111,8 +122,17 @@ def _fraction(text: str) -> float:
 
 def run_phantom(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
-    print(f"wrote {args.patients} patients ({2 * args.patients} volumes) to {out} "
+    if args.kind == "cardiac":
+        if args.layout != "nnunet" or args.full_size:
+            raise ValueError("cctr data phantom: --layout synapse and --full-size are for --kind abdomen")
+        out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
+        volumes = 2 * args.patients
+    else:
+        cfg = AbdomenPhantomConfig.full_size() if args.full_size else AbdomenPhantomConfig()
+        out = write_abdomen_phantom(args.out, args.patients, seed=args.seed, cfg=cfg, layout=args.layout,
+                                    workers=args.workers)
+        volumes = args.patients
+    print(f"wrote {args.patients} patients ({volumes} volumes) to {out} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
 
