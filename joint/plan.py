@@ -98,12 +98,16 @@ def _plain(value: Any) -> Any:
 def registration_window(fp: Fingerprint) -> Optional[tuple[float, float]]:
     """CT-like data: the labelled foreground's 0.5-99.5th percentile range widened by its own
     width on either side, so the tissue around the organs (fat, body outline) keeps contrast
-    on the grid while air and bone saturate. MR-like or unlabelled: None (per-volume percentiles)."""
+    on the grid while air and bone saturate; never wider than the 0.5-99.5th percentiles of
+    all voxels (organs holding gas, like a stomach, already span nearly all of it).
+    MR-like or unlabelled: None (per-volume percentiles)."""
     if fp.modality != "ct-like" or fp.foreground_intensity is None:
         return None
     lo, hi = fp.foreground_intensity.percentiles["0.5"], fp.foreground_intensity.percentiles["99.5"]
     width = max(hi - lo, 1.0)
-    return (round(lo - width, 1), round(hi + width, 1))
+    floor, ceiling = fp.intensity.percentiles["0.5"], fp.intensity.percentiles["99.5"]
+    low, high = max(lo - width, floor), min(hi + width, ceiling)
+    return (round(low, 1), round(high, 1)) if high > low else None
 
 
 def geometry_of(fp: Fingerprint) -> DatasetGeometry:

@@ -22,7 +22,7 @@ The rules, each a field of :class:`PlanRules`:
   the in-plane rotation + shift search that short-axis cine needs; isotropic-like volumes
   get the 3D centre-of-mass shift (``'moments'``).
 - **NCC window**: ``ncc_window_mm`` converted to the nearest odd number of canonical voxels
-  per axis (at least 3); the smoothness weight is kept (the displacement gradient it
+  per axis (at least 3, and at least 125 voxels in all); the smoothness weight is kept (the displacement gradient it
   penalises is dimensionless on a near-isotropic grid).
 """
 from __future__ import annotations
@@ -113,9 +113,17 @@ def plan_grid(geometry: DatasetGeometry, rules: PlanRules = PlanRules(), window:
     raise ValueError(f"plan: no grid of at most {rules.voxel_budget} voxels covers {extent} mm")
 
 
+MIN_NCC_VOXELS = 125  # local NCC over fewer voxels is mostly noise (a 3^3 window on a coarse CT grid: loss ~0.8)
+
+
 def ncc_window_voxels(spacing_mm: Sequence[float], window_mm: float) -> tuple[int, int, int]:
-    """The nearest odd number of voxels to ``window_mm`` along each axis, at least 3."""
-    return tuple(max(3, 2 * int(math.floor(window_mm / float(s) / 2.0)) + 1) for s in spacing_mm)  # type: ignore[return-value]
+    """The nearest odd number of voxels to ``window_mm`` along each axis, at least 3; on a
+    coarse grid the finest axes grow by 2 until the window holds ``MIN_NCC_VOXELS``."""
+    window = [max(3, 2 * int(math.floor(window_mm / float(s) / 2.0)) + 1) for s in spacing_mm]
+    while math.prod(window) < MIN_NCC_VOXELS:
+        finest = min(range(3), key=lambda a: (window[a] * float(spacing_mm[a]), a))
+        window[finest] += 2
+    return tuple(window)  # type: ignore[return-value]
 
 
 def plan_registration(geometry: DatasetGeometry, rules: PlanRules = PlanRules()) -> RegPlan:

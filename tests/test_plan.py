@@ -20,7 +20,7 @@ from reg.backends import load_backend
 from reg.config import RegConfig
 from reg.grid import CanonicalGrid
 from reg.placement import place_pair, place_volume
-from reg.plan import DatasetGeometry, PlanRules, extent_to_cover, plan_registration
+from reg.plan import DatasetGeometry, PlanRules, extent_to_cover, ncc_window_voxels, plan_registration
 from reg.prealign import PrealignConfig, align_moments
 from reg_synthetic import Motion, volume
 from seg.config import TrainConfig
@@ -74,6 +74,12 @@ def test_thick_slice_stacks_keep_the_cardiac_front_end():
     wide = plan_registration(DatasetGeometry((5.0, 0.7, 0.7), (60.0, 250.0, 250.0)))
     assert wide.grid.spacing[0] == 5.0 and wide.grid.spacing[1] == wide.grid.spacing[2] > 0.7
     assert covers(wide.grid, wide.extent_mm) and math.prod(wide.grid.shape) <= PlanRules().voxel_budget
+
+
+def test_ncc_window_in_mm_with_enough_voxels():
+    assert ncc_window_voxels((7.5, 2.2, 2.2), 15.0) == (3, 7, 7)  # the cardiac window
+    assert ncc_window_voxels((1.0, 1.0, 1.0), 15.0) == (15, 15, 15)
+    assert ncc_window_voxels((5.0, 5.0, 5.0), 15.0) == (5, 5, 5)  # 3^3 would be 27 noisy samples
 
 
 def test_modality_from_values():
