@@ -201,13 +201,20 @@ def apply_reg_overrides(config: RegConfig, assignments: Sequence[str]) -> RegCon
 
 
 def seg_overrides(plan: Plan) -> dict[str, Any]:
-    """Student settings for ``seg.config.apply_overrides`` / ``TrainConfig``: ``image_size``
-    and ``normalization``. A normalisation the students do not implement yet (``clip-zscore``)
-    falls back to ``zscore``; ``plan.student`` keeps the planned one and its window."""
+    """Student settings for ``dataclasses.replace(TrainConfig, **...)``: ``image_size`` and
+    ``normalization`` (plus ``intensity_window`` once ``TrainConfig`` has that field). A
+    normalisation the students do not implement yet (``clip-zscore``) falls back to
+    ``zscore``; ``plan.student`` keeps the planned one and its window."""
+    from dataclasses import fields as dataclass_fields
+
+    from seg.config import TrainConfig
     from seg.slices import NORMALIZATIONS
 
     normalization = plan.student.normalization if plan.student.normalization in NORMALIZATIONS else "zscore"
-    return {"image_size": tuple(plan.student.image_size), "normalization": normalization}
+    out: dict[str, Any] = {"image_size": tuple(plan.student.image_size), "normalization": normalization}
+    if normalization == "clip-zscore" and "intensity_window" in {f.name for f in dataclass_fields(TrainConfig)}:
+        out["intensity_window"] = plan.student.window  # once the students take a clip window
+    return out
 
 
 def format_plan(plan: Plan) -> str:
