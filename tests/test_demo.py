@@ -9,6 +9,7 @@ from dataclasses import replace
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from joint.app import demo, figures, stages
 from joint.app.cli import main
@@ -47,22 +48,32 @@ def finished(tmp_path_factory, tiny_cfg) -> demo.DemoResult:
 def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(finished):
     text = finished.paths.report.read_text()
     assert "## Test volumes, cctr (student a)" in text
+    assert "## Test volumes, supervised (student a)" in text
     assert "## Test volumes, registration-only (learned backend, same atlases)" in text
     for name in ("RV", "MYO", "LV", "**mean**"):
-        assert text.count(f"| {name} |") == 2   # the cctr table and the baseline table
+        assert text.count(f"| {name} |") == 3   # the cctr, supervised and registration-only tables
     mean_dice = finished.summary.overall["dice"].mean
     assert f"| **mean** | {mean_dice:.4f} ±" in text
+    # the comparison puts the supervised baseline beside cctr on the same test volumes
+    sup = finished.supervised
+    assert sup is not None and sup.num_cases == finished.summary.num_cases
+    sup_row = next(line for line in text.splitlines() if line.startswith("| `supervised` (student a) |"))
+    assert f"| {sup.overall['dice'].mean:.4f} ± {sup.overall['dice'].std:.4f} |" in sup_row
+    assert any(line.startswith("| `cctr` (student a) |") and f"| {mean_dice:.4f} ±" in line for line in text.splitlines())
+    gain = mean_dice - sup.overall["dice"].mean
+    assert f"scores {gain:+.4f} mean Dice against it" in text
     # guidance: one row per backend, learned named relative to the report folder, pairs = 2 targets x 2 atlases
     assert "| `learned:reg/best.pt` | 4 |" in text and "| `identity` | 4 |" in text
     assert set(finished.guidance) == {f"learned:{finished.paths.reg / 'best.pt'}", "identity"}
     assert all(0.0 <= d <= 1.0 for values in finished.guidance.values() for d in values)
-    for stage in ("phantom", "registration pretraining", "cctr training", "evaluation and report"):
+    for stage in ("phantom", "registration pretraining", "cctr training", "supervised training",
+                  "evaluation and report"):
         assert f"| {stage} |" in text and finished.seconds[stage] >= 0
 
 
 def test_predictions_line_up_with_the_inputs_and_are_scored_per_class(finished):
     paths = finished.paths
-    predictions = sorted(paths.predictions.iterdir())
+    predictions = sorted(paths.predictions.glob("*.nii.gz"))  # predictions.json sits beside them
     assert [p.name for p in predictions] == ["patient003_ED.nii.gz", "patient003_ES.nii.gz"]
     for pred in predictions:
         src = nib.load(str(paths.data / "imagesTr" / pred.name.replace(".nii.gz", "_0000.nii.gz")))
@@ -75,6 +86,16 @@ def test_predictions_line_up_with_the_inputs_and_are_scored_per_class(finished):
     assert len(rows) == 2 * 3 and {r["class"] for r in rows} == {"RV", "MYO", "LV"}
     assert np.isclose(np.mean([float(r["dice"]) for r in rows]), finished.summary.overall["dice"].mean)
     assert len(list((paths.registration_only / "predictions").glob("*.nii.gz"))) == 2
+    assert sorted(p.name for p in paths.baseline_predictions.glob("*.nii.gz")) == [p.name for p in predictions]
+    with open(paths.out / "supervised-scores.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2 * 3
+    supervised = torch.load(paths.baseline_seg / "last.pt", map_location="cpu", weights_only=True)
+    assert supervised["method"] == "supervised" and sorted(supervised["students"]) == ["a"]
+    assert supervised["config"]["iterations"] == 2 and supervised["config"]["seed"] == finished_seed(paths)
+
+
+def finished_seed(paths) -> int:
+    return int(torch.load(paths.seg / "last.pt", map_location="cpu", weights_only=True)["config"]["seed"])
 
 
 def test_figures_and_tensorboard_logs_are_in_the_folder(finished):

@@ -2,16 +2,21 @@
 
 1. generate the phantom (:func:`seg.data.phantom.write_phantom`) into ``OUT/data``;
 2. pretrain the learned registration net on the split's training volumes into ``OUT/reg``;
-3. train ``cctr`` (RSL + REPS) with ``learned:OUT/reg/best.pt`` into ``OUT/seg``;
-4. predict the test volumes with student A into ``OUT/predictions`` (NIfTI, input affine/header);
-5. score them in 3D (``OUT/scores.csv``), next to the registration-only atlas baseline on the
-   same volumes (``OUT/registration-only``) and the registration Dice of the training pairs
-   that guided RSL/REPS (``OUT/registration_dice.json``: learned against identity);
+3. train ``cctr`` (RSL + REPS) with ``learned:OUT/reg/best.pt`` into ``OUT/seg``, and the
+   ``supervised`` baseline (student A on the labeled slices only, same iterations; cheap)
+   into ``OUT/supervised``;
+4. predict the test volumes with student A of each into ``OUT/predictions`` and
+   ``OUT/supervised-predictions`` (NIfTI, input affine/header);
+5. score them in 3D (``OUT/scores.csv``, ``OUT/supervised-scores.csv``), next to the
+   registration-only atlas baseline on the same volumes (``OUT/registration-only``) and the
+   registration Dice of the training pairs that guided RSL/REPS
+   (``OUT/registration_dice.json``: learned against identity), so the report shows what the
+   unlabeled volumes and the registration add over the labeled ones alone;
 6. write ``OUT/report.md`` and the figures ``OUT/figures/overlays.png`` (image / truth /
    prediction / warped atlas label) and ``OUT/figures/curves.png`` (read back from the
    runs' TensorBoard logs, which stay in ``OUT/reg/tb`` and ``OUT/seg/tb``).
 
-Every expensive stage skips what is done: the phantom, the two trainings (an interrupted one
+Every expensive stage skips what is done: the phantom, the three trainings (an interrupted one
 resumes from its ``last.pt``), each prediction file, and every Field (disk cache
 ``OUT/reg-cache``). Scoring and the report are cheap and always redone. ``OUT/demo.yaml``
 holds the run's :class:`DemoConfig`; a folder made with another configuration is refused.
@@ -79,6 +84,9 @@ class DemoConfig:
                                checkpoint_every=100)
     overlay_rows: int = 4             # test slices in the qualitative figure
     student: str = "a"                # the student that predicts the test volumes
+    # also train 'supervised' (student A, labeled slices only) with seg's options, iterations and
+    # seed, and score it on the same test volumes: the gain of seg.method over it is the point
+    supervised_baseline: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,14 @@ class DemoPaths:
     @property
     def seg(self) -> Path:
         return self.out / "seg"
+
+    @property
+    def baseline_seg(self) -> Path:
+        return self.out / "supervised"
+
+    @property
+    def baseline_predictions(self) -> Path:
+        return self.out / "supervised-predictions"
 
     @property
     def reg_cache(self) -> Path:
@@ -135,6 +151,7 @@ class DemoResult:
     paths: DemoPaths
     summary: Summary                   # student predictions on the test volumes
     baseline: Summary                  # registration-only on the same volumes
+    supervised: Summary | None         # the 'supervised' baseline on the same volumes (None: not trained)
     guidance: dict[str, list[float]]   # backend spec -> Dice of each training pair it guided
     seconds: dict[str, float]          # stage -> wall seconds when it last ran
 
@@ -197,6 +214,12 @@ def segmentation_config(cfg: DemoConfig, paths: DemoPaths, reg_checkpoint: Path)
                    out_dir=str(paths.seg))
 
 
+def supervised_config(seg_cfg: JointConfig, paths: DemoPaths) -> JointConfig:
+    """The supervised baseline: ``seg_cfg`` (same options, iterations, seed) as method
+    ``supervised`` in its own run folder; it trains student A only and queries no registration."""
+    return replace(seg_cfg, method="supervised", out_dir=str(paths.baseline_seg))
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 def guidance_table(guidance: Mapping[str, Sequence[float]]) -> str:
@@ -208,16 +231,50 @@ def guidance_table(guidance: Mapping[str, Sequence[float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _overall(summary: Summary, metric: str, digits: int) -> str:
+    stat = summary.overall[metric]
+    return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+
+
+def comparison_table(rows: Sequence[tuple[str, str, Summary]]) -> str:
+    """One line per (method, what it learns from, summary): overall Dice, HD95 and ASD."""
+    lines = ["| method | learns from | Dice | HD95 (mm) | ASD (mm) |", "| --- | --- | ---: | ---: | ---: |"]
+    for name, source, summary in rows:
+        lines.append(f"| {name} | {source} | {_overall(summary, 'dice', 4)} | {_overall(summary, 'hd95', 2)} | "
+                     f"{_overall(summary, 'asd', 2)} |")
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_checkpoint: Path, seg_checkpoint: Path,
                     summary: Summary, baseline: Summary, guidance: Mapping[str, Sequence[float]],
-                    seconds: Mapping[str, float], paths: DemoPaths) -> str:
-    """``report.md``: what ran, the 3D scores, the registration guidance, stage times, files."""
+                    seconds: Mapping[str, float], paths: DemoPaths, supervised: Summary | None = None,
+                    supervised_checkpoint: Path | None = None) -> str:
+    """``report.md``: what ran, the 3D scores (with the supervised baseline beside the method
+    when it was trained), the registration guidance, stage times, files."""
     reg_state = read_checkpoint(reg_checkpoint)
     seg_state = torch.load(seg_checkpoint, map_location="cpu", weights_only=True)
     labeled = split.labeled(cfg.labeled)
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, paths.out)
+
+    rows = [(f"`{seg_cfg.method}` (student {cfg.student})",
+             f"{len(labeled)} labeled + {len(split.train) - len(labeled)} unlabeled patients, learned registration",
+             summary),
+            ("`registration-only`", "atlas labels warped by the learned registration", baseline)]
+    comparison = []
+    if supervised is not None and supervised_checkpoint is not None:
+        sup_state = torch.load(supervised_checkpoint, map_location="cpu", weights_only=True)
+        rows.insert(0, ("`supervised` (student a)", f"{len(labeled)} labeled patient(s) only", supervised))
+        gain = summary.overall["dice"].mean - supervised.overall["dice"].mean
+        comparison = [
+            (f"`supervised` trains student A on the labeled slices only, with the same options, iterations and "
+             f"seed (`{rel(supervised_checkpoint)}`, step {int(sup_state['step'])}, best validation Dice "
+             f"{float(sup_state['best_score']):.4f}). On these test volumes `{seg_cfg.method}` scores "
+             f"{gain:+.4f} mean Dice against it (one seed: expect a few hundredths of run-to-run spread, "
+             "docs/RESULTS.md has the multi-seed grid)."),
+            "",
+        ]
 
     lines = [
         "# cctr demo",
@@ -236,7 +293,15 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
          f"by student {cfg.student} of `{rel(seg_checkpoint)}` (step {int(seg_state['step'])}, best validation "
          f"Dice {float(seg_state['best_score']):.4f})."),
         "",
+        "## Test volumes: the method beside its baselines",
+        "",
+        (f"3D scores on the {summary.num_cases} test volumes (mean ± std over volumes of the mean over "
+         "foreground classes; each trained network is its best-on-validation checkpoint)."),
+        "",
+        comparison_table(rows),
+        *comparison,
         summary_markdown(summary, f"Test volumes, {seg_cfg.method} (student {cfg.student})"),
+        *([summary_markdown(supervised, "Test volumes, supervised (student a)")] if supervised is not None else []),
         summary_markdown(baseline, "Test volumes, registration-only (learned backend, same atlases)"),
         "## Registration guidance during training",
         "",
@@ -256,10 +321,13 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
         "",
         (f"- `{rel(paths.predictions)}/`: test predictions (NIfTI, the input's affine and header); "
          "`scores.csv`: per volume and class Dice, HD95, ASD"),
+        *([f"- `{rel(paths.baseline_predictions)}/`, `supervised-scores.csv`: the supervised baseline's"]
+          if supervised is not None else []),
         f"- `{rel(paths.registration_only)}/`: the registration-only predictions and scores",
         "- `figures/overlays.png`: image / truth / prediction / warped atlas label on test slices",
         "- `figures/curves.png`: training curves",
-        f"- TensorBoard logs: `tensorboard --logdir {paths.out}` (`reg/tb`, `seg/tb`)",
+        f"- TensorBoard logs: `tensorboard --logdir {paths.out}` (`reg/tb`, `seg/tb`"
+        + (", `supervised/tb`)" if supervised is not None else ")"),
         "",
         "![overlays](figures/overlays.png)",
         "",
@@ -292,12 +360,26 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
     if ran:
         record_time(paths, f"{seg_cfg.method} training", time.perf_counter() - started, add=True)
 
+    sup_cfg = supervised_config(seg_cfg, paths) if cfg.supervised_baseline else None
+    sup_checkpoint = None
+    if sup_cfg is not None:
+        started, ran = time.perf_counter(), not segmentation_done(sup_cfg)
+        sup_checkpoint = train_segmentation(sup_cfg, dataset, split, progress)
+        if ran:
+            record_time(paths, "supervised training", time.perf_counter() - started, add=True)
+
     started = time.perf_counter()
     test_cases = [ref.load() for ref in dataset.of_patients(split.test)]
     predictions = predict_cases(seg_checkpoint, test_cases, paths.predictions, cfg.student, progress)
     scores = score_cases(predictions, test_cases)
     summary = summarize(scores, dataset.class_names)
     write_scores_csv(paths.out / "scores.csv", scores, dataset.class_names)
+    supervised = None
+    if sup_checkpoint is not None:
+        sup_scores = score_cases(predict_cases(sup_checkpoint, test_cases, paths.baseline_predictions, "a", progress),
+                                 test_cases)
+        supervised = summarize(sup_scores, dataset.class_names)
+        write_scores_csv(paths.out / "supervised-scores.csv", sup_scores, dataset.class_names)
     baseline = registration_baseline(seg_cfg, dataset, split, paths.registration_only, progress)
     guidance = _read_json(paths.registration_dice)
     if not guidance:
@@ -311,7 +393,8 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
 
     seconds = _read_json(paths.timings)
     write_text_atomic(paths.report, report_markdown(cfg, seg_cfg, split, reg_checkpoint, seg_checkpoint, summary,
-                                                    baseline.summary, guidance, seconds, paths))
-    return DemoResult(paths, summary, baseline.summary, guidance, seconds)
+                                                    baseline.summary, guidance, seconds, paths, supervised,
+                                                    sup_checkpoint))
+    return DemoResult(paths, summary, baseline.summary, supervised, guidance, seconds)
 
 
