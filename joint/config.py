@@ -4,6 +4,8 @@ registration options, each in one nested home (METHOD.md parts 5-7):
 - ``oracle.*`` (:class:`joint.oracle.OracleConfig`): backend spec, atlas policy, caches, workers;
 - ``rsl.*`` (:class:`joint.rsl.RSLConfig`): weight and per-pixel confidence of RSL;
 - ``bank.*`` (:class:`joint.memory_bank.BankConfig`): resolution and reach of the REPS bank;
+- ``coupled.*`` (:class:`joint.coupled.CoupledConfig`): the registration net's own schedule and
+  loss in ``cctr-coupled`` (METHOD.md part 9);
 - ``eval_subset``: which split part ``registration-only`` predicts.
 
 So one YAML / ``--set`` mechanism sets them all (``--set oracle.policy=fused``), and
@@ -16,6 +18,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+from joint.coupled import CoupledConfig
 from joint.memory_bank import BankConfig
 from joint.oracle import OracleConfig
 from joint.rsl import RSLConfig
@@ -32,6 +35,7 @@ class JointConfig(TrainConfig):
     oracle: OracleConfig = OracleConfig(cache=DEFAULT_FIELD_CACHE)
     rsl: RSLConfig = RSLConfig()
     bank: BankConfig = BankConfig()
+    coupled: CoupledConfig = CoupledConfig()
     eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
 
     def __post_init__(self) -> None:

@@ -2,6 +2,8 @@
 
 - ``cctr-rsl``: cct + RSL (:mod:`joint.rsl`);
 - ``cctr``: cct + RSL + REPS (:mod:`joint.reps`, :mod:`joint.memory_bank`), the paper's method;
+- ``cctr-coupled``: cctr + the registration net fine-tuned alongside the students, RSL and
+  REPS reading its current Fields (:mod:`joint.coupled`, METHOD.md part 9);
 - ``registration-only``: no network; each evaluated volume gets the label of the atlas(es)
   warped onto it by registration alone (the atlas baseline).
 
@@ -13,7 +15,7 @@ Fields and warped labels in memory.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence
@@ -22,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from joint.config import JointConfig
+from joint.coupled import CoupledRegistration
 from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
 from joint.reps import RegistrationPositives
@@ -39,6 +42,7 @@ from seg.report import Summary, summarize, write_scores_csv, write_summary_markd
 from seg.train import SEG_METHODS, Method, TrainData, TrainResult, train
 
 REGISTRATION_ONLY = "registration-only"
+COUPLED = "cctr-coupled"
 
 
 def _joint_cfg(cfg: TrainConfig, backend: Optional[Backend]) -> JointConfig:
@@ -94,18 +98,33 @@ def _cctr_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[Train
     return registration_hooks(cfg, data, out_dir, with_reps=True)
 
 
+def _coupled_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
+    """``cctr``'s hooks over a live backend, plus the hook that trains that backend's net
+    (:mod:`joint.coupled`); the oracle keeps no disk cache, its Fields change with the net."""
+    jcfg = _joint_cfg(cfg, None)
+    coupled = CoupledRegistration.from_spec(jcfg.oracle.backend, jcfg.coupled, data.labeled, data.unlabeled, data.val,
+                                            len(data.class_names), seed=jcfg.seed,
+                                            diagnostic_labels=data.diagnostic_labels)
+    live = replace(jcfg, oracle=replace(jcfg.oracle, cache=""))
+    hooks = registration_hooks(live, data, out_dir, with_reps=True, backend=coupled.backend)
+    coupled.bind(hooks[0].oracle)  # type: ignore[attr-defined]
+    return (*hooks, coupled)
+
+
 TRAINER_METHODS: Mapping[str, Method] = MappingProxyType({
     **SEG_METHODS,
     "cctr-rsl": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
                        build_hooks=_rsl_hooks),
     "cctr": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
                    build_hooks=_cctr_hooks),
+    COUPLED: Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
+                    build_hooks=_coupled_hooks),
 })
 
 # Every method of METHOD.md's table, in its order.
 METHODS: tuple[str, ...] = (*TRAINER_METHODS, REGISTRATION_ONLY)
 # The methods that query a registration backend.
-REGISTRATION_METHODS: tuple[str, ...] = ("cctr-rsl", "cctr", REGISTRATION_ONLY)
+REGISTRATION_METHODS: tuple[str, ...] = ("cctr-rsl", "cctr", COUPLED, REGISTRATION_ONLY)
 
 
 def train_joint(cfg: TrainConfig, dataset: Dataset, split: Split, *, resume: bool = False,

@@ -13,7 +13,11 @@ The oracle owns, for one backend spec:
   under a key of (backend spec and parameters, content hash of both volumes), written
   atomically so an interrupted run leaves no half file and a second run reuses every pair;
 - the atlas labels warped onto a target (soft one-hot, plus the per-voxel agreement of the
-  atlases), cached the same way in memory, since the Fields stay fixed during training;
+  atlases), cached the same way in memory;
+- being told that its backend changed (:meth:`RegistrationOracle.invalidate`: a registration
+  net that keeps training, :mod:`joint.coupled`): both memory caches are dropped, the
+  ``version`` counts up, and every pair is recomputed lazily, only when a step asks for it;
+  such a backend never uses the disk cache;
 - the atlas policy: which atlas(es) guide a target at a given step ('random', seeded per
   step; 'similar', the atlas whose image is most like the target's by NCC on a canonical
   grid; 'fused', a vote over every atlas).
@@ -258,6 +262,18 @@ class RegistrationOracle:
         self.fields = ByteLRU[Field](int(cfg.field_memory_mb * 2**20), lambda f: f.coords.nbytes)
         self.warped = ByteLRU[WarpedAtlas](int(cfg.warped_memory_mb * 2**20), lambda w: w.nbytes)
         self._similar: dict[str, str] = {}
+        self.version = 0  # how many times the backend changed under this oracle (invalidate)
+
+    def invalidate(self) -> None:
+        """The backend now gives other Fields (its network took optimiser steps): forget every
+        cached Field and warped label, so the next request computes it with the current
+        backend. Refused with a disk cache, whose entries are keyed by a fixed backend."""
+        if self.cfg.disk_cache is not None:
+            raise ValueError(f"registration oracle: a backend that changes during the run cannot share the disk "
+                             f"cache {self.cfg.cache!r}; set oracle.cache to ''")
+        self.fields = ByteLRU[Field](self.fields.max_bytes, lambda f: f.coords.nbytes)
+        self.warped = ByteLRU[WarpedAtlas](self.warped.max_bytes, lambda w: w.nbytes)
+        self.version += 1
 
     # -- cases ---------------------------------------------------------------------------------
     def case(self, case_id: str) -> Case:

@@ -4,6 +4,7 @@ Specs::
 
     identity                         volumes overlaid centre on centre, nothing estimated
     learned:PATH/TO/CKPT             the trained network (reg.train), batched, no_grad
+    learned:PATH/TO/CKPT?refine=N    the same, then N Adam steps per pair on its velocity field
     sitk-demons                      SimpleITK diffeomorphic demons (the classical default)
     sitk-bspline                     SimpleITK B-spline free-form deformation
     ants-syn                         ANTs SyN via the optional antspyx package
@@ -12,6 +13,12 @@ Any spec but ``identity`` takes options after ``?``, e.g. ``sitk-demons?iteratio
 sigma_mm=2``, ``learned:run/best.pt?batch=8``; ``prealign=none`` switches the classical
 backends' rigid search off (the learned one always uses the pre-alignment it was trained
 with). All return :class:`~reg.field.Field` objects on the fixed volume's native grid.
+
+``refine=N`` (``refine_lr``, default 0.1 voxel per step) is the learned answer to classical
+per-pair optimisation: starting from the net's stationary velocity field, N Adam steps on the
+net's own training objective without labels (image similarity + smoothness weight of its
+checkpoint), then integrated as usual, so the map stays diffeomorphic. :func:`live_backend`
+wraps a network being trained (coupled training, :mod:`joint.coupled`) instead of a file.
 
 The learned and classical backends share one front end (:mod:`reg.placement`): same
 canonical grid, same pre-alignment, so they differ only in the deformable step.
@@ -27,9 +34,11 @@ import numpy as np
 import torch
 
 from reg.checkpoint import file_sha256, load_model
+from reg.config import RegConfig
 from reg.classical import BSplineParams, DemonsParams, SynParams, ants_syn, bspline, demons, require_ants
 from reg.field import Field
 from reg.grid import CanonicalGrid
+from reg.losses import SmoothnessLoss, similarity_loss
 from reg.model import RegistrationNet
 from reg.placement import Placed, check_volume, field_of, place_pair, place_volume
 from reg.prealign import PrealignConfig
@@ -101,6 +110,8 @@ def _typed_options(s: Spec, spec: str) -> tuple[Any, Any]:
         params = _typed(LearnedParams, s.options, spec)
         if params.batch < 1:
             raise ValueError(f"backend {spec!r}: batch must be >= 1")
+        if params.refine < 0 or not params.refine_lr > 0:
+            raise ValueError(f"backend {spec!r}: refine must be >= 0 and refine_lr > 0")
         check_device(params.device, spec)
         return params, None
     params_cls, _ = _CLASSICAL[s.kind]
@@ -205,19 +216,71 @@ class CanonicalBackend:
         return [field_of(d, f, m).check(f"backend {self.spec!r}") for d, (f, m) in zip(disps, jobs)]
 
 
-def _learned_displacements(net: RegistrationNet, batch: int, device: torch.device) -> DisplacementFn:
+def _learned_displacements(net: RegistrationNet, batch: int, device: torch.device,
+                           refine: Optional["Refinement"] = None) -> DisplacementFn:
     def run(jobs: list[tuple[Placed, Placed]]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
-        with torch.no_grad():
-            for start in range(0, len(jobs), batch):
-                chunk = jobs[start:start + batch]
-                fixed = torch.from_numpy(np.stack([f.image for f, _ in chunk]))[:, None].to(device)
-                moving = torch.from_numpy(np.stack([m.image for _, m in chunk]))[:, None].to(device)
-                disp, _ = net(fixed, moving)
-                out.extend(d.cpu().numpy() for d in disp)
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start:start + batch]
+            fixed = torch.from_numpy(np.stack([f.image for f, _ in chunk]))[:, None].to(device)
+            moving = torch.from_numpy(np.stack([m.image for _, m in chunk]))[:, None].to(device)
+            if refine is None or refine.steps == 0:
+                with torch.no_grad():
+                    disp, _ = net(fixed, moving)
+            else:
+                disp = refine_displacement(net, fixed, moving, refine)
+            out.extend(d.cpu().numpy() for d in disp)
         return out
 
     return run
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Test-time refinement of the learned backend: ``steps`` Adam steps of learning rate
+    ``lr`` (canonical voxels per step) on the velocity field, minimising ``similarity`` +
+    ``smoothness_weight`` * smoothness of the displacement (the pretraining loss, no labels)."""
+
+    steps: int
+    lr: float
+    similarity: str
+    ncc_window: tuple[int, int, int]
+    smoothness_weight: float
+
+
+def refine_displacement(net: RegistrationNet, fixed: torch.Tensor, moving: torch.Tensor, refine: Refinement) -> torch.Tensor:
+    """Canonical displacement (B, 3, Z, Y, X) after ``refine.steps`` Adam steps per batch,
+    starting from the net's velocity field for (fixed, moving) (B, 1, Z, Y, X); the net's
+    weights are not touched. Each pair's loss is independent, so batching changes nothing."""
+    vxm_net = net.vxm
+    with torch.no_grad():
+        velocity = vxm_net(moving, fixed, return_field_type="velocity")
+    velocity = velocity.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([velocity], lr=refine.lr)
+    sim, smooth = similarity_loss(refine.similarity, refine.ncc_window), SmoothnessLoss()
+
+    def integrate(v: torch.Tensor) -> torch.Tensor:
+        # the net's own integration: scaling and squaring when it has steps, else v is the map
+        return vxm_net.velocity_field_integrator(v) if vxm_net.integration_steps > 0 else v
+
+    for _ in range(refine.steps):
+        disp = integrate(velocity)
+        loss = sim(net.warp(moving, disp), fixed) + refine.smoothness_weight * smooth(disp)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        return integrate(velocity)
+
+
+def live_backend(net: RegistrationNet, config: RegConfig, device: torch.device, spec: str = "learned:live") -> "CanonicalBackend":
+    """A learned backend over a network that is still training (:mod:`joint.coupled`): it reads
+    ``net``'s current weights at every call, one pair per forward pass (a pair's Field then
+    never depends on which other pairs shared its call, so a resumed run recomputes the very
+    Fields an uninterrupted one served). Its ``params`` say ``live``: never cache its Fields on
+    disk, where they would be keyed as one fixed network's."""
+    described = {"kind": "learned", "live": True, "config": config.to_dict()}
+    return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net, 1, device), described)
 
 
 def _per_pair(fn: Callable[[np.ndarray, np.ndarray, Sequence[float], Any], np.ndarray], params: Any, grid: CanonicalGrid) -> DisplacementFn:
@@ -228,6 +291,8 @@ def _per_pair(fn: Callable[[np.ndarray, np.ndarray, Sequence[float], Any], np.nd
 class LearnedParams:
     batch: int = 8
     device: str = "cpu"
+    refine: int = 0           # test-time Adam steps per pair on the velocity field (0: the net alone)
+    refine_lr: float = 0.1    # their learning rate, canonical voxels per step
 
 
 @dataclass(frozen=True)
@@ -260,7 +325,13 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
         net, config = load_model(path)
         device = check_device(params.device, spec)
         described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), "batch": params.batch}
-        return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net.to(device), params.batch, device), described)
+        refine = None
+        if params.refine:
+            described.update(refine=params.refine, refine_lr=params.refine_lr)
+            refine = Refinement(params.refine, params.refine_lr, config.loss.similarity, tuple(config.loss.ncc_window),
+                                config.loss.smoothness_weight)
+        return CanonicalBackend(spec, config.grid, config.prealign,
+                                _learned_displacements(net.to(device), params.batch, device, refine), described)
     _, fn = _CLASSICAL[s.kind]
     base = prealign or PrealignConfig()
     try:

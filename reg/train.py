@@ -4,7 +4,8 @@ Training sees only the TRAINING volumes it is given (labeled or not): each step 
 batch of pairs, a share of them the two frames (ED/ES) of one patient and the rest two
 different patients. Every pair is pre-aligned (:mod:`reg.placement`) exactly as at
 inference. The loss is image similarity + smoothness, plus Dice of warped labels on pairs
-where both volumes are labeled when ``loss.dice_weight > 0``. Every ``val_every`` steps the
+where both volumes are labeled when ``loss.dice_weight > 0``; then the first pair of every
+batch is two labeled volumes (with one labeled patient: its ED and ES frames, both ways). Every ``val_every`` steps the
 Dice of warped labels is measured on fixed validation pairs, on native grids.
 
 The output folder holds ``config.yaml``, ``last.pt`` (every validation and at the end),
@@ -128,6 +129,18 @@ def sample_pairs(rng: np.random.Generator, volumes: Sequence[Volume], count: int
             fa, fb = patients[int(pa)], patients[int(pb)]
             pairs.append((fa[int(rng.integers(len(fa)))], fb[int(rng.integers(len(fb)))]))
     return pairs
+
+
+def labeled_pairs_first(rng: np.random.Generator, volumes: Sequence[Volume], pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``pairs`` with the first one replaced by a pair of two distinct LABELED volumes (any two:
+    the ED/ES frames of one labeled patient count), so the Dice term sees labels in every
+    batch instead of in the rare draws that happen to pair two labeled volumes; unchanged
+    when fewer than two volumes are labeled."""
+    labeled = [i for i, v in enumerate(volumes) if v.label is not None]
+    if len(labeled) < 2 or not pairs:
+        return pairs
+    a, b = rng.choice(len(labeled), size=2, replace=False)
+    return [(labeled[int(a)], labeled[int(b)]), *pairs[1:]]
 
 
 def validation_pairs(volumes: Sequence[Volume], count: int, seed: int) -> list[tuple[int, int]]:
@@ -317,7 +330,10 @@ def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimiz
     skipped = 0
     try:
         while step < tc.steps:
-            batch = _batch(sample_pairs(rng, train_volumes, tc.batch_size, tc.intra_patient_fraction), train_data, config)
+            pairs = sample_pairs(rng, train_volumes, tc.batch_size, tc.intra_patient_fraction)
+            if config.loss.dice_weight > 0:
+                pairs = labeled_pairs_first(rng, train_volumes, pairs)
+            batch = _batch(pairs, train_data, config)
             batch = {k: v.to(device) for k, v in batch.items()}
             disp, warped = net(batch["fixed"], batch["moving"])
             loss_sim = similarity(warped, batch["fixed"])

@@ -1,8 +1,10 @@
 """Seconds per training step of ``cct`` and of ``cctr`` (learned backend, warm cache) on the same
-batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct).
+batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct). With
+``--coupled`` also ``cctr-coupled`` (its registration steps and Field refreshes from step 0),
+with the ratio of means too, since those costs come every few steps (issue 12 target: <= 2.0x).
 
     python scripts/bench_steptime.py [--out runs/bench_steptime] [--data DIR] [--patients 16]
-        [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--threads 1] [--set key=value ...]
+        [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--threads 1] [--coupled] [--set key=value ...]
 
 The two trainings run in two threads of this process through the ordinary trainer
 (:func:`seg.train.train` with :data:`joint.methods.TRAINER_METHODS`) and take turns one step at a time, so a change of load on
@@ -109,6 +111,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed first steps per method (default 5)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1, as cctr demo / benchmark; 0 keeps torch's default)")
+    p.add_argument("--coupled", action="store_true",
+                   help="also time cctr-coupled (issue 12 target: <= 2.0x cct), registration steps from step 0")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="segmentation option for both runs (cpu-small preset otherwise)")
     return p.parse_args(argv)
@@ -170,13 +174,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "cct": replace(base, method="cct", out_dir=str(runs / "cct")),
             "cctr": replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr", out_dir=str(runs / "cctr")),
         }
+        if args.coupled:
+            # no warm-up: the timed steps include registration steps and refreshes at their share
+            coupled = replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr-coupled",
+                              out_dir=str(runs / "cctr-coupled"), coupled=replace(base.coupled, warmup_steps=0))
+            configs["cctr-coupled"] = coupled
         started = time.perf_counter()
         clocks = run_pair(configs, dataset, split)
         wall = time.perf_counter() - started
     finally:
         shutil.rmtree(runs, ignore_errors=True)
 
-    same = clocks["cct"].batches == clocks["cctr"].batches
+    same = all(clock.batches == clocks["cct"].batches for clock in clocks.values())
     medians = {}
     print(f"{args.steps} timed steps per method after {args.warmup} warm-up steps, taking turns step by step; "
           f"batch {base.labeled_batch} labeled + {base.unlabeled_batch} unlabeled at {base.image_size[0]}x{base.image_size[1]}; "
@@ -188,6 +197,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         medians[name] = float(np.median(s))
         print(f"| {name} | {medians[name]:.3f} | {s.mean():.3f} | {s.min():.3f} | {s.max():.3f} |")
     print(f"cctr / cct median step time: {medians['cctr'] / medians['cct']:.2f} (target <= 1.3)")
+    if "cctr-coupled" in clocks:
+        # a registration step comes every coupled.every steps and a refresh every refresh_every:
+        # the mean, not the median, carries their share
+        means = {name: float(np.mean(clock.seconds[args.warmup:])) for name, clock in clocks.items()}
+        print(f"cctr-coupled / cct median step time: {medians['cctr-coupled'] / medians['cct']:.2f}, "
+              f"mean step time: {means['cctr-coupled'] / means['cct']:.2f} (target <= 2.0)")
     return 0 if same else 1
 
 

@@ -93,7 +93,7 @@ def test_one_builder_orders_preset_overrides_and_flags(tmp_path):
 
 
 def test_every_method_of_the_table_is_known():
-    assert METHODS == ("supervised", "ct", "cct", "cctr-rsl", "cctr", "registration-only")
+    assert METHODS == ("supervised", "ct", "cct", "cctr-rsl", "cctr", "cctr-coupled", "registration-only")
     assert TRAINER_METHODS["cctr"].contrastive and TRAINER_METHODS["cctr-rsl"].cross_teaching
 
 

@@ -2,7 +2,7 @@
 x seeds on one dataset and split, every run scored in 3D on the same test volumes.
 
 A :class:`Run` is one cell. Registration backends only matter for the registration methods
-(``cctr-rsl``, ``cctr``, ``registration-only``); every other method runs once per labeled set
+(``cctr-rsl``, ``cctr``, ``cctr-coupled`` (learned backends only), ``registration-only``); every other method runs once per labeled set
 and seed. Each run lives in ``OUT/runs/<method>/<backend>/labeled-<set>/seed-<k>``:
 trained (an interrupted training resumes from its ``last.pt``), its test predictions by
 student A written as NIfTI (``predictions/``) and scored per volume and class (``scores.csv``), and last, written atomically, the
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from joint.app.figures import plot_dice_bars
 from joint.app.stages import predict_cases, score_cases, train_segmentation
 from joint.config import JointConfig, with_backend
-from joint.methods import METHODS, REGISTRATION_METHODS, REGISTRATION_ONLY, registration_only
+from joint.methods import COUPLED, METHODS, REGISTRATION_METHODS, REGISTRATION_ONLY, registration_only
 from seg.config import differences, from_dict, to_dict
 from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
@@ -97,6 +97,8 @@ def plan_runs(methods: Sequence[str], backends: Sequence[str], labeled_sets: Seq
         for seed in seeds:
             for method in methods:
                 for backend in (backends if method in REGISTRATION_METHODS else ("",)):
+                    if method == COUPLED and not backend.startswith("learned:"):
+                        continue  # it fine-tunes the learned net: a classical backend has none to train
                     runs.append(Run(method, backend, labeled, int(seed)))
     return runs
 

@@ -1,6 +1,6 @@
 """``cctr benchmark``: the comparison grid of METHOD.md's methods (see :mod:`joint.app.benchmark`).
 
-    cctr benchmark [--data DIR] [--split FILE] [--methods supervised,ct,cct,cctr-rsl,cctr,registration-only]
+    cctr benchmark [--data DIR] [--split FILE] [--methods supervised,ct,cct,cctr-rsl,cctr,cctr-coupled,registration-only]
                    [--backends learned:CKPT,sitk-demons,identity] [--labeled 1,3] [--seeds 3]
                    [--out DIR] [--config YAML_OR_PRESET] [--set key=value ...]
                    [--patients N] [--reg-steps N] [--threads N] [--no-progress]

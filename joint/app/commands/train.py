@@ -45,7 +45,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one option, e.g. --set iterations=500 --set student_a.widths=[8,16,32,64]")
     p.add_argument("--reg-backend", default=None, metavar="SPEC",
-                   help="registration for cctr-rsl, cctr, registration-only: 'learned:CKPT', 'sitk-demons', "
+                   help="registration for cctr-rsl, cctr, cctr-coupled (learned only), registration-only: 'learned:CKPT', 'sitk-demons', "
                         "'ants-syn' or 'identity'")
     p.add_argument("--atlas-policy", choices=POLICIES, default=None, help="which labeled volume guides each unlabeled one")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")

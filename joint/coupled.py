@@ -1,0 +1,356 @@
+"""Coupled training (METHOD.md part 9, method ``cctr-coupled``): the registration net keeps
+learning while the students train, and the students teach it.
+
+The hook :class:`CoupledRegistration` owns
+
+- the registration net being fine-tuned (loaded from the run's ``learned:CKPT`` backend), its
+  Adam optimiser and its schedule: one registration step every ``coupled.every`` segmentation
+  steps once ``coupled.warmup_steps`` have passed;
+- a SERVED copy of that net, the one RSL and REPS read through the oracle (:func:`reg.backends.
+  live_backend`): every ``coupled.refresh_every`` steps (when the net has changed) the served
+  copy takes the trained weights and the oracle drops its Fields (``oracle.invalidate()``), so
+  the next steps recompute lazily only the (target, atlas) pairs their batches ask for. A
+  checkpoint holds both nets, so a resumed run serves exactly the Fields an uninterrupted one did;
+- :class:`PseudoLabels`, the students' word on the unlabeled training volumes: after every
+  step, each unlabeled sample's two softmax maps are carried back onto its volume's native
+  slice (the inverse of the sample's ``to_volume``); a voxel is kept where both students agree
+  and both are at least ``coupled.confidence`` sure (detached: nothing flows back);
+- the registration loss on a batch of ``coupled.pairs`` (fixed, moving) training pairs on the
+  canonical grid (B, 1, Z, Y, X): image similarity + smoothness (the pretraining loss of the
+  checkpoint's config) + ``dice_weight`` * soft Dice of the warped moving label against the
+  fixed label where both volumes are labeled (truth: the ED/ES frames of a labeled patient) +
+  ``pseudo_weight`` * the same Dice where a side has only the students' labels, masked to
+  the voxels both sides trust;
+- its files: ``RUN/reg/last.pt`` (and ``RUN/reg/best.pt``, the net at the students' best
+  validation step) in the format of :mod:`reg.checkpoint`, so ``learned:RUN/reg/last.pt``
+  loads it like any pretrained net;
+- diagnostics at every validation: pair Dice of warped atlas labels on the validation
+  volumes, of validation volumes onto each other, and (logging only) of the served Fields
+  against hidden labels of unlabeled volumes where the dataset keeps them
+  (``TrainData.diagnostic_labels``, never used for training).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from joint.oracle import RegistrationOracle
+from reg.backends import Backend, check_device, live_backend, parse_spec
+from reg.checkpoint import load_model, save_checkpoint
+from reg.config import RegConfig
+from reg.jacobian import regularity
+from reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
+from reg.model import RegistrationNet
+from reg.placement import Placed, field_of, place_pair, place_volume
+from reg.train import mean_foreground_dice
+from seg.data.case import Case
+from seg.hooks import TrainerHook
+from seg.slices import SliceBatch, resample_slice
+from seg.students import StudentOutput
+
+
+@dataclass(frozen=True)
+class CoupledConfig:
+    """Coupled-training options; nested as ``coupled.*`` in :class:`joint.config.JointConfig`."""
+
+    every: int = 4                  # segmentation steps per registration step
+    warmup_steps: int = 100         # segmentation steps before the first registration step
+    pairs: int = 2                  # (fixed, moving) pairs per registration step
+    lr: float = 5e-4                # Adam learning rate of the registration net (constant)
+    dice_weight: float = 1.0        # Dice of warped truth where both volumes are labeled
+    pseudo_weight: float = 1.0      # Dice against the students' agreed, confident labels
+    confidence: float = 0.9         # both students' top probability must reach this
+    labeled_fraction: float = 0.25  # share of pairs of two labeled volumes (when there are two)
+    atlas_fraction: float = 0.5     # other pairs: share whose moving volume is an atlas (RSL's pairs)
+    refresh_every: int = 20         # segmentation steps between refreshes of the served Fields
+    val_pairs: int = 8              # pairs per validation diagnostic
+
+    def __post_init__(self) -> None:
+        if min(self.every, self.pairs, self.refresh_every, self.val_pairs) < 1 or self.warmup_steps < 0:
+            raise ValueError("coupled: every, pairs, refresh_every and val_pairs must be >= 1, warmup_steps >= 0")
+        if not self.lr > 0 or self.dice_weight < 0 or self.pseudo_weight < 0:
+            raise ValueError("coupled: lr must be > 0, dice_weight and pseudo_weight >= 0")
+        for name in ("confidence", "labeled_fraction", "atlas_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"coupled.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+class PseudoLabels:
+    """The students' agreed, confident labels of volumes, on each volume's NATIVE grid.
+
+    Per volume: ``label`` uint8 (Z, Y, X), the argmax of the two students' mean softmax, and
+    ``mask`` bool (Z, Y, X), True where both students agreed and were both sure, as of the
+    last sample that covered the voxel (never-seen voxels stay False).
+    """
+
+    def __init__(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        self.label = {cid: torch.zeros(tuple(s), dtype=torch.uint8) for cid, s in shapes.items()}
+        self.mask = {cid: torch.zeros(tuple(s), dtype=torch.bool) for cid, s in shapes.items()}
+
+    def update(self, case_id: str, z: int, to_volume: torch.Tensor, probs_a: torch.Tensor, probs_b: torch.Tensor,
+               confidence: float) -> None:
+        """Write one sample: softmax maps (C, H, W) of both students, sample -> slice ``z`` by
+        the 3x3 ``to_volume`` (sample (row, col, 1) -> voxel (y, x, 1))."""
+        C = probs_a.shape[0]
+        sure = torch.minimum(probs_a.max(dim=0).values, probs_b.max(dim=0).values) >= confidence
+        keep = (probs_a.argmax(dim=0) == probs_b.argmax(dim=0)) & sure
+        ones = torch.ones_like(keep, dtype=torch.float32)
+        planes = torch.cat([0.5 * (probs_a + probs_b), keep[None].float(), ones[None]])  # (C + 2, H, W)
+        # voxel (y, x, 1) -> sample (row, col, 1): the same bilinear resampler, run backwards
+        to_sample = torch.linalg.inv(to_volume.to(torch.float64))
+        Y, X = self.label[case_id].shape[1:]
+        back = resample_slice(planes[:, None], 0, to_sample, (Y, X), "linear")  # (C + 2, Y, X)
+        covered = back[C + 1] > 0.999  # every bilinear neighbour lies on the sample
+        self.label[case_id][z][covered] = back[:C].argmax(dim=0).to(torch.uint8)[covered]
+        self.mask[case_id][z][covered] = (back[C] > 0.5)[covered]
+
+    def coverage(self) -> float:
+        """Share of all voxels currently trusted."""
+        total = sum(m.numel() for m in self.mask.values())
+        return float(sum(int(m.sum()) for m in self.mask.values()) / max(total, 1))
+
+    def state_dict(self) -> dict:
+        return {cid: {"label": self.label[cid].clone(), "mask": self.mask[cid].clone()} for cid in self.label}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        for cid in self.label:
+            self.label[cid] = state[cid]["label"].clone()
+            self.mask[cid] = state[cid]["mask"].clone()
+
+
+@dataclass(frozen=True)
+class RegVolume:
+    """A training volume the registration loss can use: placed on the canonical grid once."""
+
+    case: Case
+    placed: Placed
+    labeled: bool  # truth (labeled set) or the students' pseudo labels
+
+
+def _probs(logits: torch.Tensor) -> torch.Tensor:
+    return logits.detach().float().cpu().softmax(dim=1)
+
+
+class CoupledRegistration(TrainerHook):
+    """The registration net trained alongside the students; see the module docstring."""
+
+    name = "regnet"
+
+    def __init__(self, net: RegistrationNet, reg_config: RegConfig, cfg: CoupledConfig, labeled: Sequence[Case],
+                 unlabeled: Sequence[Case], val: Sequence[Case], num_classes: int, seed: int = 0,
+                 device: torch.device = torch.device("cpu"),
+                 diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None) -> None:
+        self.cfg = cfg
+        self.reg_config = reg_config
+        self.num_classes = int(num_classes)
+        self.device = device
+        self.net = net.to(device).train()
+        self.served = copy.deepcopy(net).to(device).eval()
+        for p in self.served.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.rng = np.random.default_rng([int(seed), 12])  # its own stream: the trainer's draws stay as in cctr
+        grid = reg_config.grid
+        self.labeled = [RegVolume(c, place_volume(c.image, c.spacing, grid), True) for c in labeled]
+        self.unlabeled = [RegVolume(c, place_volume(c.image, c.spacing, grid), False) for c in unlabeled]
+        self.val = [RegVolume(c, place_volume(c.image, c.spacing, grid), True) for c in val if c.label is not None]
+        self.pseudo = PseudoLabels({v.case.case_id: v.case.shape for v in self.unlabeled})
+        self.diagnostic_labels = dict(diagnostic_labels or {})
+        self.similarity = similarity_loss(reg_config.loss.similarity, reg_config.loss.ncc_window)
+        self.smooth, self.dice = SmoothnessLoss(), SoftDiceLoss()
+        self.oracle: Optional[RegistrationOracle] = None
+        self.reg_steps = 0       # registration steps taken
+        self.served_steps = 0    # registration steps the served copy has seen
+        self._metrics: dict[str, float] = {}
+        self._last_val_dice = -1.0  # atlas_dice of the latest validation (-1: none yet)
+        self.backend: Backend = live_backend(self.served, reg_config, device)
+
+    @classmethod
+    def from_spec(cls, spec: str, cfg: CoupledConfig, labeled: Sequence[Case], unlabeled: Sequence[Case],
+                  val: Sequence[Case], num_classes: int, seed: int = 0,
+                  diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None) -> "CoupledRegistration":
+        """The hook over the net of a ``learned:CKPT[?device=...]`` backend spec."""
+        parsed = parse_spec(spec)
+        if parsed.kind != "learned":
+            raise ValueError(f"cctr-coupled fine-tunes a learned registration net; give --reg-backend learned:CKPT, got {spec!r}")
+        if parsed.options.get("refine", "0") != "0":
+            raise ValueError(f"backend {spec!r}: cctr-coupled trains the net itself; drop refine=")
+        device = check_device(parsed.options.get("device", "cpu"), spec)
+        net, reg_config = load_model(Path(parsed.path))  # type: ignore[arg-type]
+        return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, device, diagnostic_labels)
+
+    def bind(self, oracle: RegistrationOracle) -> None:
+        """The oracle serving Fields of :attr:`backend`: told whenever the served net changes."""
+        if oracle.backend is not self.backend:
+            raise ValueError("the coupled hook must be bound to the oracle built over its own live backend")
+        self.oracle = oracle
+
+    # -- the students teach: pseudo labels -------------------------------------------------------
+    def _remember(self, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:
+        if "a" not in outputs or "b" not in outputs:
+            return
+        unlabeled = torch.nonzero(~batch.is_labeled).flatten()
+        if unlabeled.numel() == 0:
+            return
+        pa, pb = _probs(outputs["a"].logits[unlabeled]), _probs(outputs["b"].logits[unlabeled])
+        for k, b in enumerate(unlabeled.tolist()):
+            cid = batch.case_id[b]
+            if cid in self.pseudo.label:
+                self.pseudo.update(cid, int(batch.slice_index[b]), batch.to_volume[b], pa[k], pb[k], self.cfg.confidence)
+
+    # -- registration step ------------------------------------------------------------------------
+    def _draw_pair(self) -> tuple[RegVolume, RegVolume]:
+        """(fixed, moving): two labeled volumes with probability ``labeled_fraction``; else an
+        unlabeled fixed volume and an atlas (``atlas_fraction``) or another patient's volume."""
+        rng, labeled, unlabeled = self.rng, self.labeled, self.unlabeled
+        if len(labeled) >= 2 and (not unlabeled or rng.random() < self.cfg.labeled_fraction):
+            i, j = rng.choice(len(labeled), size=2, replace=False)
+            return labeled[int(i)], labeled[int(j)]
+        fixed = unlabeled[int(rng.integers(len(unlabeled)))]
+        others = [v for v in unlabeled if v.case.patient_id != fixed.case.patient_id]
+        if rng.random() < self.cfg.atlas_fraction or not others:
+            return fixed, labeled[int(rng.integers(len(labeled)))]
+        return fixed, others[int(rng.integers(len(others)))]
+
+    def _canonical_labels(self, volume: RegVolume, placed: Placed) -> tuple[np.ndarray, np.ndarray]:
+        """The volume's labels on ``placed``'s canonical grid: soft one-hot (C, Zc, Yc, Xc) and
+        the trust weight (Zc, Yc, Xc): 1 inside the volume for truth, the pseudo mask otherwise."""
+        if volume.labeled:
+            onehot = placed.canonical_onehot(volume.case.label, self.num_classes)
+            return onehot, onehot.sum(axis=0)
+        cid = volume.case.case_id
+        onehot = placed.canonical_onehot(self.pseudo.label[cid].numpy(), self.num_classes)
+        trust = placed.canonical_onehot(self.pseudo.mask[cid].numpy().astype(np.uint8), 2)[1]
+        return onehot, trust
+
+    def _registration_step(self) -> None:
+        fixed_img, moving_img, label_maps, weights = [], [], [], []
+        for _ in range(self.cfg.pairs):
+            fixed, moving = self._draw_pair()
+            moved = place_pair(fixed.placed, moving.placed, self.reg_config.grid, self.reg_config.prealign)
+            f_oh, f_w = self._canonical_labels(fixed, fixed.placed)
+            m_oh, m_w = self._canonical_labels(moving, moved)
+            fixed_img.append(fixed.placed.image)
+            moving_img.append(moved.image)
+            label_maps.append((f_oh, f_w, np.concatenate([m_oh, m_w[None]])))
+            weights.append(self.cfg.dice_weight if fixed.labeled and moving.labeled else self.cfg.pseudo_weight)
+        fixed_t = torch.from_numpy(np.stack(fixed_img))[:, None].to(self.device)
+        moving_t = torch.from_numpy(np.stack(moving_img))[:, None].to(self.device)
+        self.net.train()
+        disp, warped = self.net(fixed_t, moving_t)
+        sim, smooth = self.similarity(warped, fixed_t), self.smooth(disp)
+        loss = sim + self.reg_config.loss.smoothness_weight * smooth
+        dice_terms = []
+        for i, ((f_oh, f_w, m_maps), weight) in enumerate(zip(label_maps, weights)):
+            if weight <= 0:
+                continue
+            m_warped = self.net.warp(torch.from_numpy(m_maps)[None].to(self.device), disp[i:i + 1])
+            trust = torch.from_numpy(f_w).to(self.device)[None, None] * m_warped[:, -1:]  # both sides trusted
+            if float(trust.detach().sum()) < 1.0:
+                continue  # the students have not covered this volume yet
+            target = torch.from_numpy(f_oh).to(self.device)[None]
+            term = self.dice(m_warped[:, :-1] * trust, target * trust)
+            dice_terms.append(float(term.detach()))
+            loss = loss + weight * term / self.cfg.pairs
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.reg_steps += 1
+        self._metrics = {"loss": float(loss.detach()), "similarity": float(sim.detach()),
+                         "smoothness": float(smooth.detach()), "steps": float(self.reg_steps),
+                         "pseudo_coverage": self.pseudo.coverage()}
+        if dice_terms:
+            self._metrics["dice_loss"] = float(np.mean(dice_terms))
+
+    def _refresh(self) -> None:
+        """Serve the trained weights: RSL and REPS read Fields of the current net from now on."""
+        self.served.load_state_dict(self.net.state_dict())
+        self.served_steps = self.reg_steps
+        if self.oracle is not None:
+            self.oracle.invalidate()
+
+    def after_step(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:
+        done = step + 1
+        self._remember(batch, outputs)
+        if done > self.cfg.warmup_steps and (done - self.cfg.warmup_steps) % self.cfg.every == 0:
+            self._registration_step()
+        if self.reg_steps > self.served_steps and done % self.cfg.refresh_every == 0:
+            self._refresh()
+
+    def metrics(self) -> dict[str, float]:
+        out, self._metrics = self._metrics, {}
+        return out
+
+    # -- diagnostics ------------------------------------------------------------------------------
+    def _pair_scores(self, pairs: Sequence[tuple[RegVolume, RegVolume]]) -> tuple[float, float]:
+        """Mean foreground Dice of the warped moving truth vs the fixed truth, and mean % folded
+        voxels, of the TRAINING net on native grids."""
+        dices, folded = [], []
+        self.net.eval()
+        with torch.no_grad():
+            for fixed, moving in pairs:
+                moved = place_pair(fixed.placed, moving.placed, self.reg_config.grid, self.reg_config.prealign)
+                disp, _ = self.net(torch.from_numpy(fixed.placed.image)[None, None].to(self.device),
+                                   torch.from_numpy(moved.image)[None, None].to(self.device))
+                field = field_of(disp[0].cpu().numpy(), fixed.placed, moved)
+                warped = field.warp_labels(moving.case.label, self.num_classes)
+                dices.append(mean_foreground_dice(warped, fixed.case.label, self.num_classes))
+                folded.append(regularity(field).folded_percent)
+        self.net.train()
+        return float(np.mean(dices)), float(np.mean(folded))
+
+    def validate(self, step: int) -> dict[str, float]:
+        n, out = self.cfg.val_pairs, {}
+        onto_val = [(v, a) for v in self.val for a in self.labeled][:n]
+        if onto_val:
+            out["atlas_dice"], out["atlas_folded_percent"] = self._pair_scores(onto_val)
+            self._last_val_dice = out["atlas_dice"]
+        between = [(f, m) for f in self.val for m in self.val if f.case.patient_id != m.case.patient_id][:n]
+        if between:
+            out["val_pair_dice"], _ = self._pair_scores(between)
+        hidden = [(v.case.case_id, a.case.case_id) for v in self.unlabeled for a in self.labeled
+                  if v.case.case_id in self.diagnostic_labels][:n]
+        if hidden and self.oracle is not None:
+            # the Fields RSL reads right now (served net), against labels training never sees
+            scores = [mean_foreground_dice(self.oracle.warped_atlas(t, (a,)).hard_label(), self.diagnostic_labels[t],
+                                           self.num_classes) for t, a in hidden]
+            out["served_hidden_dice"] = float(np.mean(scores))
+        out["pseudo_coverage"] = self.pseudo.coverage()
+        return out
+
+    # -- files and state --------------------------------------------------------------------------
+    def checkpoint(self, out_dir: Path, best: bool) -> None:
+        """``out_dir/reg/best.pt`` (the net at the students' best step) or ``last.pt``, in the
+        format :func:`reg.checkpoint.load_model` and the ``learned:`` backend read."""
+        path = Path(out_dir) / "reg" / ("best.pt" if best else "last.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, {
+            "config": self.reg_config.to_dict(), "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "step": self.reg_steps, "best_score": self._last_val_dice,
+            "rng": {"numpy": self.rng.bit_generator.state}, "num_classes": self.num_classes,
+            "origin": "cctr-coupled",
+        })
+
+    def state_dict(self) -> dict:
+        return {
+            "net": self.net.state_dict(), "served": self.served.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state, "pseudo": self.pseudo.state_dict(),
+            "reg_steps": self.reg_steps, "served_steps": self.served_steps,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if not state:
+            return
+        self.net.load_state_dict(state["net"])
+        self.served.load_state_dict(state["served"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.pseudo.load_state_dict(state["pseudo"])
+        self.reg_steps, self.served_steps = int(state["reg_steps"]), int(state["served_steps"])
+        if self.oracle is not None:
+            self.oracle.invalidate()  # it was warmed with the checkpoint's starting net

@@ -1,0 +1,229 @@
+"""cctr-coupled (joint.coupled): the registration net takes its own steps during segmentation
+training, the oracle then serves Fields of the new net, the students' agreed labels reach the
+registration loss, RUN/reg/*.pt load as learned backends, and resume stays exact."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from joint.config import JointConfig, with_backend
+from joint.coupled import CoupledConfig, CoupledRegistration, PseudoLabels
+from joint.methods import METHODS, REGISTRATION_METHODS, TRAINER_METHODS, train_joint
+from reg.backends import load_backend
+from reg.checkpoint import save_checkpoint
+from reg.config import RegConfig
+from reg.model import RegistrationNet
+from seg.config import apply_overrides
+from seg.data.case import Case, CaseRef, spacing_affine
+from seg.data.dataset import Dataset
+from seg.data.split import Split
+from seg.hooks import TrainerHook
+from seg.slices import SliceBatch
+from seg.students import StudentConfig
+from seg.train import load_train_data, train
+
+CLASSES = ("background", "RV", "MYO", "LV")
+SHAPE = (3, 32, 32)
+SPACING = (8.0, 1.5, 1.5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def anatomy(dy: int, dx: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A ring (MYO) around a blob (LV) with an RV beside it, moved by (dy, dx) voxels."""
+    z, y, x = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    lab = np.zeros(SHAPE, np.uint8)
+    r = ((y - 16 - dy) / (9.0 * scale - z)) ** 2 + ((x - 18 - dx) / (8.0 * scale)) ** 2
+    lab[r < 1.0] = 2
+    lab[r < 0.45] = 3
+    lab[(((y - 15 - dy) / 6.0) ** 2 + ((x - 6 - dx) / 3.0) ** 2 < 1.0) & (lab == 0)] = 1
+    image = np.asarray([0.1, 0.9, 0.5, 0.7], np.float32)[lab] * 100.0
+    return image, lab
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    cases = []
+    moves = {"p1": [(0, 0, 1.0), (1, 0, 0.9)], "p2": [(2, -2, 1.05)], "p3": [(-2, 1, 0.95)], "p4": [(1, 2, 1.0)],
+             "p5": [(0, -1, 1.1)], "p6": [(-1, 0, 0.9)], "p7": [(1, 1, 1.0)]}
+    for pid, frames in moves.items():
+        for frame, (dy, dx, scale) in zip(("ED", "ES"), frames):
+            image, label = anatomy(dy, dx, scale)
+            cases.append(Case(case_id=f"{pid}_{frame}", patient_id=pid, image=image, label=label, spacing=SPACING,
+                              affine=spacing_affine(SPACING), sources=(), class_names=CLASSES))
+    refs = tuple(CaseRef(c.case_id, c.patient_id, True, loader=(lambda c=c: c)) for c in cases)
+    ds = Dataset("nnunet", tmp_path / "data", refs, CLASSES)
+    split = Split(train=("p1", "p2", "p3", "p4"), val=("p5", "p6"), test=("p7",), labeled_sets={"1": ("p1",)})
+    return ds, split
+
+
+@pytest.fixture
+def reg_ckpt(tmp_path):
+    config = RegConfig.from_dict({"grid": {"shape": [16, 32, 32], "spacing": [4.0, 2.4, 2.4]},
+                                  "net": {"nb_features": [4, 4, 4, 4]}})
+    torch.manual_seed(0)
+    net = RegistrationNet(config.net)
+    path = tmp_path / "pretrained.pt"
+    save_checkpoint(path, {"config": config.to_dict(), "model": net.state_dict()})
+    return path
+
+
+def small_cfg(tmp_path, reg_ckpt, **coupled) -> JointConfig:
+    tiny = StudentConfig(kind="unet", widths=(4, 8), embedding_dim=8)
+    options = {"warmup_steps": 1, "every": 1, "refresh_every": 2, "pairs": 2, "lr": 1e-2, "confidence": 0.0, **coupled}
+    base = JointConfig(method="cctr-coupled", image_size=(32, 32), labeled_batch=2, unlabeled_batch=2, student_a=tiny,
+                       student_b=tiny, iterations=6, val_every=3, checkpoint_every=3, overlays=False,
+                       out_dir=str(tmp_path / "run"), coupled=CoupledConfig(**options))
+    return with_backend(base, f"learned:{reg_ckpt}", str(tmp_path / "fields"))
+
+
+def labeled_only_batch() -> SliceBatch:
+    """A batch with no unlabeled sample: after_step then only runs the schedule."""
+    return SliceBatch(image=torch.zeros(1, 1, 32, 32), label=torch.zeros(1, 32, 32, dtype=torch.int64),
+                      is_labeled=torch.tensor([True]), case_id=["p1_ED"], slice_index=torch.tensor([0]),
+                      to_volume=torch.eye(3)[None])
+
+
+def test_the_method_is_listed_and_its_options_nest_under_coupled():
+    assert "cctr-coupled" in METHODS and "cctr-coupled" in REGISTRATION_METHODS
+    assert TRAINER_METHODS["cctr-coupled"].contrastive and TRAINER_METHODS["cctr-coupled"].cross_teaching
+    cfg = apply_overrides(JointConfig(), ["coupled.every=3", "coupled.pseudo_weight=0.5"])
+    assert (cfg.coupled.every, cfg.coupled.pseudo_weight) == (3, 0.5)
+    with pytest.raises(ValueError, match="coupled"):
+        apply_overrides(JointConfig(), ["coupled.every=0"])
+    with pytest.raises(ValueError, match="confidence"):
+        CoupledConfig(confidence=1.5)
+
+
+def test_pseudo_labels_keep_only_agreed_confident_voxels_of_covered_pixels():
+    memory = PseudoLabels({"u": (2, 8, 8)})
+    label = torch.zeros(8, 8, dtype=torch.int64)
+    label[2:6, 2:6] = 2
+    sure = torch.nn.functional.one_hot(label, 3).permute(2, 0, 1).float() * 0.9 + 0.05
+    memory.update("u", 1, torch.eye(3), sure, sure, confidence=0.8)
+    assert torch.equal(memory.label["u"][1], label.to(torch.uint8)) and bool(memory.mask["u"][1].all())
+    assert not memory.mask["u"][0].any()  # another slice is untouched
+    # the students now disagree on the left half, seen through a sample shifted by 4 columns:
+    # sample column c is volume column c + 4, so only volume columns 4..7 are covered
+    other = sure.clone()
+    other[:, :, :2] = sure[:, :, :2].flip(0)
+    shift = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 4.0], [0.0, 0.0, 1.0]])
+    memory.update("u", 1, shift, sure, other, confidence=0.8)
+    assert bool(memory.mask["u"][1][:, :4].all())        # not covered: the earlier word stays
+    assert not memory.mask["u"][1][:, 4:6].any()         # covered, students disagree
+    assert bool(memory.mask["u"][1][:, 7].all())
+    unsure = torch.full((3, 8, 8), 1.0 / 3)
+    memory.update("u", 0, torch.eye(3), unsure, unsure, confidence=0.8)
+    assert not memory.mask["u"][0].any()
+    assert 0.0 < memory.coverage() < 1.0
+
+
+def test_the_hook_takes_registration_steps_and_the_oracle_serves_the_new_net(dataset, reg_ckpt, tmp_path):
+    ds, split = dataset
+    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=2, every=2, refresh_every=5)
+    data = load_train_data(ds, split, "1")
+    (tmp_path / "run").mkdir()
+    hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")
+    assert [h.name for h in hooks] == ["rsl", "reps", "regnet"]
+    coupled = hooks[-1]
+    assert isinstance(coupled, CoupledRegistration)
+    oracle = hooks[0].oracle
+    assert oracle.cfg.cache == "" and oracle.backend is coupled.backend  # a changing net: no disk cache
+    before_net = {k: v.clone() for k, v in coupled.net.state_dict().items()}
+    before_field = oracle.field("p2_ED", "p1_ED").coords.copy()
+    batch = labeled_only_batch()
+    steps_taken = []
+    for step in range(6):
+        coupled.after_step(step, batch, {})
+        steps_taken.append(coupled.reg_steps)
+        if step == 3:  # a registration step happened, no refresh yet: the old Fields are still served
+            assert coupled.reg_steps == 1 and oracle.version == 0
+            np.testing.assert_array_equal(oracle.field("p2_ED", "p1_ED").coords, before_field)
+    assert steps_taken == [0, 0, 0, 1, 1, 2]  # after 2 warm-up steps, one every 2 steps
+    assert oracle.version == 1 and coupled.served_steps == 1  # refreshed once, after step 5
+    assert any(not torch.equal(before_net[k], v) for k, v in coupled.net.state_dict().items())
+    after_field = oracle.field("p2_ED", "p1_ED").coords
+    assert np.abs(after_field - before_field).max() > 1e-4
+    assert set(coupled.metrics()) >= {"loss", "similarity", "smoothness", "steps"}
+    assert coupled.metrics() == {}  # once per step that had a registration step
+
+
+def test_labeled_pairs_add_a_dice_term_that_moves_the_net(dataset, reg_ckpt, tmp_path):
+    """With only labeled pairs, the loss has the truth Dice term; without its weight it differs."""
+    ds, split = dataset
+    data = load_train_data(ds, split, "1")
+    losses = {}
+    for weight in (0.0, 1.0):
+        cfg = CoupledConfig(labeled_fraction=1.0, dice_weight=weight, pairs=1)
+        hook = CoupledRegistration.from_spec(f"learned:{reg_ckpt}", cfg, data.labeled, data.unlabeled, data.val, 4)
+        hook._registration_step()
+        losses[weight] = hook.metrics()
+    assert "dice_loss" in losses[1.0] and "dice_loss" not in losses[0.0]
+    assert losses[1.0]["loss"] > losses[0.0]["loss"]
+
+
+def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_dice(dataset, reg_ckpt, tmp_path):
+    ds, split = dataset
+    result = train_joint(small_cfg(tmp_path, reg_ckpt), ds, split, progress=False)
+    last, best = tmp_path / "run" / "reg" / "last.pt", tmp_path / "run" / "reg" / "best.pt"
+    assert last.is_file() and best.is_file()
+    fine_tuned = load_backend(f"learned:{last}")
+    pretrained = load_backend(f"learned:{reg_ckpt}")
+    case = ds.ref("p5_ED").load(), ds.ref("p1_ED").load()
+    pair = (case[0].image, case[0].spacing, case[1].image, case[1].spacing)
+    assert np.abs(fine_tuned.register(*pair).coords - pretrained.register(*pair).coords).max() > 1e-4
+    record = result.history[-1]
+    assert 0.0 <= record["regnet_atlas_dice"] <= 1.0 and "regnet_val_pair_dice" in record
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["hooks"]["regnet"]
+    assert state["reg_steps"] == 5 and bool(torch.cat([m.flatten() for m in
+                                                       (v["mask"] for v in state["pseudo"].values())]).any())
+    assert not list((tmp_path / "fields").rglob("*.npz"))  # nothing of a changing net on disk
+    with pytest.raises(ValueError, match="learned"):
+        train_joint(replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "x"),
+                            oracle=replace(small_cfg(tmp_path, reg_ckpt).oracle, backend="identity")),
+                    ds, split, progress=False)
+
+
+def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path):
+    ds, split = dataset
+    straight = replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "straight"))
+    train_joint(straight, ds, split, progress=False)
+
+    class Crash(TrainerHook):
+        name = "crash"
+
+        def losses(self, step, batch, outputs):
+            if step == 4:
+                raise RuntimeError("power cut")
+            return {}
+
+    cut = replace(straight, out_dir=str(tmp_path / "cut"))
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cut, ds, split, hooks=(Crash(),), methods=TRAINER_METHODS, progress=False)
+    # step 3 was saved between a registration step and the next refresh: net and served copy differ
+    saved = torch.load(tmp_path / "cut" / "last.pt", map_location="cpu", weights_only=True)
+    assert saved["step"] == 3 and saved["hooks"]["regnet"]["served_steps"] < saved["hooks"]["regnet"]["reg_steps"]
+    train_joint(cut, ds, split, resume=True, progress=False)
+
+    want = torch.load(tmp_path / "straight" / "last.pt", map_location="cpu", weights_only=True)
+    got = torch.load(tmp_path / "cut" / "last.pt", map_location="cpu", weights_only=True)
+    for student in ("a", "b"):
+        for key, value in want["students"][student].items():
+            assert torch.equal(got["students"][student][key], value), f"student {student}.{key} differs after resume"
+    w, g = want["hooks"]["regnet"], got["hooks"]["regnet"]
+    for part in ("net", "served"):
+        for key, value in w[part].items():
+            assert torch.equal(g[part][key], value), f"registration {part}.{key} differs after resume"
+    for k, state in w["optimizer"]["state"].items():
+        assert torch.equal(g["optimizer"]["state"][k]["exp_avg"], state["exp_avg"])
+    assert g["rng"] == w["rng"] and g["reg_steps"] == w["reg_steps"]
+    assert got["history"] == want["history"]
