@@ -1,4 +1,6 @@
-"""``cctr eval``: pairing predictions with references, checks, and the files it writes."""
+"""``cctr eval``: pairing predictions with references (a dataset or a plain folder), class names
+from the dataset, ``predictions.json`` or ``--classes``, checks, and the files it writes.
+That it reproduces ``cctr benchmark``'s scores in every layout: ``test_eval_reproduces_benchmark.py``."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +15,7 @@ from seg.data.case import spacing_affine
 from seg.data.nifti import write_nifti
 from seg.data.split import Split, save_split
 from seg.metrics import score_case
+from seg.prediction_info import PREDICTION_INFO, write_prediction_info
 
 SPACING = (8.0, 1.5, 1.25)
 SHAPE = (4, 16, 18)
@@ -34,10 +37,11 @@ def label_map(seed: int) -> np.ndarray:
 
 @pytest.fixture
 def data(tmp_path: Path) -> tuple[Path, Path]:
-    """An nnU-Net style reference dataset and a folder of predictions for all its cases."""
+    """An nnU-Net reference dataset and a folder of predictions for all its cases."""
     ref, pred = tmp_path / "dataset", tmp_path / "pred"
     affine = spacing_affine(SPACING)
     for i, case in enumerate(CASES):
+        write_nifti(ref / "imagesTr" / f"{case}_0000.nii.gz", label_map(i).astype(np.float32), affine)
         write_nifti(ref / "labelsTr" / f"{case}.nii.gz", label_map(i), affine)
         write_nifti(pred / f"{case}.nii.gz", label_map(i + 1), affine)
     meta = {
@@ -137,10 +141,12 @@ def test_labels_outside_the_classes_name_the_file(data, capsys):
 def test_missing_class_names_and_empty_prediction_folder_are_errors(data, tmp_path, capsys):
     ref, pred = data
     (ref / "dataset.json").unlink()
-    expect_error(["--pred", str(pred), "--ref", str(ref)], capsys, "--classes")
+    expect_error(["--pred", str(pred), "--ref", str(ref / "labelsTr")], capsys, "--classes")
     empty = tmp_path / "empty"
     empty.mkdir()
-    expect_error(["--pred", str(empty), "--ref", str(ref), "--classes", *CLASSES], capsys, str(empty), "no NIfTI")
+    expect_error(["--pred", str(empty), "--ref", str(ref / "labelsTr"), "--classes", *CLASSES], capsys, str(empty),
+                 "no NIfTI")
+    expect_error(["--pred", str(pred), "--ref", str(ref)], capsys, str(ref / "dataset.json"), "missing")
 
 
 def test_empty_policy_option_reaches_the_scores(data, tmp_path):
@@ -162,3 +168,87 @@ def test_split_subset_that_is_empty_or_lacks_references_is_an_error(data, tmp_pa
     split = save_split(Split(train=("patient001", "patient002"), val=(), test=("patient009",)), tmp_path / "s.json")
     expect_error(["--pred", str(pred), "--ref", str(ref), "--split", str(split)], capsys, "patient009", "no reference")
     expect_error(["--pred", str(pred), "--ref", str(ref), "--split", str(split), "--subset", "val"], capsys, "'val'")
+
+
+def test_class_names_from_the_predictions_checkpoint_metadata(data, tmp_path, capsys):
+    ref, pred = data
+    (ref / "dataset.json").unlink()
+    write_prediction_info(pred, tmp_path / "best.pt", ["bg", "A", "B", "C"], "a", 7)
+    out = tmp_path / "report"
+    assert main(["eval", "--pred", str(pred), "--ref", str(ref / "labelsTr"), "--out", str(out)]) == 0
+    assert [r["class"] for r in read_csv(out / "scores.csv")][:3] == ["A", "B", "C"]
+    assert main(["eval", "--pred", str(pred), "--ref", str(ref / "labelsTr"), "--classes", "bg", "A", "B", "C"]) == 0
+    expect_error(["--pred", str(pred), "--ref", str(ref / "labelsTr"), "--classes", *CLASSES], capsys,
+                 str(pred / PREDICTION_INFO), "drop --classes")
+
+
+def test_dataset_class_names_come_first(data, tmp_path, capsys):
+    ref, pred = data
+    write_prediction_info(pred, tmp_path / "best.pt", ["bg", "A", "B", "C"], "a", 7)
+    out = tmp_path / "report"
+    assert main(["eval", "--pred", str(pred), "--ref", str(ref), "--out", str(out)]) == 0
+    assert {r["class"] for r in read_csv(out / "scores.csv")} == set(CLASSES[1:])
+    err = capsys.readouterr().err
+    assert "warning" in err and "['bg', 'A', 'B', 'C']" in err   # the checkpoint disagrees: said, not fatal
+    expect_error(["--pred", str(pred), "--ref", str(ref), "--classes", "bg", "A", "B", "C"], capsys,
+                 "--classes", "nnunet dataset", "drop --classes")
+
+
+def test_bad_predictions_json_names_the_file(data, capsys):
+    ref, pred = data
+    (pred / PREDICTION_INFO).write_text('{"class_names": "RV"}')
+    expect_error(["--pred", str(pred), "--ref", str(ref)], capsys, str(pred / PREDICTION_INFO), "class_names")
+
+
+def move_to_test_folders(ref: Path, cases: list[str]) -> None:
+    """Move labeled cases to nnU-Net's ``imagesTs/`` and ``labelsTs/``."""
+    for sub in ("imagesTs", "labelsTs"):
+        (ref / sub).mkdir(exist_ok=True)
+    for case in cases:
+        (ref / "imagesTr" / f"{case}_0000.nii.gz").rename(ref / "imagesTs" / f"{case}_0000.nii.gz")
+        (ref / "labelsTr" / f"{case}.nii.gz").rename(ref / "labelsTs" / f"{case}.nii.gz")
+
+
+def test_test_labels_in_labels_ts_are_references(data, tmp_path, capsys):
+    ref, pred = data
+    move_to_test_folders(ref, ["patient002_ED", "patient002_ES"])
+    split = save_split(Split(train=("patient001",), val=(), test=("patient002",)), tmp_path / "split.json")
+    out = tmp_path / "report"
+    assert main(["eval", "--pred", str(pred), "--ref", str(ref), "--split", str(split), "--out", str(out)]) == 0
+    rows = {(r["case"], int(r["class_index"])): float(r["dice"]) for r in read_csv(out / "scores.csv")}
+    expected = score_case(label_map(4), label_map(3), SPACING, 4)   # patient002_ES: prediction 4 vs truth 3
+    assert {c: rows[("patient002_ES", c)] for c in expected} == {c: s.dice for c, s in expected.items()}
+
+    # an imagesTs case without labelsTs: unlabeled, so a split that tests it is refused by name
+    write_nifti(ref / "imagesTs" / "patient003_ED_0000.nii.gz", label_map(0).astype(np.float32), spacing_affine(SPACING))
+    meta = json.loads((ref / "dataset.json").read_text())
+    meta["patient_of"]["patient003_ED"] = "patient003"
+    (ref / "dataset.json").write_text(json.dumps(meta))
+    split3 = save_split(Split(train=("patient001",), val=(), test=("patient002", "patient003")), tmp_path / "s3.json")
+    expect_error(["--pred", str(pred), "--ref", str(ref), "--split", str(split3)], capsys,
+                 str(split3), "patient003_ED", "no reference label")
+    write_nifti(pred / "patient003_ED.nii.gz", label_map(0), spacing_affine(SPACING))
+    expect_error(["--pred", str(pred), "--ref", str(ref)], capsys, str(pred / "patient003_ED.nii.gz"),
+                 "no reference label")
+
+
+def test_subset_alone_uses_the_dataset_split(data, tmp_path, capsys):
+    ref, pred = data
+    out = tmp_path / "report"
+    expect_error(["--pred", str(pred), "--ref", str(ref), "--subset", "test"], capsys, "--split FILE")
+    save_split(Split(train=("patient001",), val=(), test=("patient002",)), ref / "split.json")
+    assert main(["eval", "--pred", str(pred), "--ref", str(ref), "--subset", "test", "--out", str(out)]) == 0
+    assert {r["case"] for r in read_csv(out / "scores.csv")} == {"patient002_ED", "patient002_ES"}
+    assert main(["eval", "--pred", str(pred), "--ref", str(ref), "--subset", "train", "--out", str(out)]) == 0
+    assert {r["case"] for r in read_csv(out / "scores.csv")} == {"patient001_ED", "patient001_ES"}
+
+
+def test_unknown_reference_folders_and_a_forced_layout(data, tmp_path, capsys):
+    ref, pred = data
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "notes.txt").write_text("no labels here")
+    expect_error(["--pred", str(pred), "--ref", str(odd)], capsys, str(odd), "neither a folder of reference label maps")
+    expect_error(["--pred", str(pred), "--ref", str(tmp_path / "nowhere")], capsys, "reference folder not found")
+    expect_error(["--pred", str(pred), "--ref", str(ref), "--layout", "acdc"], capsys, str(ref))
+    assert main(["eval", "--pred", str(pred), "--ref", str(ref), "--layout", "nnunet"]) == 0

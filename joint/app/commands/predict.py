@@ -6,7 +6,9 @@
 output ``DIR/<case>.nii.gz`` is a uint8 label map with the input's affine and header, so it
 lines up with the input in any viewer; ``<case>`` is the input name without its extension
 and without an nnU-Net channel suffix ``_0000``. A run folder as ``--ckpt`` means its
-``best.pt`` (or ``last.pt`` when there is no best).
+``best.pt`` (or ``last.pt`` when there is no best). ``DIR/predictions.json`` records the
+checkpoint, its class names and the student (:mod:`seg.prediction_info`); ``cctr eval``
+takes the class names from it when the references do not name them.
 
 Every input is read and checked (3D, finite voxels, geometry) before any label map is
 written, so a bad input anywhere writes nothing. When the checkpoint holds the training
@@ -25,6 +27,7 @@ from seg.data.case import CaseError
 from seg.data.nifti import read_nifti, write_nifti
 from seg.geometry_check import geometry_warnings
 from seg.inference import TrainedStudents, load_students
+from seg.prediction_info import write_prediction_info
 from seg.progress import Progress
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -103,5 +106,6 @@ def run_predict(args: argparse.Namespace) -> int:
             labels = trained.predict(image.astype(np.float32), args.student)
             write_nifti(args.out / f"{name}.nii.gz", labels, affine, header)
             bar.update(1)
+    write_prediction_info(args.out, checkpoint_path(args.ckpt), trained.class_names, args.student, trained.step)
     print(f"wrote {len(files)} label map(s) with student {args.student} to {args.out}", file=sys.stdout)
     return 0

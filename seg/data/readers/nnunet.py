@@ -78,6 +78,15 @@ def _images(folder: Path, ending: str, channel: int) -> dict[str, Path]:
     return {p.name[: -len(tag)]: p for p in sorted(folder.iterdir()) if p.name.endswith(tag) and len(p.name) > len(tag)}
 
 
+def _refuse_orphan_labels(labels_dir: Path, images: Mapping[str, Path], ending: str, channel: int,
+                          images_dir: str) -> None:
+    """CaseError naming the first label map in ``labels_dir`` whose case has no image."""
+    orphans = sorted(p.name for p in labels_dir.iterdir() if p.name.endswith(ending) and p.name[: -len(ending)] not in images)
+    if orphans:
+        raise CaseError(f"{labels_dir / orphans[0]}: label map without an image "
+                        f"{orphans[0][: -len(ending)]}_{channel:04d}{ending} in {images_dir}/")
+
+
 def read_nnunet(root: Path, *, channel: int = 0) -> Dataset:
     """Index an nnU-Net raw folder without reading any volume.
 
@@ -106,16 +115,18 @@ def read_nnunet(root: Path, *, channel: int = 0) -> Dataset:
             raise CaseError(f"{label}: missing; every image in imagesTr/ needs its label map in labelsTr/")
         entries.append((case_id, image, label, "imagesTr"))
     if labels_dir.is_dir():
-        orphans = sorted(p.name for p in labels_dir.iterdir() if p.name.endswith(ending) and p.name[: -len(ending)] not in labeled)
-        if orphans:
-            raise CaseError(f"{labels_dir / orphans[0]}: label map without an image {orphans[0][: -len(ending)]}_{channel:04d}{ending} in imagesTr/")
+        _refuse_orphan_labels(labels_dir, labeled, ending, channel, "imagesTr")
     expected = meta.get("numTraining")
     if expected is not None and expected != len(labeled):
         raise CaseError(f"{meta_path}: numTraining is {expected} but imagesTr/ holds {len(labeled)} cases")
     for images_dir, labels_name in _UNLABELED_DIRS:
-        for case_id, image in _images(root / images_dir, ending, channel).items():
+        images = _images(root / images_dir, ending, channel)
+        for case_id, image in images.items():
             label = root / labels_name / f"{case_id}{ending}" if labels_name else None
             entries.append((case_id, image, label if label is not None and label.is_file() else None, images_dir))
+        if labels_name and (root / labels_name).is_dir():
+            # a test label whose image is misnamed would otherwise leave its case silently unlabeled
+            _refuse_orphan_labels(root / labels_name, images, ending, channel, images_dir)
     if not entries:
         raise CaseError(f"{root}: no images named <case>_{channel:04d}{ending} in imagesTr/, imagesTs/ or imagesUnlabeled/")
 
