@@ -61,13 +61,13 @@ class CoupledConfig:
     every: int = 4                  # segmentation steps per registration step
     warmup_steps: int = 100         # segmentation steps before the first registration step
     pairs: int = 2                  # (fixed, moving) pairs per registration step
-    lr: float = 5e-4                # Adam learning rate of the registration net (constant)
+    lr: float = 1e-3                # Adam learning rate of the registration net (constant)
     dice_weight: float = 1.0        # Dice of warped truth where both volumes are labeled
     pseudo_weight: float = 1.0      # Dice against the students' agreed, confident labels
     confidence: float = 0.9         # both students' top probability must reach this
     labeled_fraction: float = 0.25  # share of pairs of two labeled volumes (when there are two)
     atlas_fraction: float = 0.5     # other pairs: share whose moving volume is an atlas (RSL's pairs)
-    refresh_every: int = 20         # segmentation steps between refreshes of the served Fields
+    refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
     val_pairs: int = 8              # pairs per validation diagnostic
 
     def __post_init__(self) -> None:
