@@ -13,6 +13,8 @@ from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError, label_to_uint8
 
 # Image and label affines may differ by float noise from the writer, not by geometry.
+# the file endings read as NIfTI, longest first so a stem strips cleanly
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AFFINE_ATOL_MM = 1e-3
 
 

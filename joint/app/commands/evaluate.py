@@ -37,7 +37,7 @@ import numpy as np
 
 from seg.data.case import CaseError, label_to_uint8
 from seg.data.dataset import Dataset
-from seg.data.nifti import AFFINE_ATOL_MM, read_nifti
+from seg.data.nifti import AFFINE_ATOL_MM, NIFTI_SUFFIXES, read_nifti
 from seg.data.readers import LAYOUTS, READERS, open_dataset
 from seg.data.readers.nnunet import DATASET_JSON, class_names_of, read_dataset_json
 from seg.data.split import Split, load_split
@@ -46,7 +46,6 @@ from seg.prediction_info import PREDICTION_INFO, PredictionInfo, read_prediction
 from seg.progress import Progress
 from seg.report import summarize, summary_markdown, write_scores_csv, write_summary_markdown
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 Spacing = tuple[float, float, float]
 # label (Z, Y, X), spacing (z, y, x) in mm for distances, affine of the grid
 Labels = tuple[np.ndarray, Spacing, np.ndarray]

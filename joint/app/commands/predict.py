@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from seg.data.case import CaseError
-from seg.data.nifti import read_nifti, write_nifti
+from seg.data.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
 from seg.geometry_check import geometry_warnings
 from seg.inference import TrainedStudents, load_students
 from seg.prediction_info import write_prediction_info
 from seg.progress import Progress
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def configure(p: argparse.ArgumentParser) -> None:

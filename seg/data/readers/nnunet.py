@@ -23,11 +23,11 @@ from typing import Any, Mapping, Optional
 
 from seg.data.case import CaseError, CaseRef
 from seg.data.dataset import Dataset, folder_split
-from seg.data.nifti import load_nifti_case
+from seg.data.nifti import NIFTI_SUFFIXES, load_nifti_case
 
 LAYOUT = "nnunet"
 DATASET_JSON = "dataset.json"
-SUPPORTED_ENDINGS = (".nii.gz", ".nii")
+SUPPORTED_ENDINGS = NIFTI_SUFFIXES
 # Folders of images without labels in nnU-Net's layout (imagesTs may have labelsTs).
 _UNLABELED_DIRS = (("imagesTs", "labelsTs"), ("imagesUnlabeled", None))
 
