@@ -106,8 +106,10 @@ def output_grad_norms(losses: Mapping[str, torch.Tensor], outputs: Outputs) -> d
     reach is left out). The graph is kept for the real backward."""
     inputs, names = [], []
     for student, out in outputs.items():
-        inputs += [out.logits, out.embedding]
-        names += [f"{student}_logits", f"{student}_emb"]
+        for what, tensor in (("logits", out.logits), ("emb", out.embedding)):
+            if tensor.requires_grad:   # a method without the contrastive loss does not train the embedding
+                inputs.append(tensor)
+                names.append(f"{student}_{what}")
     norms: dict[str, float] = {}
     for term, value in losses.items():
         if not value.requires_grad:

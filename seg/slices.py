@@ -55,6 +55,12 @@ class SliceBatch:
     def num_labeled(self) -> int:
         return int(self.is_labeled.sum())
 
+    def rows(self, index: torch.Tensor) -> "SliceBatch":
+        """The samples at ``index`` (int64), in that order."""
+        idx = index.tolist()
+        return SliceBatch(self.image[index], self.label[index], self.is_labeled[index], [self.case_id[i] for i in idx],
+                          self.slice_index[index], self.to_volume[index])
+
 
 @dataclass(frozen=True)
 class TrainVolume:

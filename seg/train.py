@@ -25,6 +25,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from seg.atomic import atomic_path, discard_on_failure
@@ -33,6 +34,9 @@ from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
 from seg.data.split import Split
 from seg.diagnostics import DiagnosticsHook
+from seg.distributed import World, any_rank, check_batch, gather_rows, rows_of_rank, world_from_environment
+from seg.distributed import start as start_group
+from seg.distributed import stop as stop_group
 from seg.geometry_check import geometry_stats
 from seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_losses, check_state_finite
 from seg.hooks import TrainerHook, check_names
@@ -170,7 +174,11 @@ def train(
     if cfg.select_student not in method.students:
         raise ValueError(f"select_student {cfg.select_student!r} is not a student of {cfg.method!r} {method.students}")
     _check_sizes(cfg, method.students)
+    world = world_from_environment()
+    check_batch(cfg.labeled_batch, cfg.unlabeled_batch if method.unlabeled else 0, world)
     device = training_device(cfg.device)
+    if world.active and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)   # one GPU per process
     out_dir = Path(cfg.out_dir)
     last_path = out_dir / "last.pt"
     checkpoint = None
@@ -185,19 +193,26 @@ def train(
     elif last_path.exists():
         raise ValueError(f"{out_dir}: already holds a checkpoint; pass resume to continue it or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(out_dir), ExitStack() as stack:
-        if checkpoint is None:
-            # a fresh run that dies before its first checkpoint leaves no config.yaml behind
-            stack.enter_context(discard_on_failure([out_dir / "config.yaml"], unless=last_path))
-        return _train_locked(cfg, dataset, split, method, tuple(hooks), checkpoint, device, progress, started)
+    with ExitStack() as stack:
+        if world.is_main:   # the one writer
+            stack.enter_context(run_lock(out_dir))
+            if checkpoint is None:
+                # a fresh run that dies before its first checkpoint leaves no config.yaml behind
+                stack.enter_context(discard_on_failure([out_dir / "config.yaml"], unless=last_path))
+        if start_group(world, device):
+            stack.callback(stop_group)
+        return _train_locked(cfg, dataset, split, method, tuple(hooks), checkpoint, device, progress, started, world)
 
 
 def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Method, hooks: tuple[TrainerHook, ...],
-                  checkpoint: Optional[dict], device: torch.device, progress: bool, started: float) -> TrainResult:
-    """:func:`train` once its run folder is locked: everything that writes into it."""
+                  checkpoint: Optional[dict], device: torch.device, progress: bool, started: float,
+                  world: World) -> TrainResult:
+    """:func:`train` once its run folder is locked: everything that writes into it (only rank 0
+    writes when several processes train; :mod:`seg.distributed`)."""
     out_dir = Path(cfg.out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    save_config(cfg, out_dir / "config.yaml")
+    if world.is_main:
+        save_config(cfg, out_dir / "config.yaml")
 
     torch.manual_seed(cfg.seed)
     data = load_train_data(dataset, split, cfg.labeled, with_unlabeled=method.unlabeled)
@@ -213,6 +228,12 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
     students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes).to(device)
                 for n in method.students}
     optimizers = {n: _optimizer(cfg, m) for n, m in students.items()}
+    if not method.contrastive:
+        # no loss reaches the projector heads: say so, so that data-parallel training expects no gradient there
+        for m in students.values():
+            m.projector.requires_grad_(False)
+    # the modules that run forward: the students, wrapped so that gradients are averaged over ranks
+    engines: dict[str, nn.Module] = {n: DistributedDataParallel(m) if world.active else m for n, m in students.items()}
     sampler = SliceSampler(
         [prepare_volume(c, cfg.normalization) for c in data.labeled],
         [prepare_volume(c, cfg.normalization) for c in data.unlabeled],
@@ -249,11 +270,11 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
             "history": history,
         }
 
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start if start else None)
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start if start else None) if world.is_main else _Silent()
     rampup_steps = cfg.rampup_fraction * cfg.iterations
     for m in students.values():
         m.train()
-    bar = Progress(cfg.iterations, f"train {cfg.method}", initial=start, enabled=progress)
+    bar = Progress(cfg.iterations, f"train {cfg.method}", initial=start, enabled=progress and world.is_main)
     bad_steps = BadStepBudget(cfg.skip_nonfinite)
     try:
         for step in range(start, cfg.iterations):
@@ -261,9 +282,11 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group["lr"] = lr
-            batch = sampler.next_batch()   # on the CPU: hooks read its geometry there
+            whole = sampler.next_batch()   # on the CPU: hooks read its geometry there
+            mine = rows_of_rank(whole.num_labeled, whole.image.shape[0], world)
+            batch = whole.rows(mine) if world.active else whole
             image = batch.image.to(device)
-            outputs = {n: m(image) for n, m in students.items()}
+            outputs = {n: m(image) for n, m in engines.items()}
             ramp = sigmoid_rampup(step, rampup_steps)
             losses = base_losses(cfg, method.cross_teaching, method.contrastive, batch, outputs, ramp, contrast_rng,
                                  _extra_positives(all_hooks, step, batch, outputs))
@@ -277,7 +300,7 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                 opt.zero_grad(set_to_none=True)
             try:
                 # a NaN or inf term stops the run naming the step and the term, before it reaches the weights
-                check_losses(step + 1, {**losses, "total": total})
+                _check_losses_everywhere(step + 1, {**losses, "total": total}, world)
                 total.backward()
                 for n, m in students.items():
                     check_gradients(step + 1, ((f"{n}.{k}", p) for k, p in m.named_parameters()))
@@ -290,10 +313,9 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                 continue
             for opt in optimizers.values():
                 opt.step()
-            detached = {n: StudentOutput(o.logits.detach(), o.features.detach(), o.embedding.detach())
-                        for n, o in outputs.items()}
+            detached = {n: _gathered(o, whole, world) for n, o in outputs.items()}
             for hook in all_hooks:
-                hook.after_step(step, batch, detached)
+                hook.after_step(step, whole, detached)   # every rank sees the whole batch: hook state agrees
 
             done = step + 1
             for key, value in losses.items():
@@ -323,10 +345,11 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                     write_overlays(writer, data.val[0], first_preds, num_classes, done)
                 if scores[cfg.select_student]["dice"] > best_score:
                     best_score, best_step = scores[cfg.select_student]["dice"], done
-                    _atomic_save(snapshot(done), best_path)
-                    for hook in all_hooks:
-                        hook.checkpoint(out_dir, best=True)
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                    if world.is_main:
+                        _atomic_save(snapshot(done), best_path)
+                        for hook in all_hooks:
+                            hook.checkpoint(out_dir, best=True)
+            if world.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
                 _atomic_save(snapshot(done), last_path)
                 for hook in all_hooks:
                     hook.checkpoint(out_dir, best=False)
@@ -342,6 +365,38 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
         seconds=time.perf_counter() - started,
         history=history,
     )
+
+
+class _Silent:
+    """Stands in for the TensorBoard writer on ranks other than 0."""
+
+    def add_scalar(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def add_image(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _check_losses_everywhere(step: int, terms: Mapping[str, torch.Tensor], world: World) -> None:
+    """:func:`seg.guard.check_losses` on this rank, and a stop on every rank when any rank's
+    loss is not finite (a rank that stopped alone would leave the others waiting forever)."""
+    try:
+        check_losses(step, terms)
+    except NonFiniteError as exc:
+        any_rank(True, world)
+        raise exc
+    if any_rank(False, world):
+        raise NonFiniteError(f"step {step}: a loss term on another process is NaN or inf")
+
+
+def _gathered(out: StudentOutput, whole: SliceBatch, world: World) -> StudentOutput:
+    """A student's detached outputs for the whole global batch (this rank's alone when it is
+    the only one)."""
+    n, total = whole.num_labeled, whole.image.shape[0]
+    return StudentOutput(*(gather_rows(t.detach(), n, total, world) for t in (out.logits, out.features, out.embedding)))
 
 
 def _extra_positives(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch,
