@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import json
 import sys
-
-import yaml
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional
 
 from reg.config import RegConfig
 from reg.grid import CanonicalGrid
 from reg.plan import DatasetGeometry, PlanRules, RegPlan, apply_plan, plan_registration
 from reg.prealign import PrealignConfig
-from seg.atomic import write_text_atomic
+from seg.atomic import write_json
 from seg.data.dataset import Dataset
 from seg.data.fingerprint import Fingerprint, fingerprint
 from seg.data.split import Split
@@ -144,7 +142,7 @@ def plan_path(dataset: Dataset) -> Path:
 
 
 def save_plan(plan: Plan, path: Path) -> Path:
-    return write_text_atomic(Path(path), json.dumps(plan.to_dict(), indent=2) + "\n")
+    return write_json(Path(path), plan.to_dict())
 
 
 def load_plan(path: Path) -> Plan:
@@ -179,25 +177,6 @@ def reg_config(plan: Plan, base: RegConfig = RegConfig()) -> RegConfig:
     """The registration config a run uses without ``--config``: ``base`` (network, schedule)
     with the planned grid, pre-alignment, NCC window and smoothness."""
     return apply_plan(plan.reg, base)
-
-
-def apply_reg_overrides(config: RegConfig, assignments: Sequence[str]) -> RegConfig:
-    """``section.key=value`` strings (values are YAML: ``grid.shape=[16,64,64]``) applied to
-    ``config``; ValueError naming the bad one."""
-    d = config.to_dict()
-    for item in assignments:
-        key, sep, text = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. grid.shape=[16,64,64]")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
-        if section not in d:
-            raise ValueError(f"--set {item!r}: unknown section {section!r}; expected one of {sorted(d)}")
-        d[section][name] = value
-    return RegConfig.from_dict(d, where="--set")
 
 
 def seg_overrides(plan: Plan) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """Configuration of the learned registration: what the network sees (grid, pre-alignment),
 the network itself, its losses and its training schedule. One dataclass, saved as YAML next
-to the checkpoints and inside every checkpoint, so a checkpoint alone rebuilds the model."""
+to the checkpoints and inside every checkpoint, so a checkpoint alone rebuilds the model.
+
+Reading a YAML file or ``--set key=value`` overrides (with values typed by these dataclasses'
+fields) is the application's one mechanism for every config, ``seg.config.load_config`` /
+``apply_overrides``; this module only round-trips what it wrote itself (:meth:`RegConfig.to_dict`,
+:meth:`RegConfig.from_dict`).
+"""
 from __future__ import annotations
 
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping
 
 import yaml
 
@@ -75,10 +78,8 @@ class RegConfig:
             bad = set(section) - set(known)
             if bad:
                 raise ValueError(f"{where}: unknown key(s) {sorted(bad)} in section {name!r}; expected {sorted(known)}")
-            hints = get_type_hints(kind)
             try:
-                typed = {k: coerce(v, hints[k], k) for k, v in section.items()}
-                built[name] = kind(**typed)
+                built[name] = kind(**{k: _tuples(v) for k, v in section.items()})
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{where}: section {name!r}: {exc}") from exc
         return RegConfig(**built)
@@ -90,57 +91,9 @@ class RegConfig:
         return RegConfig.from_dict(d)
 
 
-def coerce(value: Any, kind: Any, key: str) -> Any:
-    """``value`` as the annotated type ``kind`` of option ``key``, or ValueError naming both.
-
-    YAML reads ``1e-4`` (no dot) as a string and ``1.0e+6`` as a float: numbers written as
-    strings are parsed, an integral float is accepted for an int, lists become tuples; a bool
-    is never taken for a number (YAML's ``yes`` is True)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (kind,) = [a for a in args if a is not type(None)]
-        return coerce(value, kind, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{key}: expected true or false, got {value!r}")
-    if kind in (int, float):
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value) if kind is float else _int_text(value)
-            except ValueError:
-                number = None
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise ValueError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
-        if kind is int:
-            if float(number) != int(number):
-                raise ValueError(f"{key}: expected an integer, got {value!r}")
-            return int(number)
-        return float(number)
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{key}: expected a string, got {value!r}")
-    return tuple(value) if isinstance(value, list) else value  # other types: as before, lists as tuples
-
-
-def _int_text(text: str) -> int | float:
-    """An integer written as text: ``12`` or ``1e3`` (an integral float is checked by the caller)."""
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+def _tuples(value: Any) -> Any:
+    """Lists back to the tuples :meth:`RegConfig.to_dict` turned into lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _plain(value: Any) -> Any:
@@ -150,19 +103,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def load_config(path: Path) -> RegConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: registration config not found")
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(d).__name__}")
-    return RegConfig.from_dict(d, where=str(path))
 
 
 def dump_config(config: RegConfig) -> str:

@@ -9,6 +9,7 @@ those of dead writers that are older than this process.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -121,6 +122,4 @@ def discard_on_failure(paths: Sequence[Path], unless: Path) -> Iterator[None]:
 
 def write_json(path: Path, data: object) -> Path:
     """Write ``data`` as indented JSON (one trailing newline) to ``path`` atomically."""
-    import json
-
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -14,10 +14,11 @@ import yaml
 
 from isotropic_set import IsoConfig, make_case, write_isotropic_set
 from joint.app.cli import main
-from joint.plan import (PLAN_FILENAME, apply_reg_overrides, load_plan, make_plan, plan_for, reg_config,
+from joint.plan import (PLAN_FILENAME, load_plan, make_plan, plan_for, reg_config,
                         seg_overrides)
 from reg.backends import load_backend
 from reg.config import RegConfig
+from seg.config import apply_overrides
 from reg.grid import CanonicalGrid
 from reg.placement import place_pair, place_volume
 from reg.plan import DatasetGeometry, PlanRules, extent_to_cover, ncc_window_voxels, plan_registration
@@ -159,11 +160,11 @@ def test_overrides_for_registration_and_students(iso_dir):
     config = reg_config(plan)
     assert config.grid == plan.reg.grid and config.prealign == plan.reg.prealign
     assert config.net == RegConfig().net and config.train == RegConfig().train
-    changed = apply_reg_overrides(config, ["grid.shape=[16,32,32]", "prealign.method=none", "loss.smoothness_weight=1"])
+    changed = apply_overrides(config, ["grid.shape=[16,32,32]", "prealign.method=none", "loss.smoothness_weight=1"])
     assert changed.grid.shape == (16, 32, 32) and changed.grid.spacing == config.grid.spacing
     assert changed.prealign.method == "none" and changed.loss.smoothness_weight == 1
-    with pytest.raises(ValueError, match="unknown section"):
-        apply_reg_overrides(config, ["gird.shape=[16,16,16]"])
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(config, ["gird.shape=[16,16,16]"])
     seg = replace(TrainConfig(), **seg_overrides(plan))  # values the students accept today
     assert seg.image_size == plan.student.image_size and seg.normalization == "zscore"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from joint.app.cli import main
-from reg.config import RegConfig, load_config
+from reg.config import RegConfig
+from seg.config import load_config as load_any_config
 from seg.runlock import run_lock
 from seg.runlock import RunLockedError
 from tests.reg_synthetic import one_torch_thread  # noqa: F401 (autouse)
@@ -72,16 +73,16 @@ def test_progress_lines_reach_a_log_that_is_not_a_terminal(folder, tmp_path, cap
 def test_yaml_numbers_without_a_dot_are_numbers_and_wrong_types_are_one_line(tmp_path, folder, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("train: {learning_rate: 1e-4, steps: 2e3}\n")
-    config = load_config(path)
+    config = load_any_config(path, RegConfig())
     assert config.train.learning_rate == 1e-4 and config.train.steps == 2000
     assert isinstance(config.train.steps, int)
-    for text, message in [("train: {learning_rate: fast}", "learning_rate: expected a number, got 'fast'"),
-                          ("train: {steps: 2.5}", "steps: expected an integer"),
-                          ("grid: {shape: [16, 32]}", "shape: expected 3 values"),
-                          ("train: {device: 3}", "device: expected a string")]:
+    for text, message in [("train: {learning_rate: fast}", "train.learning_rate: expected float, got 'fast'"),
+                          ("train: {steps: 2.5}", "train.steps: expected an integer"),
+                          ("grid: {shape: [16, 32]}", "grid.shape: expected 3 values"),
+                          ("train: {device: [3]}", "train.device: expected a string")]:
         path.write_text(text + "\n")
         with pytest.raises(ValueError, match=message):
-            load_config(path)
+            load_any_config(path, RegConfig())
         assert _train(folder, tmp_path / "run", path) == 2
         assert message.split(":")[0] in capsys.readouterr().err
     assert RegConfig.from_dict(RegConfig().to_dict()) == RegConfig()

@@ -17,14 +17,14 @@ holds the values used and ``config_origin.json`` where they came from.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from reg.backends import load_backend
-from reg.config import RegConfig, load_config
-from joint.plan import apply_reg_overrides, plan_for, plan_path, reg_config
-from seg.atomic import write_text_atomic
+from reg.config import RegConfig
+from joint.plan import plan_for, plan_path, reg_config
+from seg.atomic import write_json
+from seg.config import apply_overrides, load_config
 from reg.train import Volume
 from seg.data.case import CaseError
 from seg.data.dataset import Dataset
@@ -75,11 +75,11 @@ def _chosen_config(args: argparse.Namespace) -> tuple[RegConfig, str]:
     """``--config`` if given, else the dataset's plan over the defaults; then every ``--set``.
     Returns the config and where it came from."""
     if args.config is not None:
-        config, source = load_config(args.config), str(args.config)
+        config, source = load_config(args.config, RegConfig()), str(args.config)
     else:
         dataset, split = _open(args)
         config, source = reg_config(plan_for(dataset, split)), f"plan {plan_path(dataset)}"
-    return apply_reg_overrides(config, args.reg_overrides), source
+    return apply_overrides(config, args.reg_overrides), source
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -110,13 +110,13 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         resuming_stored = args.resume and args.config is None and (args.out / "config.yaml").is_file()
         if resuming_stored:
-            config = apply_reg_overrides(load_config(args.out / "config.yaml"), args.reg_overrides)
+            config = apply_overrides(load_config(args.out / "config.yaml", RegConfig()), args.reg_overrides)
         else:
             config, source = _chosen_config(args)
             if not (args.out / "last.pt").exists():  # an existing run refuses below; keep its record
                 args.out.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(args.out / "config_origin.json", json.dumps(
-                    {"source": source, "overrides": list(args.reg_overrides), "steps": args.steps}, indent=2) + "\n")
+                write_json(args.out / "config_origin.json",
+                           {"source": source, "overrides": list(args.reg_overrides), "steps": args.steps})
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         config = config.with_overrides(steps=args.steps)
