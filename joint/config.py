@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from joint.coupled import CoupledConfig
 from joint.memory_bank import BankConfig
@@ -58,13 +58,15 @@ def with_backend(cfg: JointConfig, spec: str, cache: Optional[str] = None) -> Jo
 
 def build_config(config: Optional[str] = None, overrides: Sequence[str] = (), *, method: Optional[str] = None,
                  labeled: Optional[str] = None, out_dir: Optional[Path] = None, reg_backend: Optional[str] = None,
-                 atlas_policy: Optional[str] = None, field_cache: Optional[str] = None) -> JointConfig:
-    """A run's configuration: the ``cpu-small`` preset, or ``config`` (a preset name, or a YAML
-    file applied over ``cpu-small``); then ``field_cache``; then every ``key=value`` of
-    ``overrides``; then each explicit flag that is not None."""
+                 atlas_policy: Optional[str] = None, field_cache: Optional[str] = None,
+                 planned: Optional[Mapping[str, Any]] = None) -> JointConfig:
+    """A run's configuration: the ``cpu-small`` preset with the dataset's ``planned`` student
+    settings (:func:`joint.plan.seg_overrides`), or ``config`` (a preset name, or a YAML file
+    applied over ``cpu-small``) as given; then ``field_cache``; then every ``key=value`` of
+    ``overrides``; then each explicit flag that is not None. ``config.yaml`` records the result."""
     base = as_joint_config(preset("cpu-small"))
     if config is None:
-        cfg = base
+        cfg = replace(base, **(planned or {}))
     elif config in PRESETS:
         cfg = as_joint_config(preset(config))
     else:

@@ -37,6 +37,7 @@ from seg.data.split import Split
 PLAN_FILENAME = "cctr_plan.json"
 PLAN_VERSION = 1
 AXIS_NAMES = ("Z (array axis 0)", "Y (array axis 1)", "X (array axis 2)")
+STUDENT_MIN_SIZE = 64   # the smallest input both students take (Swin: multiples of 32, more than 32x32)
 STUDENT_MAX_SIZE = 64  # students' input side on the CPU preset ('cpu-small': 64 x 64)
 
 
@@ -112,17 +113,15 @@ def geometry_of(fp: Fingerprint) -> DatasetGeometry:
     return DatasetGeometry(fp.spacing_median, fp.fov_median_mm, fp.roi_mm, registration_window(fp))
 
 
-def _round16(n: float) -> int:
-    return max(16, 16 * int(round(n / 16.0)))
-
-
 def plan_students(fp: Fingerprint, rules: PlanRules = PlanRules(), max_size: int = STUDENT_MAX_SIZE) -> StudentPlan:
     """Slice across the lowest-resolution axis (Z for near-isotropic data); a square input
-    whose side is the larger in-plane extent in voxels rounded to 16, at most ``max_size``
-    (the students resize each slice to it); clip + z-score for CT-like data, z-score for MR-like."""
+    whose side is the larger in-plane extent in voxels rounded up to a multiple of 32 (the
+    Swin student halves it five times), between 64 and ``max_size`` (the students resize each
+    slice to it); clip + z-score for CT-like data, z-score for MR-like."""
     thick = fp.anisotropy >= rules.thick_ratio
     axis = fp.low_res_axis if thick else 0
-    side = min(max_size, _round16(max(fp.shape_median[a] for a in range(3) if a != axis)))
+    extent = max(fp.shape_median[a] for a in range(3) if a != axis)
+    side = max(STUDENT_MIN_SIZE, min(max_size, 32 * -(-int(extent) // 32)))
     size = (side, side)
     if fp.modality == "ct-like" and fp.foreground_intensity is not None:
         window = (fp.foreground_intensity.percentiles["0.5"], fp.foreground_intensity.percentiles["99.5"])
@@ -180,19 +179,11 @@ def reg_config(plan: Plan, base: RegConfig = RegConfig()) -> RegConfig:
 
 
 def seg_overrides(plan: Plan) -> dict[str, Any]:
-    """Student settings for ``dataclasses.replace(TrainConfig, **...)``: ``image_size`` and
-    ``normalization`` (plus ``intensity_window`` once ``TrainConfig`` has that field). A
-    normalisation the students do not implement yet (``clip-zscore``) falls back to
-    ``zscore``; ``plan.student`` keeps the planned one and its window."""
-    from dataclasses import fields as dataclass_fields
-
-    from seg.config import TrainConfig
-    from seg.slices import NORMALIZATIONS
-
-    normalization = plan.student.normalization if plan.student.normalization in NORMALIZATIONS else "zscore"
-    out: dict[str, Any] = {"image_size": tuple(plan.student.image_size), "normalization": normalization}
-    if normalization == "clip-zscore" and "intensity_window" in {f.name for f in dataclass_fields(TrainConfig)}:
-        out["intensity_window"] = plan.student.window  # once the students take a clip window
+    """Student settings for ``dataclasses.replace(TrainConfig, **...)``: ``image_size``,
+    ``normalization`` and, for ``clip-zscore``, its ``intensity_window``."""
+    out: dict[str, Any] = {"image_size": tuple(plan.student.image_size), "normalization": plan.student.normalization}
+    if plan.student.normalization == "clip-zscore":
+        out["intensity_window"] = tuple(float(v) for v in plan.student.window)
     return out
 
 

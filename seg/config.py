@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union, get_type_hints
+from typing import Any, Mapping, Optional, Sequence, Union, get_type_hints
 
 import yaml
 
@@ -29,7 +29,8 @@ class TrainConfig:
     image_size: tuple[int, int] = (64, 64)
     labeled_batch: int = 4
     unlabeled_batch: int = 4
-    normalization: str = "zscore"
+    normalization: str = "zscore"   # 'zscore', 'clip-zscore' (CT: clipped to intensity_window first) or 'none'
+    intensity_window: Optional[tuple[float, float]] = None   # (low, high) of 'clip-zscore'
     augment: AugmentConfig = AugmentConfig()
     # students: A is the one 'supervised' trains and the default prediction
     student_a: StudentConfig = StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256))

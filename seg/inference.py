@@ -30,9 +30,10 @@ def predict_probabilities(
     image_size: tuple[int, int],
     normalization: str = "zscore",
     batch_size: int = 16,
+    window: Optional[tuple[float, float]] = None,
 ) -> np.ndarray:
     """Class probabilities ``(C, Z, Y, X)`` float32 of ``model`` on the raw volume ``image_zyx``."""
-    volume = torch.from_numpy(normalize_intensity(image_zyx, normalization))
+    volume = torch.from_numpy(normalize_intensity(image_zyx, normalization, window))
     z_count, vy, vx = volume.shape
     out_hw = (int(image_size[0]), int(image_size[1]))
     to_volume = resize_matrix((vy, vx), out_hw)
@@ -62,9 +63,10 @@ def predict_labels(
     image_size: tuple[int, int],
     normalization: str = "zscore",
     batch_size: int = 16,
+    window: Optional[tuple[float, float]] = None,
 ) -> np.ndarray:
     """Label map ``(Z, Y, X)`` uint8 of ``model`` on ``image_zyx`` in its native grid."""
-    return predict_probabilities(model, image_zyx, image_size, normalization, batch_size).argmax(axis=0).astype(np.uint8)
+    return predict_probabilities(model, image_zyx, image_size, normalization, batch_size, window).argmax(axis=0).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class TrainedStudents:
         if student not in self.students:
             raise ValueError(f"no student {student!r} in this checkpoint; it has {sorted(self.students)}")
         cfg = self.config
-        return predict_labels(self.students[student], image_zyx, cfg.image_size, cfg.normalization, cfg.infer_batch)
+        return predict_labels(self.students[student], image_zyx, cfg.image_size, cfg.normalization, cfg.infer_batch,
+                              cfg.intensity_window)
 
 
 def read_checkpoint_dict(path: Path, required: tuple[str, ...] = ("config", "class_names", "students", "step")) -> dict:

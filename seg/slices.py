@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from seg.data.case import Case
 
 Array = Union[np.ndarray, torch.Tensor]
 
-NORMALIZATIONS = ("zscore", "none")
+NORMALIZATIONS = ("zscore", "clip-zscore", "none")
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,19 @@ class TrainVolume:
     label: torch.Tensor | None     # (Z, Y, X) uint8, or None when unlabeled
 
 
-def normalize_intensity(image_zyx: np.ndarray, method: str = "zscore") -> np.ndarray:
-    """Per-volume intensity normalisation: ``'zscore'`` (zero mean, unit std over the volume)
-    or ``'none'``. Returns float32 ``(Z, Y, X)``."""
+def normalize_intensity(image_zyx: np.ndarray, method: str = "zscore",
+                        window: Optional[tuple[float, float]] = None) -> np.ndarray:
+    """Per-volume intensity normalisation: ``'zscore'`` (zero mean, unit std over the volume),
+    ``'clip-zscore'`` (values clipped to ``window`` first: CT, where air and bone would
+    otherwise set the scale) or ``'none'``. Returns float32 ``(Z, Y, X)``."""
     image = np.asarray(image_zyx, dtype=np.float32)
     if method == "none":
         return image
+    if method == "clip-zscore":
+        if window is None or not window[0] < window[1]:
+            raise ValueError(f"normalisation 'clip-zscore' needs intensity_window (low, high) with low < high, got {window}")
+        image = np.clip(image, window[0], window[1])
+        method = "zscore"
     if method == "zscore":
         std = float(image.std())
         # a constant volume has no contrast to keep; centring it is all that is meaningful
@@ -84,10 +91,11 @@ def normalize_intensity(image_zyx: np.ndarray, method: str = "zscore") -> np.nda
     raise ValueError(f"unknown intensity normalisation {method!r}; expected one of {NORMALIZATIONS}")
 
 
-def prepare_volume(case: Case, normalization: str = "zscore", with_label: bool = True) -> TrainVolume:
+def prepare_volume(case: Case, normalization: str = "zscore", with_label: bool = True,
+                   window: Optional[tuple[float, float]] = None) -> TrainVolume:
     """``case`` as a :class:`TrainVolume` (its label dropped unless ``with_label``)."""
     label = torch.from_numpy(case.label.copy()) if with_label and case.label is not None else None
-    return TrainVolume(case.case_id, torch.from_numpy(normalize_intensity(case.image, normalization)), label)
+    return TrainVolume(case.case_id, torch.from_numpy(normalize_intensity(case.image, normalization, window)), label)
 
 
 def resize_matrix(volume_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:

@@ -235,8 +235,8 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
     # the modules that run forward: the students, wrapped so that gradients are averaged over ranks
     engines: dict[str, nn.Module] = {n: DistributedDataParallel(m) if world.active else m for n, m in students.items()}
     sampler = SliceSampler(
-        [prepare_volume(c, cfg.normalization) for c in data.labeled],
-        [prepare_volume(c, cfg.normalization) for c in data.unlabeled],
+        [prepare_volume(c, cfg.normalization, window=cfg.intensity_window) for c in data.labeled],
+        [prepare_volume(c, cfg.normalization, window=cfg.intensity_window) for c in data.unlabeled],
         cfg.labeled_batch,
         cfg.unlabeled_batch if method.unlabeled else 0,
         cfg.image_size,

@@ -26,7 +26,8 @@ def validate(students: Mapping[str, nn.Module], cases: Sequence[Case], cfg: Trai
     for name, model in students.items():
         per_case = []
         for i, case in enumerate(cases):
-            pred = predict_labels(model, case.image, cfg.image_size, cfg.normalization, cfg.infer_batch)
+            pred = predict_labels(model, case.image, cfg.image_size, cfg.normalization, cfg.infer_batch,
+                                  cfg.intensity_window)
             per_case.append(score_case(pred, case.label, case.spacing, n))
             if i == 0:
                 first[name] = pred

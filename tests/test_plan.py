@@ -165,8 +165,9 @@ def test_overrides_for_registration_and_students(iso_dir):
     assert changed.prealign.method == "none" and changed.loss.smoothness_weight == 1
     with pytest.raises(ValueError, match="unknown option"):
         apply_overrides(config, ["gird.shape=[16,16,16]"])
-    seg = replace(TrainConfig(), **seg_overrides(plan))  # values the students accept today
-    assert seg.image_size == plan.student.image_size and seg.normalization == "zscore"
+    seg = replace(TrainConfig(), **seg_overrides(plan))  # CT-like: clipped to the planned window, then z-scored
+    assert seg.image_size == plan.student.image_size == (64, 64) and seg.normalization == "clip-zscore"
+    assert seg.intensity_window == tuple(plan.student.window) and seg.intensity_window[0] < seg.intensity_window[1]
 
 
 def test_cli_plan_and_reg_train_use_the_plan(iso_dir, tmp_path, capsys):

@@ -157,3 +157,14 @@ def test_zscore_normalisation_per_volume():
     assert (normalize_intensity(np.full((2, 3, 3), 7.0), "zscore") == 0).all()
     with pytest.raises(ValueError, match="normalisation"):
         normalize_intensity(image, "minmax")
+
+
+def test_clip_zscore_clips_to_the_window_before_standardising():
+    from seg.slices import normalize_intensity
+
+    ct = np.array([[[-1000.0, 0.0, 50.0, 100.0, 1500.0]]], dtype=np.float32)
+    out = normalize_intensity(ct, "clip-zscore", (0.0, 100.0))
+    clipped = np.clip(ct, 0.0, 100.0)
+    np.testing.assert_allclose(out, (clipped - clipped.mean()) / clipped.std(), rtol=1e-5)
+    with pytest.raises(ValueError, match="intensity_window"):
+        normalize_intensity(ct, "clip-zscore", None)

@@ -28,6 +28,7 @@ from joint.app.demo import DemoConfig
 from joint.app.stages import pretrain_registration
 from joint.config import build_config
 from joint.methods import METHODS, REGISTRATION_METHODS
+from joint.plan import plan_for, reg_config, seg_overrides
 from seg.config import PRESETS
 from seg.data.case import CaseError
 from seg.data.phantom import write_phantom
@@ -90,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)   # this command's process only
     methods, labeled = _items(args.methods, "methods"), _items(args.labeled, "labeled")
     backends = _items(args.backends, "backends") if any(m in REGISTRATION_METHODS for m in methods) else []
-    base = build_config(args.config, args.overrides, field_cache=str(out / "reg-cache"))
-    plan_runs(methods, backends, labeled, range(args.seeds))  # refuse a bad grid before any work
+    build_config(args.config, args.overrides)   # refuse bad options before any work
+    plan_runs(methods, backends, labeled, range(args.seeds))  # and a bad grid
 
     data = args.data
     if data is None:
@@ -103,10 +104,14 @@ def run(args: argparse.Namespace) -> int:
     if split is None:
         raise CaseError(f"{data}: the folder has no split.json; pass --split FILE")
     split.check_patients(dataset.patient_ids, str(args.split or data))
+    plan = plan_for(dataset, split)
+    base = build_config(args.config, args.overrides, field_cache=str(out / "reg-cache"),
+                        planned=seg_overrides(plan) if args.config is None else None)
     if "learned" in backends:
         if args.reg_steps < 1:
             raise ValueError(f"--reg-steps must be >= 1, got {args.reg_steps}")
-        reg_cfg = DemoConfig().reg.with_overrides(steps=args.reg_steps)
+        # the demo's network and schedule on the dataset's planned grid and pre-alignment
+        reg_cfg = reg_config(plan, base=DemoConfig().reg.with_overrides(steps=args.reg_steps))
         ckpt = pretrain_registration(dataset, split, reg_cfg, out / "reg", labeled[0])
         backends = [f"learned:{ckpt}" if b == "learned" else b for b in backends]
 

@@ -5,8 +5,9 @@
 
                [--reg-backend SPEC] [--atlas-policy random|similar|fused]
 
-The configuration starts from the ``cpu-small`` preset (or ``--config``: a preset name such as
-``paper``, or a YAML file applied over ``cpu-small``), then every ``--set`` (any option of
+The configuration starts from the ``cpu-small`` preset with the dataset's planned student
+settings (input size, intensity normalisation: ``cctr plan``), or from ``--config`` (a preset
+name such as ``paper``, or a YAML file applied over ``cpu-small``) as given, then every ``--set`` (any option of
 :class:`joint.config.JointConfig`: the seg options plus the registration ones, nested ones
 with dots, e.g. ``oracle.policy=fused``), then the explicit flags (``--reg-backend`` sets
 ``oracle.backend``, ``--atlas-policy`` sets ``oracle.policy``). The run folder gets ``config.yaml``, ``best.pt``,
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from joint.config import build_config
+from joint.plan import plan_for, seg_overrides
 from joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, registration_only
 from joint.oracle import POLICIES
 from seg.config import PRESETS
@@ -55,11 +57,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    try:
-        cfg = build_config(args.config, args.overrides, method=args.method, labeled=args.labeled, out_dir=args.out,
-                           reg_backend=args.reg_backend, atlas_policy=args.atlas_policy)
-    except ValueError as exc:
-        raise CaseError(str(exc)) from exc
     dataset = open_dataset(args.data, args.layout)
     if args.split is not None:
         split = load_split(args.split)
@@ -67,6 +64,12 @@ def run_train(args: argparse.Namespace) -> int:
         split = dataset.default_split
     else:
         raise CaseError(f"{args.data}: the folder has no split.json; pass --split FILE")
+    planned = seg_overrides(plan_for(dataset, split)) if args.config is None else None
+    try:
+        cfg = build_config(args.config, args.overrides, method=args.method, labeled=args.labeled, out_dir=args.out,
+                           reg_backend=args.reg_backend, atlas_policy=args.atlas_policy, planned=planned)
+    except ValueError as exc:
+        raise CaseError(str(exc)) from exc
     if cfg.method == REGISTRATION_ONLY:
         done = registration_only(cfg, dataset, split, progress=not args.no_progress)
         print(f"propagated labels to {len(done.predictions)} {cfg.eval_subset} volumes -> {done.out_dir}")
