@@ -28,6 +28,7 @@ from seg.config import PRESETS
 from seg.data.case import CaseError
 from seg.data.readers import LAYOUTS, open_dataset
 from seg.data.split import load_split
+from seg.distributed import world_from_environment
 from seg.train import Method, train
 
 
@@ -80,6 +81,8 @@ def run_train(args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
+    if not world_from_environment().is_main:
+        return 0   # under torchrun, rank 0 reports for all
     print(f"trained {cfg.method} ({cfg.iterations} iterations) in {result.seconds:.0f} s -> {result.out_dir}")
     if result.best_checkpoint is not None:
         print(f"best validation Dice (student {cfg.select_student}): {result.best_score:.4f} "
