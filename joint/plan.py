@@ -30,6 +30,7 @@ from reg.grid import CanonicalGrid
 from reg.plan import DatasetGeometry, PlanRules, RegPlan, apply_plan, plan_registration
 from reg.prealign import PrealignConfig
 from seg.atomic import write_json
+from seg.config import to_dict
 from seg.data.dataset import Dataset
 from seg.data.fingerprint import Fingerprint, fingerprint
 from seg.data.split import Split
@@ -61,7 +62,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         reg = asdict(self.reg)
-        return _plain({
+        return to_dict({
             "version": self.version, "patients": list(self.patients), "rules": asdict(self.rules),
             "fingerprint": self.fingerprint.to_dict(), "reg": reg, "student": asdict(self.student),
         })
@@ -84,14 +85,6 @@ class Plan:
                               str(s["normalization"]), tuple(s["window"]) if s.get("window") is not None else None)
         return Plan(tuple(d["patients"]), PlanRules(**d["rules"]), Fingerprint.from_dict(d["fingerprint"]), reg, student,
                     int(d["version"]))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def registration_window(fp: Fingerprint) -> Optional[tuple[float, float]]:

@@ -97,11 +97,14 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
-def to_dict(cfg: Any) -> dict:
-    """``cfg`` as plain YAML-able data (tuples become lists)."""
+def to_dict(cfg: Any) -> Any:
+    """``cfg`` (a dataclass, or mappings and sequences of them) as plain YAML- and JSON-able
+    data: dataclasses and mappings become dicts, tuples become lists."""
     def plain(v: Any) -> Any:
         if is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         return v

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from seg.config import to_dict
 from seg.data.case import Case, CaseRef
 from seg.data.dataset import Dataset
 
@@ -67,7 +68,7 @@ class Fingerprint:
     seconds: float  # time taken to compute it
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        return to_dict(self)
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "Fingerprint":
@@ -79,14 +80,6 @@ class Fingerprint:
             if isinstance(value, list):
                 data[key] = tuple(value)
         return Fingerprint(**data)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def centred_extent(label_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> Optional[Triple]:
