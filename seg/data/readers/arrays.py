@@ -3,6 +3,7 @@ TransUNet releases, slices stacked back into volumes, and the user-given spacing
 stands in for the geometry these files lack."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -84,6 +85,18 @@ def _pick(
             raise CaseError(f"{path}: no {' or '.join(map(repr, names))} array (the file holds {sorted(present)})")
         out[role] = np.asarray(get(name))
     return out
+
+
+def numbered_files(folder: Path, pattern: "re.Pattern[str]") -> dict[str, list[tuple[int, Path]]]:
+    """The files of ``folder`` whose names match ``pattern`` (groups: case id, slice number),
+    per case and sorted by number; each reader checks its own numbering rule on them."""
+    by_case: dict[str, list[tuple[int, Path]]] = {}
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            m = pattern.match(entry.name)
+            if m:
+                by_case.setdefault(m.group(1), []).append((int(m.group(2)), entry))
+    return {case_id: sorted(numbered) for case_id, numbered in by_case.items()}
 
 
 def stack_slices(slice_paths: Sequence[Path], keys: Mapping[str, Sequence[str]], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:

@@ -32,7 +32,8 @@ from seg.data.dataset import Dataset, folder_split
 from seg.data.known_splits import ACDC_LABELED_SIZES, known_split_if_covered
 from seg.data.nifti import read_nifti_geometry
 from seg.data.readers.acdc import ACDC_CLASSES, ed_es_frames, patient_folders, read_info_cfg
-from seg.data.readers.arrays import Spacing, SpacingOption, array_case, list_file_names, read_arrays, spacing_lookup, stack_slices
+from seg.data.readers.arrays import (Spacing, SpacingOption, array_case, list_file_names, numbered_files, read_arrays,
+                                     spacing_lookup, stack_slices)
 from seg.data.split import Split, split_with_prefix_sets
 
 LAYOUT = "acdc-ssl4mis"
@@ -50,15 +51,8 @@ def looks_like(root: Path) -> bool:
 
 def _index_slices(slices_dir: Path) -> dict[str, list[Path]]:
     """Slice files of each volume, ordered by slice number; a gap in the numbers is an error."""
-    by_case: dict[str, list[tuple[int, Path]]] = {}
-    if slices_dir.is_dir():
-        for entry in slices_dir.iterdir():
-            m = _SLICE.match(entry.name)
-            if m:
-                by_case.setdefault(m.group(1), []).append((int(m.group(2)), entry))
     out: dict[str, list[Path]] = {}
-    for case_id, numbered in by_case.items():
-        numbered.sort()
+    for case_id, numbered in numbered_files(slices_dir, _SLICE).items():
         numbers = [n for n, _ in numbered]
         expected = list(range(numbers[0], numbers[0] + len(numbers)))
         if numbers != expected:

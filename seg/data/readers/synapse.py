@@ -31,7 +31,8 @@ from typing import Callable, Optional, Sequence
 from seg.data.case import Case, CaseError, CaseRef
 from seg.data.dataset import Dataset, folder_split
 from seg.data.known_splits import SYNAPSE_LABELED_SIZES, known_split_if_covered
-from seg.data.readers.arrays import Spacing, SpacingOption, array_case, list_file_names, read_arrays, spacing_lookup, stack_slices
+from seg.data.readers.arrays import (Spacing, SpacingOption, array_case, list_file_names, numbered_files, read_arrays,
+                                     spacing_lookup, stack_slices)
 from seg.data.split import Split, split_with_prefix_sets
 
 LAYOUT = "synapse"
@@ -50,15 +51,9 @@ def looks_like(root: Path) -> bool:
 
 
 def _index_slices(train_dir: Path) -> dict[str, list[Path]]:
-    by_case: dict[str, list[tuple[int, Path]]] = {}
-    if train_dir.is_dir():
-        for entry in train_dir.iterdir():
-            m = _SLICE.match(entry.name)
-            if m:
-                by_case.setdefault(m.group(1), []).append((int(m.group(2)), entry))
+    """Slice files of each training case, ordered by slice number, numbered from 000 without gaps."""
     out: dict[str, list[Path]] = {}
-    for case_id, numbered in by_case.items():
-        numbered.sort()
+    for case_id, numbered in numbered_files(train_dir, _SLICE).items():
         for expected, (number, _) in enumerate(numbered):
             if number != expected:
                 raise CaseError(f"{train_dir / f'{case_id}_slice{expected:03d}.npz'}: missing; "
