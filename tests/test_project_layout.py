@@ -9,17 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _imported_top_levels(package: str) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for path in (ROOT / package).rglob("*.py"):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(a.name.split(".")[0] for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
-        found[str(path.relative_to(ROOT))] = names
-    return found
+    return {f: {m.split(".")[0] for m in mods} for f, mods in _imported_modules(package).items()}
 
 
 def test_reg_does_not_import_seg_or_joint():
