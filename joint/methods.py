@@ -39,7 +39,8 @@ from seg.metrics import ClassScore, score_case
 from seg.atomic import write_json
 from seg.hooks import TrainerHook
 from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown
-from seg.train import SEG_METHODS, Method, TrainData, TrainResult, train
+from seg.train import SEG_METHODS, Method, TrainResult, train
+from seg.train_data import TrainData
 
 REGISTRATION_ONLY = "registration-only"
 COUPLED = "cctr-coupled"

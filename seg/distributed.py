@@ -29,6 +29,10 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
+from seg.guard import NonFiniteError, check_losses
+from seg.slices import SliceBatch
+from seg.students import StudentOutput
+
 
 @dataclass(frozen=True)
 class World:
@@ -110,3 +114,22 @@ def any_rank(flag: bool, world: World) -> bool:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def check_losses_everywhere(step: int, terms: Mapping[str, torch.Tensor], world: World) -> None:
+    """:func:`seg.guard.check_losses` on this rank, and a stop on every rank when any rank's
+    loss is not finite (a rank that stopped alone would leave the others waiting forever)."""
+    try:
+        check_losses(step, terms)
+    except NonFiniteError as exc:
+        any_rank(True, world)
+        raise exc
+    if any_rank(False, world):
+        raise NonFiniteError(f"step {step}: a loss term on another process is NaN or inf")
+
+
+def gather_outputs(out: StudentOutput, whole: SliceBatch, world: World) -> StudentOutput:
+    """A student's detached outputs for the whole global batch (this rank's alone when it is
+    the only one)."""
+    n, total = whole.num_labeled, whole.image.shape[0]
+    return StudentOutput(*(gather_rows(t.detach(), n, total, world) for t in (out.logits, out.features, out.embedding)))

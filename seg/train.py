@@ -22,7 +22,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -30,15 +29,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 from seg.atomic import atomic_path, discard_on_failure
 from seg.config import TrainConfig, differences, from_dict, save_config, to_dict
-from seg.data.case import Case, CaseError
 from seg.data.dataset import Dataset
 from seg.data.split import Split
 from seg.diagnostics import DiagnosticsHook
-from seg.distributed import World, any_rank, check_batch, gather_rows, rows_of_rank, world_from_environment
+from seg.distributed import (World, check_batch, check_losses_everywhere, gather_outputs, rows_of_rank,
+                             world_from_environment)
 from seg.distributed import start as start_group
 from seg.distributed import stop as stop_group
 from seg.geometry_check import geometry_stats
-from seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_losses, check_state_finite
+from seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
 from seg.hooks import TrainerHook, check_names
 from seg.inference import read_checkpoint_dict
 from seg.losses import ExtraPositive, sigmoid_rampup
@@ -47,23 +46,8 @@ from seg.progress import Progress
 from seg.runlock import run_lock
 from seg.slices import SliceBatch, SliceSampler, prepare_volume
 from seg.students import StudentOutput, build_student
+from seg.train_data import TrainData, load_train_data
 from seg.validation import validate, write_overlays
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """The cases one run trains and validates on (labels of unlabeled cases already dropped).
-
-    ``diagnostic_labels``: case id -> uint8 ``(Z, Y, X)`` label of an UNLABELED case where the
-    dataset has one (the phantoms do). Diagnostics only (``seg.diagnostics``,
-    ``rsl/target_dice_hidden``): never read by any loss, so a run is bit-identical without it.
-    """
-
-    labeled: tuple[Case, ...]
-    unlabeled: tuple[Case, ...]
-    val: tuple[Case, ...]
-    class_names: tuple[str, ...]
-    diagnostic_labels: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,24 +86,6 @@ RESUME_KEYS = ("config", "students", "optimizers", "sampler", "contrast_rng", "t
 
 def poly_lr(base_lr: float, step: int, iterations: int, power: float) -> float:
     return base_lr * (1.0 - step / iterations) ** power
-
-
-def load_train_data(dataset: Dataset, split: Split, labeled_set: str, with_unlabeled: bool = True) -> TrainData:
-    """Load the labeled, unlabeled (unless not ``with_unlabeled``) and validation cases of
-    ``split`` for ``labeled_set``."""
-    labeled = tuple(ref.load() for ref in dataset.of_patients(split.labeled(labeled_set)))
-    missing = [c.case_id for c in labeled if c.label is None]
-    if missing:
-        raise CaseError(f"{dataset.root}: labeled set {labeled_set!r} has cases without a label: {missing}")
-    unlabeled_refs = dataset.of_patients(split.unlabeled(labeled_set)) if with_unlabeled else ()
-    loaded = tuple(ref.load() for ref in unlabeled_refs)
-    unlabeled = tuple(c.with_label(None) for c in loaded)
-    hidden = MappingProxyType({c.case_id: c.label for c in loaded if c.label is not None})
-    val = tuple(ref.load() for ref in dataset.of_patients(split.val))
-    missing = [c.case_id for c in val if c.label is None]
-    if missing:
-        raise CaseError(f"{dataset.root}: validation cases without a label: {missing}")
-    return TrainData(labeled, unlabeled, val, tuple(dataset.class_names), hidden)
 
 
 def training_device(name: str) -> torch.device:
@@ -300,7 +266,7 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                 opt.zero_grad(set_to_none=True)
             try:
                 # a NaN or inf term stops the run naming the step and the term, before it reaches the weights
-                _check_losses_everywhere(step + 1, {**losses, "total": total}, world)
+                check_losses_everywhere(step + 1, {**losses, "total": total}, world)
                 total.backward()
                 for n, m in students.items():
                     check_gradients(step + 1, ((f"{n}.{k}", p) for k, p in m.named_parameters()))
@@ -313,7 +279,7 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                 continue
             for opt in optimizers.values():
                 opt.step()
-            detached = {n: _gathered(o, whole, world) for n, o in outputs.items()}
+            detached = {n: gather_outputs(o, whole, world) for n, o in outputs.items()}
             for hook in all_hooks:
                 hook.after_step(step, whole, detached)   # every rank sees the whole batch: hook state agrees
 
@@ -378,25 +344,6 @@ class _Silent:
 
     def close(self) -> None:
         return None
-
-
-def _check_losses_everywhere(step: int, terms: Mapping[str, torch.Tensor], world: World) -> None:
-    """:func:`seg.guard.check_losses` on this rank, and a stop on every rank when any rank's
-    loss is not finite (a rank that stopped alone would leave the others waiting forever)."""
-    try:
-        check_losses(step, terms)
-    except NonFiniteError as exc:
-        any_rank(True, world)
-        raise exc
-    if any_rank(False, world):
-        raise NonFiniteError(f"step {step}: a loss term on another process is NaN or inf")
-
-
-def _gathered(out: StudentOutput, whole: SliceBatch, world: World) -> StudentOutput:
-    """A student's detached outputs for the whole global batch (this rank's alone when it is
-    the only one)."""
-    n, total = whole.num_labeled, whole.image.shape[0]
-    return StudentOutput(*(gather_rows(t.detach(), n, total, world) for t in (out.logits, out.features, out.embedding)))
 
 
 def _extra_positives(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch,

@@ -20,7 +20,8 @@ from seg.data.dataset import Dataset
 from seg.data.split import Split
 from seg.hooks import TrainerHook
 from seg.students import StudentConfig
-from seg.train import load_train_data, train
+from seg.train import train
+from seg.train_data import load_train_data
 
 CLASSES = ("background", "RV", "MYO", "LV")
 SHAPE = (3, 32, 32)

@@ -26,7 +26,8 @@ from seg.diagnostics import (
 from seg.losses import ContrastConfig
 from seg.slices import AugmentConfig, SliceBatch, resize_matrix
 from seg.students import StudentConfig, StudentOutput
-from seg.train import load_train_data, train
+from seg.train import train
+from seg.train_data import load_train_data
 
 NAMES = ("background", "RV", "MYO", "LV")
 
