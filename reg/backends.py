@@ -118,7 +118,8 @@ def _typed_options(s: Spec, spec: str) -> tuple[Any, Any]:
     own, rest = _split_options(params_cls, s.options)
     common = _typed(ClassicalCommon, rest, spec, also_known=[f.name for f in fields(params_cls)])
     try:
-        replace(PrealignConfig(), method=common.prealign)
+        if common.prealign:
+            replace(PrealignConfig(), method=common.prealign)
     except ValueError as exc:
         raise ValueError(f"backend {spec!r}: {exc}") from exc
     return _typed(params_cls, own, spec), common
@@ -297,7 +298,8 @@ class LearnedParams:
 
 @dataclass(frozen=True)
 class ClassicalCommon:
-    prealign: str = "search"
+    # '' = the pre-alignment handed to load_backend (a dataset's plan), else the project default
+    prealign: str = ""
 
 
 _CLASSICAL = {
@@ -335,7 +337,7 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
     _, fn = _CLASSICAL[s.kind]
     base = prealign or PrealignConfig()
     try:
-        chosen = replace(base, method=common.prealign)
+        chosen = replace(base, method=common.prealign) if common.prealign else base
     except ValueError as exc:
         raise ValueError(f"backend {spec!r}: {exc}") from exc
     the_grid = grid or CanonicalGrid()
