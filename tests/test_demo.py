@@ -50,6 +50,14 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     assert "## Test volumes, cctr (student a)" in text
     assert "## Test volumes, supervised (student a)" in text
     assert "## Test volumes, registration-only (learned backend, same atlases)" in text
+    # the data's plan is shown, and the registration net was pretrained on the planned grid
+    assert "## The data's plan (`cctr plan`)" in text and "registration grid" in text
+    from joint.plan import load_plan
+    from reg.checkpoint import read_checkpoint
+
+    planned = load_plan(finished.paths.data / "cctr_plan.json").reg.grid
+    trained = read_checkpoint(finished.paths.reg / "last.pt")["config"]["grid"]
+    assert tuple(trained["shape"]) == planned.shape and tuple(trained["spacing"]) == planned.spacing
     for name in ("RV", "MYO", "LV", "**mean**"):
         assert text.count(f"| {name} |") == 3   # the cctr, supervised and registration-only tables
     mean_dice = finished.summary.overall["dice"].mean

@@ -1,7 +1,8 @@
 """The main job, ``cctr demo``: the whole CCT-R pipeline on the embedded phantom, as small stages.
 
 1. generate the phantom (:func:`seg.data.phantom.write_phantom`) into ``OUT/data``;
-2. pretrain the learned registration net on the split's training volumes into ``OUT/reg``;
+2. plan from the data (:func:`joint.plan.plan_for`, ``OUT/data/cctr_plan.json``) and pretrain the learned
+   registration net on the planned grid, on the split's training volumes, into ``OUT/reg``;
 3. train ``cctr`` (RSL + REPS) with ``learned:OUT/reg/best.pt`` into ``OUT/seg``, and the
    ``supervised`` baseline (student A on the labeled slices only, same iterations; cheap)
    into ``OUT/supervised``;
@@ -48,6 +49,7 @@ from joint.app.stages import (
     train_segmentation,
 )
 from joint.config import JointConfig, as_joint_config, with_backend
+from joint.plan import format_plan, plan_for, reg_config
 from reg.checkpoint import read_checkpoint
 from reg.config import RegConfig
 from reg.config import TrainConfig as RegTrainConfig
@@ -87,6 +89,9 @@ class DemoConfig:
     # also train 'supervised' (student A, labeled slices only) with seg's options, iterations and
     # seed, and score it on the same test volumes: the gain of seg.method over it is the point
     supervised_baseline: bool = True
+    # pretrain registration on the grid, pre-alignment and NCC window planned from the phantom
+    # (cctr plan, shown in the report); false: reg's grid and pre-alignment exactly as given
+    plan_registration: bool = True
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,7 @@ def comparison_table(rows: Sequence[tuple[str, str, Summary]]) -> str:
 def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_checkpoint: Path, seg_checkpoint: Path,
                     summary: Summary, baseline: Summary, guidance: Mapping[str, Sequence[float]],
                     seconds: Mapping[str, float], paths: DemoPaths, supervised: Summary | None = None,
-                    supervised_checkpoint: Path | None = None) -> str:
+                    supervised_checkpoint: Path | None = None, plan_text: str = "") -> str:
     """``report.md``: what ran, the 3D scores (with the supervised baseline beside the method
     when it was trained), the registration guidance, stage times, files."""
     reg_state = read_checkpoint(reg_checkpoint)
@@ -310,6 +315,7 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
          "RSL pseudo-labels and REPS correspondences."),
         "",
         guidance_table({spec.replace(f"{paths.out}{os.sep}", ""): v for spec, v in guidance.items()}),
+        *(["## The data's plan (`cctr plan`)", "", "```text", plan_text.rstrip(), "```", ""] if plan_text else []),
         "## Stage times (wall seconds, when each stage last ran)",
         "",
         "| stage | seconds |",
@@ -349,8 +355,11 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
     if split is None:
         raise CaseError(f"{paths.data}: the phantom folder has no split.json")
 
-    started, ran = time.perf_counter(), not registration_done(cfg.reg, paths.reg)
-    reg_checkpoint = pretrain_registration(dataset, split, cfg.reg, paths.reg, cfg.labeled)
+    plan = plan_for(dataset, split)
+    # the registration front end (grid, pre-alignment, NCC window) from the data; the network and schedule are cfg.reg's
+    reg_cfg = reg_config(plan, base=cfg.reg) if cfg.plan_registration else cfg.reg
+    started, ran = time.perf_counter(), not registration_done(reg_cfg, paths.reg)
+    reg_checkpoint = pretrain_registration(dataset, split, reg_cfg, paths.reg, cfg.labeled)
     if ran:
         record_time(paths, "registration pretraining", time.perf_counter() - started, add=True)
 
@@ -394,7 +403,7 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
     seconds = _read_json(paths.timings)
     write_text_atomic(paths.report, report_markdown(cfg, seg_cfg, split, reg_checkpoint, seg_checkpoint, summary,
                                                     baseline.summary, guidance, seconds, paths, supervised,
-                                                    sup_checkpoint))
+                                                    sup_checkpoint, format_plan(plan)))
     return DemoResult(paths, summary, baseline.summary, supervised, guidance, seconds)
 
 
