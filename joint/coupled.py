@@ -140,6 +140,7 @@ class CoupledRegistration(TrainerHook):
     """The registration net trained alongside the students; see the module docstring."""
 
     name = "regnet"
+    sees_whole_batch = True   # the registration net must take the same steps on every process
 
     def __init__(self, net: RegistrationNet, reg_config: RegConfig, cfg: CoupledConfig, labeled: Sequence[Case],
                  unlabeled: Sequence[Case], val: Sequence[Case], num_classes: int, seed: int = 0,

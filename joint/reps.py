@@ -96,6 +96,7 @@ class RegistrationPositives(TrainerHook):
     """
 
     name = "reps"
+    sees_whole_batch = True   # the banks must hold the same embeddings on every process
 
     def __init__(self, oracle: RegistrationOracle, banks: Mapping[str, MemoryBank]) -> None:
         self.oracle = oracle

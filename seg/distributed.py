@@ -14,8 +14,8 @@ GLOBAL batch (``labeled_batch`` + ``unlabeled_batch``):
 - the students are wrapped in ``DistributedDataParallel``: gradients are averaged, so the
   weights stay identical on every rank;
 - what hooks do after a step (memory banks, a second network) must agree on every rank, so
-  they see the whole global batch: :func:`gather_rows` puts every rank's detached outputs
-  back in global order;
+  a hook that says so (``TrainerHook.sees_whole_batch``) sees the whole global batch:
+  :func:`gather_outputs` puts every rank's detached outputs back in global order;
 - only rank 0 writes (checkpoints, config, TensorBoard, progress, the run lock).
 
 The global batch sizes must divide by the number of ranks.

@@ -44,6 +44,10 @@ class TrainerHook:
 
     #: labels the hook's losses (``loss/<student>/<name>``), metrics and checkpoint state
     name: str = "hook"
+    #: under torchrun, whether ``after_step`` must see the whole global batch (gathered from
+    #: every process, at a communication cost) so that its state agrees on every process, as a
+    #: memory bank or a second network must; otherwise it sees this process's share
+    sees_whole_batch: bool = False
 
     def losses(self, step: int, batch: SliceBatch, outputs: Outputs) -> dict[str, torch.Tensor]:
         return {}

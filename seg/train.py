@@ -279,9 +279,15 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                 continue
             for opt in optimizers.values():
                 opt.step()
-            detached = {n: gather_outputs(o, whole, world) for n, o in outputs.items()}
+            mine_only = {n: StudentOutput(o.logits.detach(), o.features.detach(), o.embedding.detach())
+                         for n, o in outputs.items()}
+            gathered = ({n: gather_outputs(o, whole, world) for n, o in outputs.items()}
+                        if world.active and any(h.sees_whole_batch for h in all_hooks) else None)
             for hook in all_hooks:
-                hook.after_step(step, whole, detached)   # every rank sees the whole batch: hook state agrees
+                if hook.sees_whole_batch and gathered is not None:
+                    hook.after_step(step, whole, gathered)   # the same on every process: hook state agrees
+                else:
+                    hook.after_step(step, batch, mine_only)
 
             done = step + 1
             for key, value in losses.items():

@@ -20,6 +20,7 @@ from seg.train import train  # noqa: E402
 
 class Probe(TrainerHook):
     name = "probe"
+    sees_whole_batch = True
 
     def __init__(self) -> None:
         self.trained, self.seen, self.sums = [], [], []
