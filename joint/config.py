@@ -60,13 +60,17 @@ def build_config(config: Optional[str] = None, overrides: Sequence[str] = (), *,
                  labeled: Optional[str] = None, out_dir: Optional[Path] = None, reg_backend: Optional[str] = None,
                  atlas_policy: Optional[str] = None, field_cache: Optional[str] = None,
                  planned: Optional[Mapping[str, Any]] = None) -> JointConfig:
-    """A run's configuration: the ``cpu-small`` preset with the dataset's ``planned`` student
-    settings (:func:`joint.plan.seg_overrides`), or ``config`` (a preset name, or a YAML file
+    """A run's configuration: the ``cpu-small`` preset with the dataset's ``planned`` settings
+    (:func:`joint.plan.joint_overrides`: students, and the classical backends' front end under
+    ``'oracle'``), or ``config`` (a preset name, or a YAML file
     applied over ``cpu-small``) as given; then ``field_cache``; then every ``key=value`` of
     ``overrides``; then each explicit flag that is not None. ``config.yaml`` records the result."""
     base = as_joint_config(preset("cpu-small"))
     if config is None:
-        cfg = replace(base, **(planned or {}))
+        planned = dict(planned or {})
+        oracle_fields = planned.pop("oracle", {})
+        cfg = replace(base, **planned)
+        cfg = replace(cfg, oracle=replace(cfg.oracle, **oracle_fields))
     elif config in PRESETS:
         cfg = as_joint_config(preset(config))
     else:

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from reg.backends import Backend, load_backend
+from reg.grid import CanonicalGrid
+from reg.prealign import PrealignConfig
 from reg.field import Field, voxel_grid
 from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError
@@ -65,6 +67,10 @@ class OracleConfig:
     workers: int = 2                       # processes for classical backends; <= 1 = in process
     batch_pairs: int = 4                   # pairs per learned-backend call
     similarity_shape: tuple[int, int, int] = (16, 64, 64)  # canonical (Z, Y, X) grid of 'similar'
+    # the canonical front end of CLASSICAL backends (the learned one keeps its checkpoint's);
+    # None: reg's defaults. The command line fills both from the dataset's plan (cctr plan).
+    grid: Optional[CanonicalGrid] = None
+    prealign: Optional[PrealignConfig] = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -208,9 +214,10 @@ def _one_thread_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def _register_pair(spec: str, fixed: np.ndarray, fixed_spacing: tuple, moving: np.ndarray,
+def _register_pair(spec: str, grid: Optional[CanonicalGrid], prealign: Optional[PrealignConfig], fixed: np.ndarray,
+                   fixed_spacing: tuple, moving: np.ndarray,
                    moving_spacing: tuple) -> Field:
-    return load_backend(spec).register(fixed, fixed_spacing, moving, moving_spacing)
+    return load_backend(spec, grid, prealign).register(fixed, fixed_spacing, moving, moving_spacing)
 
 
 def canonical_ncc(a_zyx: np.ndarray, b_zyx: np.ndarray, shape_zyx: Sequence[int]) -> float:
@@ -251,7 +258,7 @@ class RegistrationOracle:
                              "'learned:CKPT', 'sitk-demons', 'ants-syn' or 'identity')")
         self.cfg = cfg
         self.seed = int(seed)
-        self.backend = backend if backend is not None else load_backend(cfg.backend)
+        self.backend = backend if backend is not None else load_backend(cfg.backend, cfg.grid, cfg.prealign)
         self._from_spec = backend is None
         self.atlases = {c.case_id: c for c in atlases}
         self.targets = {c.case_id: c for c in targets}
@@ -373,7 +380,8 @@ class RegistrationOracle:
         workers = min(self.cfg.workers, len(pairs))
         ctx = multiprocessing.get_context("spawn")  # a forked torch runtime can deadlock its threads
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread_worker) as pool:
-            jobs = {pool.submit(_register_pair, self.backend.spec, *self._inputs(p)): p for p in pairs}
+            jobs = {pool.submit(_register_pair, self.backend.spec, self.cfg.grid, self.cfg.prealign, *self._inputs(p)): p
+                    for p in pairs}
             for job in as_completed(jobs):
                 store(jobs.pop(job), job.result())
                 bar.update(1)

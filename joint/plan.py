@@ -180,6 +180,13 @@ def seg_overrides(plan: Plan) -> dict[str, Any]:
     return out
 
 
+def joint_overrides(plan: Plan) -> dict[str, Any]:
+    """Everything a segmentation run takes from the plan: the student settings
+    (:func:`seg_overrides`) and, under ``'oracle'``, the canonical grid and pre-alignment the
+    classical registration backends run on during training."""
+    return {**seg_overrides(plan), "oracle": {"grid": plan.reg.grid, "prealign": plan.reg.prealign}}
+
+
 def format_plan(plan: Plan) -> str:
     """Human-readable lines: fingerprint, then the registration and student plan."""
     fp, reg, st = plan.fingerprint, plan.reg, plan.student

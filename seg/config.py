@@ -156,6 +156,15 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
     raise ValueError(f"{where}: unsupported option type {kind}")
 
 
+def _optional_of(kind: Any) -> Any:
+    """``X`` for ``Optional[X]``, else None."""
+    if getattr(kind, "__origin__", None) is Union:
+        others = [t for t in kind.__args__ if t is not type(None)]
+        if len(others) == 1 and len(others) < len(kind.__args__):
+            return others[0]
+    return None
+
+
 def _from_mapping(cls: type, data: Mapping, source: str, base: Any, path: str = "") -> Any:
     """``base`` (a ``cls``) with ``data`` applied; errors name ``source`` and the dotted option."""
     hints = get_type_hints(cls)
@@ -165,8 +174,11 @@ def _from_mapping(cls: type, data: Mapping, source: str, base: Any, path: str = 
         raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(path + k for k in known)}")
     changes = {}
     for key, value in data.items():
-        if is_dataclass(hints[key]) and isinstance(value, Mapping):
-            changes[key] = _from_mapping(hints[key], value, source, getattr(base, key), f"{path}{key}.")
+        kind = _optional_of(hints[key]) or hints[key]
+        if is_dataclass(kind) and isinstance(value, Mapping):
+            # an Optional section that is None so far starts from its own defaults
+            current = getattr(base, key)
+            changes[key] = _from_mapping(kind, value, source, kind() if current is None else current, f"{path}{key}.")
         else:
             changes[key] = _coerce(hints[key], value, f"{source}: option {path}{key}")
     return replace(base, **changes)

@@ -187,3 +187,22 @@ def test_registration_only_refuses_an_empty_subset(dataset, tmp_path):
     no_test = Split(train=split.train, val=split.val, test=(), labeled_sets=split.labeled_sets)
     with pytest.raises(CaseError, match="no test patients"):
         registration_only(small_cfg(tmp_path, method="registration-only"), ds, no_test, progress=False)
+
+
+def test_the_plan_reaches_the_classical_backends_of_the_oracle(dataset, tmp_path):
+    from reg.grid import CanonicalGrid
+    from reg.prealign import PrealignConfig
+    from seg.config import load_config, save_config
+
+    ds, _ = dataset
+    grid, prealign = CanonicalGrid(shape=(16, 32, 32), spacing=(5.0, 5.0, 5.0)), PrealignConfig(method="none")
+    cfg = build_config(None, ["oracle.grid.spacing=[4.0,5.0,5.0]"], reg_backend="sitk-demons",
+                       planned={"oracle": {"grid": grid, "prealign": prealign}})
+    assert cfg.oracle.grid == replace(grid, spacing=(4.0, 5.0, 5.0)) and cfg.oracle.prealign == prealign
+    assert cfg.oracle.cache == "runs/reg-cache"   # the rest of the oracle's options keep their defaults
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml", JointConfig()) == cfg   # recorded and read back
+    oracle = RegistrationOracle([ds.ref("p1_ED").load()], [ds.ref("p2_ED").load().with_label(None)], cfg.oracle)
+    assert oracle.backend.params["grid"]["shape"] == (16, 32, 32) and oracle.backend.params["prealign"]["method"] == "none"
+    default = RegistrationOracle([ds.ref("p1_ED").load()], [], with_backend(JointConfig(), "sitk-demons").oracle)
+    assert default.backend.params["grid"]["shape"] == CanonicalGrid().shape

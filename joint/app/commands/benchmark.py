@@ -28,7 +28,7 @@ from joint.app.demo import DemoConfig
 from joint.app.stages import pretrain_registration
 from joint.config import build_config
 from joint.methods import METHODS, REGISTRATION_METHODS
-from joint.plan import plan_for, reg_config, seg_overrides
+from joint.plan import joint_overrides, plan_for, reg_config
 from seg.config import PRESETS
 from seg.data.case import CaseError
 from seg.data.phantom import write_phantom
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     split.check_patients(dataset.patient_ids, str(args.split or data))
     plan = plan_for(dataset, split)
     base = build_config(args.config, args.overrides, field_cache=str(out / "reg-cache"),
-                        planned=seg_overrides(plan) if args.config is None else None)
+                        planned=joint_overrides(plan) if args.config is None else None)
     if "learned" in backends:
         if args.reg_steps < 1:
             raise ValueError(f"--reg-steps must be >= 1, got {args.reg_steps}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from joint.config import build_config
-from joint.plan import plan_for, seg_overrides
+from joint.plan import joint_overrides, plan_for
 from joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, registration_only
 from joint.oracle import POLICIES
 from seg.config import PRESETS
@@ -65,7 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
         split = dataset.default_split
     else:
         raise CaseError(f"{args.data}: the folder has no split.json; pass --split FILE")
-    planned = seg_overrides(plan_for(dataset, split)) if args.config is None else None
+    planned = joint_overrides(plan_for(dataset, split)) if args.config is None else None
     try:
         cfg = build_config(args.config, args.overrides, method=args.method, labeled=args.labeled, out_dir=args.out,
                            reg_backend=args.reg_backend, atlas_policy=args.atlas_policy, planned=planned)
