@@ -249,8 +249,7 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                 for group in opt.param_groups:
                     group["lr"] = lr
             whole = sampler.next_batch()   # on the CPU: hooks read its geometry there
-            mine = rows_of_rank(whole.num_labeled, whole.image.shape[0], world)
-            batch = whole.rows(mine) if world.active else whole
+            batch = whole.rows(rows_of_rank(whole.num_labeled, whole.image.shape[0], world)) if world.active else whole
             image = batch.image.to(device)
             outputs = {n: m(image) for n, m in engines.items()}
             ramp = sigmoid_rampup(step, rampup_steps)
