@@ -298,7 +298,7 @@ class CoupledRegistration(TrainerHook):
                 moved = place_pair(fixed.placed, moving.placed, self.reg_config.grid, self.reg_config.prealign)
                 disp, _ = self.net(torch.from_numpy(fixed.placed.image)[None, None].to(self.device),
                                    torch.from_numpy(moved.image)[None, None].to(self.device))
-                field = field_of(disp[0].cpu().numpy(), fixed.placed, moved)
+                field = field_of(disp[0].cpu().numpy(), fixed.placed, moved).dense()
                 warped = field.warp_labels(moving.case.label, self.num_classes)
                 dices.append(mean_foreground_dice(warped, fixed.case.label, self.num_classes))
                 folded.append(regularity(field).folded_percent)
@@ -318,7 +318,7 @@ class CoupledRegistration(TrainerHook):
                   if v.case.case_id in self.diagnostic_labels][:n]
         if hidden and self.oracle is not None:
             # the Fields RSL reads right now (served net), against labels training never sees
-            scores = [mean_foreground_dice(self.oracle.warped_atlas(t, (a,)).hard_label(), self.diagnostic_labels[t],
+            scores = [mean_foreground_dice(self.oracle.warped_label(t, (a,)), self.diagnostic_labels[t],
                                            self.num_classes) for t, a in hidden]
             out["served_hidden_dice"] = float(np.mean(scores))
         out["pseudo_coverage"] = self.pseudo.coverage()

@@ -11,7 +11,7 @@
 methods; pass it as ``methods=`` to :func:`seg.train.train` (:func:`train_joint` does). Their
 options are :class:`joint.config.JointConfig`'s. Each method's hooks are built once per run:
 the oracle over (unlabeled, labeled) pairs is warmed at the start so every step finds its
-Fields and warped labels in memory.
+Fields in memory (under torchrun each process computes its share into the disk cache).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from seg.data.nifti import write_nifti
 from seg.data.split import Split
 from seg.metrics import ClassScore, score_case
 from seg.atomic import write_json
+from seg.distributed import barrier, world_from_environment
 from seg.hooks import TrainerHook
 from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown
 from seg.train import SEG_METHODS, Method, TrainResult, train
@@ -72,7 +73,9 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     """
     jcfg = _joint_cfg(cfg, backend)
     oracle = RegistrationOracle(data.labeled, data.unlabeled, jcfg.oracle, seed=jcfg.seed, backend=backend)
-    pairs = oracle.warm(progress=True)
+    world = world_from_environment()
+    pairs = oracle.warm(progress=world.is_main, shard=(world.rank, world.size))
+    barrier(world)   # every process's share of the pairs is in the disk cache before any step
     hooks: tuple[TrainerHook, ...] = (
         RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
                                 hidden_labels=data.diagnostic_labels),)
@@ -80,14 +83,14 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     if with_reps:
         reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled))
         hooks, bank_bytes = (*hooks, reps), reps.nbytes
-    write_json(Path(out_dir) / "registration.json", {
-        "reg_backend": jcfg.oracle.backend,
-        "atlas_policy": jcfg.oracle.policy,
-        "pairs": pairs,
-        "field_cache_bytes": oracle.fields.nbytes,
-        "warped_label_cache_bytes": oracle.warped.nbytes,
-        "memory_bank_bytes": bank_bytes,
-    })
+    if world.is_main:
+        write_json(Path(out_dir) / "registration.json", {
+            "reg_backend": jcfg.oracle.backend,
+            "atlas_policy": jcfg.oracle.policy,
+            "pairs": pairs,
+            "field_cache_bytes": oracle.fields.nbytes,
+            "memory_bank_bytes": bank_bytes,
+        })
     return hooks
 
 
@@ -151,7 +154,7 @@ def propagate_labels(oracle: RegistrationOracle, target_ids: Sequence[str], prog
     """
     out = {}
     for target_id in tqdm(target_ids, desc="propagate labels", unit="volume", disable=None if progress else True):
-        out[target_id] = oracle.warped_atlas(target_id, oracle.atlases_for(target_id, step=0)).hard_label()
+        out[target_id] = oracle.warped_label(target_id, oracle.atlases_for(target_id, step=0))
     return out
 
 
@@ -173,7 +176,7 @@ def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backe
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(jcfg, out_dir / "config.yaml")
     oracle = RegistrationOracle(atlases, targets, jcfg.oracle, seed=jcfg.seed, backend=backend)
-    oracle.warm(progress=progress, labels=False)
+    oracle.warm(progress=progress)
     labels = propagate_labels(oracle, [c.case_id for c in targets], progress)
     class_names = tuple(dataset.class_names)
     predictions, scores = {}, {}
@@ -197,7 +200,7 @@ def pair_dice(oracle: RegistrationOracle, references: Mapping[str, np.ndarray],
     for target_id, atlas_id in (oracle.needed_pairs() if pairs is None else pairs):
         if target_id not in references:
             continue
-        warped = oracle.warped_atlas(target_id, (atlas_id,)).hard_label()
+        warped = oracle.warped_label(target_id, (atlas_id,))
         scores = score_case(warped, references[target_id], oracle.case(target_id).spacing, oracle.num_classes)
         out[(target_id, atlas_id)] = float(np.mean([s.dice for s in scores.values()]))
     return out

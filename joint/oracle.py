@@ -7,13 +7,17 @@ maps every voxel of U's native grid to a point of L's native grid, as in :mod:`r
 
 The oracle owns, for one backend spec:
 
-- computing Fields: in process and batched under ``no_grad`` for the learned backend (and
+- computing Fields (kept compact, :class:`reg.field.CanonicalField`: a canonical displacement
+  plus two placements, so a pair costs the same few hundred kB on any native grid): in process and batched under ``no_grad`` for the learned backend (and
   the trivial identity), in worker processes of one thread each for classical backends;
 - caching them: in memory, least-recently-used and bounded in bytes, and optionally on disk
   under a key of (backend spec and parameters, content hash of both volumes), written
   atomically so an interrupted run leaves no half file and a second run reuses every pair;
-- the atlas labels warped onto a target (soft one-hot, plus the per-voxel agreement of the
-  atlases), cached the same way in memory;
+- the atlas labels warped onto ONE slice of a target (soft one-hot, plus the per-voxel
+  agreement of the atlases), the unit a training step reads, cached the same way in memory;
+  a whole target's warped label is computed slab by slab and not cached;
+- sharing the work of warming among the processes of a torchrun job: each computes its share
+  of the pairs into the disk cache and reads the others' from it;
 - being told that its backend changed (:meth:`RegistrationOracle.invalidate`: a registration
   net that keeps training, :mod:`joint.coupled`): both memory caches are dropped, the
   ``version`` counts up, and every pair is recomputed lazily, only when a step asks for it;
@@ -44,7 +48,7 @@ from tqdm.auto import tqdm
 from reg.backends import Backend, load_backend
 from reg.grid import CanonicalGrid
 from reg.prealign import PrealignConfig
-from reg.field import Field, voxel_grid
+from reg.field import CanonicalField
 from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError
 
@@ -87,11 +91,11 @@ class OracleConfig:
 
 @dataclass(frozen=True)
 class WarpedAtlas:
-    """Atlas labels carried onto one target's native grid.
+    """Atlas labels carried onto a slab of slices of one target's native grid.
 
-    ``probs``: float16 ``(C, Z, Y, X)``, the mean over atlases of each atlas's soft one-hot
+    ``probs``: float16 ``(C, Zs, Y, X)``, the mean over atlases of each atlas's soft one-hot
     (each sums to 1 where the target voxel falls inside that atlas, 0 outside).
-    ``agreement``: float16 ``(Z, Y, X)``, the fraction of atlases whose own argmax equals the
+    ``agreement``: float16 ``(Zs, Y, X)``, the fraction of atlases whose own argmax equals the
     argmax of ``probs`` (0 where a voxel falls outside every atlas).
     """
 
@@ -104,7 +108,7 @@ class WarpedAtlas:
         return int(self.probs.nbytes + self.agreement.nbytes)
 
     def hard_label(self) -> np.ndarray:
-        """uint8 ``(Z, Y, X)``: the argmax of the vote (the registration-only prediction)."""
+        """uint8 ``(Zs, Y, X)``: the argmax of the vote (the registration-only prediction)."""
         return self.probs.argmax(axis=0).astype(np.uint8)
 
 
@@ -164,34 +168,45 @@ def backend_fingerprint(backend: Backend) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
+# Part of every disk-cache key: a change of the stored format makes old entries unreachable
+# instead of misread (format 1 stored the dense native displacement).
+CACHE_FORMAT = 2
+
+
 def pair_key(fingerprint: str, target_digest: str, atlas_digest: str) -> str:
     """The disk-cache key of one (target = fixed, atlas = moving) pair under one backend."""
-    return hashlib.blake2b(f"{fingerprint}|{target_digest}|{atlas_digest}".encode(), digest_size=20).hexdigest()
+    blob = f"{CACHE_FORMAT}|{fingerprint}|{target_digest}|{atlas_digest}"
+    return hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
 
 
-def save_field(path: Path, field: Field) -> None:
-    """Store ``field`` as float16 displacements (compact, exact to ~1e-3 voxel), atomically."""
-    disp = field.displacement.astype(np.float16)
+def save_field(path: Path, field: CanonicalField) -> None:
+    """Store ``field`` as it is held (float16 canonical displacement, the two placements),
+    atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, displacement=disp, moving_shape=np.asarray(field.moving_shape, dtype=np.int64))
+        np.savez(f, displacement=field.disp, fixed_to_native=field.fixed_to_native,
+                 moving_to_native=field.moving_to_native,
+                 fixed_shape=np.asarray(field.fixed_shape, dtype=np.int64),
+                 moving_shape=np.asarray(field.moving_shape, dtype=np.int64))
 
 
 class CorruptCacheEntry(ValueError):
     """A cached Field that cannot be read or is not a plausible registration."""
 
 
-def load_field(path: Path) -> Field:
-    """Read a Field written by :func:`save_field` and check it (:func:`reg.field.validate_field`);
+def load_field(path: Path) -> CanonicalField:
+    """Read a Field written by :func:`save_field` and check it (:meth:`CanonicalField.check`);
     an unreadable, malformed or implausible file raises :class:`CorruptCacheEntry`."""
     try:
         with np.load(path) as z:
-            disp = z["displacement"].astype(np.float32)
-            moving_shape = tuple(int(v) for v in z["moving_shape"])
+            parts = {name: z[name] for name in ("displacement", "fixed_to_native", "moving_to_native",
+                                                "fixed_shape", "moving_shape")}
     except Exception as exc:  # numpy raises several types for truncated or foreign files
         raise CorruptCacheEntry(f"{path}: unreadable cached Field ({type(exc).__name__}: {exc})") from exc
-    if disp.ndim != 4 or disp.shape[0] != 3 or len(moving_shape) != 3:
-        raise CorruptCacheEntry(f"{path}: cached Field has displacement shape {disp.shape}, expected (3, Z, Y, X)")
-    field = Field(coords=disp + voxel_grid(disp.shape[1:]), moving_shape=moving_shape)
+    try:
+        field = CanonicalField(parts["displacement"], parts["fixed_to_native"], tuple(parts["fixed_shape"]),
+                               parts["moving_to_native"], tuple(parts["moving_shape"]))
+    except (ValueError, TypeError) as exc:
+        raise CorruptCacheEntry(f"{path}: malformed cached Field ({exc})") from exc
     try:
         return field.check(f"{path}: cached Field")
     except ValueError as exc:
@@ -216,7 +231,7 @@ def _one_thread_worker() -> None:
 
 def _register_pair(spec: str, grid: Optional[CanonicalGrid], prealign: Optional[PrealignConfig], fixed: np.ndarray,
                    fixed_spacing: tuple, moving: np.ndarray,
-                   moving_spacing: tuple) -> Field:
+                   moving_spacing: tuple) -> CanonicalField:
     return load_backend(spec, grid, prealign).register(fixed, fixed_spacing, moving, moving_spacing)
 
 
@@ -266,7 +281,7 @@ class RegistrationOracle:
         self.atlas_ids = tuple(self.atlases)
         self._fingerprint = backend_fingerprint(self.backend)
         self._digests: dict[str, str] = {}
-        self.fields = ByteLRU[Field](int(cfg.field_memory_mb * 2**20), lambda f: f.coords.nbytes)
+        self.fields = ByteLRU[CanonicalField](int(cfg.field_memory_mb * 2**20), lambda f: f.nbytes)
         self.warped = ByteLRU[WarpedAtlas](int(cfg.warped_memory_mb * 2**20), lambda w: w.nbytes)
         self._similar: dict[str, str] = {}
         self.version = 0  # how many times the backend changed under this oracle (invalidate)
@@ -278,7 +293,7 @@ class RegistrationOracle:
         if self.cfg.disk_cache is not None:
             raise ValueError(f"registration oracle: a backend that changes during the run cannot share the disk "
                              f"cache {self.cfg.cache!r}; set oracle.cache to ''")
-        self.fields = ByteLRU[Field](self.fields.max_bytes, lambda f: f.coords.nbytes)
+        self.fields = ByteLRU[CanonicalField](self.fields.max_bytes, lambda f: f.nbytes)
         self.warped = ByteLRU[WarpedAtlas](self.warped.max_bytes, lambda w: w.nbytes)
         self.version += 1
 
@@ -302,11 +317,11 @@ class RegistrationOracle:
         return Path(self.cfg.disk_cache) / key[:2] / f"{key}.npz"
 
     # -- Fields --------------------------------------------------------------------------------
-    def field(self, target_id: str, atlas_id: str) -> Field:
+    def field(self, target_id: str, atlas_id: str) -> CanonicalField:
         """The Field mapping target voxels to atlas voxels."""
         return self.many_fields([(target_id, atlas_id)])[0]
 
-    def many_fields(self, pairs: Sequence[tuple[str, str]], progress: bool = False) -> list[Field]:
+    def many_fields(self, pairs: Sequence[tuple[str, str]], progress: bool = False) -> list[CanonicalField]:
         """Fields of ``(target_id, atlas_id)`` pairs: from memory, else disk, else computed.
 
         All returned Fields are held until the caller drops them, whatever the memory bound;
@@ -318,7 +333,7 @@ class RegistrationOracle:
             self._compute(missing, progress, found.__setitem__)
         return [found[p] for p in pairs]  # type: ignore[misc]
 
-    def _cached(self, pair: tuple[str, str]) -> Optional[Field]:
+    def _cached(self, pair: tuple[str, str]) -> Optional[CanonicalField]:
         hit = self.fields.get(pair)
         if hit is None:
             path = self._disk_path(*pair)
@@ -333,10 +348,10 @@ class RegistrationOracle:
         return hit
 
     def _compute(self, pairs: list[tuple[str, str]], progress: bool,
-                 deliver: Callable[[tuple[str, str], Field], None]) -> None:
+                 deliver: Callable[[tuple[str, str], CanonicalField], None]) -> None:
         """Register ``pairs``; each Field is checked, cached (memory, disk) and handed to
         ``deliver`` as soon as it exists, so nothing else holds it."""
-        def store(pair: tuple[str, str], fld: Field) -> None:
+        def store(pair: tuple[str, str], fld: CanonicalField) -> None:
             self._check_field(pair, fld)
             self.fields.put(pair, fld)
             path = self._disk_path(*pair)
@@ -352,13 +367,15 @@ class RegistrationOracle:
             else:
                 self._compute_in_process(pairs, store, bar)
 
-    def _check_field(self, pair: tuple[str, str], fld: Field) -> None:
+    def _check_field(self, pair: tuple[str, str], fld: CanonicalField) -> None:
         """Refuse a Field of the wrong shapes or an implausible one (NaN, far outside, noise):
         it would teach every later step, and every run sharing the cache, wrong labels."""
         target, atlas = self.case(pair[0]), self.case(pair[1])
-        if tuple(fld.coords.shape) != (3, *target.shape) or tuple(fld.moving_shape) != atlas.shape:
+        if not isinstance(fld, CanonicalField):
+            raise TypeError(f"backend {self.backend.spec!r} returned a {type(fld).__name__}, not a CanonicalField")
+        if tuple(fld.fixed_shape) != target.shape or tuple(fld.moving_shape) != atlas.shape:
             raise ValueError(
-                f"backend {self.backend.spec!r} returned a Field of coords {fld.coords.shape} onto "
+                f"backend {self.backend.spec!r} returned a Field from {fld.fixed_shape} onto "
                 f"{fld.moving_shape} for target {pair[0]} {target.shape} / atlas {pair[1]} {atlas.shape}"
             )
         fld.check(f"backend {self.backend.spec!r}, target {pair[0]} / atlas {pair[1]}")
@@ -417,43 +434,59 @@ class RegistrationOracle:
             return [(t, self.most_similar(t)) for t in ids]
         return [(t, a) for t in ids for a in self.atlas_ids]
 
-    def warm(self, target_ids: Optional[Iterable[str]] = None, progress: bool = True, labels: bool = True) -> int:
-        """Compute (or load) every Field the policy can ask for, so that steps find them cached,
-        and with ``labels`` also the warped atlas labels a step reads.
+    def warm(self, target_ids: Optional[Iterable[str]] = None, progress: bool = True,
+             shard: tuple[int, int] = (0, 1)) -> int:
+        """Compute (or load) every Field the policy can ask for, so that steps find them cached.
 
-        Returns the number of pairs. What exceeds a memory bound is dropped again (Fields stay
-        on disk when a disk cache is set) and recomputed or reloaded on demand.
+        ``shard = (rank, processes)``: with a disk cache, this process computes only every
+        ``processes``-th missing pair from ``rank`` on; the others come from the disk cache
+        once their process has written them (the caller waits for that, e.g. at a barrier).
+        Returns the number of pairs the policy can ask for. What exceeds the memory bound is
+        dropped again and reloaded or recomputed on demand.
         """
+        rank, processes = shard
+        if not 0 <= rank < processes:
+            raise ValueError(f"warm: shard must be (rank, processes) with 0 <= rank < processes, got {shard}")
         ids = list(self.targets) if target_ids is None else list(target_ids)
         pairs = self.needed_pairs(ids)
-        missing = [pair for pair in pairs if self._cached(pair) is None]
+        if self.cfg.disk_cache is not None and processes > 1:
+            pairs_here = pairs[rank::processes]
+        else:
+            pairs_here = pairs  # without a shared cache every process needs every pair itself
+        missing = [pair for pair in pairs_here if self._cached(pair) is None]
         if missing:
             self._compute(missing, progress, lambda pair, fld: None)
-        if labels:
-            keys = [(t, (a,)) for t, a in pairs] if self.cfg.policy != "fused" else [(t, self.atlas_ids) for t in ids]
-            for target_id, atlas_ids in tqdm(keys, desc="warp atlas labels", unit="target", disable=None if progress else True,
-                                             leave=False):
-                self.warped_atlas(target_id, atlas_ids)
         return len(pairs)
 
     # -- warped atlas labels -------------------------------------------------------------------
-    def warped_atlas(self, target_id: str, atlas_ids: Sequence[str]) -> WarpedAtlas:
-        """Labels of ``atlas_ids`` warped onto ``target_id`` (soft one-hot, linear), and their vote."""
-        key = (target_id, tuple(atlas_ids))
+    def warped_slice(self, target_id: str, atlas_ids: Sequence[str], z: int) -> WarpedAtlas:
+        """Labels of ``atlas_ids`` warped onto slice ``z`` of ``target_id`` (soft one-hot,
+        linear) and their vote: a WarpedAtlas of one slice, (C, 1, Y, X)."""
+        key = (target_id, tuple(atlas_ids), int(z))
         hit = self.warped.get(key)
-        if hit is not None:
-            return hit
+        if hit is None:
+            hit = self._warp(target_id, atlas_ids, int(z), int(z) + 1)
+            self.warped.put(key, hit)
+        return hit
+
+    def warped_label(self, target_id: str, atlas_ids: Sequence[str], slab_slices: int = 8) -> np.ndarray:
+        """uint8 ``(Z, Y, X)``: the vote of ``atlas_ids``' labels warped onto the whole target,
+        computed ``slab_slices`` slices at a time (the registration-only prediction)."""
+        Z = self.case(target_id).shape[0]
+        return np.concatenate([self._warp(target_id, atlas_ids, z, min(z + slab_slices, Z)).hard_label()
+                               for z in range(0, Z, slab_slices)])
+
+    def _warp(self, target_id: str, atlas_ids: Sequence[str], start: int, stop: int) -> WarpedAtlas:
+        """Atlas labels warped onto target slices ``start .. stop - 1`` and their vote."""
         fields = self.many_fields([(target_id, a) for a in atlas_ids])
         probs: Optional[np.ndarray] = None
         hard = []
         for atlas_id, fld in zip(atlas_ids, fields):
-            soft = fld.warp_onehot(self.atlases[atlas_id].label, self.num_classes)
+            soft = fld.slab(start, stop).warp_onehot(self.atlases[atlas_id].label, self.num_classes)
             inside = soft.sum(axis=0) > 0.5
             hard.append(np.where(inside, soft.argmax(axis=0), -1))
             probs = soft if probs is None else probs + soft
         probs = probs / len(atlas_ids)
         vote = probs.argmax(axis=0)
         agreement = np.mean([h == vote for h in hard], axis=0)
-        warped = WarpedAtlas(tuple(atlas_ids), probs.astype(np.float16), agreement.astype(np.float16))
-        self.warped.put(key, warped)
-        return warped
+        return WarpedAtlas(tuple(atlas_ids), probs.astype(np.float16), agreement.astype(np.float16))

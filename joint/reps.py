@@ -5,14 +5,15 @@ embedding, in the memory bank of the same student, at the anatomically correspon
 of a labeled volume:
 
     sample pixel (row, col) --to_volume--> unlabeled voxel (z, y, x)
-        --Field.map_points--> labeled voxel (z', y', x') --bank--> embedding
+        --CanonicalField.map_points--> labeled voxel (z', y', x') --bank--> embedding
 
 The atlas is the one the oracle's policy gives for that sample at that step (the same one
 RSL uses); under 'fused' the positives of all atlases are averaged (and re-normalised). An
 anchor's positive is invalid when the anchor is on a labeled sample, falls outside its
 volume, maps outside every atlas, or the bank holds nothing near the mapped point.
 
-All work is per sample or vectorised over anchors; nothing loops over pixels.
+All work is per sample or vectorised over anchors; nothing loops over pixels, and the Field
+is evaluated at the anchors only, never on a whole slice or volume.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 
 from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
-from reg.field import Field
 from seg.hooks import TrainerHook
 from seg.losses import ExtraPositive
 from seg.slices import SliceBatch
@@ -64,13 +64,10 @@ def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, o
         sel, pts = sel[torch.from_numpy(on_target)], pts[on_target]
         if sel.numel() == 0:
             continue
-        # The anchors of one sample all lie in slice z: a one-slice view of the Field maps them
-        # without touching the rest of the volume.
-        pts_in_slice = np.concatenate([np.zeros((pts.shape[0], 1), np.float32), pts[:, 1:]], axis=1)
         for atlas_id in oracle.atlases_for(target_id, step, z):
-            full = oracle.field(target_id, atlas_id)
-            there = Field(full.coords[:, z:z + 1], full.moving_shape).map_points(pts_in_slice)
-            ok = _inside(there, full.moving_shape)
+            field = oracle.field(target_id, atlas_id)
+            there = field.map_points(pts)
+            ok = _inside(there, field.moving_shape)
             anchor_pos.append(sel[torch.from_numpy(ok)])
             atlas_pos.append(bank.case_index([atlas_id]).expand(int(ok.sum())))
             moved.append(torch.from_numpy(there[ok]))

@@ -1,7 +1,7 @@
 """Registration Supervision Loss (RSL, METHOD.md part 6).
 
 For every unlabeled slice of a batch, the atlas label warped onto that slice's volume (soft
-one-hot, from :meth:`joint.oracle.RegistrationOracle.warped_atlas`) is put through exactly
+one-hot, from :meth:`joint.oracle.RegistrationOracle.warped_slice`: only that slice is warped) is put through exactly
 the same resampling as the image, with :func:`seg.slices.resample_slice` and the sample's own
 ``to_volume`` matrix, so its pixels line up with the image's. Its argmax is a pseudo-label
 for each student: ``0.5 * (weighted CE + weighted Dice)``, times ``lambda_rs`` ramped up like
@@ -72,9 +72,9 @@ def registration_targets(batch: SliceBatch, oracle: RegistrationOracle, step: in
     probs, weights = [], []
     for b in index.tolist():
         case_id, z = batch.case_id[b], int(batch.slice_index[b])
-        warped = oracle.warped_atlas(case_id, oracle.atlases_for(case_id, step, z))
-        # Resample only slice z (the in-plane map never leaves it), lifted to float32.
-        planes = np.concatenate([warped.probs[:, z:z + 1], warped.agreement[None, z:z + 1]]).astype(np.float32)
+        warped = oracle.warped_slice(case_id, oracle.atlases_for(case_id, step, z), z)
+        # the in-plane resampling never leaves slice z; lifted to float32
+        planes = np.concatenate([warped.probs, warped.agreement[None]]).astype(np.float32)
         res = torch.as_tensor(resample_slice(torch.from_numpy(planes), 0, batch.to_volume[b], out_hw, "linear"),
                               dtype=torch.float32)
         p, agree = res[:-1], res[-1]

@@ -12,7 +12,7 @@ Specs::
 Any spec but ``identity`` takes options after ``?``, e.g. ``sitk-demons?iterations=100&
 sigma_mm=2``, ``learned:run/best.pt?batch=8``; ``prealign=none`` switches the classical
 backends' rigid search off (the learned one always uses the pre-alignment it was trained
-with). All return :class:`~reg.field.Field` objects on the fixed volume's native grid.
+with). All return :class:`~reg.field.CanonicalField` objects: the Field on the fixed volume's native grid, kept compact.
 
 ``refine=N`` (``refine_lr``, default 0.1 voxel per step) is the learned answer to classical
 per-pair optimisation: starting from the net's stationary velocity field, N Adam steps on the
@@ -36,7 +36,7 @@ import torch
 from reg.checkpoint import file_sha256, load_model
 from reg.config import RegConfig
 from reg.classical import BSplineParams, DemonsParams, SynParams, ants_syn, bspline, demons, require_ants
-from reg.field import Field
+from reg.field import CanonicalField
 from reg.grid import CanonicalGrid
 from reg.losses import SmoothnessLoss, similarity_loss
 from reg.model import RegistrationNet
@@ -50,9 +50,9 @@ KINDS = ("identity", "learned", "sitk-demons", "sitk-bspline", "ants-syn")
 class Backend(Protocol):
     spec: str
 
-    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> Field: ...
+    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> CanonicalField: ...
 
-    def register_many(self, pairs: Sequence[Pair]) -> list[Field]: ...
+    def register_many(self, pairs: Sequence[Pair]) -> list[CanonicalField]: ...
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class IdentityBackend:
     def params(self) -> dict[str, Any]:
         return {"kind": "identity"}
 
-    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> Field:
+    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> CanonicalField:
         check_volume(fixed_zyx, fixed_spacing, "fixed volume")
         check_volume(moving_zyx, moving_spacing, "moving volume")
         f_c = (np.asarray(np.shape(fixed_zyx), float) - 1) / 2
@@ -174,9 +174,9 @@ class IdentityBackend:
         m = np.eye(4)
         m[:3, :3] = np.diag(scale)
         m[:3, 3] = m_c - scale * f_c
-        return Field.from_affine(m, np.shape(fixed_zyx), np.shape(moving_zyx))
+        return CanonicalField.from_affine(m, np.shape(fixed_zyx), np.shape(moving_zyx))
 
-    def register_many(self, pairs: Sequence[Pair]) -> list[Field]:
+    def register_many(self, pairs: Sequence[Pair]) -> list[CanonicalField]:
         return [self.register(*p) for p in pairs]
 
 
@@ -194,10 +194,10 @@ class CanonicalBackend:
     displacements: DisplacementFn
     params: dict[str, Any]  # everything that determines the output, as plain data (cache keys)
 
-    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> Field:
+    def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> CanonicalField:
         return self.register_many([(fixed_zyx, fixed_spacing, moving_zyx, moving_spacing)])[0]
 
-    def register_many(self, pairs: Sequence[Pair]) -> list[Field]:
+    def register_many(self, pairs: Sequence[Pair]) -> list[CanonicalField]:
         placed: dict[str, Placed] = {}
 
         def place(image: np.ndarray, spacing: Sequence[float], what: str) -> Placed:

@@ -22,6 +22,12 @@ channel order only when calling ``grid_sample``), so a canonical displacement ``
 
 with both ``*_to_native`` 4x4 homogeneous maps from canonical voxel to native voxel.
 
+A backend's answer is kept as a :class:`CanonicalField`: the canonical displacement (float16)
+plus the two placements, a few hundred kB whatever the native grids, from which the native
+map is evaluated lazily, for one slab of fixed slices (:meth:`CanonicalField.slab`, a dense
+:class:`Field` of those slices) or for given points (:meth:`CanonicalField.map_points`).
+:meth:`CanonicalField.dense` is the whole :class:`Field`, equal to the slabs stacked.
+
 Sampling policy: a moving volume occupies ``[-0.5, n - 0.5]`` along each axis of size ``n``
 (each voxel is a box around its centre, which matters for stacks of few thick slices).
 Inside it, values are interpolated linearly with edge values held; outside it, images read
@@ -184,21 +190,148 @@ class Field:
         ``disp_canonical``: float (3, Zc, Yc, Xc), canonical voxels, defined on the FIXED
         canonical grid and pointing into the MOVING canonical grid. Fixed voxels outside the
         canonical crop get the displacement of the nearest canonical border voxel."""
-        disp = np.asarray(disp_canonical, dtype=np.float64)
-        if disp.ndim != 4 or disp.shape[0] != 3:
-            raise ValueError(f"canonical displacement must be (3, Zc, Yc, Xc), got shape {disp.shape}")
-        to_canon = np.linalg.inv(np.asarray(fixed_to_native, dtype=np.float64))
-        canon = affine_grid(to_canon, fixed_shape)  # fixed canonical voxel of every fixed native voxel
-        linear = to_canon[:3, :3]
-        if np.allclose(linear, np.diag(np.diag(linear))):
-            # axis-aligned placement: interpolate separably, one small matrix per axis
-            w = [_linear_weights(_axis_positions(to_canon, a, n), disp.shape[1 + a]) for a, n in enumerate(fixed_shape)]
-            moved = np.einsum("az,by,cx,kzyx->kabc", w[0], w[1], w[2], disp, optimize=True)
+        disp = _check_disp(disp_canonical)
+        fixed_shape = tuple(int(n) for n in fixed_shape)
+        coords = _native_coords(disp, np.linalg.inv(np.asarray(fixed_to_native, dtype=np.float64)),
+                                np.asarray(moving_to_native, dtype=np.float64), fixed_shape, 0, fixed_shape[0])
+        return Field(coords, tuple(moving_shape))  # type: ignore[arg-type]
+
+
+def _check_disp(disp_canonical: np.ndarray) -> np.ndarray:
+    disp = np.asarray(disp_canonical)
+    if disp.ndim != 4 or disp.shape[0] != 3 or min(disp.shape) < 1:
+        raise ValueError(f"canonical displacement must be (3, Zc, Yc, Xc), got shape {disp.shape}")
+    return disp
+
+
+def _native_coords(disp: np.ndarray, to_canon: np.ndarray, moving_to_native: np.ndarray,
+                   fixed_shape: tuple[int, ...], start: int, stop: int) -> np.ndarray:
+    """float32 (3, stop - start, Y, X): the moving native point of every fixed native voxel
+    of slices ``start .. stop - 1`` (the module docstring's formula)."""
+    shape = (stop - start, *fixed_shape[1:])
+    at_start = np.eye(4)
+    at_start[0, 3] = start
+    slab_to_canon = to_canon @ at_start
+    canon = affine_grid(slab_to_canon, shape)  # fixed canonical voxel of every fixed native voxel
+    linear = slab_to_canon[:3, :3]
+    d = disp.astype(np.float64)
+    if np.allclose(linear, np.diag(np.diag(linear))):
+        # axis-aligned placement: interpolate separably, one small matrix per axis
+        w = [_linear_weights(_axis_positions(slab_to_canon, a, n), d.shape[1 + a]) for a, n in enumerate(shape)]
+        moved = np.einsum("az,by,cx,kzyx->kabc", w[0], w[1], w[2], d, optimize=True)
+    else:
+        moved = np.stack([_sample(d[a], canon, order=1) for a in range(3)])
+    m = moving_to_native
+    coords = np.einsum("ij,jzyx->izyx", m[:3, :3], canon + moved) + m[:3, 3, None, None, None]
+    return coords.astype(np.float32)
+
+
+# Above this many fixed voxels, CanonicalField.check reads CHECK_SLICES evenly spaced slices
+# instead of all: a backend's failure (divergence, noise, a damaged file) spreads over the
+# volume, and a full check of a 512 x 512 x 200 CT pair would cost more than its use.
+FULL_CHECK_VOXELS = 2 ** 23
+CHECK_SLICES = 16
+
+
+@dataclass(frozen=True, eq=False)
+class CanonicalField:
+    """A registration kept as the backend found it: a displacement on a (coarse) canonical
+    grid plus the maps from that grid to both native grids; the :class:`Field` it stands for
+    is evaluated lazily, slab by slab or point by point, so its cost follows what a caller
+    reads, not the native grid.
+
+    ``disp``: float16 (3, Zc, Yc, Xc), canonical voxels, on the FIXED canonical grid, pointing
+    into the MOVING canonical grid. ``fixed_to_native`` / ``moving_to_native``: float64 4x4,
+    canonical voxel -> native voxel of each volume (the moving one includes the pair's
+    pre-alignment). A dense Field is the special case canonical grid = fixed native grid
+    (:meth:`of_dense`), an affine map the case of a constant zero displacement
+    (:meth:`from_affine`).
+    """
+
+    disp: np.ndarray
+    fixed_to_native: np.ndarray
+    fixed_shape: tuple[int, int, int]
+    moving_to_native: np.ndarray
+    moving_shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        disp = _check_disp(self.disp)
+        object.__setattr__(self, "disp", disp.astype(np.float16, copy=False))
+        for name in ("fixed_to_native", "moving_to_native"):
+            m = np.asarray(getattr(self, name), dtype=np.float64)
+            if m.shape != (4, 4) or not np.isfinite(m).all():
+                raise ValueError(f"CanonicalField.{name} must be a finite 4x4 matrix, got shape {m.shape}")
+            object.__setattr__(self, name, m)
+        for name in ("fixed_shape", "moving_shape"):
+            shape = tuple(int(n) for n in getattr(self, name))
+            if len(shape) != 3 or min(shape) < 1:
+                raise ValueError(f"CanonicalField.{name} must be three positive sizes, got {shape}")
+            object.__setattr__(self, name, shape)
+        object.__setattr__(self, "_to_canon", np.linalg.inv(self.fixed_to_native))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.disp.nbytes + 2 * 16 * 8)
+
+    def slab(self, start: int, stop: int) -> Field:
+        """The dense Field of fixed slices ``start .. stop - 1``: coords (3, stop - start, Y, X),
+        equal to ``dense().coords[:, start:stop]``. Its fixed voxel indices count from ``start``."""
+        if not 0 <= start < stop <= self.fixed_shape[0]:
+            raise ValueError(f"slab [{start}, {stop}) is not within the {self.fixed_shape[0]} fixed slices")
+        coords = _native_coords(self.disp, self._to_canon, self.moving_to_native,  # type: ignore[attr-defined]
+                                self.fixed_shape, start, stop)
+        return Field(coords, self.moving_shape)
+
+    def dense(self) -> Field:
+        """The whole Field on the fixed native grid."""
+        return self.slab(0, self.fixed_shape[0])
+
+    def map_points(self, points_zyx: np.ndarray) -> np.ndarray:
+        """Fixed native voxel points (N, 3), any real values, to moving native voxel points
+        (N, 3), float32: the map itself evaluated at each point. At voxel centres this equals
+        the dense Field; between them it is the exact map, where :meth:`Field.map_points`
+        interpolates the dense one linearly (they differ by the map's curvature within a voxel)."""
+        pts = np.asarray(points_zyx, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ValueError(f"points must be an array (N, 3) in (z, y, x), got shape {pts.shape}")
+        canon = apply_affine(self._to_canon, pts)  # type: ignore[attr-defined]
+        d = self.disp.astype(np.float32)
+        moved = np.stack([_sample(d[a], canon.T, order=1) for a in range(3)], axis=1)
+        return apply_affine(self.moving_to_native, canon + moved).astype(np.float32)
+
+    def warp_labels(self, moving_label_zyx: np.ndarray, num_classes: int, slab_slices: int = 8) -> np.ndarray:
+        """:meth:`Field.warp_labels` of the whole fixed volume, computed ``slab_slices`` slices
+        at a time so the soft one-hot of the whole volume never exists at once."""
+        Z = self.fixed_shape[0]
+        return np.concatenate([self.slab(z, min(z + slab_slices, Z)).warp_labels(moving_label_zyx, num_classes)
+                               for z in range(0, Z, slab_slices)])
+
+    def check(self, where: str) -> "CanonicalField":
+        """``self`` when plausible (:func:`validate_field` on its slices: every slice up to
+        FULL_CHECK_VOXELS fixed voxels, CHECK_SLICES evenly spaced ones beyond), else
+        ValueError naming ``where``."""
+        if not np.isfinite(self.disp).all():
+            bad = int((~np.isfinite(self.disp)).any(axis=0).sum())
+            raise ValueError(f"{where}: Field holds NaN or inf at {bad} canonical voxel(s)")
+        Z = self.fixed_shape[0]
+        if int(np.prod(self.fixed_shape)) <= FULL_CHECK_VOXELS:
+            slices = range(Z)
         else:
-            moved = np.stack([_sample(disp[a], canon, order=1) for a in range(3)])
-        m = np.asarray(moving_to_native, dtype=np.float64)
-        coords = np.einsum("ij,jzyx->izyx", m[:3, :3], canon + moved) + m[:3, 3, None, None, None]
-        return Field(coords.astype(np.float32), tuple(moving_shape))  # type: ignore[arg-type]
+            slices = np.unique(np.linspace(0, Z - 1, CHECK_SLICES).round().astype(int)).tolist()
+        for z in slices:
+            validate_field(self.slab(z, z + 1), where)
+        return self
+
+    @staticmethod
+    def of_dense(field: Field) -> "CanonicalField":
+        """A dense Field kept as it is: its own fixed grid is the canonical grid."""
+        return CanonicalField(field.displacement, np.eye(4), field.fixed_shape, np.eye(4), field.moving_shape)
+
+    @staticmethod
+    def from_affine(matrix: np.ndarray, fixed_shape: Sequence[int], moving_shape: Sequence[int]) -> "CanonicalField":
+        """A 4x4 homogeneous map from fixed native voxel to moving native voxel."""
+        return CanonicalField(np.zeros((3, 1, 1, 1), np.float16), np.eye(4), tuple(fixed_shape),
+                              matrix, tuple(moving_shape))
 
 
 # A plausible Field maps no fixed voxel further than one moving-volume extent beyond the moving

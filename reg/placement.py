@@ -5,7 +5,7 @@ A :class:`Placed` volume holds its canonical-grid image and the 4x4 map from can
 to its native voxel. :func:`place_pair` re-places the moving volume of a pair after the
 pairwise rigid search of :mod:`reg.prealign`; a backend then only has to find a canonical
 displacement from the fixed placement to the moving one, and :func:`field_of` turns that
-displacement into the native :class:`~reg.field.Field`.
+displacement into a :class:`~reg.field.CanonicalField` (the native Field, evaluated lazily).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from reg.field import Field
+from reg.field import CanonicalField, Field
 from reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center, to_grid, window_intensity
 from reg.prealign import PrealignConfig, align_moments, search_rigid
 
@@ -73,8 +73,8 @@ def place_pair(
     return Placed(to_grid(moving.native_image, to_native, grid), to_native, moving.native_image, moving.native_spacing)
 
 
-def field_of(disp_canonical: Optional[np.ndarray], fixed: Placed, moving: Placed) -> Field:
-    """The native Field of a canonical displacement (3, Zc, Yc, Xc) between placements
-    (``None``: no deformation beyond the placements)."""
-    disp = np.zeros((3, *fixed.image.shape), np.float32) if disp_canonical is None else disp_canonical
-    return Field.from_canonical(disp, fixed.to_native, fixed.native_shape, moving.to_native, moving.native_shape)
+def field_of(disp_canonical: Optional[np.ndarray], fixed: Placed, moving: Placed) -> CanonicalField:
+    """The Field of a canonical displacement (3, Zc, Yc, Xc) between placements (``None``: no
+    deformation beyond the placements), kept compact."""
+    disp = np.zeros((3, 1, 1, 1), np.float32) if disp_canonical is None else disp_canonical
+    return CanonicalField(disp, fixed.to_native, fixed.native_shape, moving.to_native, moving.native_shape)

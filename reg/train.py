@@ -233,7 +233,7 @@ def validate(net: RegistrationNet, pairs: list[tuple[int, int]], data: list[Prep
             m_placed = place_pair(f.placed, m.placed, config.grid, config.prealign)
             device = next(net.parameters()).device
             disp, _ = net(torch.from_numpy(f.placed.image)[None, None].to(device), torch.from_numpy(m_placed.image)[None, None].to(device))
-            field = field_of(disp[0].cpu().numpy(), f.placed, m_placed)
+            field = field_of(disp[0].cpu().numpy(), f.placed, m_placed).dense()
             dices.append(mean_foreground_dice(field.warp_labels(m.volume.label, num_classes), f.volume.label, num_classes))
             folded.append(regularity(field).folded_percent)
     net.train()

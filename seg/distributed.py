@@ -105,6 +105,12 @@ def gather_rows(local: torch.Tensor, num_labeled: int, total: int, world: World)
     return out
 
 
+def barrier(world: World) -> None:
+    """Wait until every rank gets here (nothing to wait for in a single process)."""
+    if world.active:
+        dist.barrier()
+
+
 def any_rank(flag: bool, world: World) -> bool:
     """True on every rank when ``flag`` is true on any rank (so all stop together)."""
     if not world.active:

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from reg.field import Field
+from reg.field import CanonicalField, Field
 
 
 class ShiftBackend:
@@ -18,9 +18,10 @@ class ShiftBackend:
         self.shift = np.asarray(shift_zyx, np.float32).reshape(3, 1, 1, 1)
         self.calls: list[int] = []
 
-    def register(self, fixed, fixed_spacing, moving, moving_spacing) -> Field:
+    def register(self, fixed, fixed_spacing, moving, moving_spacing) -> CanonicalField:
         return self.register_many([(fixed, fixed_spacing, moving, moving_spacing)])[0]
 
-    def register_many(self, pairs) -> list[Field]:
+    def register_many(self, pairs) -> list[CanonicalField]:
         self.calls.append(len(pairs))
-        return [Field(Field.identity(f.shape).coords + self.shift, tuple(m.shape)) for f, _, m, _ in pairs]
+        return [CanonicalField.of_dense(Field(Field.identity(f.shape).coords + self.shift, tuple(m.shape)))
+                for f, _, m, _ in pairs]

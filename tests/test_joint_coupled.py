@@ -139,7 +139,7 @@ def test_the_hook_takes_registration_steps_and_the_oracle_serves_the_new_net(dat
     oracle = hooks[0].oracle
     assert oracle.cfg.cache == "" and oracle.backend is coupled.backend  # a changing net: no disk cache
     before_net = {k: v.clone() for k, v in coupled.net.state_dict().items()}
-    before_field = oracle.field("p2_ED", "p1_ED").coords.copy()
+    before_field = oracle.field("p2_ED", "p1_ED").disp.copy()
     batch = labeled_only_batch()
     steps_taken = []
     for step in range(6):
@@ -147,11 +147,11 @@ def test_the_hook_takes_registration_steps_and_the_oracle_serves_the_new_net(dat
         steps_taken.append(coupled.reg_steps)
         if step == 3:  # a registration step happened, no refresh yet: the old Fields are still served
             assert coupled.reg_steps == 1 and oracle.version == 0
-            np.testing.assert_array_equal(oracle.field("p2_ED", "p1_ED").coords, before_field)
+            np.testing.assert_array_equal(oracle.field("p2_ED", "p1_ED").disp, before_field)
     assert steps_taken == [0, 0, 0, 1, 1, 2]  # after 2 warm-up steps, one every 2 steps
     assert oracle.version == 1 and coupled.served_steps == 1  # refreshed once, after step 5
     assert any(not torch.equal(before_net[k], v) for k, v in coupled.net.state_dict().items())
-    after_field = oracle.field("p2_ED", "p1_ED").coords
+    after_field = oracle.field("p2_ED", "p1_ED").disp
     assert np.abs(after_field - before_field).max() > 1e-4
     assert set(coupled.metrics()) >= {"loss", "similarity", "smoothness", "steps"}
     assert coupled.metrics() == {}  # once per step that had a registration step
@@ -180,7 +180,7 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
     pretrained = load_backend(f"learned:{reg_ckpt}")
     case = ds.ref("p5_ED").load(), ds.ref("p1_ED").load()
     pair = (case[0].image, case[0].spacing, case[1].image, case[1].spacing)
-    assert np.abs(fine_tuned.register(*pair).coords - pretrained.register(*pair).coords).max() > 1e-4
+    assert np.abs(fine_tuned.register(*pair).dense().coords - pretrained.register(*pair).dense().coords).max() > 1e-4
     record = result.history[-1]
     assert 0.0 <= record["regnet_atlas_dice"] <= 1.0 and "regnet_val_pair_dice" in record
     state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["hooks"]["regnet"]

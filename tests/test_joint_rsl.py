@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fakes import ShiftBackend
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice
-from reg.field import Field
+from reg.field import CanonicalField, Field
 from seg.data.case import Case, spacing_affine
 from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
 from seg.students import StudentOutput
@@ -90,7 +90,8 @@ def test_alignment_needs_the_field_not_just_the_atlas_label(setup):
     oracle, sampler, target_label = setup
     identity = RegistrationOracle(list(oracle.atlases.values()), list(oracle.targets.values()), OracleConfig(),
                                   backend=type("Id", (), {"spec": "fake-identity",
-                                                          "register_many": lambda self, p: [Field.identity(f.shape) for f, *_ in p]})())
+                                                          "register_many": lambda self, p: [CanonicalField.of_dense(Field.identity(f.shape))
+                                                                                            for f, *_ in p]})())
     batch = sampler.next_batch()
     good = registration_targets(batch, oracle, 0)
     bad = registration_targets(batch, identity, 0)

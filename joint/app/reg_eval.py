@@ -75,7 +75,8 @@ def evaluate(
         start = time.perf_counter()
         fields = backend.register_many([(f.image, f.spacing, m.image, m.spacing) for f, m in loaded])
         per_pair = (time.perf_counter() - start) / len(loaded)
-        for (f, m), field in zip(loaded, fields):
+        for (f, m), compact in zip(loaded, fields):
+            field = compact.dense()
             warped = field.warp_labels(m.label, num_classes)
             reg = regularity(field)
             results.append(PairResult(
