@@ -1,0 +1,118 @@
+"""What went on inside the runs of a benchmark folder: a markdown table of each run's
+validation curve and its ``diag/``, ``rsl/`` and ``reps/`` scalars (docs/METHOD.md, issue 11),
+then their mean ± std over seeds, so a Dice table can be read with the reasons beside it.
+
+    python scripts/summarize_diagnostics.py BENCHMARK_DIR [--labeled 1] [--out FILE.md]
+
+Per run (student A): the best validation Dice and its step (the checkpoint ``best.pt`` the
+benchmark scores), the validation Dice at the last validation, and the mean over the second
+half of training of: the accuracy of the contrastive pool's pseudo-labels (``pool acc``) and
+of its class-balanced anchors (``anchor acc``), the gradient norms of the contrastive term
+(on the embedding) and of the supervised and cross-teaching terms (on the logits), the share
+of anchors that found a registration positive (``REPS valid``) and the Dice of the RSL targets
+against the hidden labels (``RSL Dice``). The hidden labels of "unlabeled" volumes were read
+for these figures only, never for training or selection.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# column name -> scalar tag (student A); '-' in the table when a run does not log it
+SECOND_HALF = {
+    "pool acc": "diag/pool_acc_a",
+    "anchor acc": "diag/anchor_acc_a",
+    "|g cl|": "diag/grad_joint_cl_a_emb",
+    "|g sup|": "diag/grad_a_sup_a_logits",
+    "|g cps|": "diag/grad_a_cps_a_logits",
+    "|g rsl|": "diag/grad_a_rsl_a_logits",
+    "REPS valid": "reps/valid_fraction",
+    "RSL Dice": "rsl/target_dice_hidden",
+}
+VAL = "val_a/dice"
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def second_half_mean(series: Sequence[tuple[int, float]]) -> float:
+    last = max(step for step, _ in series)
+    return float(np.mean([v for step, v in series if step > last / 2]))
+
+
+def summarize_run(run: Path) -> dict[str, Optional[float]]:
+    tags = scalars(run)
+    row: dict[str, Optional[float]] = {}
+    val = tags.get(VAL, [])
+    if val:
+        best_step, best = max(val, key=lambda sv: (sv[1], -sv[0]))
+        row["best val Dice"], row["best step"], row["last val Dice"] = best, float(best_step), val[-1][1]
+    for column, tag in SECOND_HALF.items():
+        row[column] = second_half_mean(tags[tag]) if tag in tags else None
+    return row
+
+
+def runs_of(benchmark: Path, labeled: str) -> dict[tuple[str, str], list[tuple[int, Path]]]:
+    """(method, backend folder) -> [(seed, run folder)] of finished runs with TensorBoard logs."""
+    found = defaultdict(list)
+    for tb in sorted(benchmark.glob(f"runs/*/*/labeled-{labeled}/seed-*/tb")):
+        run = tb.parent
+        method, backend = run.parts[-4], run.parts[-3]
+        found[(method, backend)].append((int(run.name.split("-")[1]), run))
+    return found
+
+
+def _cell(value: Optional[float], column: str) -> str:
+    if value is None:
+        return "-"
+    if column == "best step":
+        return f"{value:.0f}"
+    return f"{value:.4f}" if abs(value) >= 1e-2 else f"{value:.2e}"
+
+
+def tables(benchmark: Path, labeled: str) -> str:
+    columns = ["best val Dice", "best step", "last val Dice", *SECOND_HALF]
+    per_run = [f"| method | backend | seed | {' | '.join(columns)} |", "|" + " --- |" * 3 + " ---: |" * len(columns)]
+    grouped = [f"| method | backend | seeds | {' | '.join(c for c in columns if c != 'best step')} |",
+               "|" + " --- |" * 3 + " ---: |" * (len(columns) - 1)]
+    for (method, backend), seeds in runs_of(benchmark, labeled).items():
+        rows = []
+        for seed, run in sorted(seeds):
+            row = summarize_run(run)
+            rows.append(row)
+            per_run.append(f"| {method} | {backend} | {seed} | " + " | ".join(_cell(row.get(c), c) for c in columns) + " |")
+        cells = []
+        for c in columns:
+            if c == "best step":
+                continue
+            values = [r[c] for r in rows if r.get(c) is not None]
+            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values and abs(np.mean(values)) >= 1e-2
+                         else (f"{np.mean(values):.2e}" if values else "-"))
+        grouped.append(f"| {method} | {backend} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(grouped) + "\n\n" + "\n".join(per_run) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("benchmark", type=Path, help="a `cctr benchmark --out` folder")
+    p.add_argument("--labeled", default="1", help="labeled set (default 1)")
+    p.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    args = p.parse_args(argv)
+    text = tables(args.benchmark, args.labeled)
+    if args.out is not None:
+        args.out.write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
