@@ -15,6 +15,8 @@ runs use one config and seed apart from the method, so their samplers draw the s
 (checked). ``cctr``'s oracle is warmed before its first step, so every step finds its Fields
 and warped labels in memory. Without ``--reg-ckpt`` a tiny registration net is trained first:
 its quality does not change the cost of a step. Without ``--data`` a phantom is generated.
+``scripts/bench_scale.py`` times its steps with the same functions (:func:`timing_base`,
+:func:`timed_configs`, :func:`time_steps`, :func:`step_stats`).
 """
 from __future__ import annotations
 
@@ -142,6 +144,71 @@ def run_pair(configs: dict[str, JointConfig], dataset, split: Split) -> dict[str
     return clocks
 
 
+def tiny_registration_net(dataset, split: Split, out: Path, steps: int, labeled: str,
+                          base: RegConfig = RegConfig()) -> Path:
+    """The checkpoint of a registration net trained ``steps`` steps from ``base`` in
+    ``OUT/reg-<steps>steps`` (reused when finished): a step's cost does not depend on its quality."""
+    cfg = base.with_overrides(steps=steps, val_every=steps, image_every=steps, log_every=steps)
+    return pretrain_registration(dataset, split, cfg, out / f"reg-{steps}steps", labeled)
+
+
+def timing_base(overrides: Sequence[str], labeled: str, cache: Path, steps: int, warmup: int,
+                planned: Optional[Mapping] = None) -> JointConfig:
+    """The config both timed runs share: long enough for ``warmup + steps`` timed intervals,
+    never validating or checkpointing, the Field cache in ``cache``."""
+    cfg = build_config(None, overrides, labeled=labeled, field_cache=str(cache), planned=planned)
+    return replace(cfg, iterations=warmup + steps + 1, val_every=10 ** 9, checkpoint_every=10 ** 9, overlays=False)
+
+
+def timed_configs(base: JointConfig, reg_ckpt: Path, coupled: bool = False) -> dict[str, JointConfig]:
+    """``cct`` and ``cctr`` (learned backend) from ``base``; with ``coupled`` also ``cctr-coupled``."""
+    configs = {
+        "cct": replace(base, method="cct"),
+        "cctr": replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr"),
+    }
+    if coupled:
+        # no warm-up: the timed steps include registration steps and refreshes at their share
+        configs["cctr-coupled"] = replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr-coupled",
+                                          coupled=replace(base.coupled, warmup_steps=0))
+    return configs
+
+
+def without_validation(split: Split) -> Split:
+    """``split`` with no validation patients: the trainer then never validates, not even after
+    the last step, so no step carries a validation's cost."""
+    return Split(train=split.train, val=(), test=split.test, labeled_sets=split.labeled_sets)
+
+
+def time_steps(configs: Mapping[str, JointConfig], dataset, split: Split, scratch: Path) -> tuple[dict[str, StepClock], float]:
+    """Run ``configs`` taking turns (:func:`run_pair`) without validation, each in a run folder
+    named after it in a fresh folder under ``scratch``, removed afterwards; the clocks and the
+    wall time in seconds."""
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=str(scratch)))
+    try:
+        placed = {name: replace(cfg, out_dir=str(runs / name)) for name, cfg in configs.items()}
+        started = time.perf_counter()
+        clocks = run_pair(placed, dataset, without_validation(split))
+        return clocks, time.perf_counter() - started
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+def step_stats(clocks: Mapping[str, StepClock], warmup: int) -> dict[str, dict[str, float]]:
+    """Per run: median, mean, min and max seconds of the steps after the first ``warmup``."""
+    out = {}
+    for name, clock in clocks.items():
+        s = np.asarray(clock.seconds[warmup:])
+        out[name] = {"median": float(np.median(s)), "mean": float(s.mean()), "min": float(s.min()),
+                     "max": float(s.max()), "steps": int(s.size)}
+    return out
+
+
+def same_batches(clocks: Mapping[str, StepClock]) -> bool:
+    """Whether every run drew the same batches as the first."""
+    first = next(iter(clocks.values())).batches
+    return all(clock.batches == first for clock in clocks.values())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.threads < 0:
@@ -156,51 +223,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if dataset.default_split is None:
         raise SystemExit(f"{data_dir}: no split.json")
     full = dataset.default_split
-    # no validation patients: the trainer then never validates, not even after the last step
-    split = Split(train=full.train, val=(), test=full.test, labeled_sets=full.labeled_sets)
 
     reg_ckpt = args.reg_ckpt
     if reg_ckpt is None:
-        n = args.reg_steps
-        reg_cfg = RegConfig().with_overrides(steps=n, val_every=n, image_every=n, log_every=n)
-        reg_ckpt = pretrain_registration(dataset, full, reg_cfg, args.out / f"reg-{n}steps", args.labeled)
+        reg_ckpt = tiny_registration_net(dataset, full, args.out, args.reg_steps, args.labeled)
 
-    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=str(args.out)))
-    try:
-        base = replace(build_config(None, args.overrides, labeled=args.labeled, field_cache=str(args.out / "reg-cache")),
-                       iterations=args.warmup + args.steps + 1, val_every=10 ** 9, checkpoint_every=10 ** 9,
-                       overlays=False)
-        configs = {
-            "cct": replace(base, method="cct", out_dir=str(runs / "cct")),
-            "cctr": replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr", out_dir=str(runs / "cctr")),
-        }
-        if args.coupled:
-            # no warm-up: the timed steps include registration steps and refreshes at their share
-            coupled = replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr-coupled",
-                              out_dir=str(runs / "cctr-coupled"), coupled=replace(base.coupled, warmup_steps=0))
-            configs["cctr-coupled"] = coupled
-        started = time.perf_counter()
-        clocks = run_pair(configs, dataset, split)
-        wall = time.perf_counter() - started
-    finally:
-        shutil.rmtree(runs, ignore_errors=True)
+    base = timing_base(args.overrides, args.labeled, args.out / "reg-cache", args.steps, args.warmup)
+    configs = timed_configs(base, reg_ckpt, args.coupled)
+    clocks, wall = time_steps(configs, dataset, full, args.out)
 
-    same = all(clock.batches == clocks["cct"].batches for clock in clocks.values())
-    medians = {}
+    same = same_batches(clocks)
+    stats = step_stats(clocks, args.warmup)
+    medians = {name: s["median"] for name, s in stats.items()}
     print(f"{args.steps} timed steps per method after {args.warmup} warm-up steps, taking turns step by step; "
           f"batch {base.labeled_batch} labeled + {base.unlabeled_batch} unlabeled at {base.image_size[0]}x{base.image_size[1]}; "
           f"same batches in both runs: {same}; torch threads {torch.get_num_threads()}; wall {wall:.0f} s")
     print("| method | median s/step | mean s/step | min | max |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for name, clock in clocks.items():
-        s = np.asarray(clock.seconds[args.warmup:])
-        medians[name] = float(np.median(s))
-        print(f"| {name} | {medians[name]:.3f} | {s.mean():.3f} | {s.min():.3f} | {s.max():.3f} |")
+    for name, s in stats.items():
+        print(f"| {name} | {s['median']:.3f} | {s['mean']:.3f} | {s['min']:.3f} | {s['max']:.3f} |")
     print(f"cctr / cct median step time: {medians['cctr'] / medians['cct']:.2f} (target <= 1.3)")
     if "cctr-coupled" in clocks:
         # a registration step comes every coupled.every steps and a refresh every refresh_every:
         # the mean, not the median, carries their share
-        means = {name: float(np.mean(clock.seconds[args.warmup:])) for name, clock in clocks.items()}
+        means = {name: s["mean"] for name, s in stats.items()}
         print(f"cctr-coupled / cct median step time: {medians['cctr-coupled'] / medians['cct']:.2f}, "
               f"mean step time: {means['cctr-coupled'] / means['cct']:.2f} (target <= 2.0)")
     return 0 if same else 1
