@@ -78,7 +78,7 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     barrier(world)   # every process's share of the pairs is in the disk cache before any step
     hooks: tuple[TrainerHook, ...] = (
         RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
-                                hidden_labels=data.diagnostic_labels),)
+                                hidden_labels=data.diagnostic_labels, iterations=jcfg.iterations),)
     bank_bytes = 0
     if with_reps:
         reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled))

@@ -4,8 +4,10 @@ For every unlabeled slice of a batch, the atlas label warped onto that slice's v
 one-hot, from :meth:`joint.oracle.RegistrationOracle.warped_slice`: only that slice is warped) is put through exactly
 the same resampling as the image, with :func:`seg.slices.resample_slice` and the sample's own
 ``to_volume`` matrix, so its pixels line up with the image's. Its argmax is a pseudo-label
-for each student: ``0.5 * (weighted CE + weighted Dice)``, times ``lambda_rs`` ramped up like
-L_cps. Pixels that fall outside every atlas get weight 0; optionally every other pixel is
+for each student: ``0.5 * (weighted CE + weighted Dice)``, times ``lambda_rs`` on a schedule
+(``rsl.schedule``): ``ramp-up`` like L_cps (the paper's), or ``fade-out``, full weight from
+step 0 falling linearly to 0 at ``rsl.fade_fraction`` of training, for registration targets
+that beat an untrained student but not a trained one (METHOD.md part 6). Pixels that fall outside every atlas get weight 0; optionally every other pixel is
 weighted by registration confidence ('max-prob': the top soft one-hot probability, i.e. how
 far from a label boundary the interpolation landed; 'agreement': the fraction of atlases
 whose label agrees with the vote, meaningful with the 'fused' policy).
@@ -32,18 +34,25 @@ from seg.slices import SliceBatch, resample_slice
 from seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
+SCHEDULES = ("ramp-up", "fade-out")
 
 
 @dataclass(frozen=True)
 class RSLConfig:
     """RSL options; nested as ``rsl.*`` in :class:`joint.config.JointConfig`."""
 
-    weight: float = 0.1            # lambda_rs once ramped up (the ramp is the trainer's, as for L_cps)
+    weight: float = 0.1            # lambda_rs at full strength
     confidence: str = "none"       # per-pixel weight, one of CONFIDENCE_MODES
+    schedule: str = "ramp-up"      # one of SCHEDULES
+    fade_fraction: float = 0.5     # 'fade-out': the share of training after which RSL is 0
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCE_MODES:
             raise ValueError(f"rsl.confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"rsl.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 < self.fade_fraction <= 1.0:
+            raise ValueError(f"rsl.fade_fraction must be in (0, 1], got {self.fade_fraction}")
         if self.weight < 0:
             raise ValueError(f"rsl.weight must be >= 0, got {self.weight}")
 
@@ -112,9 +121,18 @@ def weighted_ce_dice(logits: torch.Tensor, label: torch.Tensor, weight: torch.Te
     return 0.5 * (ce + dice)
 
 
+def rsl_weight(cfg: RSLConfig, step: int, rampup_steps: float, iterations: int) -> float:
+    """lambda_rs at ``step``: ramped up over ``rampup_steps`` (``ramp-up``) or faded out
+    linearly to 0 at ``fade_fraction * iterations`` (``fade-out``)."""
+    if cfg.schedule == "fade-out":
+        end = cfg.fade_fraction * max(int(iterations), 1)
+        return cfg.weight * max(0.0, 1.0 - step / end)
+    return cfg.weight * sigmoid_rampup(step, rampup_steps)
+
+
 class RegistrationSupervision(TrainerHook):
     """RSL as a trainer hook: a loss per student against the batch's registration targets,
-    ramped up over ``rampup_steps`` like L_cps.
+    weighted on the schedule of ``cfg`` (:func:`rsl_weight`) over ``iterations`` steps.
 
     ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
     ``hidden_labels`` (case id -> uint8 ``(Z, Y, X)``) are read for ``metrics()`` only.
@@ -123,9 +141,10 @@ class RegistrationSupervision(TrainerHook):
     name = "rsl"
 
     def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig, rampup_steps: float = 0.0,
-                 hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({})) -> None:
+                 hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({}), iterations: int = 1) -> None:
         if rampup_steps < 0:
             raise ValueError(f"RSL rampup_steps must be >= 0, got {rampup_steps}")
+        self.iterations = int(iterations)
         self.oracle = oracle
         self.cfg = cfg
         self.rampup_steps = float(rampup_steps)
@@ -137,7 +156,7 @@ class RegistrationSupervision(TrainerHook):
         targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
         self.last_targets = targets
         self._target_dice = self._dice_against_hidden(batch, targets)
-        lam = self.cfg.weight * sigmoid_rampup(step, self.rampup_steps)
+        lam = rsl_weight(self.cfg, step, self.rampup_steps, self.iterations)
         losses = {}
         for name, out in outputs.items():
             logits = out.logits[targets.index]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fakes import ShiftBackend
 from joint.oracle import OracleConfig, RegistrationOracle
-from joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice
+from joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice, rsl_weight
 from reg.field import CanonicalField, Field
 from seg.data.case import Case, spacing_affine
 from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
@@ -159,3 +159,16 @@ def test_rsl_logs_the_dice_of_its_targets_against_hidden_labels_only_when_it_has
     off = RegistrationSupervision(wrong, RSLConfig(), hidden_labels={"unl": target_label})
     off.losses(0, batch, outputs)
     assert off.metrics()["target_dice_hidden"] < dice - 0.05
+
+
+def test_rsl_schedules_ramp_up_or_fade_out():
+    ramp = RSLConfig(weight=0.2)
+    assert rsl_weight(ramp, 0, rampup_steps=100, iterations=400) < 0.01
+    assert rsl_weight(ramp, 100, rampup_steps=100, iterations=400) == pytest.approx(0.2)
+    fade = RSLConfig(weight=0.2, schedule="fade-out", fade_fraction=0.5)
+    weights = [rsl_weight(fade, s, rampup_steps=100, iterations=400) for s in (0, 100, 200, 399)]
+    assert weights == pytest.approx([0.2, 0.1, 0.0, 0.0])
+    with pytest.raises(ValueError, match="rsl.schedule"):
+        RSLConfig(schedule="sometimes")
+    with pytest.raises(ValueError, match="fade_fraction"):
+        RSLConfig(schedule="fade-out", fade_fraction=0.0)
