@@ -74,12 +74,12 @@ def test_bspline_returns_a_regular_field(pair):
 
 def test_learned_backend_runs_from_the_checkpoint_alone_and_batches(pair, checkpoint):
     f_img, fsp, _, m_img, msp, _ = pair
-    backend = load_backend(f"learned:{checkpoint}?batch=2")
+    backend = load_backend(f"learned:{checkpoint}?batch=2")   # refined by default: per pair, whatever the batch
     fields = backend.register_many([(f_img, fsp, m_img, msp), (m_img, msp, f_img, fsp), (f_img, fsp, m_img, msp)])
     assert [f.fixed_shape for f in fields] == [f_img.shape, m_img.shape, f_img.shape]
-    np.testing.assert_allclose(fields[0].disp, fields[2].disp, atol=1e-5)
+    np.testing.assert_allclose(fields[0].disp, fields[2].disp, atol=2e-3)   # float16 storage, float32 batches
     single = backend.register(f_img, fsp, m_img, msp)
-    np.testing.assert_allclose(single.dense().coords, fields[0].dense().coords, atol=1e-4)
+    np.testing.assert_allclose(single.dense().coords, fields[0].dense().coords, atol=5e-3)
     params = backend_params(f"learned:{checkpoint}")
     assert params["kind"] == "learned" and len(params["checkpoint_sha256"]) == 64
     assert params["config"]["grid"]["shape"] == [16, 32, 32]
