@@ -32,8 +32,8 @@ high-water mark, reset between phases through ``/proc/self/clear_refs``):
    planned grid. Its quality does not change what a pair or a step costs, only its grid and
    network do, and those are the planned ones.
 4. ``warm-learned``: the oracle over every pair the atlas policy needs, learned backend, the
-   disk cache ``OUT/reg-cache`` emptied first so every pair is computed (Fields and the warped
-   atlas labels, as the trainer's warm does); then ``reload``: a fresh oracle warmed from that
+   disk cache ``OUT/reg-cache`` emptied first so every pair is computed (Fields only, as the
+   trainer's warm does: a step warps its one slice on demand); then ``reload``: a fresh oracle warmed from that
    cache, what each later run sharing the cache pays at its start.
 5. ``sample-<backend>``: each other backend of ``--backends`` warmed pair by pair on
    ``--pairs-sample`` pairs (distinct targets, atlases in turn), one worker process and one
