@@ -84,6 +84,18 @@ def _sample(volume_zyx: np.ndarray, coords: np.ndarray, order: int) -> np.ndarra
     return ndimage.map_coordinates(volume_zyx, coords, order=order, mode="nearest", prefilter=False)
 
 
+def _reach(coords: np.ndarray, shape_zyx: Sequence[int]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The box of a volume of ``shape`` that linear sampling at ``coords`` (3, ...) can read,
+    and ``coords`` relative to it: sampling the box gives what sampling the volume gives (a
+    margin of one voxel, edges held at the volume's own edges), at the cost of the box. A
+    slab of a few fixed slices reads a few moving slices, not the whole moving volume."""
+    flat = coords.reshape(3, -1)
+    lo = np.clip(np.floor(flat.min(axis=1)).astype(int) - 1, 0, np.asarray(shape_zyx) - 1)
+    hi = np.clip(np.ceil(flat.max(axis=1)).astype(int) + 2, lo + 1, np.asarray(shape_zyx))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    return box, coords - lo.reshape(3, *([1] * (coords.ndim - 1))).astype(coords.dtype)
+
+
 @dataclass(frozen=True)
 class Field:
     """Dense map from every voxel of the FIXED volume's native grid to a point in the MOVING
@@ -126,7 +138,8 @@ class Field:
     def warp_image(self, moving_zyx: np.ndarray) -> np.ndarray:
         """The moving image resampled on the fixed grid: float32 (Z, Y, X), linear, 0 outside."""
         self._check_moving(np.shape(moving_zyx), "moving image")
-        out = _sample(np.asarray(moving_zyx, dtype=np.float32), self.coords, order=1)
+        box, coords = _reach(self.coords, self.moving_shape)
+        out = _sample(np.asarray(moving_zyx)[box].astype(np.float32), coords, order=1)
         out[~self.inside()] = 0.0
         return out.astype(np.float32, copy=False)
 
@@ -134,13 +147,14 @@ class Field:
         """Soft warped labels: float32 (C, Z, Y, X), each class's indicator interpolated
         linearly; sums to 1 inside the moving volume and to 0 outside it."""
         self._check_moving(np.shape(moving_label_zyx), "moving label map")
-        lab = np.asarray(moving_label_zyx)
+        box, coords = _reach(self.coords, self.moving_shape)
+        lab = np.asarray(moving_label_zyx)[box]
         if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
             raise ValueError(f"moving label map has values outside 0..{num_classes - 1}")
         inside = self.inside()
         out = np.empty((num_classes, *self.fixed_shape), dtype=np.float32)
         for c in range(num_classes):
-            out[c] = _sample((lab == c).astype(np.float32), self.coords, order=1)
+            out[c] = _sample((lab == c).astype(np.float32), coords, order=1)
         out[:, ~inside] = 0.0
         return out
 

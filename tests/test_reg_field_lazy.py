@@ -145,3 +145,22 @@ def test_a_training_slice_equals_the_slice_of_the_whole_warp():
     for z in range(5):
         np.testing.assert_allclose(oracle.warped_slice("target", ("atlas",), z).probs[:, 0].astype(np.float32),
                                    whole[:, z], atol=2e-3)
+
+
+def test_a_slab_reads_only_the_moving_slices_it_reaches_and_the_same_values():
+    """The warp samples the box of the moving volume its coords reach (one voxel of margin,
+    edges held as at the volume's own edges): the same values as sampling everything."""
+    from scipy import ndimage
+    lazy, _ = compact(0.2)
+    label = np.random.default_rng(3).integers(0, 3, MOVING[0]).astype(np.uint8)
+    image = np.random.default_rng(4).random(MOVING[0]).astype(np.float32)
+    for start in (0, 4, 9):
+        slab = lazy.slab(start, start + 1)
+        inside = slab.inside()
+        soft = slab.warp_onehot(label, 3)
+        for c in range(3):
+            full = ndimage.map_coordinates((label == c).astype(np.float32), slab.coords, order=1, mode="nearest",
+                                           prefilter=False)
+            np.testing.assert_allclose(soft[c][inside], full[inside], atol=1e-6)
+        full = ndimage.map_coordinates(image, slab.coords, order=1, mode="nearest", prefilter=False)
+        np.testing.assert_allclose(slab.warp_image(image)[inside], full[inside], atol=1e-6)
