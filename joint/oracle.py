@@ -13,9 +13,10 @@ The oracle owns, for one backend spec:
 - caching them: in memory, least-recently-used and bounded in bytes, and optionally on disk
   under a key of (backend spec and parameters, content hash of both volumes), written
   atomically so an interrupted run leaves no half file and a second run reuses every pair;
-- the atlas labels warped onto ONE slice of a target (soft one-hot, plus the per-voxel
-  agreement of the atlases), the unit a training step reads, cached the same way in memory;
-  a whole target's warped label is computed slab by slab and not cached;
+- the atlas labels warped onto given points of a target (soft one-hot, plus the agreement
+  of the atlases): what a training step reads, at the pixels of its samples only, so its cost
+  does not grow with the native grid; a whole target's warped label is computed slab by
+  slab;
 - sharing the work of warming among the processes of a torchrun job: each computes its share
   of the pairs into the disk cache and reads the others' from it;
 - being told that its backend changed (:meth:`RegistrationOracle.invalidate`: a registration
@@ -48,7 +49,7 @@ from tqdm.auto import tqdm
 from reg.backends import Backend, load_backend
 from reg.grid import CanonicalGrid
 from reg.prealign import PrealignConfig
-from reg.field import CanonicalField
+from reg.field import CanonicalField, Field
 from seg.atomic import atomic_path
 from seg.data.case import Case, CaseError
 
@@ -67,7 +68,6 @@ class OracleConfig:
     policy: str = "random"                 # one of POLICIES
     cache: str = ""                        # folder of cached Fields, shared across runs; '' = no disk cache
     field_memory_mb: float = 1024.0        # memory bound of the Field LRU
-    warped_memory_mb: float = 512.0        # memory bound of the warped-label LRU
     workers: int = 2                       # processes for classical backends; <= 1 = in process
     batch_pairs: int = 4                   # pairs per learned-backend call
     similarity_shape: tuple[int, int, int] = (16, 64, 64)  # canonical (Z, Y, X) grid of 'similar'
@@ -79,8 +79,8 @@ class OracleConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"oracle.policy must be one of {POLICIES}, got {self.policy!r}")
-        if self.field_memory_mb < 0 or self.warped_memory_mb < 0:
-            raise ValueError("oracle.field_memory_mb and oracle.warped_memory_mb must be >= 0")
+        if self.field_memory_mb < 0:
+            raise ValueError("oracle.field_memory_mb must be >= 0")
         if self.batch_pairs < 1:
             raise ValueError(f"oracle.batch_pairs must be >= 1, got {self.batch_pairs}")
 
@@ -91,11 +91,12 @@ class OracleConfig:
 
 @dataclass(frozen=True)
 class WarpedAtlas:
-    """Atlas labels carried onto a slab of slices of one target's native grid.
+    """Atlas labels carried onto a slab of slices of one target's native grid, ``(Zs, Y, X)``,
+    or onto N points of it, ``(N,)``.
 
-    ``probs``: float16 ``(C, Zs, Y, X)``, the mean over atlases of each atlas's soft one-hot
+    ``probs``: float16 ``(C, Zs, Y, X)`` or ``(C, N)``, the mean over atlases of each atlas's soft one-hot
     (each sums to 1 where the target voxel falls inside that atlas, 0 outside).
-    ``agreement``: float16 ``(Zs, Y, X)``, the fraction of atlases whose own argmax equals the
+    ``agreement``: float16 ``(Zs, Y, X)`` or ``(N,)``, the fraction of atlases whose own argmax equals the
     argmax of ``probs`` (0 where a voxel falls outside every atlas).
     """
 
@@ -108,7 +109,7 @@ class WarpedAtlas:
         return int(self.probs.nbytes + self.agreement.nbytes)
 
     def hard_label(self) -> np.ndarray:
-        """uint8 ``(Zs, Y, X)``: the argmax of the vote (the registration-only prediction)."""
+        """uint8, the shape of ``agreement``: the argmax of the vote (the registration-only prediction)."""
         return self.probs.argmax(axis=0).astype(np.uint8)
 
 
@@ -282,19 +283,16 @@ class RegistrationOracle:
         self._fingerprint = backend_fingerprint(self.backend)
         self._digests: dict[str, str] = {}
         self.fields = ByteLRU[CanonicalField](int(cfg.field_memory_mb * 2**20), lambda f: f.nbytes)
-        self.warped = ByteLRU[WarpedAtlas](int(cfg.warped_memory_mb * 2**20), lambda w: w.nbytes)
         self._similar: dict[str, str] = {}
         self.version = 0  # how many times the backend changed under this oracle (invalidate)
 
     def invalidate(self) -> None:
         """The backend now gives other Fields (its network took optimiser steps): forget every
-        cached Field and warped label, so the next request computes it with the current
-        backend. Refused with a disk cache, whose entries are keyed by a fixed backend."""
+        cached Field, so the next request computes it with the current backend. Refused with a disk cache, whose entries are keyed by a fixed backend."""
         if self.cfg.disk_cache is not None:
             raise ValueError(f"registration oracle: a backend that changes during the run cannot share the disk "
                              f"cache {self.cfg.cache!r}; set oracle.cache to ''")
         self.fields = ByteLRU[CanonicalField](self.fields.max_bytes, lambda f: f.nbytes)
-        self.warped = ByteLRU[WarpedAtlas](self.warped.max_bytes, lambda w: w.nbytes)
         self.version += 1
 
     # -- cases ---------------------------------------------------------------------------------
@@ -459,15 +457,19 @@ class RegistrationOracle:
         return len(pairs)
 
     # -- warped atlas labels -------------------------------------------------------------------
-    def warped_slice(self, target_id: str, atlas_ids: Sequence[str], z: int) -> WarpedAtlas:
-        """Labels of ``atlas_ids`` warped onto slice ``z`` of ``target_id`` (soft one-hot,
-        linear) and their vote: a WarpedAtlas of one slice, (C, 1, Y, X)."""
-        key = (target_id, tuple(atlas_ids), int(z))
-        hit = self.warped.get(key)
-        if hit is None:
-            hit = self._warp(target_id, atlas_ids, int(z), int(z) + 1)
-            self.warped.put(key, hit)
-        return hit
+    def warped_points(self, target_id: str, atlas_ids: Sequence[str], points_zyx: np.ndarray) -> WarpedAtlas:
+        """Labels of ``atlas_ids`` at the points their Fields map ``points_zyx`` (N, 3) of the
+        target to (soft one-hot, linear; zero for a point outside the target or mapped outside
+        an atlas), and their vote: a WarpedAtlas of probs (C, N)."""
+        pts = np.asarray(points_zyx, dtype=np.float64)
+        on_target = _within(pts, self.case(target_id).shape)
+        softs = []
+        for atlas_id, fld in zip(atlas_ids, self.many_fields([(target_id, a) for a in atlas_ids])):
+            there = fld.map_points(pts).T.reshape(3, 1, 1, -1)
+            soft = Field(np.ascontiguousarray(there), fld.moving_shape).warp_onehot(self.atlases[atlas_id].label,
+                                                                                    self.num_classes)[:, 0, 0]
+            softs.append(soft * on_target)
+        return _vote(atlas_ids, softs)
 
     def warped_label(self, target_id: str, atlas_ids: Sequence[str], slab_slices: int = 8) -> np.ndarray:
         """uint8 ``(Z, Y, X)``: the vote of ``atlas_ids``' labels warped onto the whole target,
@@ -479,14 +481,21 @@ class RegistrationOracle:
     def _warp(self, target_id: str, atlas_ids: Sequence[str], start: int, stop: int) -> WarpedAtlas:
         """Atlas labels warped onto target slices ``start .. stop - 1`` and their vote."""
         fields = self.many_fields([(target_id, a) for a in atlas_ids])
-        probs: Optional[np.ndarray] = None
-        hard = []
-        for atlas_id, fld in zip(atlas_ids, fields):
-            soft = fld.slab(start, stop).warp_onehot(self.atlases[atlas_id].label, self.num_classes)
-            inside = soft.sum(axis=0) > 0.5
-            hard.append(np.where(inside, soft.argmax(axis=0), -1))
-            probs = soft if probs is None else probs + soft
-        probs = probs / len(atlas_ids)
-        vote = probs.argmax(axis=0)
-        agreement = np.mean([h == vote for h in hard], axis=0)
-        return WarpedAtlas(tuple(atlas_ids), probs.astype(np.float16), agreement.astype(np.float16))
+        return _vote(atlas_ids, [fld.slab(start, stop).warp_onehot(self.atlases[a].label, self.num_classes)
+                                 for a, fld in zip(atlas_ids, fields)])
+
+
+def _within(points_zyx: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
+    """float32 (N,): 1 for points within a volume's extent [-0.5, n - 0.5] on every axis, else 0."""
+    n = np.asarray(shape_zyx, dtype=np.float64)
+    return ((points_zyx >= -0.5) & (points_zyx <= n - 0.5)).all(axis=1).astype(np.float32)
+
+
+def _vote(atlas_ids: Sequence[str], softs: Sequence[np.ndarray]) -> WarpedAtlas:
+    """The mean of the atlases' soft one-hots (C, ...) and the share of atlases whose own
+    argmax (where they cover a voxel) equals the argmax of that mean."""
+    probs = np.mean(softs, axis=0)
+    vote = probs.argmax(axis=0)
+    hard = [np.where(soft.sum(axis=0) > 0.5, soft.argmax(axis=0), -1) for soft in softs]
+    agreement = np.mean([h == vote for h in hard], axis=0)
+    return WarpedAtlas(tuple(atlas_ids), probs.astype(np.float16), agreement.astype(np.float16))

@@ -27,21 +27,9 @@ from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
 from seg.hooks import TrainerHook
 from seg.losses import ExtraPositive
-from seg.slices import SliceBatch
+from seg.slices import SliceBatch, pixel_voxels
 from seg.students import StudentOutput
 
-
-
-def anchor_voxels(batch: SliceBatch, anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample index (A,) and volume voxel (A, 3) (z, y, x) of flat indices into ``B*H*W``."""
-    H, W = batch.image.shape[-2:]
-    idx = anchor_flat_index.detach().cpu().long()
-    b = idx // (H * W)
-    pix = idx % (H * W)
-    rc1 = torch.stack([(pix // W).float(), (pix % W).float(), torch.ones(idx.shape[0])], dim=1)  # (A, 3)
-    yx = torch.einsum("aij,aj->ai", batch.to_volume[b].float(), rc1)[:, :2]
-    z = batch.slice_index[b].float()
-    return b, torch.cat([z[:, None], yx], dim=1)
 
 
 def _inside(points_zyx: np.ndarray, shape_zyx: tuple[int, ...]) -> np.ndarray:
@@ -54,7 +42,7 @@ def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, o
                            bank: MemoryBank, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The registration positive of every anchor: ``(float32 (A, D) unit vectors, bool (A,) valid)``."""
     A, D = anchor_flat_index.shape[0], bank.embedding.shape[-1]
-    b, voxels = anchor_voxels(batch, anchor_flat_index)
+    b, voxels = pixel_voxels(batch, anchor_flat_index)
     anchor_pos, atlas_pos, moved = [], [], []
     for sample in torch.unique(b[~batch.is_labeled[b]]).tolist():
         sel = torch.nonzero(b == sample).flatten()
@@ -115,7 +103,7 @@ class RegistrationPositives(TrainerHook):
 
         def positive(anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             vec, valid = registration_positives(batch, anchor_flat_index.cpu(), self.oracle, bank, step)
-            unlabeled = ~batch.is_labeled[anchor_voxels(batch, anchor_flat_index)[0]]
+            unlabeled = ~batch.is_labeled[pixel_voxels(batch, anchor_flat_index)[0]]
             self._asked += int(unlabeled.sum())
             self._valid += int((valid & unlabeled).sum())
             return vec.to(anchor_flat_index.device), valid.to(anchor_flat_index.device)

@@ -1,9 +1,10 @@
 """Registration Supervision Loss (RSL, METHOD.md part 6).
 
-For every unlabeled slice of a batch, the atlas label warped onto that slice's volume (soft
-one-hot, from :meth:`joint.oracle.RegistrationOracle.warped_slice`: only that slice is warped) is put through exactly
-the same resampling as the image, with :func:`seg.slices.resample_slice` and the sample's own
-``to_volume`` matrix, so its pixels line up with the image's. Its argmax is a pseudo-label
+For every unlabeled sample of a batch, the atlas label is warped onto the very points of its
+volume that the sample's pixels were read from (the sample's own ``to_volume`` matrix, as
+:func:`seg.slices.resample_slice` reads the image; soft one-hot, from
+:meth:`joint.oracle.RegistrationOracle.warped_points`), so its pixels line up with the
+image's, and a step costs the same on a 512 x 512 CT slice as on a 64 x 64 one. Its argmax is a pseudo-label
 for each student: ``0.5 * (weighted CE + weighted Dice)``, times ``lambda_rs`` on a schedule
 (``rsl.schedule``): ``ramp-up`` like L_cps (the paper's), or ``fade-out``, full weight from
 step 0 falling linearly to 0 at ``rsl.fade_fraction`` of training, for registration targets
@@ -30,7 +31,7 @@ from joint.oracle import RegistrationOracle
 from seg.diagnostics import foreground_dice, hidden_labels_of
 from seg.hooks import TrainerHook
 from seg.losses import sigmoid_rampup
-from seg.slices import SliceBatch, resample_slice
+from seg.slices import SliceBatch, pixel_voxels
 from seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
@@ -76,22 +77,21 @@ class RegistrationTargets:
 def registration_targets(batch: SliceBatch, oracle: RegistrationOracle, step: int,
                          confidence: str = "none") -> RegistrationTargets:
     """Warp the step's atlas label(s) onto every unlabeled sample of ``batch``, sample-aligned."""
-    out_hw = tuple(batch.image.shape[-2:])
+    H, W = batch.image.shape[-2:]
+    out_hw = (H, W)
     index = torch.nonzero(~batch.is_labeled, as_tuple=False).flatten()
     probs, weights = [], []
     for b in index.tolist():
         case_id, z = batch.case_id[b], int(batch.slice_index[b])
-        warped = oracle.warped_slice(case_id, oracle.atlases_for(case_id, step, z), z)
-        # the in-plane resampling never leaves slice z; lifted to float32
-        planes = np.concatenate([warped.probs, warped.agreement[None]]).astype(np.float32)
-        res = torch.as_tensor(resample_slice(torch.from_numpy(planes), 0, batch.to_volume[b], out_hw, "linear"),
-                              dtype=torch.float32)
-        p, agree = res[:-1], res[-1]
+        _, voxels = pixel_voxels(batch, b * H * W + torch.arange(H * W))
+        warped = oracle.warped_points(case_id, oracle.atlases_for(case_id, step, z), voxels.numpy())
+        p = torch.from_numpy(warped.probs.astype(np.float32)).reshape(-1, H, W)
+        agree = torch.from_numpy(warped.agreement.astype(np.float32)).reshape(H, W)
         inside = (p.sum(dim=0) > 0.5).float()
         if confidence == "max-prob":
             conf = p.max(dim=0).values / p.sum(dim=0).clamp_min(1e-6)
         elif confidence == "agreement":
-            conf = agree / p.sum(dim=0).clamp_min(1e-6)  # undo the zero padding's dimming at the edge
+            conf = agree
         else:
             conf = torch.ones_like(inside)
         probs.append(p)

@@ -176,6 +176,19 @@ def resample_slice(
     return out.numpy() if as_numpy else out
 
 
+def pixel_voxels(batch: SliceBatch, flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample index (N,) and volume voxel (N, 3) (z, y, x), real-valued, of flat pixel indices
+    into ``B*H*W``: where in its volume each pixel was read (the sample's ``to_volume``)."""
+    H, W = batch.image.shape[-2:]
+    idx = flat_index.detach().cpu().long()
+    b = idx // (H * W)
+    pix = idx % (H * W)
+    rc1 = torch.stack([(pix // W).float(), (pix % W).float(), torch.ones(idx.shape[0])], dim=1)  # (A, 3)
+    yx = torch.einsum("aij,aj->ai", batch.to_volume[b].float(), rc1)[:, :2]
+    z = batch.slice_index[b].float()
+    return b, torch.cat([z[:, None], yx], dim=1)
+
+
 class SliceSampler:
     """Draws :class:`SliceBatch` es: ``labeled_batch`` labeled samples, then ``unlabeled_batch``
     unlabeled ones. Each sample is a slice drawn uniformly over all slices of its pool, resized

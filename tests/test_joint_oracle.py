@@ -171,21 +171,25 @@ def test_warped_atlas_follows_the_field_and_votes(cases):
     expected = np.zeros(SHAPE, np.uint8)
     expected[:, :-1] = atlases[0].label[:, 1:]
     np.testing.assert_array_equal(oracle.warped_label("target0", ("atlas0",), slab_slices=2), expected)
-    single = oracle.warped_slice("target0", ("atlas0",), 1)
-    np.testing.assert_array_equal(single.hard_label()[0], expected[1])
-    assert single.probs.shape == (4, 1, *SHAPE[1:]) and single.probs.dtype == np.float16
+    # the voxels of slice 1, as points
+    points = np.stack(np.meshgrid([1.0], np.arange(SHAPE[1]), np.arange(SHAPE[2]), indexing="ij"), -1).reshape(-1, 3)
+    single = oracle.warped_points("target0", ("atlas0",), points)
+    np.testing.assert_array_equal(single.hard_label().reshape(SHAPE[1:]), expected[1])
+    assert single.probs.shape == (4, len(points)) and single.probs.dtype == np.float16
     # The last row maps to y = 12, outside [-0.5, 11.5]: no atlas covers it.
-    assert float(single.probs[:, :, -1].sum()) == 0.0 and float(single.agreement[:, -1].max()) == 0.0
+    last_row = single.probs.reshape(4, *SHAPE[1:])[:, -1]
+    assert float(last_row.sum()) == 0.0 and float(single.agreement.reshape(SHAPE[1:])[-1].max()) == 0.0
+    # a point outside the target itself gets nothing, whatever the Field says there
+    assert float(oracle.warped_points("target0", ("atlas0",), np.array([[1.0, -0.8, 3.0]])).probs.sum()) == 0.0
 
-    fused = oracle.warped_slice("target0", oracle.atlases_for("target0", 0), 2)
-    np.testing.assert_allclose(fused.probs[:, :, :-1].astype(np.float32).sum(axis=0), 1.0, atol=1e-2)
+    fused = oracle.warped_points("target0", oracle.atlases_for("target0", 0), points + [1.0, 0.0, 0.0])
+    probs = fused.probs.astype(np.float32).reshape(4, *SHAPE[1:])
+    np.testing.assert_allclose(probs[:, :-1].sum(axis=0), 1.0, atol=1e-2)
     # atlas centres are rows 5, 6, 7: voxels all three call LV agree fully, at a disputed edge 1/3 or 2/3
-    agree = fused.agreement.astype(np.float32)
-    lv_all = (fused.hard_label() == 3)
-    assert np.allclose(agree[:, 5, 6], 1.0) and lv_all[:, 5, 6].all()
+    agree = fused.agreement.astype(np.float32).reshape(SHAPE[1:])
+    lv_all = (fused.hard_label().reshape(SHAPE[1:]) == 3)
+    assert np.allclose(agree[5, 6], 1.0) and lv_all[5, 6]
     assert ((agree > 0.3) & (agree < 0.7)).any()
-    assert oracle.warped_slice("target0", ("atlas0",), 1) is single  # served from the label cache
-    assert len(oracle.warped) == 2   # one slice each: the whole-volume vote is never cached
 
 
 def test_bad_inputs_raise_clear_errors(cases):

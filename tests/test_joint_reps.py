@@ -9,7 +9,8 @@ import torch
 from fakes import ShiftBackend
 from joint.memory_bank import BankConfig, MemoryBank
 from joint.oracle import OracleConfig, RegistrationOracle
-from joint.reps import RegistrationPositives, anchor_voxels, registration_positives
+from joint.reps import RegistrationPositives, registration_positives
+from seg.slices import pixel_voxels
 from seg.data.case import Case, spacing_affine
 from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
 from seg.students import StudentOutput
@@ -117,7 +118,7 @@ def test_registration_positive_is_the_embedding_at_the_registered_point(world):
     B, (H, W) = batch.image.shape[0], HW
     anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(0))[:600]
     vec, valid = registration_positives(batch, anchors, oracle, bank, step=0)
-    b, voxels = anchor_voxels(batch, anchors)
+    b, voxels = pixel_voxels(batch, anchors)
     labeled = batch.is_labeled[b]
     assert not valid[labeled].any()
     there = voxels + torch.tensor(SHIFT, dtype=torch.float32)

@@ -137,14 +137,15 @@ def test_processes_share_the_warm_through_the_disk_cache(tmp_path):
     assert sum(alone.calls) == 6
 
 
-def test_a_training_slice_equals_the_slice_of_the_whole_warp():
+def test_labels_at_points_equal_the_whole_warp_there():
     atlases = [_case("atlas", (5, 10, 12), True)]
     targets = [_case("target", (5, 10, 12), False)]
     oracle = RegistrationOracle(atlases, targets, OracleConfig(), backend=ShiftBackend((0.3, 1.4, -0.6)))
     whole = oracle.field("target", "atlas").dense().warp_onehot(atlases[0].label, 3)
     for z in range(5):
-        np.testing.assert_allclose(oracle.warped_slice("target", ("atlas",), z).probs[:, 0].astype(np.float32),
-                                   whole[:, z], atol=2e-3)
+        points = np.stack(np.meshgrid([float(z)], np.arange(10), np.arange(12), indexing="ij"), -1).reshape(-1, 3)
+        got = oracle.warped_points("target", ("atlas",), points).probs.astype(np.float32).reshape(3, 10, 12)
+        np.testing.assert_allclose(got, whole[:, z], atol=2e-3)
 
 
 def test_a_slab_reads_only_the_moving_slices_it_reaches_and_the_same_values():
