@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fakes import ShiftBackend
-from joint.oracle import ByteLRU, CorruptCacheEntry, OracleConfig, RegistrationOracle, load_field, save_field
+from joint.field_cache import ByteLRU, CorruptCacheEntry, load_field, save_field
+from joint.oracle import OracleConfig, RegistrationOracle
 from reg.field import CanonicalField, Field
 from seg.data.case import Case, CaseError, spacing_affine
 

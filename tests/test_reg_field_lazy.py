@@ -8,7 +8,8 @@ import pytest
 
 import reg.field
 from fakes import ShiftBackend
-from joint.oracle import OracleConfig, RegistrationOracle, load_field, save_field
+from joint.field_cache import load_field, save_field
+from joint.oracle import OracleConfig, RegistrationOracle
 from reg.field import CanonicalField, Field, voxel_grid
 from reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center
 from seg.data.case import Case, spacing_affine
