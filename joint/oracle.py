@@ -100,10 +100,6 @@ class WarpedAtlas:
     probs: np.ndarray
     agreement: np.ndarray
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.probs.nbytes + self.agreement.nbytes)
-
     def hard_label(self) -> np.ndarray:
         """uint8, the shape of ``agreement``: the argmax of the vote (the registration-only prediction)."""
         return self.probs.argmax(axis=0).astype(np.uint8)
