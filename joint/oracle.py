@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from joint.field_cache import (ByteLRU, CorruptCacheEntry, backend_fingerprint, load_field, pair_key, quarantine,
                                save_field, volume_digest)
 from reg.backends import Backend, load_backend
-from reg.field import CanonicalField, Field
+from reg.field import CanonicalField, Field, points_inside
 from reg.grid import CanonicalGrid
 from reg.prealign import PrealignConfig
 from seg.data.case import Case, CaseError
@@ -345,7 +345,7 @@ class RegistrationOracle:
         target to (soft one-hot, linear; zero for a point outside the target or mapped outside
         an atlas), and their vote: a WarpedAtlas of probs (C, N)."""
         pts = np.asarray(points_zyx, dtype=np.float64)
-        on_target = _within(pts, self.case(target_id).shape)
+        on_target = points_inside(pts, self.case(target_id).shape).astype(np.float32)
         softs = []
         for atlas_id, fld in zip(atlas_ids, self.many_fields([(target_id, a) for a in atlas_ids])):
             there = fld.map_points(pts).T.reshape(3, 1, 1, -1)
@@ -366,12 +366,6 @@ class RegistrationOracle:
         fields = self.many_fields([(target_id, a) for a in atlas_ids])
         return _vote(atlas_ids, [fld.slab(start, stop).warp_onehot(self.atlases[a].label, self.num_classes)
                                  for a, fld in zip(atlas_ids, fields)])
-
-
-def _within(points_zyx: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
-    """float32 (N,): 1 for points within a volume's extent [-0.5, n - 0.5] on every axis, else 0."""
-    n = np.asarray(shape_zyx, dtype=np.float64)
-    return ((points_zyx >= -0.5) & (points_zyx <= n - 0.5)).all(axis=1).astype(np.float32)
 
 
 def _vote(atlas_ids: Sequence[str], softs: Sequence[np.ndarray]) -> WarpedAtlas:

@@ -19,23 +19,17 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
+from reg.field import points_inside
 from seg.hooks import TrainerHook
 from seg.losses import ExtraPositive
 from seg.slices import SliceBatch, pixel_voxels
 from seg.students import StudentOutput
 
-
-
-def _inside(points_zyx: np.ndarray, shape_zyx: tuple[int, ...]) -> np.ndarray:
-    """bool (N,): points within the volume's extent [-0.5, n - 0.5] on every axis."""
-    n = np.asarray(shape_zyx, dtype=np.float32)
-    return ((points_zyx >= -0.5) & (points_zyx <= n - 0.5)).all(axis=1)
 
 
 def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, oracle: RegistrationOracle,
@@ -48,14 +42,14 @@ def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, o
         sel = torch.nonzero(b == sample).flatten()
         target_id, z = batch.case_id[sample], int(batch.slice_index[sample])
         pts = voxels[sel].numpy()
-        on_target = _inside(pts, oracle.case(target_id).shape)
+        on_target = points_inside(pts, oracle.case(target_id).shape)
         sel, pts = sel[torch.from_numpy(on_target)], pts[on_target]
         if sel.numel() == 0:
             continue
         for atlas_id in oracle.atlases_for(target_id, step, z):
             field = oracle.field(target_id, atlas_id)
             there = field.map_points(pts)
-            ok = _inside(there, field.moving_shape)
+            ok = points_inside(there, field.moving_shape)
             anchor_pos.append(sel[torch.from_numpy(ok)])
             atlas_pos.append(bank.case_index([atlas_id]).expand(int(ok.sum())))
             moved.append(torch.from_numpy(there[ok]))

@@ -84,6 +84,13 @@ def _sample(volume_zyx: np.ndarray, coords: np.ndarray, order: int) -> np.ndarra
     return ndimage.map_coordinates(volume_zyx, coords, order=order, mode="nearest", prefilter=False)
 
 
+def points_inside(points_zyx: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
+    """bool (N,): which points (N, 3) lie within a volume of ``shape``, i.e. in [-0.5, n - 0.5]
+    on every axis (the sampling policy of the module docstring)."""
+    n = np.asarray(shape_zyx, dtype=np.float64)
+    return ((np.asarray(points_zyx) >= -0.5) & (np.asarray(points_zyx) <= n - 0.5)).all(axis=1)
+
+
 def _reach(coords: np.ndarray, shape_zyx: Sequence[int]) -> tuple[tuple[slice, ...], np.ndarray]:
     """The box of a volume of ``shape`` that linear sampling at ``coords`` (3, ...) can read,
     and ``coords`` relative to it: sampling the box gives what sampling the volume gives (a

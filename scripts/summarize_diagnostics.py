@@ -107,6 +107,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--labeled", default="1", help="labeled set (default 1)")
     p.add_argument("--out", type=Path, default=None, help="also write the tables here")
     args = p.parse_args(argv)
+    if not runs_of(args.benchmark, args.labeled):
+        raise SystemExit(f"{args.benchmark}: no runs of labeled set {args.labeled!r} with TensorBoard logs "
+                         f"(expected runs/METHOD/BACKEND/labeled-{args.labeled}/seed-N/tb, as `cctr benchmark` writes)")
     text = tables(args.benchmark, args.labeled)
     if args.out is not None:
         args.out.write_text(text)
