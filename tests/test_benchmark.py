@@ -103,8 +103,10 @@ def test_tabulate_joins_grids_run_by_separate_commands(grid, tmp_path, capsys):
     data, out = grid
     joined = tmp_path / "joined"
     shutil.copytree(out / "runs", joined / "runs")
-    second = ["--methods", "ct", "--labeled", "1", "--seeds", "1", "--threads", "0"]
+    # a second process's share of seeds: seed 1 alone
+    second = ["--methods", "ct", "--labeled", "1", "--seeds", "1", "--first-seed", "1", "--threads", "0"]
     assert main(["benchmark", "--data", str(data), "--out", str(joined), "--no-progress", *second, *TINY]) == 0
+    assert [p.name for p in (joined / "runs" / "ct" / "none" / "labeled-1").iterdir()] == ["seed-1"]
     assert "| supervised |" not in (joined / "results.md").read_text()   # a grid's own table: its runs only
 
     assert main(["benchmark", "--out", str(joined), "--tabulate"]) == 0
@@ -113,8 +115,10 @@ def test_tabulate_joins_grids_run_by_separate_commands(grid, tmp_path, capsys):
     with open(joined / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4 * 4
 
-    edited = joined / "runs" / "ct" / "none" / "labeled-1" / "seed-0" / "result.json"
+    edited = joined / "runs" / "ct" / "none" / "labeled-1" / "seed-1" / "result.json"
     edited.write_text(edited.read_text().replace('"patient', '"other'))
     assert main(["benchmark", "--out", str(joined), "--tabulate"]) == 2
     assert "scored on different test volumes" in capsys.readouterr().err
     assert main(["benchmark", "--out", str(tmp_path / "empty"), "--tabulate"]) == 2
+    assert main(["benchmark", "--data", str(data), "--out", str(tmp_path / "bad"), "--first-seed", "-1", *TINY]) == 2
+    assert "--first-seed >= 0" in capsys.readouterr().err

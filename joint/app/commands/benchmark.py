@@ -46,7 +46,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="comma-separated registration backend specs for the registration methods; a bare "
                         f"'learned' pretrains one in OUT/reg (default {DEFAULT_BACKENDS})")
     p.add_argument("--labeled", default="1", help="comma-separated labeled sets of the split (default 1)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, FIRST..FIRST+N-1 (default 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="first seed (default 0): two processes on one --out can share out the seeds of one grid")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="benchmark folder (default runs/benchmark)")
     p.add_argument("--config", default=None, help=f"a preset ({', '.join(sorted(PRESETS))}) or a YAML file of options")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -83,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
         write_tables(results, args.data or out / "data", out)
         _report(out, len(results))
         return 0
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds < 1 or args.first_seed < 0:
+        raise ValueError(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and {args.first_seed}")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     methods, labeled = _items(args.methods, "methods"), _items(args.labeled, "labeled")
     backends = _items(args.backends, "backends") if any(m in REGISTRATION_METHODS for m in methods) else []
     build_config(args.config, args.overrides)   # refuse bad options before any work
-    plan_runs(methods, backends, labeled, range(args.seeds))  # and a bad grid
+    plan_runs(methods, backends, labeled, seeds)  # and a bad grid
 
     data = args.data
     if data is None:
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         ckpt = pretrain_registration(dataset, split, reg_cfg, out / "reg", labeled[0])
         backends = [f"learned:{ckpt}" if b == "learned" else b for b in backends]
 
-    runs = plan_runs(methods, backends, labeled, range(args.seeds))
+    runs = plan_runs(methods, backends, labeled, seeds)
     results = run_grid(runs, base, dataset, split, out, progress=not args.no_progress)
     _report(out, len(results))
     return 0
