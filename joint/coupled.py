@@ -305,7 +305,7 @@ class CoupledRegistration(TrainerHook):
         self.net.train()
         return float(np.mean(dices)), float(np.mean(folded))
 
-    def validate(self, step: int) -> dict[str, float]:
+    def validate(self, step: int, scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         n, out = self.cfg.val_pairs, {}
         onto_val = [(v, a) for v in self.val for a in self.labeled][:n]
         if onto_val:

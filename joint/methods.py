@@ -76,9 +76,11 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     world = world_from_environment()
     pairs = oracle.warm(progress=world.is_main, shard=(world.rank, world.size))
     barrier(world)   # every process's share of the pairs is in the disk cache before any step
+    reg_dice = registration_val_dice(jcfg, data, backend) if jcfg.rsl.gate == "validation" else None
     hooks: tuple[TrainerHook, ...] = (
         RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
-                                hidden_labels=data.diagnostic_labels, iterations=jcfg.iterations),)
+                                hidden_labels=data.diagnostic_labels, iterations=jcfg.iterations,
+                                registration_dice=reg_dice),)
     bank_bytes = 0
     if with_reps:
         reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled))
@@ -90,8 +92,25 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
             "pairs": pairs,
             "field_cache_bytes": oracle.fields.nbytes,
             "memory_bank_bytes": bank_bytes,
+            **({} if reg_dice is None else {"registration_val_dice": reg_dice}),
         })
     return hooks
+
+
+def registration_val_dice(cfg: JointConfig, data: TrainData, backend: Optional[Backend] = None) -> float:
+    """The registration's score on the validation volumes in the students' validation metric
+    (:func:`seg.validation.validate`): each volume gets its policy's atlas labels warped onto
+    it, as ``registration-only`` predicts, scored in 3D; mean foreground Dice over classes,
+    then volumes. What ``rsl.gate='validation'`` compares every student with."""
+    if not data.val:
+        raise ValueError("rsl.gate='validation' compares registration and students on the validation volumes, "
+                         "and the split has none")
+    oracle = RegistrationOracle(data.labeled, data.val, cfg.oracle, seed=cfg.seed, backend=backend)
+    oracle.warm(progress=False)
+    labels = propagate_labels(oracle, [c.case_id for c in data.val], progress=False)
+    n = len(data.class_names)
+    return float(np.mean([np.mean([s.dice for s in score_case(labels[c.case_id], c.label, c.spacing, n).values()])
+                          for c in data.val]))
 
 
 def _rsl_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
@@ -106,6 +125,9 @@ def _coupled_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[Tr
     """``cctr``'s hooks over a live backend, plus the hook that trains that backend's net
     (:mod:`joint.coupled`); the oracle keeps no disk cache, its Fields change with the net."""
     jcfg = _joint_cfg(cfg, None)
+    if jcfg.rsl.gate != "none":
+        raise ValueError(f"rsl.gate={jcfg.rsl.gate!r} compares the students with a fixed registration; "
+                         f"{COUPLED}'s net changes as it trains: use rsl.gate=none")
     coupled = CoupledRegistration.from_spec(jcfg.oracle.backend, jcfg.coupled, data.labeled, data.unlabeled, data.val,
                                             len(data.class_names), seed=jcfg.seed,
                                             diagnostic_labels=data.diagnostic_labels)

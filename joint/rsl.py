@@ -13,6 +13,14 @@ weighted by registration confidence ('max-prob': the top soft one-hot probabilit
 far from a label boundary the interpolation landed; 'agreement': the fraction of atlases
 whose label agrees with the vote, meaningful with the 'fused' policy).
 
+``rsl.gate='validation'`` makes RSL earn its place per student: at every validation the
+registration's own score on the validation volumes (the policy's atlas labels warped onto
+them, mean foreground 3D Dice, the metric the students are validated with; measured once
+before training, :func:`joint.methods.registration_val_dice`) is compared with the student's,
+and the student trains on RSL only while the registration scores higher. Registration that
+is worse than a student at everything, as on the abdominal phantom, then stops pulling it
+down; before the first validation every student is below it (METHOD.md part 6).
+
 Where the run has hidden labels of the unlabeled volumes (``TrainData.diagnostic_labels``,
 never used by a loss), the hook logs ``rsl/target_dice_hidden``: the foreground Dice of the
 step's registration targets against them, over the pixels RSL trains on.
@@ -36,6 +44,7 @@ from seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
 SCHEDULES = ("ramp-up", "fade-out")
+GATES = ("none", "validation")
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,15 @@ class RSLConfig:
     confidence: str = "none"       # per-pixel weight, one of CONFIDENCE_MODES
     schedule: str = "ramp-up"      # one of SCHEDULES
     fade_fraction: float = 0.5     # 'fade-out': the share of training after which RSL is 0
+    gate: str = "none"             # one of GATES: 'validation' keeps RSL only while registration beats the student there
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCE_MODES:
             raise ValueError(f"rsl.confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"rsl.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.gate not in GATES:
+            raise ValueError(f"rsl.gate must be one of {GATES}, got {self.gate!r}")
         if not 0.0 < self.fade_fraction <= 1.0:
             raise ValueError(f"rsl.fade_fraction must be in (0, 1], got {self.fade_fraction}")
         if self.weight < 0:
@@ -136,14 +148,20 @@ class RegistrationSupervision(TrainerHook):
 
     ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
     ``hidden_labels`` (case id -> uint8 ``(Z, Y, X)``) are read for ``metrics()`` only.
+    ``registration_dice``: the registration's validation score; given (``rsl.gate='validation'``),
+    a student whose validation Dice reaches it gets no RSL until a later validation says
+    otherwise (:meth:`validate`).
     """
 
     name = "rsl"
 
     def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig, rampup_steps: float = 0.0,
-                 hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({}), iterations: int = 1) -> None:
+                 hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({}), iterations: int = 1,
+                 registration_dice: Optional[float] = None) -> None:
         if rampup_steps < 0:
             raise ValueError(f"RSL rampup_steps must be >= 0, got {rampup_steps}")
+        if (cfg.gate == "validation") != (registration_dice is not None):
+            raise ValueError("rsl.gate='validation' needs the registration's validation Dice, and only it uses one")
         self.iterations = int(iterations)
         self.oracle = oracle
         self.cfg = cfg
@@ -151,15 +169,22 @@ class RegistrationSupervision(TrainerHook):
         self.hidden = hidden_labels
         self.last_targets: RegistrationTargets | None = None
         self._target_dice: float | None = None
+        self.registration_dice = registration_dice
+        self.closed: set[str] = set()   # students the gate keeps from RSL since the last validation
 
     def losses(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
+        open_to = [n for n in outputs if n not in self.closed]
+        # a zero term keeps the logged curve continuous; no registration query when no student takes it
+        losses = {n: out.logits.sum() * 0.0 for n, out in outputs.items() if n in self.closed}
+        if not open_to:
+            self.last_targets, self._target_dice = None, None
+            return losses
         targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
         self.last_targets = targets
         self._target_dice = self._dice_against_hidden(batch, targets)
         lam = rsl_weight(self.cfg, step, self.rampup_steps, self.iterations)
-        losses = {}
-        for name, out in outputs.items():
-            logits = out.logits[targets.index]
+        for name in open_to:
+            logits = outputs[name].logits[targets.index]
             losses[name] = lam * weighted_ce_dice(logits, targets.label.to(logits.device),
                                                   targets.weight.to(logits.device))
         return losses
@@ -176,3 +201,19 @@ class RegistrationSupervision(TrainerHook):
     def metrics(self) -> dict[str, float]:
         """``target_dice_hidden`` of the last step, where hidden labels exist."""
         return {} if self._target_dice is None else {"target_dice_hidden": self._target_dice}
+
+    def validate(self, step: int, scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        """With the gate: close RSL to each student whose validation Dice reaches the
+        registration's, open it to the others; logs ``open_<student>`` (1 or 0) beside the
+        registration's score. Every process validates the same weights, so all agree."""
+        if self.registration_dice is None:
+            return {}
+        self.closed = {n for n, record in scores.items() if record["dice"] >= self.registration_dice}
+        return {"registration_dice": self.registration_dice,
+                **{f"open_{n}": float(n not in self.closed) for n in scores}}
+
+    def state_dict(self) -> dict:
+        return {"closed": sorted(self.closed)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.closed = set(state.get("closed", ()))

@@ -17,7 +17,9 @@ unconditionally and a hook overrides only what it does. Per step, in this order:
    on detached outputs (refresh a memory bank, take a step of the hook's OWN optimiser);
 5. ``metrics()``: scalars to log for this step, under ``<hook name>/<key>``.
 
-At each validation ``validate(step)`` returns scalars logged under ``val_<hook name>/<key>``.
+At each validation ``validate(step, scores)`` sees the students' validation scores
+(``{student: {"dice": ..., "hd95": ..., "dice_<class>": ...}}``, as :func:`seg.validation.validate`
+computes them) and returns scalars logged under ``val_<hook name>/<key>``.
 ``state_dict()`` / ``load_state_dict()`` put the hook's state (banks, a second network and
 its optimiser, RNGs) in every checkpoint so resume stays exact; ``checkpoint(out_dir,
 best)`` lets a hook write its own files next to the students' (e.g. ``reg/last.pt``).
@@ -64,7 +66,7 @@ class TrainerHook:
     def metrics(self) -> dict[str, float]:
         return {}
 
-    def validate(self, step: int) -> dict[str, float]:
+    def validate(self, step: int, scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         return {}
 
     def checkpoint(self, out_dir: Path, best: bool) -> None:

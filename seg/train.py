@@ -306,7 +306,7 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                         writer.add_scalar(f"val_{n}/{key}", value, done)
                 record = {"step": done, **{f"{n}_{k}": v for n, r in scores.items() for k, v in r.items()}}
                 for hook in all_hooks:
-                    for key, value in hook.validate(done).items():
+                    for key, value in hook.validate(done, scores).items():
                         writer.add_scalar(f"val_{hook.name}/{key}", value, done)
                         record[f"{hook.name}_{key}"] = value
                 history.append(record)

@@ -11,7 +11,7 @@ import torch
 
 from fakes import ShiftBackend
 from joint.config import JointConfig, as_joint_config, build_config, with_backend
-from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, train_joint
+from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, registration_val_dice, train_joint
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.reps import RegistrationPositives
 from joint.rsl import RegistrationSupervision
@@ -206,3 +206,30 @@ def test_the_plan_reaches_the_classical_backends_of_the_oracle(dataset, tmp_path
     assert oracle.backend.params["grid"]["shape"] == (16, 32, 32) and oracle.backend.params["prealign"]["method"] == "none"
     default = RegistrationOracle([ds.ref("p1_ED").load()], [], with_backend(JointConfig(), "sitk-demons").oracle)
     assert default.backend.params["grid"]["shape"] == CanonicalGrid().shape
+
+
+def test_the_rsl_gate_scores_the_registration_on_validation_and_logs_its_decisions(dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ds, split = dataset
+    data = load_train_data(ds, split, "1")
+    cfg = small_cfg(tmp_path)
+    # the validation volume is the atlas shifted by SHIFT: exact for the shift, off for identity
+    assert registration_val_dice(cfg, data, ShiftBackend(SHIFT)) > 0.99
+    identity = registration_val_dice(cfg, data)
+    assert identity < 0.95
+
+    gated = replace(small_cfg(tmp_path, iterations=4, val_every=2), rsl=replace(cfg.rsl, gate="validation"))
+    train_joint(gated, ds, split, progress=False)
+    info = json.loads((tmp_path / "run" / "registration.json").read_text())
+    assert info["registration_val_dice"] == pytest.approx(identity)
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_rsl/open_a")] == [2, 4]
+    assert events.Scalars("val_rsl/registration_dice")[0].value == pytest.approx(identity)
+    student = {e.step: e.value for e in events.Scalars("val_a/dice")}
+    opened = {e.step: e.value for e in events.Scalars("val_rsl/open_a")}
+    assert all(opened[s] == float(student[s] < identity) for s in (2, 4))
+
+    with pytest.raises(ValueError, match="rsl.gate"):
+        train_joint(replace(gated, method="cctr-coupled", out_dir=str(tmp_path / "coupled")), ds, split, progress=False)

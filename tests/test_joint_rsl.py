@@ -172,3 +172,37 @@ def test_rsl_schedules_ramp_up_or_fade_out():
         RSLConfig(schedule="sometimes")
     with pytest.raises(ValueError, match="fade_fraction"):
         RSLConfig(schedule="fade-out", fade_fraction=0.0)
+
+
+def test_the_validation_gate_keeps_rsl_from_a_student_that_beats_the_registration(setup):
+    oracle, sampler, _ = setup
+    batch = sampler.next_batch()
+    B = batch.image.shape[0]
+    logits = {name: torch.zeros(B, 4, 24, 24, requires_grad=True) for name in ("a", "b")}
+    outputs = {name: StudentOutput(logits=l, features=l, embedding=l) for name, l in logits.items()}
+    term = RegistrationSupervision(oracle, RSLConfig(weight=0.1, gate="validation"), registration_dice=0.7)
+    before = term.losses(5, batch, outputs)
+    assert float(before["a"].detach()) > 0 and float(before["b"].detach()) > 0   # no validation yet: both below the registration
+
+    logged = term.validate(100, {"a": {"dice": 0.8, "hd95": 3.0}, "b": {"dice": 0.6, "hd95": 5.0}})
+    assert logged == {"registration_dice": 0.7, "open_a": 0.0, "open_b": 1.0}
+    after = term.losses(5, batch, outputs)
+    assert float(after["a"].detach()) == 0.0 and float(after["b"].detach()) == pytest.approx(float(before["b"].detach()))
+    after["a"].backward()
+    assert not logits["a"].grad.any()
+
+    resumed = RegistrationSupervision(oracle, RSLConfig(weight=0.1, gate="validation"), registration_dice=0.7)
+    resumed.load_state_dict(term.state_dict())
+    assert float(resumed.losses(5, batch, outputs)["a"].detach()) == 0.0
+    term.validate(200, {"a": {"dice": 0.65}, "b": {"dice": 0.7}})   # reaching the registration closes it too
+    assert term.closed == {"b"}
+    all_closed = term.validate(300, {"a": {"dice": 0.9}, "b": {"dice": 0.9}})
+    assert not any(all_closed[k] for k in ("open_a", "open_b"))
+    assert term.losses(5, batch, outputs).keys() == {"a", "b"} and term.last_targets is None   # nothing queried
+
+    with pytest.raises(ValueError, match="gate"):
+        RegistrationSupervision(oracle, RSLConfig(gate="validation"))
+    with pytest.raises(ValueError, match="gate"):
+        RegistrationSupervision(oracle, RSLConfig(), registration_dice=0.5)
+    with pytest.raises(ValueError, match="rsl.gate"):
+        RSLConfig(gate="sometimes")

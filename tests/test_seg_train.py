@@ -158,7 +158,8 @@ class ProbeHook(TrainerHook):
     def metrics(self):
         return {"calls": float(self.calls)}
 
-    def validate(self, step):
+    def validate(self, step, scores):
+        assert scores and all(0.0 <= r["dice"] <= 1.0 for r in scores.values())   # the students' own scores
         self.validated.append(step)
         return {"seen": float(self.calls)}
 
