@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 CCTR = [sys.executable, "-m", "joint.app.cli"]
-GLOBAL_BATCH = 8  # cpu-small: 4 labeled + 4 unlabeled, split over the processes
 
 
 def start(command: list[str]) -> subprocess.Popen:
@@ -50,10 +49,10 @@ def run(command: list[str]) -> float:
     return seconds_of(start(command))
 
 
-def contention(common: list[str], out: Path, procs: int) -> tuple[float, list[float]]:
+def contention(common: list[str], out: Path, procs: int, batch: int) -> tuple[float, list[float]]:
     """Seconds of independent single processes on one rank's share of the global batch: one
     alone, then ``procs`` of them started together."""
-    half = GLOBAL_BATCH // 2 // procs   # each rank's labeled and unlabeled rows
+    half = batch // 2 // procs   # each rank's labeled and unlabeled rows
     share = [*common, "--set", f"labeled_batch={half}", "--set", f"unlabeled_batch={half}"]
     folders = [out / f"share-{i}" for i in range(procs)]
     for f in folders:
@@ -71,15 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--method", default="cct")
     p.add_argument("--patients", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8,
+                   help="global batch, half labeled and half unlabeled (default 8: cpu-small's 4 + 4)")
     p.add_argument("--contention", action="store_true",
                    help="also time independent processes on one rank's share of the batch, alone and together")
     args = p.parse_args(argv)
+    if args.batch % (2 * args.procs):
+        p.error(f"--batch {args.batch} must split into equal labeled and unlabeled halves on {args.procs} processes")
     data = args.out / "data"
     if not (data / "dataset.json").is_file():
         subprocess.run([*CCTR, "data", "phantom", "--out", str(data), "--patients", str(args.patients)], check=True)
     common = ["train", "--data", str(data), "--labeled", "1", "--method", args.method, "--no-progress",
               "--set", f"iterations={args.iterations}", "--set", f"val_every={10 ** 6}",
-              "--set", f"checkpoint_every={10 ** 6}", "--set", "overlays=false"]
+              "--set", f"checkpoint_every={10 ** 6}", "--set", "overlays=false",
+              "--set", f"labeled_batch={args.batch // 2}", "--set", f"unlabeled_batch={args.batch // 2}"]
     rates = {}
     for procs in (1, args.procs):
         folder = args.out / f"run-{procs}"
@@ -87,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         launcher = CCTR if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                             f"--nproc_per_node={procs}", "-m", "joint.app.cli"]
         seconds = run([*launcher, *common, "--out", str(folder)])
-        rates[procs] = args.iterations * GLOBAL_BATCH / seconds
+        rates[procs] = args.iterations * args.batch / seconds
         print(f"{procs} process(es): {seconds:.0f} s, {rates[procs]:.1f} slices/s")
     print(f"speed-up with {args.procs} processes: {rates[args.procs] / rates[1]:.2f}x (target >= 1.6x for 2)")
     if args.contention:
-        alone, together = contention(common, args.out, args.procs)
-        one = args.iterations * GLOBAL_BATCH / rates[1]
+        alone, together = contention(common, args.out, args.procs, args.batch)
+        one = args.iterations * args.batch / rates[1]
         print(f"one process on one rank's share of the batch: {alone:.0f} s alone, "
               + ", ".join(f"{t:.0f} s" for t in together) + f" with {args.procs} started together")
         print(f"ceiling without any gradient exchange: {one / max(together):.2f}x "
