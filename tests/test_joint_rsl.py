@@ -111,12 +111,16 @@ def test_weighted_loss_ignores_zero_weight_pixels_and_is_small_when_right():
     assert float(weighted_ce_dice(right, label, torch.zeros(2, 8, 8))) == 0.0
 
 
+def zero_students(batch) -> tuple[dict, dict]:
+    """Two students' all-zero logits ``(B, 4, 24, 24)`` (leaves that take gradients) and their outputs."""
+    logits = {name: torch.zeros(batch.image.shape[0], 4, 24, 24, requires_grad=True) for name in ("a", "b")}
+    return logits, {name: StudentOutput(logits=l, features=l, embedding=l) for name, l in logits.items()}
+
+
 def test_term_gives_each_student_a_ramped_loss_on_unlabeled_samples_only(setup):
     oracle, sampler, _ = setup
     batch = sampler.next_batch()
-    B = batch.image.shape[0]
-    logits = {name: torch.zeros(B, 4, 24, 24, requires_grad=True) for name in ("a", "b")}
-    outputs = {name: StudentOutput(logits=l, features=l, embedding=l) for name, l in logits.items()}
+    logits, outputs = zero_students(batch)
     term = RegistrationSupervision(oracle, RSLConfig(weight=0.1), rampup_steps=40)
     early, mid, late = term.losses(0, batch, outputs), term.losses(20, batch, outputs), term.losses(60, batch, outputs)
     assert set(late) == {"a", "b"}
@@ -177,9 +181,7 @@ def test_rsl_schedules_ramp_up_or_fade_out():
 def test_the_validation_gate_keeps_rsl_from_a_student_that_beats_the_registration(setup):
     oracle, sampler, _ = setup
     batch = sampler.next_batch()
-    B = batch.image.shape[0]
-    logits = {name: torch.zeros(B, 4, 24, 24, requires_grad=True) for name in ("a", "b")}
-    outputs = {name: StudentOutput(logits=l, features=l, embedding=l) for name, l in logits.items()}
+    logits, outputs = zero_students(batch)
     term = RegistrationSupervision(oracle, RSLConfig(weight=0.1, gate="validation"), registration_dice=0.7)
     before = term.losses(5, batch, outputs)
     assert float(before["a"].detach()) > 0 and float(before["b"].detach()) > 0   # no validation yet: both below the registration
