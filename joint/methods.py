@@ -105,12 +105,8 @@ def registration_val_dice(cfg: JointConfig, data: TrainData, backend: Optional[B
     if not data.val:
         raise ValueError("rsl.gate='validation' compares registration and students on the validation volumes, "
                          "and the split has none")
-    oracle = RegistrationOracle(data.labeled, data.val, cfg.oracle, seed=cfg.seed, backend=backend)
-    oracle.warm(progress=False)
-    labels = propagate_labels(oracle, [c.case_id for c in data.val], progress=False)
-    n = len(data.class_names)
-    return float(np.mean([np.mean([s.dice for s in score_case(labels[c.case_id], c.label, c.spacing, n).values()])
-                          for c in data.val]))
+    _, scores = propagate_and_score(cfg, data.labeled, data.val, len(data.class_names), backend, progress=False)
+    return float(np.mean([np.mean([s.dice for s in per_class.values()]) for per_class in scores.values()]))
 
 
 def _rsl_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
@@ -180,6 +176,18 @@ def propagate_labels(oracle: RegistrationOracle, target_ids: Sequence[str], prog
     return out
 
 
+def propagate_and_score(cfg: JointConfig, atlases: Sequence[Case], targets: Sequence[Case], num_classes: int,
+                        backend: Optional[Backend] = None, progress: bool = True
+                        ) -> tuple[dict[str, np.ndarray], dict[str, dict[int, ClassScore]]]:
+    """The atlas baseline on labeled ``targets``: each target's label by :func:`propagate_labels`
+    (the oracle warmed over ``atlases`` first), and its 3D scores per foreground class."""
+    oracle = RegistrationOracle(atlases, targets, cfg.oracle, seed=cfg.seed, backend=backend)
+    oracle.warm(progress=progress)
+    labels = propagate_labels(oracle, [c.case_id for c in targets], progress)
+    scores = {c.case_id: score_case(labels[c.case_id], c.label, c.spacing, num_classes) for c in targets}
+    return labels, scores
+
+
 def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backend: Optional[Backend] = None,
                       progress: bool = True) -> PropagationResult:
     """The atlas baseline: labels of ``cfg.labeled`` propagated to the ``cfg.eval_subset``
@@ -197,15 +205,10 @@ def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backe
     out_dir = Path(jcfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(jcfg, out_dir / "config.yaml")
-    oracle = RegistrationOracle(atlases, targets, jcfg.oracle, seed=jcfg.seed, backend=backend)
-    oracle.warm(progress=progress)
-    labels = propagate_labels(oracle, [c.case_id for c in targets], progress)
     class_names = tuple(dataset.class_names)
-    predictions, scores = {}, {}
-    for case in targets:
-        predictions[case.case_id] = write_nifti(out_dir / "predictions" / f"{case.case_id}.nii.gz",
-                                                labels[case.case_id], case.affine, case.header)
-        scores[case.case_id] = score_case(labels[case.case_id], case.label, case.spacing, len(class_names))
+    labels, scores = propagate_and_score(jcfg, atlases, targets, len(class_names), backend, progress)
+    predictions = {case.case_id: write_nifti(out_dir / "predictions" / f"{case.case_id}.nii.gz",
+                                             labels[case.case_id], case.affine, case.header) for case in targets}
     summary = summarize(scores, class_names)
     write_scores_csv(out_dir / "scores.csv", scores, class_names)
     write_summary_markdown(out_dir / "summary.md", summary,
