@@ -3,6 +3,8 @@ registration options, each in one nested home (METHOD.md parts 5-7):
 
 - ``oracle.*`` (:class:`joint.oracle.OracleConfig`): backend spec, atlas policy, caches, workers;
 - ``rsl.*`` (:class:`joint.rsl.RSLConfig`): weight and per-pixel confidence of RSL;
+- ``gate.*`` (:class:`joint.gate.GateConfig`): when RSL (and REPS) stop for a student that
+  has outgrown the registration;
 - ``bank.*`` (:class:`joint.memory_bank.BankConfig`): resolution and reach of the REPS bank;
 - ``coupled.*`` (:class:`joint.coupled.CoupledConfig`): the registration net's own schedule and
   loss in ``cctr-coupled`` (METHOD.md part 9);
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from joint.coupled import CoupledConfig
+from joint.gate import GateConfig
 from joint.memory_bank import BankConfig
 from joint.oracle import OracleConfig
 from joint.rsl import RSLConfig
@@ -34,6 +37,7 @@ class JointConfig(TrainConfig):
 
     oracle: OracleConfig = OracleConfig(cache=DEFAULT_FIELD_CACHE)
     rsl: RSLConfig = RSLConfig()
+    gate: GateConfig = GateConfig()
     bank: BankConfig = BankConfig()
     coupled: CoupledConfig = CoupledConfig()
     eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'

@@ -324,6 +324,13 @@ class CoupledRegistration(TrainerHook):
         out["pseudo_coverage"] = self.pseudo.coverage()
         return out
 
+    def atlas_val_dice(self) -> float:
+        """``atlas_dice`` of the latest validation: the training net's atlas labels warped onto
+        the validation volumes, what the gate (:mod:`joint.gate`) compares the students with."""
+        if self._last_val_dice < 0:
+            raise RuntimeError("the coupled registration net has not been validated yet (no validation volumes?)")
+        return self._last_val_dice
+
     # -- files and state --------------------------------------------------------------------------
     def checkpoint(self, out_dir: Path, best: bool) -> None:
         """``out_dir/reg/best.pt`` (the net at the students' best step) or ``last.pt``, in the
@@ -341,7 +348,7 @@ class CoupledRegistration(TrainerHook):
         return {
             "net": self.net.state_dict(), "served": self.served.state_dict(), "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.bit_generator.state, "pseudo": self.pseudo.state_dict(),
-            "reg_steps": self.reg_steps, "served_steps": self.served_steps,
+            "reg_steps": self.reg_steps, "served_steps": self.served_steps, "last_val_dice": self._last_val_dice,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -353,5 +360,6 @@ class CoupledRegistration(TrainerHook):
         self.rng.bit_generator.state = state["rng"]
         self.pseudo.load_state_dict(state["pseudo"])
         self.reg_steps, self.served_steps = int(state["reg_steps"]), int(state["served_steps"])
+        self._last_val_dice = float(state.get("last_val_dice", -1.0))
         if self.oracle is not None:
             self.oracle.invalidate()  # it was warmed with the checkpoint's starting net

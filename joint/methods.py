@@ -15,6 +15,7 @@ Fields in memory (under torchrun each process computes its share into the disk c
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from joint.config import JointConfig
 from joint.coupled import CoupledRegistration
+from joint.gate import RegistrationGate
 from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
 from joint.reps import RegistrationPositives
@@ -65,26 +67,33 @@ def build_banks(cfg: JointConfig, labeled: Sequence[Case], students: Sequence[st
 
 
 def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool,
-                       backend: Optional[Backend] = None) -> tuple[TrainerHook, ...]:
-    """The RSL hook (and with ``with_reps`` the REPS hook) of one run.
+                       backend: Optional[Backend] = None, live: Optional[CoupledRegistration] = None
+                       ) -> tuple[TrainerHook, ...]:
+    """The RSL hook (and with ``with_reps`` the REPS hook) of one run, then ``live`` (the hook
+    training the served net, if any) and the validation gate when ``gate.mode`` turns it on.
 
     Warms the oracle over every (unlabeled, labeled) pair the atlas policy can ask for and
-    writes ``registration.json`` in ``out_dir`` (backend, policy, pairs, cache and bank bytes).
+    writes ``registration.json`` in ``out_dir`` (backend, policy, pairs, cache and bank bytes,
+    the gate and the registration score it compares with).
     """
     jcfg = _joint_cfg(cfg, backend)
     oracle = RegistrationOracle(data.labeled, data.unlabeled, jcfg.oracle, seed=jcfg.seed, backend=backend)
     world = world_from_environment()
     pairs = oracle.warm(progress=world.is_main, shard=(world.rank, world.size))
     barrier(world)   # every process's share of the pairs is in the disk cache before any step
-    reg_dice = registration_val_dice(jcfg, data, backend) if jcfg.rsl.gate == "validation" else None
+    gate, gate_record = _gate(jcfg, data, backend, live, world.is_main)
     hooks: tuple[TrainerHook, ...] = (
         RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
-                                hidden_labels=data.diagnostic_labels, iterations=jcfg.iterations,
-                                registration_dice=reg_dice),)
+                                hidden_labels=data.diagnostic_labels, iterations=jcfg.iterations, gate=gate),)
     bank_bytes = 0
     if with_reps:
-        reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled))
+        reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled), gate=gate)
         hooks, bank_bytes = (*hooks, reps), reps.nbytes
+    if live is not None:
+        live.bind(oracle)
+        hooks = (*hooks, live)
+    if gate is not None:
+        hooks = (*hooks, gate)   # after ``live``: at a validation it reads the score ``live`` just took
     if world.is_main:
         write_json(Path(out_dir) / "registration.json", {
             "reg_backend": jcfg.oracle.backend,
@@ -92,19 +101,37 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
             "pairs": pairs,
             "field_cache_bytes": oracle.fields.nbytes,
             "memory_bank_bytes": bank_bytes,
-            **({} if reg_dice is None else {"registration_val_dice": reg_dice}),
+            "gate": gate_record,
         })
     return hooks
+
+
+def _gate(cfg: JointConfig, data: TrainData, backend: Optional[Backend], live: Optional[CoupledRegistration],
+          report: bool) -> tuple[Optional[RegistrationGate], dict]:
+    """The run's gate (None when off) and what ``registration.json`` records of it. A fixed
+    registration is scored once, now; a ``live`` one at every validation, by ``live`` itself."""
+    record: dict = {"mode": cfg.gate.mode, "terms": cfg.gate.terms}
+    if cfg.gate.mode == "none":
+        return None, record
+    if not data.val:
+        # the default must not fail a split without validation volumes; say so instead
+        if report:
+            print("cctr: note: gate.mode=validation, but the split has no validation volumes: "
+                  "RSL and REPS run ungated", file=sys.stderr)
+        return None, {**record, "mode": "none", "why": "no validation volumes"}
+    if live is not None:
+        return RegistrationGate(live.atlas_val_dice, cfg.gate.term_names), {**record, "registration_val_dice": "live"}
+    score = registration_val_dice(cfg, data, backend)
+    return RegistrationGate(lambda: score, cfg.gate.term_names), {**record, "registration_val_dice": score}
 
 
 def registration_val_dice(cfg: JointConfig, data: TrainData, backend: Optional[Backend] = None) -> float:
     """The registration's score on the validation volumes in the students' validation metric
     (:func:`seg.validation.validate`): each volume gets its policy's atlas labels warped onto
     it, as ``registration-only`` predicts, scored in 3D; mean foreground Dice over classes,
-    then volumes. What ``rsl.gate='validation'`` compares every student with."""
+    then volumes. What the gate (:mod:`joint.gate`) compares every student with."""
     if not data.val:
-        raise ValueError("rsl.gate='validation' compares registration and students on the validation volumes, "
-                         "and the split has none")
+        raise ValueError("the registration's validation score needs validation volumes, and the split has none")
     _, scores = propagate_and_score(cfg, data.labeled, data.val, len(data.class_names), backend, progress=False)
     return float(np.mean([np.mean([s.dice for s in per_class.values()]) for per_class in scores.values()]))
 
@@ -121,16 +148,11 @@ def _coupled_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[Tr
     """``cctr``'s hooks over a live backend, plus the hook that trains that backend's net
     (:mod:`joint.coupled`); the oracle keeps no disk cache, its Fields change with the net."""
     jcfg = _joint_cfg(cfg, None)
-    if jcfg.rsl.gate != "none":
-        raise ValueError(f"rsl.gate={jcfg.rsl.gate!r} compares the students with a fixed registration; "
-                         f"{COUPLED}'s net changes as it trains: use rsl.gate=none")
     coupled = CoupledRegistration.from_spec(jcfg.oracle.backend, jcfg.coupled, data.labeled, data.unlabeled, data.val,
                                             len(data.class_names), seed=jcfg.seed,
                                             diagnostic_labels=data.diagnostic_labels)
-    live = replace(jcfg, oracle=replace(jcfg.oracle, cache=""))
-    hooks = registration_hooks(live, data, out_dir, with_reps=True, backend=coupled.backend)
-    coupled.bind(hooks[0].oracle)  # type: ignore[attr-defined]
-    return (*hooks, coupled)
+    uncached = replace(jcfg, oracle=replace(jcfg.oracle, cache=""))
+    return registration_hooks(uncached, data, out_dir, with_reps=True, backend=coupled.backend, live=coupled)
 
 
 TRAINER_METHODS: Mapping[str, Method] = MappingProxyType({

@@ -22,6 +22,7 @@ from typing import Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from joint.gate import RegistrationGate
 from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
 from reg.field import points_inside
@@ -29,7 +30,6 @@ from seg.hooks import TrainerHook
 from seg.losses import ExtraPositive
 from seg.slices import SliceBatch, pixel_voxels
 from seg.students import StudentOutput
-
 
 
 def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, oracle: RegistrationOracle,
@@ -71,14 +71,17 @@ class RegistrationPositives(TrainerHook):
     positive; :meth:`after_step` refreshes the banks with the labeled samples' detached
     embeddings; the banks travel in checkpoints. :meth:`metrics` logs, per step, the share of
     the last batch's anchors that found a valid registration positive, so a run whose lookups
-    all fail (silently plain ``cctr-rsl``) shows it.
+    all fail (silently plain ``cctr-rsl``) shows it. ``gate``: when given and it gates REPS
+    (``gate.terms='rsl+reps'``), a student it closes gets no registration positive (:mod:`joint.gate`).
     """
 
     name = "reps"
     sees_whole_batch = True   # the banks must hold the same embeddings on every process
 
-    def __init__(self, oracle: RegistrationOracle, banks: Mapping[str, MemoryBank]) -> None:
+    def __init__(self, oracle: RegistrationOracle, banks: Mapping[str, MemoryBank],
+                 gate: Optional[RegistrationGate] = None) -> None:
         self.oracle = oracle
+        self.gate = gate
         self.banks = dict(banks)
         self._asked = 0
         self._valid = 0
@@ -90,9 +93,10 @@ class RegistrationPositives(TrainerHook):
 
     def extra_positive(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput],
                        student: str) -> Optional[ExtraPositive]:
-        """The extra positive of ``student`` for this batch; None for a student without a bank."""
+        """The extra positive of ``student`` for this batch; None for a student without a bank
+        or one the gate has closed."""
         bank = self.banks.get(student)
-        if bank is None:
+        if bank is None or (self.gate is not None and not self.gate.is_open(student, self.name)):
             return None
 
         def positive(anchor_flat_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,13 +13,8 @@ weighted by registration confidence ('max-prob': the top soft one-hot probabilit
 far from a label boundary the interpolation landed; 'agreement': the fraction of atlases
 whose label agrees with the vote, meaningful with the 'fused' policy).
 
-``rsl.gate='validation'`` makes RSL earn its place per student: at every validation the
-registration's own score on the validation volumes (the policy's atlas labels warped onto
-them, mean foreground 3D Dice, the metric the students are validated with; measured once
-before training, :func:`joint.methods.registration_val_dice`) is compared with the student's,
-and the student trains on RSL only while the registration scores higher. Registration that
-is worse than a student at everything, as on the abdominal phantom, then stops pulling it
-down; before the first validation every student is below it (METHOD.md part 6).
+A :class:`joint.gate.RegistrationGate` given to the hook closes RSL to a student whose
+validation Dice has reached the registration's (``gate.*``, METHOD.md part 6).
 
 Where the run has hidden labels of the unlabeled volumes (``TrainData.diagnostic_labels``,
 never used by a loss), the hook logs ``rsl/target_dice_hidden``: the foreground Dice of the
@@ -35,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from joint.gate import RegistrationGate
 from joint.oracle import RegistrationOracle
 from seg.diagnostics import foreground_dice, hidden_labels_of
 from seg.hooks import TrainerHook
@@ -44,7 +40,6 @@ from seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
 SCHEDULES = ("ramp-up", "fade-out")
-GATES = ("none", "validation")
 
 
 @dataclass(frozen=True)
@@ -55,15 +50,12 @@ class RSLConfig:
     confidence: str = "none"       # per-pixel weight, one of CONFIDENCE_MODES
     schedule: str = "ramp-up"      # one of SCHEDULES
     fade_fraction: float = 0.5     # 'fade-out': the share of training after which RSL is 0
-    gate: str = "none"             # one of GATES: 'validation' keeps RSL only while registration beats the student there
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCE_MODES:
             raise ValueError(f"rsl.confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"rsl.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.gate not in GATES:
-            raise ValueError(f"rsl.gate must be one of {GATES}, got {self.gate!r}")
         if not 0.0 < self.fade_fraction <= 1.0:
             raise ValueError(f"rsl.fade_fraction must be in (0, 1], got {self.fade_fraction}")
         if self.weight < 0:
@@ -148,20 +140,16 @@ class RegistrationSupervision(TrainerHook):
 
     ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
     ``hidden_labels`` (case id -> uint8 ``(Z, Y, X)``) are read for ``metrics()`` only.
-    ``registration_dice``: the registration's validation score; given (``rsl.gate='validation'``),
-    a student whose validation Dice reaches it gets no RSL until a later validation says
-    otherwise (:meth:`validate`).
+    ``gate``: when given, a student it closes gets no RSL (:mod:`joint.gate`).
     """
 
     name = "rsl"
 
     def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig, rampup_steps: float = 0.0,
                  hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({}), iterations: int = 1,
-                 registration_dice: Optional[float] = None) -> None:
+                 gate: Optional[RegistrationGate] = None) -> None:
         if rampup_steps < 0:
             raise ValueError(f"RSL rampup_steps must be >= 0, got {rampup_steps}")
-        if (cfg.gate == "validation") != (registration_dice is not None):
-            raise ValueError("rsl.gate='validation' needs the registration's validation Dice, and only it uses one")
         self.iterations = int(iterations)
         self.oracle = oracle
         self.cfg = cfg
@@ -169,13 +157,12 @@ class RegistrationSupervision(TrainerHook):
         self.hidden = hidden_labels
         self.last_targets: RegistrationTargets | None = None
         self._target_dice: float | None = None
-        self.registration_dice = registration_dice
-        self.closed: set[str] = set()   # students the gate keeps from RSL since the last validation
+        self.gate = gate
 
     def losses(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
-        open_to = [n for n in outputs if n not in self.closed]
+        open_to = [n for n in outputs if self.gate is None or self.gate.is_open(n, self.name)]
         # a zero term keeps the logged curve continuous; no registration query when no student takes it
-        losses = {n: out.logits.sum() * 0.0 for n, out in outputs.items() if n in self.closed}
+        losses = {n: out.logits.sum() * 0.0 for n, out in outputs.items() if n not in open_to}
         if not open_to:
             self.last_targets, self._target_dice = None, None
             return losses
@@ -201,19 +188,3 @@ class RegistrationSupervision(TrainerHook):
     def metrics(self) -> dict[str, float]:
         """``target_dice_hidden`` of the last step, where hidden labels exist."""
         return {} if self._target_dice is None else {"target_dice_hidden": self._target_dice}
-
-    def validate(self, step: int, scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-        """With the gate: close RSL to each student whose validation Dice reaches the
-        registration's, open it to the others; logs ``open_<student>`` (1 or 0) beside the
-        registration's score. Every process validates the same weights, so all agree."""
-        if self.registration_dice is None:
-            return {}
-        self.closed = {n for n, record in scores.items() if record["dice"] >= self.registration_dice}
-        return {"registration_dice": self.registration_dice,
-                **{f"open_{n}": float(n not in self.closed) for n in scores}}
-
-    def state_dict(self) -> dict:
-        return {"closed": sorted(self.closed)}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        self.closed = set(state.get("closed", ()))

@@ -133,8 +133,8 @@ def test_the_hook_takes_registration_steps_and_the_oracle_serves_the_new_net(dat
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")
-    assert [h.name for h in hooks] == ["rsl", "reps", "regnet"]
-    coupled = hooks[-1]
+    assert [h.name for h in hooks] == ["rsl", "reps", "regnet", "gate"]   # the gate reads what regnet validated
+    coupled = hooks[2]
     assert isinstance(coupled, CoupledRegistration)
     oracle = hooks[0].oracle
     assert oracle.cfg.cache == "" and oracle.backend is coupled.backend  # a changing net: no disk cache
@@ -183,6 +183,9 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
     assert np.abs(fine_tuned.register(*pair).dense().coords - pretrained.register(*pair).dense().coords).max() > 1e-4
     record = result.history[-1]
     assert 0.0 <= record["regnet_atlas_dice"] <= 1.0 and "regnet_val_pair_dice" in record
+    # the gate compares the students with the coupled net as it is at this validation
+    assert all(r["gate_registration_dice"] == r["regnet_atlas_dice"] for r in result.history)
+    assert all(r["gate_open_a"] == float(r["a_dice"] < r["regnet_atlas_dice"]) for r in result.history)
     state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["hooks"]["regnet"]
     assert state["reg_steps"] == 5 and bool(torch.cat([m.flatten() for m in
                                                        (v["mask"] for v in state["pseudo"].values())]).any())

@@ -11,6 +11,7 @@ import torch
 
 from fakes import ShiftBackend
 from joint.config import JointConfig, as_joint_config, build_config, with_backend
+from joint.gate import GateConfig, RegistrationGate
 from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, registration_val_dice, train_joint
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.reps import RegistrationPositives
@@ -104,11 +105,11 @@ def test_cctr_hooks_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr"].build_hooks(cfg, data, tmp_path / "run")
-    assert [type(h) for h in hooks] == [RegistrationSupervision, RegistrationPositives]
+    assert [type(h) for h in hooks] == [RegistrationSupervision, RegistrationPositives, RegistrationGate]
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
     assert info["pairs"] == 2 and info["memory_bank_bytes"] == hooks[1].nbytes > 0
     rsl_only = TRAINER_METHODS["cctr-rsl"].build_hooks(cfg, data, tmp_path / "run")
-    assert [type(h) for h in rsl_only] == [RegistrationSupervision]
+    assert [type(h) for h in rsl_only] == [RegistrationSupervision, RegistrationGate]
     with pytest.raises(ValueError, match="registration backend"):
         TRAINER_METHODS["cctr"].build_hooks(with_backend(cfg, ""), data, tmp_path / "run")
 
@@ -208,7 +209,7 @@ def test_the_plan_reaches_the_classical_backends_of_the_oracle(dataset, tmp_path
     assert default.backend.params["grid"]["shape"] == CanonicalGrid().shape
 
 
-def test_the_rsl_gate_scores_the_registration_on_validation_and_logs_its_decisions(dataset, tmp_path):
+def test_the_gate_scores_the_registration_on_validation_and_logs_its_decisions(dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ds, split = dataset
@@ -219,17 +220,30 @@ def test_the_rsl_gate_scores_the_registration_on_validation_and_logs_its_decisio
     identity = registration_val_dice(cfg, data)
     assert identity < 0.95
 
-    gated = replace(small_cfg(tmp_path, iterations=4, val_every=2), rsl=replace(cfg.rsl, gate="validation"))
+    gated = small_cfg(tmp_path, iterations=4, val_every=2)
+    assert gated.gate == GateConfig(mode="validation", terms="rsl")   # the default
     train_joint(gated, ds, split, progress=False)
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
-    assert info["registration_val_dice"] == pytest.approx(identity)
+    assert info["gate"] == {"mode": "validation", "terms": "rsl", "registration_val_dice": pytest.approx(identity)}
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
-    assert [e.step for e in events.Scalars("val_rsl/open_a")] == [2, 4]
-    assert events.Scalars("val_rsl/registration_dice")[0].value == pytest.approx(identity)
+    assert [e.step for e in events.Scalars("val_gate/open_a")] == [2, 4]
+    assert events.Scalars("val_gate/registration_dice")[0].value == pytest.approx(identity)
     student = {e.step: e.value for e in events.Scalars("val_a/dice")}
-    opened = {e.step: e.value for e in events.Scalars("val_rsl/open_a")}
+    opened = {e.step: e.value for e in events.Scalars("val_gate/open_a")}
     assert all(opened[s] == float(student[s] < identity) for s in (2, 4))
 
-    with pytest.raises(ValueError, match="rsl.gate"):
-        train_joint(replace(gated, method="cctr-coupled", out_dir=str(tmp_path / "coupled")), ds, split, progress=False)
+
+def test_the_gate_is_off_without_validation_volumes_or_when_asked(dataset, tmp_path, capsys):
+    ds, split = dataset
+    no_val = replace(split, val=(), train=(*split.train, *split.val))
+    train_joint(small_cfg(tmp_path, iterations=2), ds, no_val, progress=False)
+    info = json.loads((tmp_path / "run" / "registration.json").read_text())
+    assert info["gate"] == {"mode": "none", "terms": "rsl", "why": "no validation volumes"}
+    assert "no validation volumes" in capsys.readouterr().err
+    off = small_cfg(tmp_path, iterations=2, gate=GateConfig(mode="none"), out_dir=str(tmp_path / "off"))
+    hooks = TRAINER_METHODS["cctr"].build_hooks(off, load_train_data(ds, split, "1"), tmp_path / "off")
+    assert [h.name for h in hooks] == ["rsl", "reps"]
+    on = TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path, iterations=2), load_train_data(ds, split, "1"),
+                                             tmp_path / "off")
+    assert [h.name for h in on] == ["rsl", "reps", "gate"] and on[0].gate is on[2] and on[1].gate is on[2]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fakes import ShiftBackend
+from joint.gate import RegistrationGate
 from joint.memory_bank import BankConfig, MemoryBank
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.reps import RegistrationPositives, registration_positives
@@ -166,6 +167,17 @@ def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
     assert torch.equal(fresh.extra_positive(0, batch, outputs, "a")(anchors)[0], vec_a)
     with pytest.raises(ValueError, match="shape"):
         MemoryBank({"lab": 2}, dim=6, sample_hw=HW).load_state_dict(banks["a"].state_dict())
+
+    # A gate over REPS takes the positive from a student it closes (pixel contrast as in cct)
+    # and keeps the banks filling; a gate over RSL alone leaves REPS alone.
+    gate = RegistrationGate(lambda: 0.5, ("rsl", "reps"))
+    gate.validate(10, {"a": {"dice": 0.9}, "b": {"dice": 0.1}})
+    gated = RegistrationPositives(oracle, banks, gate=gate)
+    assert gated.extra_positive(0, batch, outputs, "a") is None
+    assert torch.equal(gated.extra_positive(0, batch, outputs, "b")(anchors)[0], vec_b)
+    rsl_only = RegistrationGate(lambda: 0.5, ("rsl",))
+    rsl_only.load_state_dict(gate.state_dict())
+    assert RegistrationPositives(oracle, banks, gate=rsl_only).extra_positive(0, batch, outputs, "a") is not None
 
 
 def test_repeated_slice_in_one_batch_keeps_the_last_sample_with_its_matrix():

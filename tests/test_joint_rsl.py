@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fakes import ShiftBackend
+from joint.gate import GateConfig, RegistrationGate
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice, rsl_weight
 from reg.field import CanonicalField, Field
@@ -182,29 +183,35 @@ def test_the_validation_gate_keeps_rsl_from_a_student_that_beats_the_registratio
     oracle, sampler, _ = setup
     batch = sampler.next_batch()
     logits, outputs = zero_students(batch)
-    term = RegistrationSupervision(oracle, RSLConfig(weight=0.1, gate="validation"), registration_dice=0.7)
+    gate = RegistrationGate(lambda: 0.7, GateConfig(mode="validation").term_names)
+    term = RegistrationSupervision(oracle, RSLConfig(weight=0.1), gate=gate)
     before = term.losses(5, batch, outputs)
     assert float(before["a"].detach()) > 0 and float(before["b"].detach()) > 0   # no validation yet: both below the registration
 
-    logged = term.validate(100, {"a": {"dice": 0.8, "hd95": 3.0}, "b": {"dice": 0.6, "hd95": 5.0}})
+    logged = gate.validate(100, {"a": {"dice": 0.8, "hd95": 3.0}, "b": {"dice": 0.6, "hd95": 5.0}})
     assert logged == {"registration_dice": 0.7, "open_a": 0.0, "open_b": 1.0}
     after = term.losses(5, batch, outputs)
     assert float(after["a"].detach()) == 0.0 and float(after["b"].detach()) == pytest.approx(float(before["b"].detach()))
     after["a"].backward()
     assert not logits["a"].grad.any()
 
-    resumed = RegistrationSupervision(oracle, RSLConfig(weight=0.1, gate="validation"), registration_dice=0.7)
-    resumed.load_state_dict(term.state_dict())
-    assert float(resumed.losses(5, batch, outputs)["a"].detach()) == 0.0
-    term.validate(200, {"a": {"dice": 0.65}, "b": {"dice": 0.7}})   # reaching the registration closes it too
-    assert term.closed == {"b"}
-    all_closed = term.validate(300, {"a": {"dice": 0.9}, "b": {"dice": 0.9}})
+    resumed = RegistrationGate(lambda: 0.7, ("rsl",))
+    resumed.load_state_dict(gate.state_dict())
+    assert float(RegistrationSupervision(oracle, RSLConfig(weight=0.1), gate=resumed).losses(5, batch, outputs)["a"].detach()) == 0.0
+    gate.validate(200, {"a": {"dice": 0.65}, "b": {"dice": 0.7}})   # reaching the registration closes it too
+    assert gate.closed == {"b"}
+    all_closed = gate.validate(300, {"a": {"dice": 0.9}, "b": {"dice": 0.9}})
     assert not any(all_closed[k] for k in ("open_a", "open_b"))
     assert term.losses(5, batch, outputs).keys() == {"a", "b"} and term.last_targets is None   # nothing queried
+    # a gate over other terms leaves RSL alone
+    assert float(RegistrationSupervision(oracle, RSLConfig(weight=0.1), gate=RegistrationGate(lambda: 0.7, ("reps",))
+                                         ).losses(5, batch, outputs)["a"].detach()) > 0
 
-    with pytest.raises(ValueError, match="gate"):
-        RegistrationSupervision(oracle, RSLConfig(gate="validation"))
-    with pytest.raises(ValueError, match="gate"):
-        RegistrationSupervision(oracle, RSLConfig(), registration_dice=0.5)
-    with pytest.raises(ValueError, match="rsl.gate"):
-        RSLConfig(gate="sometimes")
+
+def test_gate_options_are_checked():
+    assert GateConfig().mode == "validation" and GateConfig().term_names == ("rsl",)
+    assert GateConfig(terms="rsl+reps").term_names == ("rsl", "reps")
+    with pytest.raises(ValueError, match="gate.mode"):
+        GateConfig(mode="sometimes")
+    with pytest.raises(ValueError, match="gate.terms"):
+        GateConfig(terms="reps")
