@@ -10,7 +10,9 @@ half of training of: the accuracy of the contrastive pool's pseudo-labels (``poo
 of its class-balanced anchors (``anchor acc``), the gradient norms of the contrastive term
 (on the embedding) and of the supervised and cross-teaching terms (on the logits), the share
 of anchors that found a registration positive (``REPS valid``) and the Dice of the RSL targets
-against the hidden labels (``RSL Dice``). The hidden labels of "unlabeled" volumes were read
+against the hidden labels (``RSL Dice``); with the validation gate on (``gate.mode``), the
+step from which the gate keeps RSL closed to student A to the end (``A closed from``; ``-``:
+open at the end). The hidden labels of "unlabeled" volumes were read
 for these figures only, never for training or selection.
 """
 from __future__ import annotations
@@ -36,6 +38,8 @@ SECOND_HALF = {
     "RSL Dice": "rsl/target_dice_hidden",
 }
 VAL = "val_a/dice"
+# the gate's decisions for student A (runs before the gate moved to ``gate.*`` logged it under rsl)
+GATE = ("val_gate/open_a", "val_rsl/open_a")
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -49,6 +53,14 @@ def second_half_mean(series: Sequence[tuple[int, float]]) -> float:
     return float(np.mean([v for step, v in series if step > last / 2]))
 
 
+def closed_from(opened: Sequence[tuple[int, float]]) -> Optional[float]:
+    """The first validation step after which every decision is 'closed'; None if open at the end."""
+    start = None
+    for step, is_open in opened:
+        start = None if is_open else (step if start is None else start)
+    return None if start is None else float(start)
+
+
 def summarize_run(run: Path) -> dict[str, Optional[float]]:
     tags = scalars(run)
     row: dict[str, Optional[float]] = {}
@@ -58,6 +70,8 @@ def summarize_run(run: Path) -> dict[str, Optional[float]]:
         row["best val Dice"], row["best step"], row["last val Dice"] = best, float(best_step), val[-1][1]
     for column, tag in SECOND_HALF.items():
         row[column] = second_half_mean(tags[tag]) if tag in tags else None
+    gate = next((tags[t] for t in GATE if t in tags), None)
+    row["A closed from"] = None if gate is None else closed_from(gate)
     return row
 
 
@@ -71,16 +85,19 @@ def runs_of(benchmark: Path, labeled: str) -> dict[tuple[str, str], list[tuple[i
     return found
 
 
+STEP_COLUMNS = ("best step", "A closed from")
+
+
 def _cell(value: Optional[float], column: str) -> str:
     if value is None:
         return "-"
-    if column == "best step":
+    if column in STEP_COLUMNS:
         return f"{value:.0f}"
     return f"{value:.4f}" if abs(value) >= 1e-2 else f"{value:.2e}"
 
 
 def tables(benchmark: Path, labeled: str) -> str:
-    columns = ["best val Dice", "best step", "last val Dice", *SECOND_HALF]
+    columns = ["best val Dice", "best step", "last val Dice", *SECOND_HALF, "A closed from"]
     per_run = [f"| method | backend | seed | {' | '.join(columns)} |", "|" + " --- |" * 3 + " ---: |" * len(columns)]
     grouped = [f"| method | backend | seeds | {' | '.join(c for c in columns if c != 'best step')} |",
                "|" + " --- |" * 3 + " ---: |" * (len(columns) - 1)]
@@ -93,6 +110,9 @@ def tables(benchmark: Path, labeled: str) -> str:
         cells = []
         for c in columns:
             if c == "best step":
+                continue
+            if c in STEP_COLUMNS:   # a step per seed says more than their mean
+                cells.append(" / ".join(_cell(r.get(c), c) for r in rows))
                 continue
             values = [r[c] for r in rows if r.get(c) is not None]
             cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values and abs(np.mean(values)) >= 1e-2
