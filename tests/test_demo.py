@@ -4,6 +4,7 @@ made with other options refused, and the option order of the command line."""
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 
 import nibabel as nib
@@ -70,6 +71,7 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     assert any(line.startswith("| `cctr` (student a) |") and f"| {mean_dice:.4f} ±" in line for line in text.splitlines())
     gain = mean_dice - sup.overall["dice"].mean
     assert f"scores {gain:+.4f} mean Dice against it" in text
+    assert "The validation gate (`gate.mode=validation`, gated terms: rsl): the registration scores" in text
     # guidance: one row per backend, learned named relative to the report folder, pairs = 2 targets x 2 atlases
     assert "| `learned:reg/best.pt` | 4 |" in text and "| `identity` | 4 |" in text
     assert set(finished.guidance) == {f"learned:{finished.paths.reg / 'best.pt'}", "identity"}
@@ -172,3 +174,17 @@ def test_overlay_slices_take_cases_in_turn_with_the_largest_labeled_slices():
 def test_smooth_is_a_trailing_mean():
     np.testing.assert_allclose(figures.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
     np.testing.assert_allclose(figures.smooth(np.array([1.0, 3.0]), 1), [1.0, 3.0])
+
+
+def test_the_gate_sentence_says_when_rsl_closed(tmp_path):
+    info = tmp_path / "registration.json"
+    info.write_text(json.dumps({"gate": {"mode": "validation", "terms": "rsl", "registration_val_dice": 0.57}}))
+    history = [{"step": 100, "gate_open_a": 1.0}, {"step": 200, "gate_open_a": 0.0}, {"step": 300, "gate_open_a": 1.0},
+               {"step": 400, "gate_open_a": 0.0}, {"step": 500, "gate_open_a": 0.0}]
+    text = demo.gate_text(info, history, "a")
+    assert "scores 0.5700 Dice" in text and "passed it at step 400 and trained without RSL from then on" in text
+    assert "fell below again" in demo.gate_text(info, history[:3], "a")
+    assert "stayed below it" in demo.gate_text(info, history[:1], "a")
+    info.write_text(json.dumps({"gate": {"mode": "none", "terms": "rsl", "why": "no validation volumes"}}))
+    assert demo.gate_text(info, [], "a") == ("The validation gate was off (no validation volumes): "
+                                             "RSL and REPS taught both students throughout.")

@@ -250,6 +250,38 @@ def comparison_table(rows: Sequence[tuple[str, str, Summary]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _history(last_checkpoint: Path) -> list[dict]:
+    """The validation records of a whole run (``best.pt`` holds them only up to its step)."""
+    if not last_checkpoint.is_file():
+        return []
+    return list(torch.load(last_checkpoint, map_location="cpu", weights_only=True).get("history", []))
+
+
+def gate_text(registration_json: Path, history: Sequence[Mapping[str, float]], student: str) -> str:
+    """What the validation gate did in the run (METHOD.md part 6), from its ``registration.json``
+    and validation ``history``: the registration's score and when RSL closed to ``student``."""
+    gate = _read_json(registration_json).get("gate", {}) if registration_json.is_file() else {}
+    if gate.get("mode", "none") == "none":
+        why = f" ({gate['why']})" if "why" in gate else ""
+        return f"The validation gate was off{why}: RSL and REPS taught both students throughout."
+    key = f"gate_open_{student}"
+    decisions = [(int(r["step"]), bool(r[key])) for r in history if key in r]
+    score = gate.get("registration_val_dice")
+    scored = f"{score:.4f}" if isinstance(score, float) else "re-measured at every validation"
+    closed = [step for step, is_open in decisions if not is_open]
+    if not closed:
+        when = f"student {student} stayed below it, so it trained on RSL to the end"
+    elif decisions[-1][1]:
+        when = (f"student {student} reached it at step {closed[0]} but fell below again by the end, "
+                "so RSL was reopened")
+    else:
+        last_open = max((step for step, is_open in decisions if is_open), default=0)
+        first_shut = min(step for step in closed if step > last_open)
+        when = f"student {student} passed it at step {first_shut} and trained without RSL from then on"
+    return (f"The validation gate (`gate.mode={gate['mode']}`, gated terms: {gate.get('terms', 'rsl')}): the "
+            f"registration scores {scored} Dice on the validation volumes; {when}.")
+
+
 def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_checkpoint: Path, seg_checkpoint: Path,
                     summary: Summary, baseline: Summary, guidance: Mapping[str, Sequence[float]],
                     seconds: Mapping[str, float], paths: DemoPaths, supervised: Summary | None = None,
@@ -297,6 +329,8 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
          f"{seg_cfg.iterations} iterations at {seg_cfg.image_size[0]}x{seg_cfg.image_size[1]}; test predictions "
          f"by student {cfg.student} of `{rel(seg_checkpoint)}` (step {int(seg_state['step'])}, best validation "
          f"Dice {float(seg_state['best_score']):.4f})."),
+        "",
+        gate_text(seg_checkpoint.parent / "registration.json", _history(seg_checkpoint.parent / "last.pt"), cfg.student),
         "",
         "## Test volumes: the method beside its baselines",
         "",
