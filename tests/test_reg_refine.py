@@ -60,3 +60,33 @@ def test_refine_options_are_checked_and_keyed(checkpoint):
     assert backend_params(f"learned:{checkpoint}?refine=5")["refine"] == 5
     assert backend_params(f"learned:{checkpoint}")["refine"] == 16   # refined by default
     assert "refine" not in backend_params(f"learned:{checkpoint}?refine=0")
+    assert "refine_scale" not in backend_params(f"learned:{checkpoint}")   # keys of older caches stand
+    assert backend_params(f"learned:{checkpoint}?refine_scale=2")["refine_scale"] == 2
+    with pytest.raises(ValueError, match="refine_scale"):
+        parse_spec(f"learned:{checkpoint}?refine_scale=0")
+    with pytest.raises(ValueError, match="refine_scale=3 must divide"):
+        load_backend(f"learned:{checkpoint}?refine_scale=3")   # the grid is 16 x 32 x 32
+
+
+def test_coarse_refinement_also_improves_similarity_for_less_work(checkpoint):
+    (fs, fsp), (ms, msp) = FIXED, MOVING
+    f_img, _ = volume(fs, fsp)
+    m_img, _ = volume(ms, msp, Motion(0.0, (0.0, 4.0, -3.0)))
+    plain = load_backend(f"learned:{checkpoint}?refine=0").register(f_img, fsp, m_img, msp).dense()
+    coarse = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2")
+    refined = coarse.register(f_img, fsp, m_img, msp).dense()
+    assert _native_ncc(refined, f_img, m_img) > _native_ncc(plain, f_img, m_img) + 0.02
+    assert regularity(refined).folded_percent < 0.5
+
+
+def test_a_correction_of_zero_steps_returns_the_net_alone_at_any_scale(checkpoint):
+    from reg.backends import Refinement, refine_displacement
+    from reg.checkpoint import load_model
+
+    net, config = load_model(checkpoint)
+    fixed, moving = torch.rand(1, 1, 16, 32, 32), torch.rand(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        alone, _ = net(fixed, moving)
+    for scale in (1, 2):
+        still = refine_displacement(net, fixed, moving, Refinement(0, 0.1, "ncc", (3, 7, 7), 1.0, scale))
+        torch.testing.assert_close(still, alone, atol=1e-6, rtol=0)
