@@ -18,7 +18,8 @@ with). All return :class:`~reg.field.CanonicalField` objects: the Field on the f
 per-pair optimisation: starting from the net's stationary velocity field, N Adam steps on the
 net's own training objective without labels (image similarity + smoothness weight of its
 checkpoint), then integrated as usual, so the map stays diffeomorphic. ``refine_scale=2``
-takes those steps on a grid twice as coarse, about 8 times cheaper each. :func:`live_backend`
+takes those steps on a grid twice as coarse, about 8 times cheaper each, and ``refine_fine=M``
+adds M steps on the canonical grid after them (coarse to fine, as classical methods do). :func:`live_backend`
 wraps a network being trained (coupled training, :mod:`joint.coupled`) instead of a file.
 
 The learned and classical backends share one front end (:mod:`reg.placement`): same
@@ -113,8 +114,9 @@ def _typed_options(s: Spec, spec: str) -> tuple[Any, Any]:
         params = _typed(LearnedParams, s.options, spec)
         if params.batch < 1:
             raise ValueError(f"backend {spec!r}: batch must be >= 1")
-        if params.refine < 0 or not params.refine_lr > 0 or params.refine_scale < 1:
-            raise ValueError(f"backend {spec!r}: refine must be >= 0, refine_lr > 0 and refine_scale >= 1")
+        if min(params.refine, params.refine_fine) < 0 or not params.refine_lr > 0 or params.refine_scale < 1:
+            raise ValueError(f"backend {spec!r}: refine and refine_fine must be >= 0, refine_lr > 0 and "
+                             "refine_scale >= 1")
         check_device(params.device, spec)
         return params, None
     params_cls, _ = _CLASSICAL[s.kind]
@@ -244,9 +246,9 @@ class Refinement:
     """Test-time refinement of the learned backend: ``steps`` Adam steps of learning rate
     ``lr`` (canonical voxels per step) on the velocity field, minimising ``similarity`` +
     ``smoothness_weight`` * smoothness of the displacement (the pretraining loss, no labels).
-    ``scale`` > 1 optimises a correction on a grid ``scale`` times coarser in every axis
-    (images average-pooled, the loss evaluated there), so a step costs about ``scale**3``
-    times less; the net's own full-resolution velocity keeps its fine detail underneath."""
+    ``scale`` > 1 takes those steps on a grid ``scale`` times coarser in every axis (images
+    average-pooled, the loss evaluated there), each about ``scale**3`` times cheaper; then
+    ``fine_steps`` more on the canonical grid itself recover what the coarse grid blurs."""
 
     steps: int
     lr: float
@@ -254,38 +256,50 @@ class Refinement:
     ncc_window: tuple[int, int, int]
     smoothness_weight: float
     scale: int = 1
+    fine_steps: int = 0
+
+    @property
+    def levels(self) -> tuple[tuple[int, int], ...]:
+        """``(scale, steps)`` of each pass, coarse first."""
+        if self.scale == 1:
+            return ((1, self.steps + self.fine_steps),)
+        return ((self.scale, self.steps), (1, self.fine_steps))
 
 
 def refine_displacement(net: RegistrationNet, fixed: torch.Tensor, moving: torch.Tensor, refine: Refinement) -> torch.Tensor:
-    """Canonical displacement (B, 3, Z, Y, X) after ``refine.steps`` Adam steps, starting from
+    """Canonical displacement (B, 3, Z, Y, X) after the Adam steps of ``refine``, starting from
     the net's velocity field for (fixed, moving) (B, 1, Z, Y, X); the net's weights are not
     touched. The loss is the SUM of the pairs' own losses and Adam works element by element,
-    so a pair's result does not depend on the pairs batched with it.
-
-    What is optimised is a correction ``dv`` of the velocity on the grid ``refine.scale``
-    times coarser (at scale 1, the velocity itself): the refined velocity is
-    ``v_net + scale * upsample(dv)``, the factor turning coarse voxels into fine ones."""
-    vxm_net = net.vxm
+    so a pair's result does not depend on the pairs batched with it."""
     with torch.no_grad():
-        velocity = vxm_net(moving, fixed, return_field_type="velocity")
-    k = int(refine.scale)
+        velocity = net.vxm(moving, fixed, return_field_type="velocity")
+    for scale, steps in refine.levels:
+        if steps:
+            velocity = _refine_velocity(velocity, fixed, moving, refine, scale, steps, net.vxm.integration_steps)
+    with torch.no_grad():
+        return vxm_fn.integrate_vec(velocity, net.vxm.integration_steps)
+
+
+def _refine_velocity(velocity: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, refine: Refinement,
+                     scale: int, steps: int, integration_steps: int) -> torch.Tensor:
+    """``velocity`` (B, 3, Z, Y, X, canonical voxels) plus ``scale * upsample(dv)``, where the
+    correction ``dv`` on the grid ``scale`` times coarser took ``steps`` Adam steps on the
+    loss there (the factor turns coarse voxels into fine ones; at scale 1 nothing is resampled)."""
     shape = tuple(velocity.shape[2:])
-    if any(n % k for n in shape):
-        raise ValueError(f"refine_scale={k} must divide the canonical grid {shape}")
-    if k > 1:
-        fixed, moving = F.avg_pool3d(fixed, k), F.avg_pool3d(moving, k)
-        base = F.avg_pool3d(velocity, k) / k   # the net's velocity in coarse voxels
+    if any(n % scale for n in shape):
+        raise ValueError(f"refine_scale={scale} must divide the canonical grid {shape}")
+    if scale > 1:
+        fixed, moving = F.avg_pool3d(fixed, scale), F.avg_pool3d(moving, scale)
+        base = F.avg_pool3d(velocity, scale) / scale   # the velocity in coarse voxels
     else:
         base = velocity
     correction = torch.zeros_like(base, requires_grad=True)
-    optimiser = torch.optim.Adam([correction], lr=refine.lr / k)
+    optimiser = torch.optim.Adam([correction], lr=refine.lr / scale)
     sim, smooth = similarity_loss(refine.similarity, refine.ncc_window), SmoothnessLoss()
-    steps = vxm_net.integration_steps
-
     with torch.enable_grad():   # callers may hold no_grad (the oracle does): this part needs gradients
-        for _ in range(refine.steps):
+        for _ in range(steps):
             # scaling and squaring as the net integrates, on whichever grid the loss lives
-            disp = vxm_fn.integrate_vec(base + correction, steps)
+            disp = vxm_fn.integrate_vec(base + correction, integration_steps)
             warped = vxm_fn.spatial_transform(moving, disp, non_spatial_dims=(0, 1))
             loss = sum(sim(warped[b:b + 1], fixed[b:b + 1]) + refine.smoothness_weight * smooth(disp[b:b + 1])
                        for b in range(disp.shape[0]))
@@ -293,11 +307,9 @@ def refine_displacement(net: RegistrationNet, fixed: torch.Tensor, moving: torch
             loss.backward()
             optimiser.step()
     with torch.no_grad():
-        if k > 1:
-            refined = velocity + k * F.interpolate(correction, size=shape, mode="trilinear", align_corners=False)
-        else:
-            refined = base + correction
-        return vxm_fn.integrate_vec(refined, steps)
+        if scale == 1:
+            return velocity + correction
+        return velocity + scale * F.interpolate(correction, size=shape, mode="trilinear", align_corners=False)
 
 
 def live_backend(net: RegistrationNet, config: RegConfig, device: torch.device, spec: str = "learned:live") -> "CanonicalBackend":
@@ -323,7 +335,8 @@ class LearnedParams:
     # geometries measured (docs/RESULTS.md, issue 16), at about demons' cost per pair on a CPU
     refine: int = 16
     refine_lr: float = 0.1    # their learning rate, canonical voxels per step
-    refine_scale: int = 1     # optimise on a grid this many times coarser per axis (Refinement.scale)
+    refine_scale: int = 1     # take the refine steps on a grid this many times coarser per axis (Refinement.scale)
+    refine_fine: int = 0      # then this many on the canonical grid (Refinement.fine_steps)
 
 
 @dataclass(frozen=True)
@@ -358,15 +371,16 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
         device = check_device(params.device, spec)
         described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), "batch": params.batch}
         refine = None
-        if params.refine:
+        if params.refine or params.refine_fine:
             described.update(refine=params.refine, refine_lr=params.refine_lr,
                              # only when set: the Fields cached before the option existed keep their keys
-                             **({"refine_scale": params.refine_scale} if params.refine_scale != 1 else {}))
+                             **({"refine_scale": params.refine_scale} if params.refine_scale != 1 else {}),
+                             **({"refine_fine": params.refine_fine} if params.refine_fine else {}))
             if any(n % params.refine_scale for n in config.grid.shape):
                 raise ValueError(f"backend {spec!r}: refine_scale={params.refine_scale} must divide the "
                                  f"net's canonical grid {config.grid.shape}")
             refine = Refinement(params.refine, params.refine_lr, config.loss.similarity, tuple(config.loss.ncc_window),
-                                config.loss.smoothness_weight, params.refine_scale)
+                                config.loss.smoothness_weight, params.refine_scale, params.refine_fine)
         return CanonicalBackend(spec, config.grid, config.prealign,
                                 _learned_displacements(net.to(device), params.batch, device, refine), described)
     _, fn = _CLASSICAL[s.kind]

@@ -77,6 +77,10 @@ def test_coarse_refinement_also_improves_similarity_for_less_work(checkpoint):
     refined = coarse.register(f_img, fsp, m_img, msp).dense()
     assert _native_ncc(refined, f_img, m_img) > _native_ncc(plain, f_img, m_img) + 0.02
     assert regularity(refined).folded_percent < 0.5
+    then_fine = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2&refine_fine=5")
+    finer = then_fine.register(f_img, fsp, m_img, msp).dense()
+    assert _native_ncc(finer, f_img, m_img) > _native_ncc(refined, f_img, m_img)
+    assert backend_params(f"learned:{checkpoint}?refine_scale=2&refine_fine=5")["refine_fine"] == 5
 
 
 def test_a_correction_of_zero_steps_returns_the_net_alone_at_any_scale(checkpoint):
@@ -90,3 +94,6 @@ def test_a_correction_of_zero_steps_returns_the_net_alone_at_any_scale(checkpoin
     for scale in (1, 2):
         still = refine_displacement(net, fixed, moving, Refinement(0, 0.1, "ncc", (3, 7, 7), 1.0, scale))
         torch.testing.assert_close(still, alone, atol=1e-6, rtol=0)
+    # coarse then fine is the two passes in turn; at scale 1 the fine steps just add to the others
+    assert Refinement(8, 0.1, "ncc", (3, 7, 7), 1.0, 2, 4).levels == ((2, 8), (1, 4))
+    assert Refinement(8, 0.1, "ncc", (3, 7, 7), 1.0, 1, 4).levels == ((1, 12),)
