@@ -18,8 +18,10 @@ with). All return :class:`~reg.field.CanonicalField` objects: the Field on the f
 per-pair optimisation: starting from the net's stationary velocity field, N Adam steps on the
 net's own training objective without labels (image similarity + smoothness weight of its
 checkpoint), then integrated as usual, so the map stays diffeomorphic. ``refine_scale=2``
-takes those steps on a grid twice as coarse, about 8 times cheaper each, and ``refine_fine=M``
-adds M steps on the canonical grid after them (coarse to fine, as classical methods do). :func:`live_backend`
+(the default) takes those steps on a grid twice as coarse, about 8 times cheaper each, and
+``refine_fine=M`` (default 4) adds M steps on the canonical grid after them (coarse to fine,
+as classical methods do); ``refine_scale=1&refine_fine=0`` refines on the canonical grid
+only, and ``refine=0`` is the net alone. :func:`live_backend`
 wraps a network being trained (coupled training, :mod:`joint.coupled`) instead of a file.
 
 The learned and classical backends share one front end (:mod:`reg.placement`): same
@@ -270,7 +272,8 @@ def refine_displacement(net: RegistrationNet, fixed: torch.Tensor, moving: torch
     """Canonical displacement (B, 3, Z, Y, X) after the Adam steps of ``refine``, starting from
     the net's velocity field for (fixed, moving) (B, 1, Z, Y, X); the net's weights are not
     touched. The loss is the SUM of the pairs' own losses and Adam works element by element,
-    so a pair's result does not depend on the pairs batched with it."""
+    so a pair's result does not depend on the pairs batched with it (beyond float noise of the
+    batched forward pass, which Adam's normalised steps can grow to ~1e-3 voxel)."""
     with torch.no_grad():
         velocity = net.vxm(moving, fixed, return_field_type="velocity")
     for scale, steps in refine.levels:
@@ -330,13 +333,15 @@ def _per_pair(fn: Callable[[np.ndarray, np.ndarray, Sequence[float], Any], np.nd
 class LearnedParams:
     batch: int = 8
     device: str = "cpu"
-    # test-time Adam steps per pair on the velocity field (0: the net alone). 16 is the fewest
-    # of 0 / 4 / 16 that reached sitk-demons - 0.02 pair Dice on held-out pairs of all three
-    # geometries measured (docs/RESULTS.md, issue 16), at about demons' cost per pair on a CPU
+    # test-time Adam steps per pair on the velocity field (0: the net alone, whatever the other
+    # refine options say). The default, coarse to fine (16 steps on a grid twice as coarse, then
+    # 4 on the canonical grid), reached sitk-demons + 0.02 pair Dice on held-out pairs of all
+    # three geometries measured at about a third of the cost of 16 canonical-grid steps, the
+    # default before it (docs/RESULTS.md, issues 16 and 12)
     refine: int = 16
     refine_lr: float = 0.1    # their learning rate, canonical voxels per step
-    refine_scale: int = 1     # take the refine steps on a grid this many times coarser per axis (Refinement.scale)
-    refine_fine: int = 0      # then this many on the canonical grid (Refinement.fine_steps)
+    refine_scale: int = 2     # take the refine steps on a grid this many times coarser per axis (Refinement.scale)
+    refine_fine: int = 4      # then this many on the canonical grid (Refinement.fine_steps)
 
 
 @dataclass(frozen=True)
@@ -371,9 +376,9 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
         device = check_device(params.device, spec)
         described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), "batch": params.batch}
         refine = None
-        if params.refine or params.refine_fine:
+        if params.refine:
             described.update(refine=params.refine, refine_lr=params.refine_lr,
-                             # only when set: the Fields cached before the option existed keep their keys
+                             # only when set: Fields cached before these options existed keep their keys
                              **({"refine_scale": params.refine_scale} if params.refine_scale != 1 else {}),
                              **({"refine_fine": params.refine_fine} if params.refine_fine else {}))
             if any(n % params.refine_scale for n in config.grid.shape):

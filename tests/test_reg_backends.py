@@ -77,7 +77,9 @@ def test_learned_backend_runs_from_the_checkpoint_alone_and_batches(pair, checkp
     backend = load_backend(f"learned:{checkpoint}?batch=2")   # refined by default: per pair, whatever the batch
     fields = backend.register_many([(f_img, fsp, m_img, msp), (m_img, msp, f_img, fsp), (f_img, fsp, m_img, msp)])
     assert [f.fixed_shape for f in fields] == [f_img.shape, m_img.shape, f_img.shape]
-    np.testing.assert_allclose(fields[0].disp, fields[2].disp, atol=2e-3)   # float16 storage, float32 batches
+    # float16 storage, float32 batches; Adam's normalised steps turn 1e-7 of batch noise in an
+    # all but flat gradient into a few thousandths of a voxel at a handful of voxels
+    np.testing.assert_allclose(fields[0].disp, fields[2].disp, atol=5e-3)
     single = backend.register(f_img, fsp, m_img, msp)
     np.testing.assert_allclose(single.dense().coords, fields[0].dense().coords, atol=5e-3)
     params = backend_params(f"learned:{checkpoint}")

@@ -40,7 +40,7 @@ def test_refinement_improves_similarity_and_keeps_the_map_regular(checkpoint):
     f_img, _ = volume(fs, fsp)
     m_img, _ = volume(ms, msp, Motion(0.0, (0.0, 4.0, -3.0)))
     plain = load_backend(f"learned:{checkpoint}?refine=0").register(f_img, fsp, m_img, msp).dense()
-    refined_backend = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2")
+    refined_backend = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=1&refine_fine=0")
     refined = refined_backend.register(f_img, fsp, m_img, msp).dense()
     assert _native_ncc(refined, f_img, m_img) > _native_ncc(plain, f_img, m_img) + 0.02
     assert regularity(refined).folded_percent < 0.5
@@ -58,10 +58,12 @@ def test_refine_options_are_checked_and_keyed(checkpoint):
         parse_spec(f"learned:{checkpoint}?refine_lr=0")
     # a refined backend is another backend for the Field disk cache
     assert backend_params(f"learned:{checkpoint}?refine=5")["refine"] == 5
-    assert backend_params(f"learned:{checkpoint}")["refine"] == 16   # refined by default
-    assert "refine" not in backend_params(f"learned:{checkpoint}?refine=0")
-    assert "refine_scale" not in backend_params(f"learned:{checkpoint}")   # keys of older caches stand
-    assert backend_params(f"learned:{checkpoint}?refine_scale=2")["refine_scale"] == 2
+    default = backend_params(f"learned:{checkpoint}")   # refined coarse to fine by default
+    assert (default["refine"], default["refine_scale"], default["refine_fine"]) == (16, 2, 4)
+    assert not {"refine", "refine_scale", "refine_fine"} & set(backend_params(f"learned:{checkpoint}?refine=0"))
+    # 16 canonical-grid steps, the default before, keep the cache key they had
+    assert {k: v for k, v in backend_params(f"learned:{checkpoint}?refine_scale=1&refine_fine=0").items()
+            if k.startswith("refine")} == {"refine": 16, "refine_lr": 0.1}
     with pytest.raises(ValueError, match="refine_scale"):
         parse_spec(f"learned:{checkpoint}?refine_scale=0")
     with pytest.raises(ValueError, match="refine_scale=3 must divide"):
@@ -73,14 +75,14 @@ def test_coarse_refinement_also_improves_similarity_for_less_work(checkpoint):
     f_img, _ = volume(fs, fsp)
     m_img, _ = volume(ms, msp, Motion(0.0, (0.0, 4.0, -3.0)))
     plain = load_backend(f"learned:{checkpoint}?refine=0").register(f_img, fsp, m_img, msp).dense()
-    coarse = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2")
+    coarse = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2&refine_fine=0")
     refined = coarse.register(f_img, fsp, m_img, msp).dense()
     assert _native_ncc(refined, f_img, m_img) > _native_ncc(plain, f_img, m_img) + 0.02
     assert regularity(refined).folded_percent < 0.5
     then_fine = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2&refine_fine=5")
     finer = then_fine.register(f_img, fsp, m_img, msp).dense()
     assert _native_ncc(finer, f_img, m_img) > _native_ncc(refined, f_img, m_img)
-    assert backend_params(f"learned:{checkpoint}?refine_scale=2&refine_fine=5")["refine_fine"] == 5
+    assert backend_params(f"learned:{checkpoint}?refine_fine=5")["refine_fine"] == 5
 
 
 def test_a_correction_of_zero_steps_returns_the_net_alone_at_any_scale(checkpoint):
