@@ -179,8 +179,10 @@ class CoupledRegistration(TrainerHook):
         parsed = parse_spec(spec)
         if parsed.kind != "learned":
             raise ValueError(f"cctr-coupled fine-tunes a learned registration net; give --reg-backend learned:CKPT, got {spec!r}")
-        if parsed.options.get("refine", "0") != "0":
-            raise ValueError(f"backend {spec!r}: cctr-coupled trains the net itself; drop refine=")
+        refining = [k for k, v in parsed.options.items() if k.startswith("refine") and (k, v) != ("refine", "0")]
+        if refining:
+            raise ValueError(f"backend {spec!r}: cctr-coupled trains the net itself and serves it unrefined; "
+                             f"drop {', '.join(sorted(refining))}")
         device = check_device(parsed.options.get("device", "cpu"), spec)
         net, reg_config = load_model(Path(parsed.path))  # type: ignore[arg-type]
         return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, device, diagnostic_labels)

@@ -194,6 +194,10 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
         train_joint(replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "x"),
                             oracle=replace(small_cfg(tmp_path, reg_ckpt).oracle, backend="identity")),
                     ds, split, progress=False)
+    for refining in ("refine=16", "refine_fine=4", "refine_scale=1"):   # it serves the net unrefined
+        with pytest.raises(ValueError, match=refining.split("=")[0]):
+            CoupledRegistration.from_spec(f"learned:{reg_ckpt}?{refining}", CoupledConfig(), [], [], [], 4)
+    assert CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine=0", CoupledConfig(), [], [], [], 4).reg_steps == 0
 
 
 def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path):
