@@ -133,7 +133,7 @@ def registration_val_dice(cfg: JointConfig, data: TrainData, backend: Optional[B
     if not data.val:
         raise ValueError("the registration's validation score needs validation volumes, and the split has none")
     _, scores = propagate_and_score(cfg, data.labeled, data.val, len(data.class_names), backend, progress=False)
-    return float(np.mean([np.mean([s.dice for s in per_class.values()]) for per_class in scores.values()]))
+    return summarize(scores, data.class_names).overall["dice"].mean
 
 
 def _rsl_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:

@@ -288,9 +288,7 @@ def _refine_velocity(velocity: torch.Tensor, fixed: torch.Tensor, moving: torch.
     """``velocity`` (B, 3, Z, Y, X, canonical voxels) plus ``scale * upsample(dv)``, where the
     correction ``dv`` on the grid ``scale`` times coarser took ``steps`` Adam steps on the
     loss there (the factor turns coarse voxels into fine ones; at scale 1 nothing is resampled)."""
-    shape = tuple(velocity.shape[2:])
-    if any(n % scale for n in shape):
-        raise ValueError(f"refine_scale={scale} must divide the canonical grid {shape}")
+    shape = tuple(velocity.shape[2:])   # load_backend checked that scale divides it
     if scale > 1:
         fixed, moving = F.avg_pool3d(fixed, scale), F.avg_pool3d(moving, scale)
         base = F.avg_pool3d(velocity, scale) / scale   # the velocity in coarse voxels

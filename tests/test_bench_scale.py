@@ -3,26 +3,16 @@ and grids, checked on the phantoms' drawn geometry (no voxels rendered), and its
 helper."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from scripts_module import load_script
 from seg.data import phantom, phantom_abdomen
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    if "bench_scale" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_scale"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_scale"]
+    return load_script("bench_scale")
 
 
 def test_full_size_splits_have_the_real_counts(bench):

@@ -35,11 +35,18 @@ def _native_ncc(field, fixed: np.ndarray, moving: np.ndarray) -> float:
     return 1.0 - float(LocalNCCLoss((3, 7, 7))(warped, torch.from_numpy(fixed)[None, None]))
 
 
-def test_refinement_improves_similarity_and_keeps_the_map_regular(checkpoint):
+@pytest.fixture(scope="module")
+def shifted(checkpoint):
+    """A pair the rigid shift of which the untrained net leaves alone, and the net's own Field."""
     (fs, fsp), (ms, msp) = FIXED, MOVING
     f_img, _ = volume(fs, fsp)
     m_img, _ = volume(ms, msp, Motion(0.0, (0.0, 4.0, -3.0)))
     plain = load_backend(f"learned:{checkpoint}?refine=0").register(f_img, fsp, m_img, msp).dense()
+    return f_img, fsp, m_img, msp, plain
+
+
+def test_refinement_improves_similarity_and_keeps_the_map_regular(checkpoint, shifted):
+    f_img, fsp, m_img, msp, plain = shifted
     refined_backend = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=1&refine_fine=0")
     refined = refined_backend.register(f_img, fsp, m_img, msp).dense()
     assert _native_ncc(refined, f_img, m_img) > _native_ncc(plain, f_img, m_img) + 0.02
@@ -70,11 +77,8 @@ def test_refine_options_are_checked_and_keyed(checkpoint):
         load_backend(f"learned:{checkpoint}?refine_scale=3")   # the grid is 16 x 32 x 32
 
 
-def test_coarse_refinement_also_improves_similarity_for_less_work(checkpoint):
-    (fs, fsp), (ms, msp) = FIXED, MOVING
-    f_img, _ = volume(fs, fsp)
-    m_img, _ = volume(ms, msp, Motion(0.0, (0.0, 4.0, -3.0)))
-    plain = load_backend(f"learned:{checkpoint}?refine=0").register(f_img, fsp, m_img, msp).dense()
+def test_coarse_refinement_also_improves_similarity_for_less_work(checkpoint, shifted):
+    f_img, fsp, m_img, msp, plain = shifted
     coarse = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2&refine_fine=0")
     refined = coarse.register(f_img, fsp, m_img, msp).dense()
     assert _native_ncc(refined, f_img, m_img) > _native_ncc(plain, f_img, m_img) + 0.02

@@ -2,24 +2,17 @@
 best validation Dice and step, and when the validation gate shut RSL for good."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "summarize_diagnostics.py"
+from scripts_module import load_script
 
 
 @pytest.fixture(scope="module")
 def summary():
-    if "summarize_diagnostics" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("summarize_diagnostics", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["summarize_diagnostics"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["summarize_diagnostics"]
+    return load_script("summarize_diagnostics")
 
 
 def write_run(run: Path, dice: list[float], opened: list[float], gate_tag: str) -> None:
