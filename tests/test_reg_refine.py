@@ -66,7 +66,12 @@ def test_refine_options_are_checked_and_keyed(checkpoint):
     # a refined backend is another backend for the Field disk cache
     assert backend_params(f"learned:{checkpoint}?refine=5")["refine"] == 5
     default = backend_params(f"learned:{checkpoint}")   # refined coarse to fine by default
-    assert (default["refine"], default["refine_scale"], default["refine_fine"]) == (16, 2, 4)
+    assert (default["refine"], default["refine_scale"], default["refine_fine"], default["refine_fine_field"]) == (16, 2, 4, "composed")
+    # the coarse-to-fine default before, fine steps on the velocity, keeps its cache key
+    assert {k: v for k, v in backend_params(f"learned:{checkpoint}?refine_fine_field=velocity").items()
+            if k.startswith("refine")} == {"refine": 16, "refine_lr": 0.1, "refine_scale": 2, "refine_fine": 4}
+    with pytest.raises(ValueError, match="refine_fine_field must be one of velocity, composed"):
+        parse_spec(f"learned:{checkpoint}?refine_fine_field=displacement")
     assert not {"refine", "refine_scale", "refine_fine"} & set(backend_params(f"learned:{checkpoint}?refine=0"))
     # 16 canonical-grid steps, the default before, keep the cache key they had
     assert {k: v for k, v in backend_params(f"learned:{checkpoint}?refine_scale=1&refine_fine=0").items()
@@ -83,9 +88,12 @@ def test_coarse_refinement_also_improves_similarity_for_less_work(checkpoint, sh
     refined = coarse.register(f_img, fsp, m_img, msp).dense()
     assert _native_ncc(refined, f_img, m_img) > _native_ncc(plain, f_img, m_img) + 0.02
     assert regularity(refined).folded_percent < 0.5
-    then_fine = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2&refine_fine=5")
-    finer = then_fine.register(f_img, fsp, m_img, msp).dense()
-    assert _native_ncc(finer, f_img, m_img) > _native_ncc(refined, f_img, m_img)
+    for field in ("velocity", "composed"):
+        then_fine = load_backend(f"learned:{checkpoint}?refine=30&refine_lr=0.2&refine_scale=2&refine_fine=5"
+                                 f"&refine_fine_field={field}")
+        finer = then_fine.register(f_img, fsp, m_img, msp).dense()
+        assert _native_ncc(finer, f_img, m_img) > _native_ncc(refined, f_img, m_img)
+        assert regularity(finer).folded_percent < 0.5
     assert backend_params(f"learned:{checkpoint}?refine_fine=5")["refine_fine"] == 5
 
 
@@ -100,6 +108,28 @@ def test_a_correction_of_zero_steps_returns_the_net_alone_at_any_scale(checkpoin
     for scale in (1, 2):
         still = refine_displacement(net, fixed, moving, Refinement(0, 0.1, "ncc", (3, 7, 7), 1.0, scale))
         torch.testing.assert_close(still, alone, atol=1e-6, rtol=0)
-    # coarse then fine is the two passes in turn; at scale 1 the fine steps just add to the others
-    assert Refinement(8, 0.1, "ncc", (3, 7, 7), 1.0, 2, 4).levels == ((2, 8), (1, 4))
-    assert Refinement(8, 0.1, "ncc", (3, 7, 7), 1.0, 1, 4).levels == ((1, 12),)
+    # coarse then fine is the two passes in turn; at scale 1 velocity steps just add to the others
+    assert Refinement(8, 0.1, "ncc", (3, 7, 7), 1.0, 2, 4).passes == (("velocity", 2, 8), ("velocity", 1, 4))
+    assert Refinement(8, 0.1, "ncc", (3, 7, 7), 1.0, 1, 4).passes == (("velocity", 1, 12),)
+    assert Refinement(8, 0.1, "ncc", (3, 7, 7), 1.0, 1, 4, "composed").passes == (("velocity", 1, 8), ("composed", 1, 4))
+    for scale in (1, 2):   # and no composed steps leave the net's map as it is
+        still = refine_displacement(net, fixed, moving, Refinement(0, 0.1, "ncc", (3, 7, 7), 1.0, scale, 0, "composed"))
+        torch.testing.assert_close(still, alone, atol=1e-6, rtol=0)
+
+
+def test_the_fine_map_is_composed_on_the_fixed_side():
+    """``compose(disp0, u)(c) = u(c) + disp0(c + u(c))``: exact for a field linear in z."""
+    from reg.backends import compose
+
+    z = torch.arange(8.0)[:, None, None].expand(8, 6, 5)
+    disp0 = torch.stack([0.1 * z, torch.full_like(z, 2.0), torch.zeros_like(z)])[None]   # (1, 3, Z, Y, X)
+    u = torch.zeros_like(disp0)
+    u[:, 0], u[:, 2] = 0.5, -0.25   # half a voxel along z, a quarter back along x
+    out = compose(disp0, u)
+    inner = (slice(0, 7), slice(None), slice(1, None))   # where c + u(c) stays on the grid
+    torch.testing.assert_close(out[0, 0][inner], (0.5 + 0.1 * (z + 0.5))[inner])
+    torch.testing.assert_close(out[0, 1], torch.full_like(z, 2.0))
+    torch.testing.assert_close(out[0, 2], torch.full_like(z, -0.25))
+    # past the last slice, border padding keeps the edge's displacement (zeros would halve it)
+    torch.testing.assert_close(out[0, 0, 7], torch.full_like(z[7], 0.5 + 0.1 * 7))
+    torch.testing.assert_close(compose(disp0, torch.zeros_like(disp0)), disp0)

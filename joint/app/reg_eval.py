@@ -38,7 +38,7 @@ class PairResult:
     scores: dict[int, ClassScore]
     folded_percent: float
     log_jac_std: float
-    seconds: float  # the backend's time per pair in this run
+    seconds: float  # the backend's time per pair in this run, after one untimed warm-up pair
 
 
 def labeled_pairs(
@@ -71,9 +71,13 @@ def evaluate(
     loaded = [(load(f), load(m)) for f, m in pairs]
     num_classes = len(class_names)
     results = []
+    jobs = [(f.image, f.spacing, m.image, m.spacing) for f, m in loaded]
     for backend in tqdm(backends, desc="backends", unit="backend", disable=not show_progress):
+        # one untimed pair first: one-time costs (allocations, autograd's first backward, thread
+        # pools) would otherwise be charged to whichever backend of the run comes first
+        backend.register_many(jobs[:1])
         start = time.perf_counter()
-        fields = backend.register_many([(f.image, f.spacing, m.image, m.spacing) for f, m in loaded])
+        fields = backend.register_many(jobs)
         per_pair = (time.perf_counter() - start) / len(loaded)
         for (f, m), compact in zip(loaded, fields):
             field = compact.dense()
