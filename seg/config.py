@@ -46,8 +46,9 @@ class TrainConfig:
     cps_loss: str = "dice"            # 'dice', 'ce' or 'dice+ce'
     rampup_fraction: float = 0.4      # sigmoid ramp-up of the unsupervised weights over this share of iterations
     cl_weight: float = 0.1
-    # pseudo_source 'agree': measured on the validation split (docs/RESULTS.md, issue 11 study)
-    contrast: ContrastConfig = ContrastConfig(anchors_per_class=200, negatives_per_class=100, pseudo_source="agree")
+    # pseudo_source 'agree' and confidence 0.9: chosen on the validation split (docs/RESULTS.md, issue 11)
+    contrast: ContrastConfig = ContrastConfig(anchors_per_class=200, negatives_per_class=100, pseudo_source="agree",
+                                              confidence=0.9)
     # validation and checkpoints
     val_every: int = 100
     checkpoint_every: int = 100
