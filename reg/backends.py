@@ -122,9 +122,10 @@ def _typed_options(s: Spec, spec: str) -> tuple[Any, Any]:
         if min(params.refine, params.refine_fine) < 0 or not params.refine_lr > 0 or params.refine_scale < 1:
             raise ValueError(f"backend {spec!r}: refine and refine_fine must be >= 0, refine_lr > 0 and "
                              "refine_scale >= 1")
-        if params.refine_fine_field not in FINE_FIELDS:
-            raise ValueError(f"backend {spec!r}: refine_fine_field must be one of {', '.join(FINE_FIELDS)}, "
-                             f"got {params.refine_fine_field!r}")
+        try:
+            check_fine_field(params.refine_fine_field)
+        except ValueError as exc:
+            raise ValueError(f"backend {spec!r}: {exc}") from exc
         check_device(params.device, spec)
         return params, None
     params_cls, _ = _CLASSICAL[s.kind]
@@ -274,8 +275,7 @@ class Refinement:
     fine_field: str = "velocity"
 
     def __post_init__(self) -> None:
-        if self.fine_field not in FINE_FIELDS:
-            raise ValueError(f"refine_fine_field must be one of {FINE_FIELDS}, got {self.fine_field!r}")
+        check_fine_field(self.fine_field)
 
     @property
     def passes(self) -> tuple[tuple[str, int, int], ...]:
@@ -288,6 +288,12 @@ class Refinement:
 
 
 FINE_FIELDS = ("velocity", "composed")
+
+
+def check_fine_field(name: str) -> None:
+    """ValueError unless ``name`` is one of :data:`FINE_FIELDS`."""
+    if name not in FINE_FIELDS:
+        raise ValueError(f"refine_fine_field must be one of {', '.join(FINE_FIELDS)}, got {name!r}")
 
 
 def refine_displacement(net: RegistrationNet, fixed: torch.Tensor, moving: torch.Tensor, refine: Refinement) -> torch.Tensor:
