@@ -21,6 +21,9 @@ The hook :class:`CoupledRegistration` owns
   fixed label where both volumes are labeled (truth: the ED/ES frames of a labeled patient) +
   ``pseudo_weight`` * the same Dice where a side has only the students' labels, masked to
   the voxels both sides trust;
+- the closing phase: after the last segmentation step, ``coupled.final_steps`` more
+  registration steps on the students' final labels (the best teachers the run has), before
+  the last validation and checkpoint; they add to the run's time, not to any step's;
 - its files: ``RUN/reg/last.pt`` (and ``RUN/reg/best.pt``, the net at the students' best
   validation step) in the format of :mod:`reg.checkpoint`, so ``learned:RUN/reg/last.pt``
   loads it like any pretrained net;
@@ -49,7 +52,9 @@ from reg.model import RegistrationNet
 from reg.placement import Placed, field_of, place_pair, place_volume
 from reg.train import mean_foreground_dice
 from seg.data.case import Case
+from seg.distributed import world_from_environment
 from seg.hooks import TrainerHook
+from seg.progress import Progress
 from seg.slices import SliceBatch, resample_slice
 from seg.students import StudentOutput
 
@@ -69,10 +74,13 @@ class CoupledConfig:
     atlas_fraction: float = 0.5     # other pairs: share whose moving volume is an atlas (RSL's pairs)
     refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
     val_pairs: int = 8              # pairs per validation diagnostic
+    final_steps: int = 0            # registration steps after the last segmentation step
 
     def __post_init__(self) -> None:
-        if min(self.every, self.pairs, self.refresh_every, self.val_pairs) < 1 or self.warmup_steps < 0:
-            raise ValueError("coupled: every, pairs, refresh_every and val_pairs must be >= 1, warmup_steps >= 0")
+        if min(self.every, self.pairs, self.refresh_every, self.val_pairs) < 1 or min(self.warmup_steps,
+                                                                                       self.final_steps) < 0:
+            raise ValueError("coupled: every, pairs, refresh_every and val_pairs must be >= 1, "
+                             "warmup_steps and final_steps >= 0")
         if not self.lr > 0 or self.dice_weight < 0 or self.pseudo_weight < 0:
             raise ValueError("coupled: lr must be > 0, dice_weight and pseudo_weight >= 0")
         for name in ("confidence", "labeled_fraction", "atlas_fraction"):
@@ -145,8 +153,9 @@ class CoupledRegistration(TrainerHook):
     def __init__(self, net: RegistrationNet, reg_config: RegConfig, cfg: CoupledConfig, labeled: Sequence[Case],
                  unlabeled: Sequence[Case], val: Sequence[Case], num_classes: int, seed: int = 0,
                  device: torch.device = torch.device("cpu"),
-                 diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None) -> None:
+                 diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None, iterations: int = 0) -> None:
         self.cfg = cfg
+        self.iterations = int(iterations)  # the students' last step, after which the closing phase runs (0: none)
         self.reg_config = reg_config
         self.num_classes = int(num_classes)
         self.device = device
@@ -174,7 +183,8 @@ class CoupledRegistration(TrainerHook):
     @classmethod
     def from_spec(cls, spec: str, cfg: CoupledConfig, labeled: Sequence[Case], unlabeled: Sequence[Case],
                   val: Sequence[Case], num_classes: int, seed: int = 0,
-                  diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None) -> "CoupledRegistration":
+                  diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None,
+                  iterations: int = 0) -> "CoupledRegistration":
         """The hook over the net of a ``learned:CKPT[?device=...]`` backend spec."""
         parsed = parse_spec(spec)
         if parsed.kind != "learned":
@@ -185,7 +195,8 @@ class CoupledRegistration(TrainerHook):
                              f"drop {', '.join(sorted(refining))}")
         device = check_device(parsed.options.get("device", "cpu"), spec)
         net, reg_config = load_model(Path(parsed.path))  # type: ignore[arg-type]
-        return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, device, diagnostic_labels)
+        return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, device, diagnostic_labels,
+                   iterations)
 
     def bind(self, oracle: RegistrationOracle) -> None:
         """The oracle serving Fields of :attr:`backend`: told whenever the served net changes."""
@@ -282,8 +293,28 @@ class CoupledRegistration(TrainerHook):
         self._remember(batch, outputs)
         if done > self.cfg.warmup_steps and (done - self.cfg.warmup_steps) % self.cfg.every == 0:
             self._registration_step()
-        if self.reg_steps > self.served_steps and done % self.cfg.refresh_every == 0:
+        if done == self.iterations and self.cfg.final_steps:
+            self.finish(self.cfg.final_steps)
+            self._refresh()   # the last validation's served diagnostic reads the finished net
+        elif self.reg_steps > self.served_steps and done % self.cfg.refresh_every == 0:
             self._refresh()
+
+    def finish(self, steps: int, progress: bool = True) -> dict[str, float]:
+        """``steps`` registration steps on the labels as they stand (the closing phase, also
+        what ``scripts/finish_coupled.py`` runs on a finished run's state). Returns the phase's
+        mean loss terms, also logged with the last step's metrics."""
+        bar = Progress(steps, "regnet closing phase", enabled=progress and world_from_environment().is_main)
+        seen: dict[str, list[float]] = {}
+        for _ in range(int(steps)):
+            self._registration_step()
+            for key in ("loss", "dice_loss"):
+                if key in self._metrics:
+                    seen.setdefault(key, []).append(self._metrics[key])
+            bar.update(1, loss=self._metrics["loss"])
+        bar.close()
+        summary = {f"final_{k}": float(np.mean(v)) for k, v in seen.items()}
+        self._metrics.update(summary)
+        return summary
 
     def metrics(self) -> dict[str, float]:
         out, self._metrics = self._metrics, {}
@@ -335,9 +366,13 @@ class CoupledRegistration(TrainerHook):
 
     # -- files and state --------------------------------------------------------------------------
     def checkpoint(self, out_dir: Path, best: bool) -> None:
-        """``out_dir/reg/best.pt`` (the net at the students' best step) or ``last.pt``, in the
-        format :func:`reg.checkpoint.load_model` and the ``learned:`` backend read."""
-        path = Path(out_dir) / "reg" / ("best.pt" if best else "last.pt")
+        """``out_dir/reg/best.pt`` (the net at the students' best step) or ``last.pt``."""
+        self.save(Path(out_dir) / "reg" / ("best.pt" if best else "last.pt"))
+
+    def save(self, path: Path) -> None:
+        """The training net at ``path``, in the format :func:`reg.checkpoint.load_model` and the
+        ``learned:`` backend read."""
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, {
             "config": self.reg_config.to_dict(), "model": self.net.state_dict(),

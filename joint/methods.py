@@ -150,7 +150,7 @@ def _coupled_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[Tr
     jcfg = _joint_cfg(cfg, None)
     coupled = CoupledRegistration.from_spec(jcfg.oracle.backend, jcfg.coupled, data.labeled, data.unlabeled, data.val,
                                             len(data.class_names), seed=jcfg.seed,
-                                            diagnostic_labels=data.diagnostic_labels)
+                                            diagnostic_labels=data.diagnostic_labels, iterations=cfg.iterations)
     uncached = replace(jcfg, oracle=replace(jcfg.oracle, cache=""))
     return registration_hooks(uncached, data, out_dir, with_reps=True, backend=coupled.backend, live=coupled)
 

@@ -25,6 +25,8 @@ from seg.slices import SliceBatch
 from seg.students import StudentConfig
 from seg.train import load_train_data, train
 
+from scripts_module import load_script
+
 CLASSES = ("background", "RV", "MYO", "LV")
 SHAPE = (3, 32, 32)
 SPACING = (8.0, 1.5, 1.5)
@@ -234,3 +236,31 @@ def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_pa
         assert torch.equal(g["optimizer"]["state"][k]["exp_avg"], state["exp_avg"])
     assert g["rng"] == w["rng"] and g["reg_steps"] == w["reg_steps"]
     assert got["history"] == want["history"]
+
+
+def test_the_closing_phase_is_what_the_finish_script_adds_to_a_finished_run(dataset, reg_ckpt, tmp_path):
+    """``coupled.final_steps=N`` takes N registration steps after the students' last step;
+    ``scripts/finish_coupled.py`` on the same run without them ends with the same net, and
+    the students are those of the run without them."""
+    ds, split = dataset
+    plain = replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "plain"))
+    closed = replace(plain, out_dir=str(tmp_path / "closed"), coupled=replace(plain.coupled, final_steps=3))
+    train_joint(plain, ds, split, progress=False)
+    train_joint(closed, ds, split, progress=False)
+    p = torch.load(tmp_path / "plain" / "last.pt", map_location="cpu", weights_only=True)
+    c = torch.load(tmp_path / "closed" / "last.pt", map_location="cpu", weights_only=True)
+    assert c["hooks"]["regnet"]["reg_steps"] == p["hooks"]["regnet"]["reg_steps"] + 3
+    for key, value in p["students"]["a"].items():
+        assert torch.equal(c["students"]["a"][key], value)
+    finish = load_script("finish_coupled")
+    hook = finish.load_hook(ds, split, tmp_path / "plain")
+    assert set(hook.finish(3, progress=False)) >= {"final_loss"}   # the phase's mean loss, logged
+    for key, value in c["hooks"]["regnet"]["net"].items():
+        assert torch.equal(hook.net.state_dict()[key], value), f"{key} differs from the in-run closing phase"
+    ran = torch.load(tmp_path / "closed" / "reg" / "last.pt", map_location="cpu", weights_only=True)
+    assert ran["step"] == hook.reg_steps
+    with pytest.raises(ValueError, match="final_steps"):
+        CoupledConfig(final_steps=-1)
+    assert finish.phase_lengths("200, 100") == [100, 200]
+    with pytest.raises(SystemExit, match="positive"):
+        finish.phase_lengths("0")
