@@ -26,9 +26,10 @@ import torch
 from joint.config import JointConfig
 from joint.coupled import CoupledRegistration
 from seg.config import from_dict
+from seg.data.dataset import Dataset
 from seg.data.readers import open_dataset
+from seg.data.split import Split, load_split
 from seg.inference import read_checkpoint_dict
-from seg.data.split import load_split
 from seg.train_data import load_train_data
 
 
