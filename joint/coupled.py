@@ -74,7 +74,7 @@ class CoupledConfig:
     atlas_fraction: float = 0.5     # other pairs: share whose moving volume is an atlas (RSL's pairs)
     refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
     val_pairs: int = 8              # pairs per validation diagnostic
-    final_steps: int = 0            # registration steps after the last segmentation step
+    final_steps: int = 1600         # registration steps after the last segmentation step (METHOD.md part 9)
 
     def __post_init__(self) -> None:
         if min(self.every, self.pairs, self.refresh_every, self.val_pairs) < 1 or min(self.warmup_steps,

@@ -167,9 +167,10 @@ def timed_configs(base: JointConfig, reg_ckpt: Path, coupled: bool = False) -> d
         "cctr": replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr"),
     }
     if coupled:
-        # no warm-up: the timed steps include registration steps and refreshes at their share
+        # no warm-up: the timed steps include registration steps and refreshes at their share; no
+        # closing phase: it follows the last step and is no step's cost (the run's time reports it)
         configs["cctr-coupled"] = replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr-coupled",
-                                          coupled=replace(base.coupled, warmup_steps=0))
+                                          coupled=replace(base.coupled, warmup_steps=0, final_steps=0))
     return configs
 
 
