@@ -39,7 +39,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     actions.required = True
 
     tr = actions.add_parser("train", help="pretrain the learned registration network on a split's training volumes")
-    _data_args(tr)
+    data_args(tr)
     tr.add_argument("--out", type=Path, required=True, help="run folder: config.yaml, best.pt, last.pt, tb/")
     tr.add_argument("--config", type=Path, default=None,
                     help="YAML config (default: the dataset's plan over the built-in CPU default; configs/reg_default.yaml is the cardiac one)")
@@ -52,7 +52,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     tr.set_defaults(func=run_train)
 
     ev = actions.add_parser("eval", help="score registration backends on labeled pairs of a split")
-    _data_args(ev)
+    data_args(ev)
     ev.add_argument("--backend", action="append", required=True, metavar="SPEC",
                     help="identity | learned:CKPT | sitk-demons | sitk-bspline | ants-syn (repeat to compare)")
     ev.add_argument("--out", type=Path, required=True, help="folder for pairs.csv and summary.md")
@@ -77,18 +77,20 @@ def _chosen_config(args: argparse.Namespace) -> tuple[RegConfig, str]:
     if args.config is not None:
         config, source = load_config(args.config, RegConfig()), str(args.config)
     else:
-        dataset, split = _open(args)
+        dataset, split = open_data(args)
         config, source = reg_config(plan_for(dataset, split)), f"plan {plan_path(dataset)}"
     return apply_overrides(config, args.reg_overrides), source
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def data_args(p: argparse.ArgumentParser) -> None:
+    """``--data``, ``--split`` and ``--layout``, read back by :func:`open_data`."""
     p.add_argument("--data", type=Path, required=True, help="dataset folder (any layout open_dataset reads)")
     p.add_argument("--split", type=Path, default=None, help="split JSON (default: the dataset's own split)")
     p.add_argument("--layout", default=None, help="force a layout instead of detecting it")
 
 
-def _open(args: argparse.Namespace) -> tuple[Dataset, Split]:
+def open_data(args: argparse.Namespace) -> tuple[Dataset, Split]:
+    """The dataset and split of :func:`data_args`' options (the split JSON, else the dataset's own)."""
     dataset = open_dataset(args.data, args.layout)
     if args.split is not None:
         return dataset, load_split(args.split)
@@ -120,7 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         config = config.with_overrides(steps=args.steps)
-        dataset, split = _open(args)
+        dataset, split = open_data(args)
         if config.loss.dice_weight > 0 and args.labeled is None:
             raise ValueError("the config asks for Dice supervision (loss.dice_weight > 0): name the labeled set with --labeled")
         labeled = set(split.labeled(args.labeled)) if args.labeled else set()
@@ -140,7 +142,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
         front = _chosen_config(args)[0]
         backends = [load_backend(spec, grid=front.grid, prealign=front.prealign) for spec in args.backend]
-        dataset, split = _open(args)
+        dataset, split = open_data(args)
         patients = {"test": split.test, "val": split.val, "train": split.train}[args.subset]
         pairs = labeled_pairs(dataset, patients, args.pairs, args.seed, intra_patient=args.intra)
         if not pairs:
