@@ -126,6 +126,8 @@ class PseudoLabels:
         return {cid: {"label": self.label[cid].clone(), "mask": self.mask[cid].clone()} for cid in self.label}
 
     def load_state_dict(self, state: Mapping) -> None:
+        if set(state) != set(self.label):   # labels of other volumes would be read as these
+            raise KeyError(f"saved labels of volumes {sorted(set(state) ^ set(self.label))} do not match these")
         for cid in self.label:
             self.label[cid] = state[cid]["label"].clone()
             self.mask[cid] = state[cid]["mask"].clone()

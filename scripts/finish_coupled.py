@@ -26,22 +26,24 @@ import torch
 from joint.config import JointConfig
 from joint.coupled import CoupledRegistration
 from seg.config import from_dict
+from joint.app.commands.reg import data_args, open_data
 from seg.data.dataset import Dataset
-from seg.data.readers import open_dataset
-from seg.data.split import Split, load_split
+from seg.data.split import Split
 from seg.inference import read_checkpoint_dict
 from seg.train_data import load_train_data
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="the dataset the run trained on")
-    p.add_argument("--split", type=Path, default=None, help="its split JSON (default: the dataset's own)")
+    data_args(p)   # the dataset (and split) the run trained on
     p.add_argument("--run", type=Path, required=True, help="a finished cctr-coupled run folder (config.yaml, last.pt)")
     p.add_argument("--steps", default="100,200,400", help="comma-separated phase lengths to score and save")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/reg/finish)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one per process on a shared CPU)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    return args
 
 
 def phase_lengths(text: str) -> list[int]:
@@ -68,7 +70,11 @@ def load_hook(dataset: Dataset, split: Split, run: Path) -> CoupledRegistration:
     data = load_train_data(dataset, split, cfg.labeled)
     hook = CoupledRegistration.from_spec(cfg.oracle.backend, cfg.coupled, data.labeled, data.unlabeled, data.val,
                                          len(data.class_names), seed=cfg.seed)
-    hook.load_state_dict(checkpoint["hooks"][hook.name])
+    try:
+        hook.load_state_dict(checkpoint["hooks"][hook.name])
+    except (KeyError, RuntimeError) as exc:
+        raise SystemExit(f"{last}: its registration state does not fit {dataset.root} and its split "
+                         f"({type(exc).__name__}: {exc}); give the dataset the run trained on") from exc
     return hook
 
 
@@ -76,11 +82,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     lengths = phase_lengths(args.steps)
     torch.set_num_threads(args.threads)
-    dataset = open_dataset(args.data)
-    split = load_split(args.split) if args.split is not None else dataset.default_split
-    if split is None:
-        raise SystemExit(f"{args.data}: the folder has no split.json; pass --split FILE")
-    hook = load_hook(dataset, split, args.run)
+    try:
+        hook = load_hook(*open_data(args), args.run)
+    except (FileNotFoundError, ValueError) as exc:   # CaseError is a ValueError: it names the file
+        raise SystemExit(f"error: {exc}") from exc
     out = args.out or args.run / "reg" / "finish"
     out.mkdir(parents=True, exist_ok=True)
     rows, done = [], 0

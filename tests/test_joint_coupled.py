@@ -262,6 +262,11 @@ def test_the_closing_phase_is_what_the_finish_script_adds_to_a_finished_run(data
     assert ran["step"] == hook.reg_steps
     with pytest.raises(ValueError, match="final_steps"):
         CoupledConfig(final_steps=-1)
+    with pytest.raises(SystemExit, match="no last.pt"):
+        finish.load_hook(ds, split, tmp_path / "nowhere")
+    other = Split(train=("p1", "p2", "p3"), val=split.val, test=split.test, labeled_sets=split.labeled_sets)
+    with pytest.raises(SystemExit, match="does not fit"):   # p4's labels in the run, not in this split
+        finish.load_hook(ds, other, tmp_path / "plain")
     assert finish.phase_lengths("200, 100") == [100, 200]
     with pytest.raises(SystemExit, match="positive"):
         finish.phase_lengths("0")
