@@ -7,7 +7,8 @@ The hook :class:`CoupledRegistration` owns
   Adam optimiser and its schedule: one registration step every ``coupled.every`` segmentation
   steps once ``coupled.warmup_steps`` have passed;
 - a SERVED copy of that net, the one RSL and REPS read through the oracle (:func:`reg.backends.
-  live_backend`): every ``coupled.refresh_every`` steps (when the net has changed) the served
+  live_backend`), its Fields refined per pair as the backend spec says (``learned:CKPT`` refines
+  by default, as in ``cctr``; ``?refine=0`` serves the net alone): every ``coupled.refresh_every`` steps (when the net has changed) the served
   copy takes the trained weights and the oracle drops its Fields (``oracle.invalidate()``), so
   the next steps recompute lazily only the (target, atlas) pairs their batches ask for. A
   checkpoint holds both nets, so a resumed run serves exactly the Fields an uninterrupted one did;
@@ -21,6 +22,9 @@ The hook :class:`CoupledRegistration` owns
   fixed label where both volumes are labeled (truth: the ED/ES frames of a labeled patient) +
   ``pseudo_weight`` * the same Dice where a side has only the students' labels, masked to
   the voxels both sides trust;
+- an optional mid-run phase: ``coupled.mid_steps`` registration steps in one go at step
+  ``coupled.mid_at`` * iterations, on the students' labels of that moment, then served: the
+  second half of the run learns from a net the first half taught;
 - the closing phase: after the last segmentation step, ``coupled.final_steps`` more
   registration steps on the students' final labels (the best teachers the run has), before
   the last validation and checkpoint; they add to the run's time, not to any step's;
@@ -43,7 +47,8 @@ import numpy as np
 import torch
 
 from joint.oracle import RegistrationOracle
-from reg.backends import Backend, check_device, live_backend, parse_spec
+from reg.backends import (Backend, Refinement, check_device, learned_params, live_backend, parse_spec,
+                          refine_displacement, refinement_of)
 from reg.checkpoint import load_model, save_checkpoint
 from reg.config import RegConfig
 from reg.jacobian import regularity
@@ -75,12 +80,16 @@ class CoupledConfig:
     refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
     val_pairs: int = 8              # pairs per validation diagnostic
     final_steps: int = 1600         # registration steps after the last segmentation step (METHOD.md part 9)
+    mid_steps: int = 0              # registration steps in one go at step mid_at * iterations (0: none)
+    mid_at: float = 0.5             # where that mid-run phase falls, as a share of the run
 
     def __post_init__(self) -> None:
-        if min(self.every, self.pairs, self.refresh_every, self.val_pairs) < 1 or min(self.warmup_steps,
-                                                                                       self.final_steps) < 0:
+        if min(self.every, self.pairs, self.refresh_every, self.val_pairs) < 1 or min(
+                self.warmup_steps, self.final_steps, self.mid_steps) < 0:
             raise ValueError("coupled: every, pairs, refresh_every and val_pairs must be >= 1, "
-                             "warmup_steps and final_steps >= 0")
+                             "warmup_steps, final_steps and mid_steps >= 0")
+        if not 0.0 < self.mid_at < 1.0:
+            raise ValueError(f"coupled.mid_at must be in (0, 1), got {self.mid_at}")
         if not self.lr > 0 or self.dice_weight < 0 or self.pseudo_weight < 0:
             raise ValueError("coupled: lr must be > 0, dice_weight and pseudo_weight >= 0")
         for name in ("confidence", "labeled_fraction", "atlas_fraction"):
@@ -155,8 +164,10 @@ class CoupledRegistration(TrainerHook):
     def __init__(self, net: RegistrationNet, reg_config: RegConfig, cfg: CoupledConfig, labeled: Sequence[Case],
                  unlabeled: Sequence[Case], val: Sequence[Case], num_classes: int, seed: int = 0,
                  device: torch.device = torch.device("cpu"),
-                 diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None, iterations: int = 0) -> None:
+                 diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None, iterations: int = 0,
+                 refine: Optional[Refinement] = None) -> None:
         self.cfg = cfg
+        self.refine = refine     # test-time refinement of every served Field (None: the net alone)
         self.iterations = int(iterations)  # the students' last step, after which the closing phase runs (0: none)
         self.reg_config = reg_config
         self.num_classes = int(num_classes)
@@ -180,25 +191,24 @@ class CoupledRegistration(TrainerHook):
         self.served_steps = 0    # registration steps the served copy has seen
         self._metrics: dict[str, float] = {}
         self._last_val_dice = -1.0  # atlas_dice of the latest validation (-1: none yet)
-        self.backend: Backend = live_backend(self.served, reg_config, device)
+        self.backend: Backend = live_backend(self.served, reg_config, device, refine=refine)
 
     @classmethod
     def from_spec(cls, spec: str, cfg: CoupledConfig, labeled: Sequence[Case], unlabeled: Sequence[Case],
                   val: Sequence[Case], num_classes: int, seed: int = 0,
                   diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None,
                   iterations: int = 0) -> "CoupledRegistration":
-        """The hook over the net of a ``learned:CKPT[?device=...]`` backend spec."""
+        """The hook over the net of a ``learned:CKPT[?device=...&refine=...]`` backend spec: the
+        net it trains is the checkpoint's, the Fields it serves are refined as the spec says
+        (as ``cctr`` would refine that checkpoint's; ``refine=0``: the net alone)."""
         parsed = parse_spec(spec)
         if parsed.kind != "learned":
             raise ValueError(f"cctr-coupled fine-tunes a learned registration net; give --reg-backend learned:CKPT, got {spec!r}")
-        refining = [k for k, v in parsed.options.items() if k.startswith("refine") and (k, v) != ("refine", "0")]
-        if refining:
-            raise ValueError(f"backend {spec!r}: cctr-coupled trains the net itself and serves it unrefined; "
-                             f"drop {', '.join(sorted(refining))}")
-        device = check_device(parsed.options.get("device", "cpu"), spec)
+        params = learned_params(spec)
+        device = check_device(params.device, spec)
         net, reg_config = load_model(Path(parsed.path))  # type: ignore[arg-type]
         return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, device, diagnostic_labels,
-                   iterations)
+                   iterations, refinement_of(params, reg_config, spec))
 
     def bind(self, oracle: RegistrationOracle) -> None:
         """The oracle serving Fields of :attr:`backend`: told whenever the served net changes."""
@@ -298,14 +308,23 @@ class CoupledRegistration(TrainerHook):
         if done == self.iterations and self.cfg.final_steps:
             self.finish(self.cfg.final_steps)
             self._refresh()   # the last validation's served diagnostic reads the finished net
+        elif self.cfg.mid_steps and done == self.mid_step:
+            self.finish(self.cfg.mid_steps, what="mid-run phase")
+            self._refresh()   # the rest of the run learns from the net the students just taught
         elif self.reg_steps > self.served_steps and done % self.cfg.refresh_every == 0:
             self._refresh()
 
-    def finish(self, steps: int, progress: bool = True) -> dict[str, float]:
+    @property
+    def mid_step(self) -> int:
+        """The segmentation step after which the mid-run phase runs (``coupled.mid_at``)."""
+        return max(1, round(self.cfg.mid_at * self.iterations))
+
+    def finish(self, steps: int, progress: bool = True, what: str = "closing phase") -> dict[str, float]:
         """``steps`` registration steps on the labels as they stand (the closing phase, also
-        what ``scripts/finish_coupled.py`` runs on a finished run's state). Returns the phase's
-        mean loss terms, also logged with the last step's metrics."""
-        bar = Progress(steps, "regnet closing phase", enabled=progress and world_from_environment().is_main)
+        what ``scripts/finish_coupled.py`` runs on a finished run's state, and the mid-run
+        phase). Returns the phase's mean loss terms, also logged with the last step's metrics
+        (``final_*``, or ``mid_*`` for the mid-run phase)."""
+        bar = Progress(steps, f"regnet {what}", enabled=progress and world_from_environment().is_main)
         seen: dict[str, list[float]] = {}
         for _ in range(int(steps)):
             self._registration_step()
@@ -314,7 +333,8 @@ class CoupledRegistration(TrainerHook):
                     seen.setdefault(key, []).append(self._metrics[key])
             bar.update(1, loss=self._metrics["loss"])
         bar.close()
-        summary = {f"final_{k}": float(np.mean(v)) for k, v in seen.items()}
+        prefix = "final" if what == "closing phase" else "mid"
+        summary = {f"{prefix}_{k}": float(np.mean(v)) for k, v in seen.items()}
         self._metrics.update(summary)
         return summary
 
@@ -323,16 +343,21 @@ class CoupledRegistration(TrainerHook):
         return out
 
     # -- diagnostics ------------------------------------------------------------------------------
-    def _pair_scores(self, pairs: Sequence[tuple[RegVolume, RegVolume]]) -> tuple[float, float]:
+    def _pair_scores(self, pairs: Sequence[tuple[RegVolume, RegVolume]], refined: bool = False) -> tuple[float, float]:
         """Mean foreground Dice of the warped moving truth vs the fixed truth, and mean % folded
-        voxels, of the TRAINING net on native grids."""
+        voxels, of the TRAINING net on native grids; ``refined``: its Fields refined as the
+        served ones are (what RSL and REPS would read of the current net)."""
         dices, folded = [], []
         self.net.eval()
         with torch.no_grad():
             for fixed, moving in pairs:
                 moved = place_pair(fixed.placed, moving.placed, self.reg_config.grid, self.reg_config.prealign)
-                disp, _ = self.net(torch.from_numpy(fixed.placed.image)[None, None].to(self.device),
-                                   torch.from_numpy(moved.image)[None, None].to(self.device))
+                f_t = torch.from_numpy(fixed.placed.image)[None, None].to(self.device)
+                m_t = torch.from_numpy(moved.image)[None, None].to(self.device)
+                if refined and self.refine is not None:
+                    disp = refine_displacement(self.net, f_t, m_t, self.refine)
+                else:
+                    disp, _ = self.net(f_t, m_t)
                 field = field_of(disp[0].cpu().numpy(), fixed.placed, moved).dense()
                 warped = field.warp_labels(moving.case.label, self.num_classes)
                 dices.append(mean_foreground_dice(warped, fixed.case.label, self.num_classes))
@@ -344,7 +369,8 @@ class CoupledRegistration(TrainerHook):
         n, out = self.cfg.val_pairs, {}
         onto_val = [(v, a) for v in self.val for a in self.labeled][:n]
         if onto_val:
-            out["atlas_dice"], out["atlas_folded_percent"] = self._pair_scores(onto_val)
+            # refined as served: the gate compares the students with the registration they are taught by
+            out["atlas_dice"], out["atlas_folded_percent"] = self._pair_scores(onto_val, refined=True)
             self._last_val_dice = out["atlas_dice"]
         between = [(f, m) for f in self.val for m in self.val if f.case.patient_id != m.case.patient_id][:n]
         if between:
@@ -361,7 +387,8 @@ class CoupledRegistration(TrainerHook):
 
     def atlas_val_dice(self) -> float:
         """``atlas_dice`` of the latest validation: the training net's atlas labels warped onto
-        the validation volumes, what the gate (:mod:`joint.gate`) compares the students with."""
+        the validation volumes (refined as the served Fields are), what the gate
+        (:mod:`joint.gate`) compares the students with."""
         if self._last_val_dice < 0:
             raise RuntimeError("the coupled registration net has not been validated yet (no validation volumes?)")
         return self._last_val_dice

@@ -378,16 +378,6 @@ def _refine_velocity(velocity: torch.Tensor, fixed: torch.Tensor, moving: torch.
         return velocity + scale * F.interpolate(correction, size=shape, mode="trilinear", align_corners=False)
 
 
-def live_backend(net: RegistrationNet, config: RegConfig, device: torch.device, spec: str = "learned:live") -> "CanonicalBackend":
-    """A learned backend over a network that is still training (:mod:`joint.coupled`): it reads
-    ``net``'s current weights at every call, one pair per forward pass (a pair's Field then
-    never depends on which other pairs shared its call, so a resumed run recomputes the very
-    Fields an uninterrupted one served). Its ``params`` say ``live``: never cache its Fields on
-    disk, where they would be keyed as one fixed network's."""
-    described = {"kind": "learned", "live": True, "config": config.to_dict()}
-    return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net, 1, device), described)
-
-
 def _per_pair(fn: Callable[[np.ndarray, np.ndarray, Sequence[float], Any], np.ndarray], params: Any, grid: CanonicalGrid) -> DisplacementFn:
     return lambda jobs: [fn(f.image, m.image, grid.spacing, params) for f, m in jobs]
 
@@ -429,6 +419,51 @@ def _split_options(params_cls: type, options: dict[str, str]) -> tuple[dict[str,
     return {k: v for k, v in options.items() if k in own}, {k: v for k, v in options.items() if k not in own}
 
 
+def live_backend(net: RegistrationNet, config: RegConfig, device: torch.device, spec: str = "learned:live",
+                 refine: Optional[Refinement] = None) -> "CanonicalBackend":
+    """A learned backend over a network that is still training (:mod:`joint.coupled`): it reads
+    ``net``'s current weights at every call, one pair per forward pass (a pair's Field then
+    never depends on which other pairs shared its call, so a resumed run recomputes the very
+    Fields an uninterrupted one served), then refines each pair as ``refine`` says (None: the
+    net alone). Its ``params`` say ``live``: never cache its Fields on disk, where they would
+    be keyed as one fixed network's."""
+    described = {"kind": "learned", "live": True, "config": config.to_dict(), **_refine_described(refine)}
+    return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net, 1, device, refine), described)
+
+
+def learned_params(spec: str) -> LearnedParams:
+    """The typed, checked options of a ``learned:CKPT?...`` spec (defaults filled in)."""
+    parsed = parse_spec(spec)
+    if parsed.kind != "learned":
+        raise ValueError(f"backend {spec!r} is not a learned one ('learned:PATH/TO/CKPT')")
+    params, _ = _typed_options(parsed, spec)
+    return params
+
+
+def refinement_of(params: LearnedParams, config: RegConfig, spec: str) -> Optional[Refinement]:
+    """The test-time refinement ``params`` ask of a net trained with ``config`` (None for
+    ``refine=0``); ValueError when ``refine_scale`` does not divide the net's canonical grid."""
+    if not params.refine:
+        return None
+    if any(n % params.refine_scale for n in config.grid.shape):
+        raise ValueError(f"backend {spec!r}: refine_scale={params.refine_scale} must divide the "
+                         f"net's canonical grid {config.grid.shape}")
+    return Refinement(params.refine, params.refine_lr, config.loss.similarity, tuple(config.loss.ncc_window),
+                      config.loss.smoothness_weight, params.refine_scale, params.refine_fine, params.refine_fine_field)
+
+
+def _refine_described(refine: Optional[Refinement]) -> dict[str, Any]:
+    """A refinement's part of a backend's ``params`` (cache keys): only options that differ from
+    the historical defaults, so Fields cached before those options existed keep their keys."""
+    if refine is None:
+        return {}
+    return {"refine": refine.steps, "refine_lr": refine.lr,
+            **({"refine_scale": refine.scale} if refine.scale != 1 else {}),
+            **({"refine_fine": refine.fine_steps} if refine.fine_steps else {}),
+            **({"refine_fine_field": refine.fine_field}
+               if refine.fine_steps and refine.fine_field != "velocity" else {})}
+
+
 def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Optional[PrealignConfig] = None) -> Backend:
     """The backend a spec names. ``grid`` and ``prealign`` set the canonical front end of the
     classical backends (default: the project defaults); the learned backend always uses the
@@ -442,20 +477,8 @@ def load_backend(spec: str, grid: Optional[CanonicalGrid] = None, prealign: Opti
         net, config = load_model(path)
         device = check_device(params.device, spec)
         described = {"kind": "learned", "checkpoint_sha256": file_sha256(path), "config": config.to_dict(), "batch": params.batch}
-        refine = None
-        if params.refine:
-            described.update(refine=params.refine, refine_lr=params.refine_lr,
-                             # only when set: Fields cached before these options existed keep their keys
-                             **({"refine_scale": params.refine_scale} if params.refine_scale != 1 else {}),
-                             **({"refine_fine": params.refine_fine} if params.refine_fine else {}),
-                             **({"refine_fine_field": params.refine_fine_field}
-                                if params.refine_fine and params.refine_fine_field != "velocity" else {}))
-            if any(n % params.refine_scale for n in config.grid.shape):
-                raise ValueError(f"backend {spec!r}: refine_scale={params.refine_scale} must divide the "
-                                 f"net's canonical grid {config.grid.shape}")
-            refine = Refinement(params.refine, params.refine_lr, config.loss.similarity, tuple(config.loss.ncc_window),
-                                config.loss.smoothness_weight, params.refine_scale, params.refine_fine,
-                                params.refine_fine_field)
+        refine = refinement_of(params, config, spec)
+        described.update(_refine_described(refine))
         return CanonicalBackend(spec, config.grid, config.prealign,
                                 _learned_displacements(net.to(device), params.batch, device, refine), described)
     _, fn = _CLASSICAL[s.kind]

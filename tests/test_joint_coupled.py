@@ -197,10 +197,13 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
         train_joint(replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "x"),
                             oracle=replace(small_cfg(tmp_path, reg_ckpt).oracle, backend="identity")),
                     ds, split, progress=False)
-    for refining in ("refine=16", "refine_fine=4", "refine_scale=1"):   # it serves the net unrefined
-        with pytest.raises(ValueError, match=refining.split("=")[0]):
-            CoupledRegistration.from_spec(f"learned:{reg_ckpt}?{refining}", CoupledConfig(), [], [], [], 4)
-    assert CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine=0", CoupledConfig(), [], [], [], 4).reg_steps == 0
+    # the served Fields are refined as the spec says, like cctr's: by default, or not at all
+    default = CoupledRegistration.from_spec(f"learned:{reg_ckpt}", CoupledConfig(), [], [], [], 4)
+    assert default.refine is not None and default.refine.steps == 16 and default.backend.params["refine"] == 16
+    alone = CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine=0", CoupledConfig(), [], [], [], 4)
+    assert alone.refine is None and "refine" not in alone.backend.params and alone.reg_steps == 0
+    with pytest.raises(ValueError, match="refine_scale=5"):
+        CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine_scale=5", CoupledConfig(), [], [], [], 4)
 
 
 def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path):
@@ -270,3 +273,28 @@ def test_the_closing_phase_is_what_the_finish_script_adds_to_a_finished_run(data
     assert finish.phase_lengths("200, 100") == [100, 200]
     with pytest.raises(SystemExit, match="positive"):
         finish.phase_lengths("0")
+
+
+def test_the_mid_run_phase_takes_its_steps_once_and_serves_the_net_it_leaves(dataset, reg_ckpt, tmp_path):
+    """``coupled.mid_steps=N`` adds N registration steps in one go at step ``mid_at`` *
+    iterations, and the served copy takes that net at once (RSL and REPS read it from there)."""
+    ds, split = dataset
+    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=100, refresh_every=100, mid_steps=3, mid_at=0.5)
+    data = load_train_data(ds, split, "1")
+    (tmp_path / "run").mkdir()
+    coupled = TRAINER_METHODS["cctr-coupled"].build_hooks(replace(cfg, iterations=8), data, tmp_path / "run")[2]
+    assert coupled.mid_step == 4
+    before = {k: v.clone() for k, v in coupled.served.state_dict().items()}
+    for step in range(3):
+        coupled.after_step(step, labeled_only_batch(), {})
+    assert coupled.reg_steps == 0
+    coupled.after_step(3, labeled_only_batch(), {})
+    assert coupled.reg_steps == 3 and coupled.served_steps == 3 and set(coupled.metrics()) >= {"mid_loss"}
+    assert any(not torch.equal(before[k], v) for k, v in coupled.served.state_dict().items())
+    for step in range(4, 8):
+        coupled.after_step(step, labeled_only_batch(), {})
+    assert coupled.reg_steps == 3   # once, and no schedule before warm-up
+    with pytest.raises(ValueError, match="mid_at"):
+        CoupledConfig(mid_at=1.0)
+    with pytest.raises(ValueError, match="mid_steps"):
+        CoupledConfig(mid_steps=-1)
