@@ -22,7 +22,7 @@ The hook :class:`CoupledRegistration` owns
   fixed label where both volumes are labeled (truth: the ED/ES frames of a labeled patient) +
   ``pseudo_weight`` * the same Dice where a side has only the students' labels, masked to
   the voxels both sides trust;
-- an optional mid-run phase: ``coupled.mid_steps`` registration steps in one go at step
+- a mid-run phase: ``coupled.mid_steps`` registration steps in one go at step
   ``coupled.mid_at`` * iterations, on the students' labels of that moment, then served: the
   second half of the run learns from a net the first half taught;
 - the closing phase: after the last segmentation step, ``coupled.final_steps`` more
@@ -80,7 +80,9 @@ class CoupledConfig:
     refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
     val_pairs: int = 8              # pairs per validation diagnostic
     final_steps: int = 1600         # registration steps after the last segmentation step (METHOD.md part 9)
-    mid_steps: int = 0              # registration steps in one go at step mid_at * iterations (0: none)
+    # registration steps in one go at step mid_at * iterations, on the students' labels of then
+    # (0: none); 800 won on validation on both phantoms (docs/RESULTS.md, "A mid-run phase")
+    mid_steps: int = 800
     mid_at: float = 0.5             # where that mid-run phase falls, as a share of the run
 
     def __post_init__(self) -> None:

@@ -168,9 +168,11 @@ def timed_configs(base: JointConfig, reg_ckpt: Path, coupled: bool = False) -> d
     }
     if coupled:
         # no warm-up: the timed steps include registration steps and refreshes at their share; no
-        # closing phase: it follows the last step and is no step's cost (the run's time reports it)
+        # mid-run or closing phase: each comes once per run, not with every step (the run's time
+        # reports them)
+        once = replace(base.coupled, warmup_steps=0, final_steps=0, mid_steps=0)
         configs["cctr-coupled"] = replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr-coupled",
-                                          coupled=replace(base.coupled, warmup_steps=0, final_steps=0))
+                                          coupled=once)
     return configs
 
 

@@ -82,7 +82,7 @@ def reg_ckpt(tmp_path):
 def small_cfg(tmp_path, reg_ckpt, **coupled) -> JointConfig:
     tiny = StudentConfig(kind="unet", widths=(4, 8), embedding_dim=8)
     options = {"warmup_steps": 1, "every": 1, "refresh_every": 2, "pairs": 2, "lr": 1e-2, "confidence": 0.0,
-               "final_steps": 0, **coupled}
+               "final_steps": 0, "mid_steps": 0, **coupled}
     base = JointConfig(method="cctr-coupled", image_size=(32, 32), labeled_batch=2, unlabeled_batch=2, student_a=tiny,
                        student_b=tiny, iterations=6, val_every=3, checkpoint_every=3, overlays=False,
                        out_dir=str(tmp_path / "run"), coupled=CoupledConfig(**options))
