@@ -7,9 +7,9 @@ The hook :class:`CoupledRegistration` owns
   Adam optimiser and its schedule: one registration step every ``coupled.every`` segmentation
   steps once ``coupled.warmup_steps`` have passed;
 - a SERVED copy of that net, the one RSL and REPS read through the oracle (:func:`reg.backends.
-  live_backend`), its Fields refined per pair as the backend spec says (``learned:CKPT`` refines
-  by default, as in ``cctr``; ``?refine=0`` serves the net alone): every ``coupled.refresh_every`` steps (when the net has changed) the served
-  copy takes the trained weights and the oracle drops its Fields (``oracle.invalidate()``), so
+  live_backend`), its Fields refined per pair as the backend spec says (``learned:CKPT``
+  refines by default, as in ``cctr``; ``?refine=0`` serves the net alone): every
+  ``coupled.refresh_every`` steps (when the net has changed) the served copy takes the trained weights and the oracle drops its Fields (``oracle.invalidate()``), so
   the next steps recompute lazily only the (target, atlas) pairs their batches ask for. A
   checkpoint holds both nets, so a resumed run serves exactly the Fields an uninterrupted one did;
 - :class:`PseudoLabels`, the students' word on the unlabeled training volumes: after every
@@ -81,7 +81,7 @@ class CoupledConfig:
     val_pairs: int = 8              # pairs per validation diagnostic
     final_steps: int = 1600         # registration steps after the last segmentation step (METHOD.md part 9)
     # registration steps in one go at step mid_at * iterations, on the students' labels of then
-    # (0: none); 800 won on validation on both phantoms (docs/RESULTS.md, "A mid-run phase")
+    # (0: none); 800 won on validation on both phantoms (docs/RESULTS.md, "... a mid-run phase")
     mid_steps: int = 800
     mid_at: float = 0.5             # where that mid-run phase falls, as a share of the run
 
@@ -151,6 +151,9 @@ class RegVolume:
     case: Case
     placed: Placed
     labeled: bool  # truth (labeled set) or the students' pseudo labels
+
+
+_PHASES = {"final": "closing phase", "mid": "mid-run phase"}   # CoupledRegistration.finish: name -> progress label
 
 
 def _probs(logits: torch.Tensor) -> torch.Tensor:
@@ -311,7 +314,7 @@ class CoupledRegistration(TrainerHook):
             self.finish(self.cfg.final_steps)
             self._refresh()   # the last validation's served diagnostic reads the finished net
         elif self.cfg.mid_steps and done == self.mid_step:
-            self.finish(self.cfg.mid_steps, what="mid-run phase")
+            self.finish(self.cfg.mid_steps, phase="mid")
             self._refresh()   # the rest of the run learns from the net the students just taught
         elif self.reg_steps > self.served_steps and done % self.cfg.refresh_every == 0:
             self._refresh()
@@ -321,12 +324,14 @@ class CoupledRegistration(TrainerHook):
         """The segmentation step after which the mid-run phase runs (``coupled.mid_at``)."""
         return max(1, round(self.cfg.mid_at * self.iterations))
 
-    def finish(self, steps: int, progress: bool = True, what: str = "closing phase") -> dict[str, float]:
-        """``steps`` registration steps on the labels as they stand (the closing phase, also
-        what ``scripts/finish_coupled.py`` runs on a finished run's state, and the mid-run
-        phase). Returns the phase's mean loss terms, also logged with the last step's metrics
-        (``final_*``, or ``mid_*`` for the mid-run phase)."""
-        bar = Progress(steps, f"regnet {what}", enabled=progress and world_from_environment().is_main)
+    def finish(self, steps: int, progress: bool = True, phase: str = "final") -> dict[str, float]:
+        """``steps`` registration steps on the labels as they stand: the closing phase
+        (``phase='final'``, also what ``scripts/finish_coupled.py`` runs on a finished run's
+        state) or the mid-run phase (``'mid'``). Returns the phase's mean loss terms, named
+        ``<phase>_loss`` and ``<phase>_dice_loss``, also logged with the last step's metrics."""
+        if phase not in _PHASES:
+            raise ValueError(f"phase must be one of {sorted(_PHASES)}, got {phase!r}")
+        bar = Progress(steps, f"regnet {_PHASES[phase]}", enabled=progress and world_from_environment().is_main)
         seen: dict[str, list[float]] = {}
         for _ in range(int(steps)):
             self._registration_step()
@@ -335,8 +340,7 @@ class CoupledRegistration(TrainerHook):
                     seen.setdefault(key, []).append(self._metrics[key])
             bar.update(1, loss=self._metrics["loss"])
         bar.close()
-        prefix = "final" if what == "closing phase" else "mid"
-        summary = {f"{prefix}_{k}": float(np.mean(v)) for k, v in seen.items()}
+        summary = {f"{phase}_{k}": float(np.mean(v)) for k, v in seen.items()}
         self._metrics.update(summary)
         return summary
 
