@@ -206,9 +206,10 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
         CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine_scale=5", CoupledConfig(), [], [], [], 4)
 
 
-def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path):
+@pytest.mark.parametrize("mid_steps", [0, 2])   # 2: a mid-run phase after step 5, between the crash and the end
+def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path, mid_steps):
     ds, split = dataset
-    straight = replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "straight"))
+    straight = replace(small_cfg(tmp_path, reg_ckpt, mid_steps=mid_steps, mid_at=0.8), out_dir=str(tmp_path / "straight"))
     train_joint(straight, ds, split, progress=False)
 
     class Crash(TrainerHook):
@@ -239,6 +240,7 @@ def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_pa
     for k, state in w["optimizer"]["state"].items():
         assert torch.equal(g["optimizer"]["state"][k]["exp_avg"], state["exp_avg"])
     assert g["rng"] == w["rng"] and g["reg_steps"] == w["reg_steps"]
+    assert w["reg_steps"] == 5 + mid_steps   # one per step after the 1-step warm-up, and the phase
     assert got["history"] == want["history"]
 
 
