@@ -202,7 +202,7 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
     assert default.refine is not None and default.refine.steps == 16 and default.backend.params["refine"] == 16
     alone = CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine=0", CoupledConfig(), [], [], [], 4)
     assert alone.refine is None and "refine" not in alone.backend.params and alone.reg_steps == 0
-    with pytest.raises(ValueError, match="refine_scale=5"):
+    with pytest.raises(ValueError, match="refine_scale=5 must divide"):
         CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine_scale=5", CoupledConfig(), [], [], [], 4)
 
 
@@ -300,3 +300,21 @@ def test_the_mid_run_phase_takes_its_steps_once_and_serves_the_net_it_leaves(dat
         CoupledConfig(mid_at=1.0)
     with pytest.raises(ValueError, match="mid_steps"):
         CoupledConfig(mid_steps=-1)
+
+
+def test_the_gate_reads_the_registration_as_served_refined_or_not(dataset, reg_ckpt, tmp_path):
+    """``atlas_dice`` (what the gate compares the students with) scores the Fields as they are
+    served: refined when the spec refines, the net alone with ``refine=0``."""
+    ds, split = dataset
+    data = load_train_data(ds, split, "1")
+    (tmp_path / "run").mkdir()
+    scores = {}
+    for spec in (f"learned:{reg_ckpt}", f"learned:{reg_ckpt}?refine=0"):
+        cfg = with_backend(small_cfg(tmp_path, reg_ckpt), spec, str(tmp_path / "fields"))
+        coupled = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")[2]
+        pairs = [(v, a) for v in coupled.val for a in coupled.labeled]
+        scores[spec] = (coupled.validate(0, {})["atlas_dice"], coupled._pair_scores(pairs)[0],
+                        coupled._pair_scores(pairs, refined=True)[0])
+    refined, alone = scores.values()
+    assert refined[0] == refined[2] and refined[0] != refined[1]   # the refined Fields, not the net's
+    assert alone[0] == alone[1] == alone[2] == refined[1]          # nothing to refine: the net alone
