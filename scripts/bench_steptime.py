@@ -2,6 +2,9 @@
 batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct). With
 ``--coupled`` also ``cctr-coupled`` (its registration steps and Field refreshes from step 0),
 with the ratio of means too, since those costs come every few steps (issue 12 target: <= 2.0x).
+Its Fields are recomputed lazily in the steps after each refresh, so with ``--coupled`` the
+warm-up and the timed window are rounded up to whole refresh cycles (:func:`whole_cycles`): the
+window starts just after a refresh and holds as many refreshes as cycles, the rate of a run.
 
     python scripts/bench_steptime.py [--out runs/bench_steptime] [--data DIR] [--patients 16]
         [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--threads 1] [--coupled] [--set key=value ...]
@@ -109,8 +112,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--labeled", default="1", help="labeled set of the split (default '1')")
     p.add_argument("--reg-ckpt", type=Path, default=None, help="learned registration checkpoint (default: train a tiny one)")
     p.add_argument("--reg-steps", type=int, default=3, help="steps of the tiny registration net (default 3)")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per method (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed first steps per method (default 5)")
+    p.add_argument("--steps", type=int, default=30,
+                   help="timed steps per method (default 30; with --coupled rounded up to whole refresh cycles)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="untimed first steps per method (default 5; with --coupled rounded up to whole refresh cycles)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1, as cctr demo / benchmark; 0 keeps torch's default)")
     p.add_argument("--coupled", action="store_true",
@@ -176,6 +181,18 @@ def timed_configs(base: JointConfig, reg_ckpt: Path, coupled: bool = False) -> d
     return configs
 
 
+def whole_cycles(warmup: int, steps: int, cycle: int) -> tuple[int, int]:
+    """``warmup`` and ``steps`` rounded up to multiples of ``cycle`` (at least one cycle each).
+
+    A refresh of the served Fields comes after every ``cycle``-th step and its cost falls in
+    the steps after it; a window starting after a whole number of cycles and lasting a whole
+    number of them holds one refresh per cycle, as a run does (a window of 60 steps after 5
+    with refreshes every 50 held one, whose recomputation only partly fell inside)."""
+    def up(n: int) -> int:
+        return max(1, -(-n // cycle)) * cycle
+    return up(warmup), up(steps)
+
+
 def without_validation(split: Split) -> Split:
     """``split`` with no validation patients: the trainer then never validates, not even after
     the last step, so no step carries a validation's cost."""
@@ -231,14 +248,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if reg_ckpt is None:
         reg_ckpt = tiny_registration_net(dataset, full, args.out, args.reg_steps, args.labeled)
 
-    base = timing_base(args.overrides, args.labeled, args.out / "reg-cache", args.steps, args.warmup)
+    warmup, steps = args.warmup, args.steps
+    if args.coupled:
+        refresh_every = build_config(None, args.overrides, labeled=args.labeled).coupled.refresh_every
+        warmup, steps = whole_cycles(warmup, steps, refresh_every)
+    base = timing_base(args.overrides, args.labeled, args.out / "reg-cache", steps, warmup)
     configs = timed_configs(base, reg_ckpt, args.coupled)
     clocks, wall = time_steps(configs, dataset, full, args.out)
 
     same = same_batches(clocks)
-    stats = step_stats(clocks, args.warmup)
+    stats = step_stats(clocks, warmup)
     medians = {name: s["median"] for name, s in stats.items()}
-    print(f"{args.steps} timed steps per method after {args.warmup} warm-up steps, taking turns step by step; "
+    print(f"{steps} timed steps per method after {warmup} warm-up steps, taking turns step by step; "
           f"batch {base.labeled_batch} labeled + {base.unlabeled_batch} unlabeled at {base.image_size[0]}x{base.image_size[1]}; "
           f"same batches in both runs: {same}; torch threads {torch.get_num_threads()}; wall {wall:.0f} s")
     print("| method | median s/step | mean s/step | min | max |")
