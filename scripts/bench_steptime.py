@@ -162,7 +162,12 @@ def timing_base(overrides: Sequence[str], labeled: str, cache: Path, steps: int,
     """The config both timed runs share: long enough for ``warmup + steps`` timed intervals,
     never validating or checkpointing, the Field cache in ``cache``."""
     cfg = build_config(None, overrides, labeled=labeled, field_cache=str(cache), planned=planned)
-    return replace(cfg, iterations=warmup + steps + 1, val_every=10 ** 9, checkpoint_every=10 ** 9, overlays=False)
+    return sized(replace(cfg, val_every=10 ** 9, checkpoint_every=10 ** 9, overlays=False), warmup, steps)
+
+
+def sized(cfg: JointConfig, warmup: int, steps: int) -> JointConfig:
+    """``cfg`` long enough for ``warmup + steps`` timed intervals (one step more than that)."""
+    return replace(cfg, iterations=warmup + steps + 1)
 
 
 def timed_configs(base: JointConfig, reg_ckpt: Path, coupled: bool = False) -> dict[str, JointConfig]:
@@ -248,11 +253,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if reg_ckpt is None:
         reg_ckpt = tiny_registration_net(dataset, full, args.out, args.reg_steps, args.labeled)
 
+    base = timing_base(args.overrides, args.labeled, args.out / "reg-cache", args.steps, args.warmup)
     warmup, steps = args.warmup, args.steps
     if args.coupled:
-        refresh_every = build_config(None, args.overrides, labeled=args.labeled).coupled.refresh_every
-        warmup, steps = whole_cycles(warmup, steps, refresh_every)
-    base = timing_base(args.overrides, args.labeled, args.out / "reg-cache", steps, warmup)
+        cycle = base.coupled.refresh_every
+        warmup, steps = whole_cycles(warmup, steps, cycle)
+        base = sized(base, warmup, steps)
+        print(f"--coupled: warm-up {warmup} and {steps} timed steps, whole cycles of coupled.refresh_every={cycle}",
+              flush=True)
     configs = timed_configs(base, reg_ckpt, args.coupled)
     clocks, wall = time_steps(configs, dataset, full, args.out)
 
