@@ -9,9 +9,14 @@ The hook :class:`CoupledRegistration` owns
 - a SERVED copy of that net, the one RSL and REPS read through the oracle (:func:`reg.backends.
   live_backend`), its Fields refined per pair as the backend spec says (``learned:CKPT``
   refines by default, as in ``cctr``; ``?refine=0`` serves the net alone): every
-  ``coupled.refresh_every`` steps (when the net has changed) the served copy takes the trained weights and the oracle drops its Fields (``oracle.invalidate()``), so
-  the next steps recompute lazily only the (target, atlas) pairs their batches ask for. A
-  checkpoint holds both nets, so a resumed run serves exactly the Fields an uninterrupted one did;
+  ``coupled.refresh_every`` steps (when the net has changed) the served copy takes the trained
+  weights and the oracle drops its Fields (``oracle.invalidate()``); then
+  (``coupled.refresh_pairs``) it recomputes at once, batched, every pair the atlas policy can
+  ask for (``all``, the default: cheaper where the steps of a cycle ask for most pairs anyway)
+  or the steps recompute lazily, one pair at a time, only the pairs their batches ask for
+  (``asked``: cheaper where the pairs far outnumber a cycle's samples). A checkpoint holds
+  both nets, and a resumed run recomputes its Fields in the same calls, so it serves exactly
+  the Fields an uninterrupted one did;
 - :class:`PseudoLabels`, the students' word on the unlabeled training volumes: after every
   step, each unlabeled sample's two softmax maps are carried back onto its volume's native
   slice (the inverse of the sample's ``to_volume``); a voxel is kept where both students agree
@@ -64,6 +69,9 @@ from seg.slices import SliceBatch, resample_slice
 from seg.students import StudentOutput
 
 
+REFRESH_PAIRS = ("all", "asked")   # CoupledConfig.refresh_pairs
+
+
 @dataclass(frozen=True)
 class CoupledConfig:
     """Coupled-training options; nested as ``coupled.*`` in :class:`joint.config.JointConfig`."""
@@ -78,6 +86,8 @@ class CoupledConfig:
     labeled_fraction: float = 0.25  # share of pairs of two labeled volumes (when there are two)
     atlas_fraction: float = 0.5     # other pairs: share whose moving volume is an atlas (RSL's pairs)
     refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
+    # which pairs a refresh recomputes (REFRESH_PAIRS): 'all' at once, batched, or the 'asked' ones lazily
+    refresh_pairs: str = "all"
     val_pairs: int = 8              # pairs per validation diagnostic
     final_steps: int = 1600         # registration steps after the last segmentation step (METHOD.md part 9)
     # registration steps in one go at step mid_at * iterations, on the students' labels of then
@@ -90,6 +100,8 @@ class CoupledConfig:
                 self.warmup_steps, self.final_steps, self.mid_steps) < 0:
             raise ValueError("coupled: every, pairs, refresh_every and val_pairs must be >= 1, "
                              "warmup_steps, final_steps and mid_steps >= 0")
+        if self.refresh_pairs not in REFRESH_PAIRS:
+            raise ValueError(f"coupled.refresh_pairs must be one of {REFRESH_PAIRS}, got {self.refresh_pairs!r}")
         if not 0.0 < self.mid_at < 1.0:
             raise ValueError(f"coupled.mid_at must be in (0, 1), got {self.mid_at}")
         if not self.lr > 0 or self.dice_weight < 0 or self.pseudo_weight < 0:
@@ -116,8 +128,8 @@ class PseudoLabels:
         """Write one sample: softmax maps (C, H, W) of both students, sample -> slice ``z`` by
         the 3x3 ``to_volume`` (sample (row, col, 1) -> voxel (y, x, 1))."""
         C = probs_a.shape[0]
-        sure = torch.minimum(probs_a.max(dim=0).values, probs_b.max(dim=0).values) >= confidence
-        keep = (probs_a.argmax(dim=0) == probs_b.argmax(dim=0)) & sure
+        (top_a, class_a), (top_b, class_b) = probs_a.max(dim=0), probs_b.max(dim=0)   # first index on ties, as argmax
+        keep = (class_a == class_b) & (torch.minimum(top_a, top_b) >= confidence)
         ones = torch.ones_like(keep, dtype=torch.float32)
         planes = torch.cat([0.5 * (probs_a + probs_b), keep[None].float(), ones[None]])  # (C + 2, H, W)
         # voxel (y, x, 1) -> sample (row, col, 1): the same bilinear resampler, run backwards
@@ -302,8 +314,17 @@ class CoupledRegistration(TrainerHook):
         """Serve the trained weights: RSL and REPS read Fields of the current net from now on."""
         self.served.load_state_dict(self.net.state_dict())
         self.served_steps = self.reg_steps
-        if self.oracle is not None:
-            self.oracle.invalidate()
+        self._recompute()
+
+    def _recompute(self) -> None:
+        """Drop the oracle's Fields of the served net's earlier weights; with ``refresh_pairs='all'``
+        compute every pair the policy can ask for now, in the oracle's order and calls (the
+        same in a resumed run, so the same Fields to the last bit)."""
+        if self.oracle is None:
+            return
+        self.oracle.invalidate()
+        if self.cfg.refresh_pairs == "all":
+            self.oracle.warm(progress=False)
 
     def after_step(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:
         done = step + 1
@@ -433,5 +454,6 @@ class CoupledRegistration(TrainerHook):
         self.pseudo.load_state_dict(state["pseudo"])
         self.reg_steps, self.served_steps = int(state["reg_steps"]), int(state["served_steps"])
         self._last_val_dice = float(state.get("last_val_dice", -1.0))
-        if self.oracle is not None:
-            self.oracle.invalidate()  # it was warmed with the checkpoint's starting net
+        if self.served_steps:
+            # the oracle was warmed with the checkpoint's starting net; the served one has moved on
+            self._recompute()

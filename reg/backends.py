@@ -420,15 +420,19 @@ def _split_options(params_cls: type, options: dict[str, str]) -> tuple[dict[str,
 
 
 def live_backend(net: RegistrationNet, config: RegConfig, device: torch.device, spec: str = "learned:live",
-                 refine: Optional[Refinement] = None) -> "CanonicalBackend":
+                 refine: Optional[Refinement] = None, batch: int = LearnedParams.batch) -> "CanonicalBackend":
     """A learned backend over a network that is still training (:mod:`joint.coupled`): it reads
-    ``net``'s current weights at every call, one pair per forward pass (a pair's Field then
-    never depends on which other pairs shared its call, so a resumed run recomputes the very
-    Fields an uninterrupted one served), then refines each pair as ``refine`` says (None: the
-    net alone). Its ``params`` say ``live``: never cache its Fields on disk, where they would
-    be keyed as one fixed network's."""
+    ``net``'s current weights at every call, up to ``batch`` pairs per forward pass, then
+    refines each pair as ``refine`` says (None: the net alone). A pair's Field can differ by
+    float noise with the pairs batched with it, so a caller that must reproduce its Fields
+    exactly (a resumed run) asks for the same pairs in the same calls (:meth:`joint.oracle.
+    RegistrationOracle.warm`). Its ``params`` say ``live``: never cache its Fields on disk,
+    where they would be keyed as one fixed network's."""
+    if batch < 1:
+        raise ValueError(f"live_backend: batch must be >= 1, got {batch}")
     described = {"kind": "learned", "live": True, "config": config.to_dict(), **_refine_described(refine)}
-    return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net, 1, device, refine), described)
+    return CanonicalBackend(spec, config.grid, config.prealign, _learned_displacements(net, batch, device, refine),
+                            described)
 
 
 def learned_params(spec: str) -> LearnedParams:

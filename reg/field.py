@@ -289,6 +289,7 @@ class CanonicalField:
                 raise ValueError(f"CanonicalField.{name} must be three positive sizes, got {shape}")
             object.__setattr__(self, name, shape)
         object.__setattr__(self, "_to_canon", np.linalg.inv(self.fixed_to_native))
+        object.__setattr__(self, "_plausible", False)   # set by check(): a frozen Field is checked once
 
     @property
     def nbytes(self) -> int:
@@ -330,7 +331,11 @@ class CanonicalField:
     def check(self, where: str) -> "CanonicalField":
         """``self`` when plausible (:func:`validate_field` on its slices: every slice up to
         FULL_CHECK_VOXELS fixed voxels, CHECK_SLICES evenly spaced ones beyond), else
-        ValueError naming ``where``."""
+        ValueError naming ``where``. Once found plausible it is not checked again: a backend checks
+        what it computes, and the oracle checks what it is handed (the same object, or one read from
+        a cache)."""
+        if self._plausible:
+            return self
         if not np.isfinite(self.disp).all():
             bad = int((~np.isfinite(self.disp)).any(axis=0).sum())
             raise ValueError(f"{where}: Field holds NaN or inf at {bad} canonical voxel(s)")
@@ -341,6 +346,7 @@ class CanonicalField:
             slices = np.unique(np.linspace(0, Z - 1, CHECK_SLICES).round().astype(int)).tolist()
         for z in slices:
             validate_field(self.slab(z, z + 1), where)
+        object.__setattr__(self, "_plausible", True)
         return self
 
     @staticmethod

@@ -160,6 +160,71 @@ def test_the_hook_takes_registration_steps_and_the_oracle_serves_the_new_net(dat
     assert coupled.metrics() == {}  # once per step that had a registration step
 
 
+def count_calls(coupled: CoupledRegistration) -> list[int]:
+    """The number of pairs of every call of the served backend from now on (appended as they come)."""
+    calls: list[int] = []
+    real = coupled.backend.displacements
+
+    def counted(jobs):
+        calls.append(len(jobs))
+        return real(jobs)
+
+    object.__setattr__(coupled.backend, "displacements", counted)
+    return calls
+
+
+@pytest.mark.parametrize("refresh_pairs", ["all", "asked"])
+def test_a_refresh_recomputes_every_pair_at_once_or_only_the_asked_ones(dataset, reg_ckpt, tmp_path, refresh_pairs):
+    ds, split = dataset
+    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=0, every=1, refresh_every=1, refresh_pairs=refresh_pairs)
+    data = load_train_data(ds, split, "1")
+    (tmp_path / "run").mkdir()
+    hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")
+    coupled, oracle = hooks[2], hooks[0].oracle
+    needed = oracle.needed_pairs()
+    assert len(needed) == 6 and all(pair in oracle.fields for pair in needed)   # the first warm
+    before = oracle.field(*needed[0]).disp.copy()
+    calls = count_calls(coupled)
+    coupled.after_step(0, labeled_only_batch(), {})
+    assert coupled.served_steps == 1 and oracle.version == 1
+    if refresh_pairs == "all":   # in the oracle's calls of oracle.batch_pairs pairs
+        assert calls == [4, 2] and all(pair in oracle.fields for pair in needed)
+    else:
+        assert calls == [] and len(oracle.fields) == 0
+    assert np.abs(oracle.field(*needed[0]).disp - before).max() > 1e-4   # the new net's, computed or asked
+    with pytest.raises(ValueError, match="refresh_pairs"):
+        CoupledConfig(refresh_pairs="some")
+
+
+@pytest.mark.parametrize("refresh_pairs", ["all", "asked"])
+def test_a_resumed_hook_recomputes_its_fields_in_the_calls_of_a_refresh(dataset, reg_ckpt, tmp_path, refresh_pairs):
+    """Batched Fields can differ in the last bits with the pairs batched together, so a resumed
+    run must compute them in the calls the uninterrupted one did: all pairs in the oracle's
+    calls ('all'), none until a step asks ('asked'), and the first warm's as they are while the
+    served net is still the checkpoint's."""
+    ds, split = dataset
+    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=0, every=1, refresh_every=1, refresh_pairs=refresh_pairs)
+    data = load_train_data(ds, split, "1")
+
+    def hook_and_oracle(name: str):
+        (tmp_path / name).mkdir()
+        hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / name)
+        return hooks[2], hooks[0].oracle
+
+    straight, _ = hook_and_oracle("straight")
+    fresh = straight.state_dict()                 # served net = the checkpoint's
+    straight.after_step(0, labeled_only_batch(), {})
+    refreshed = straight.state_dict()             # served net trained one step
+    assert refreshed["served_steps"] == 1
+    resumed, oracle = hook_and_oracle("resumed")
+    calls = count_calls(resumed)
+    resumed.load_state_dict(fresh)
+    assert calls == [] and oracle.version == 0 and len(oracle.fields) == 6   # the first warm's Fields stay
+    resumed.load_state_dict(refreshed)
+    assert oracle.version == 1
+    assert calls == ([4, 2] if refresh_pairs == "all" else [])
+
+
 def test_labeled_pairs_add_a_dice_term_that_moves_the_net(dataset, reg_ckpt, tmp_path):
     """With only labeled pairs, the loss has the truth Dice term; without its weight it differs."""
     ds, split = dataset
@@ -206,10 +271,12 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
         CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine_scale=5", CoupledConfig(), [], [], [], 4)
 
 
-@pytest.mark.parametrize("mid_steps", [0, 2])   # 2: a mid-run phase after step 5, between the crash and the end
-def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path, mid_steps):
+# mid_steps 2: a mid-run phase after step 5, between the crash and the end
+@pytest.mark.parametrize("mid_steps,refresh_pairs", [(0, "all"), (2, "all"), (0, "asked")])
+def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path, mid_steps, refresh_pairs):
     ds, split = dataset
-    straight = replace(small_cfg(tmp_path, reg_ckpt, mid_steps=mid_steps, mid_at=0.8), out_dir=str(tmp_path / "straight"))
+    straight = replace(small_cfg(tmp_path, reg_ckpt, mid_steps=mid_steps, mid_at=0.8, refresh_pairs=refresh_pairs),
+                       out_dir=str(tmp_path / "straight"))
     train_joint(straight, ds, split, progress=False)
 
     class Crash(TrainerHook):
