@@ -133,3 +133,16 @@ def test_the_fine_map_is_composed_on_the_fixed_side():
     # past the last slice, border padding keeps the edge's displacement (zeros would halve it)
     torch.testing.assert_close(out[0, 0, 7], torch.full_like(z[7], 0.5 + 0.1 * 7))
     torch.testing.assert_close(compose(disp0, torch.zeros_like(disp0)), disp0)
+
+
+def test_a_pair_refined_in_a_batch_is_refined_as_alone(checkpoint, shifted):
+    """The refinement loss is the sum of the pairs' own losses, taken in one pass over the
+    batch: what a pair gets does not depend on the pairs sharing its call (up to float noise)."""
+    f_img, fsp, m_img, msp, _ = shifted
+    other, _ = volume(FIXED[0], FIXED[1], Motion(0.0, (0.0, -3.0, 2.0)))
+    for fine_field in ("velocity", "composed"):
+        backend = load_backend(f"learned:{checkpoint}?refine=8&refine_lr=0.2&refine_fine=2&refine_fine_field={fine_field}")
+        alone = backend.register(f_img, fsp, m_img, msp).disp.astype(np.float32)
+        together = backend.register_many([(other, fsp, m_img, msp), (f_img, fsp, m_img, msp)])[1].disp.astype(np.float32)
+        assert np.abs(alone).max() > 0.5   # the pair was refined by a fair amount
+        np.testing.assert_allclose(together, alone, atol=2e-3)
