@@ -52,8 +52,8 @@ import numpy as np
 import torch
 
 from joint.oracle import RegistrationOracle
-from reg.backends import (Backend, Refinement, check_device, learned_params, live_backend, parse_spec,
-                          refine_displacement, refinement_of)
+from reg.backends import (Backend, LearnedParams, Refinement, check_device, learned_params, live_backend,
+                          parse_spec, refine_displacement, refinement_of)
 from reg.checkpoint import load_model, save_checkpoint
 from reg.config import RegConfig
 from reg.jacobian import regularity
@@ -184,7 +184,7 @@ class CoupledRegistration(TrainerHook):
                  unlabeled: Sequence[Case], val: Sequence[Case], num_classes: int, seed: int = 0,
                  device: torch.device = torch.device("cpu"),
                  diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None, iterations: int = 0,
-                 refine: Optional[Refinement] = None) -> None:
+                 refine: Optional[Refinement] = None, batch: int = LearnedParams.batch) -> None:
         self.cfg = cfg
         self.refine = refine     # test-time refinement of every served Field (None: the net alone)
         self.iterations = int(iterations)  # the students' last step, after which the closing phase runs (0: none)
@@ -210,7 +210,7 @@ class CoupledRegistration(TrainerHook):
         self.served_steps = 0    # registration steps the served copy has seen
         self._metrics: dict[str, float] = {}
         self._last_val_dice = -1.0  # atlas_dice of the latest validation (-1: none yet)
-        self.backend: Backend = live_backend(self.served, reg_config, device, refine=refine)
+        self.backend: Backend = live_backend(self.served, reg_config, device, refine=refine, batch=batch)
 
     @classmethod
     def from_spec(cls, spec: str, cfg: CoupledConfig, labeled: Sequence[Case], unlabeled: Sequence[Case],
@@ -227,7 +227,7 @@ class CoupledRegistration(TrainerHook):
         device = check_device(params.device, spec)
         net, reg_config = load_model(Path(parsed.path))  # type: ignore[arg-type]
         return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, device, diagnostic_labels,
-                   iterations, refinement_of(params, reg_config, spec))
+                   iterations, refinement_of(params, reg_config, spec), params.batch)
 
     def bind(self, oracle: RegistrationOracle) -> None:
         """The oracle serving Fields of :attr:`backend`: told whenever the served net changes."""

@@ -2,9 +2,10 @@
 batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct). With
 ``--coupled`` also ``cctr-coupled`` (its registration steps and Field refreshes from step 0),
 with the ratio of means too, since those costs come every few steps (issue 12 target: <= 2.0x).
-Its Fields are recomputed lazily in the steps after each refresh, so with ``--coupled`` the
-warm-up and the timed window are rounded up to whole refresh cycles (:func:`whole_cycles`): the
-window starts just after a refresh and holds as many refreshes as cycles, the rate of a run.
+Each refresh of its served Fields is paid for in the step after it (``coupled.refresh_pairs=all``)
+or the steps after it (``asked``), so with ``--coupled`` the warm-up and the timed window are
+rounded up to whole refresh cycles (:func:`whole_cycles`): the window starts just after a
+refresh and holds as many refreshes as cycles, the rate of a run.
 
     python scripts/bench_steptime.py [--out runs/bench_steptime] [--data DIR] [--patients 16]
         [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--threads 1] [--coupled] [--set key=value ...]
@@ -190,7 +191,7 @@ def whole_cycles(warmup: int, steps: int, cycle: int) -> tuple[int, int]:
     """``warmup`` and ``steps`` rounded up to multiples of ``cycle`` (at least one cycle each).
 
     A refresh of the served Fields comes after every ``cycle``-th step and its cost falls in
-    the steps after it; a window starting after a whole number of cycles and lasting a whole
+    the step or steps after it; a window starting after a whole number of cycles and lasting a whole
     number of them holds one refresh per cycle, as a run does (a window of 60 steps after 5
     with refreshes every 50 held one, whose recomputation only partly fell inside)."""
     def up(n: int) -> int:

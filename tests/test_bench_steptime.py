@@ -1,5 +1,5 @@
 """The step-time benchmark's window (scripts/bench_steptime.py): with ``--coupled`` it holds whole
-refresh cycles, so the share of lazily recomputed Fields in the mean is the share of a run."""
+refresh cycles, so the share of recomputed Fields in the mean is the share of a run."""
 from __future__ import annotations
 
 import pytest

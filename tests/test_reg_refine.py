@@ -136,8 +136,9 @@ def test_the_fine_map_is_composed_on_the_fixed_side():
 
 
 def test_a_pair_refined_in_a_batch_is_refined_as_alone(checkpoint, shifted):
-    """The refinement loss is the sum of the pairs' own losses, taken in one pass over the
-    batch: what a pair gets does not depend on the pairs sharing its call (up to float noise)."""
+    """The refinement loss is the sum of the pairs' own losses, so what a pair gets does not
+    depend on the pairs sharing its call (up to float noise): what the batched refresh of
+    ``cctr-coupled`` relies on."""
     f_img, fsp, m_img, msp, _ = shifted
     other, _ = volume(FIXED[0], FIXED[1], Motion(0.0, (0.0, -3.0, 2.0)))
     for fine_field in ("velocity", "composed"):
