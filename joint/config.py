@@ -6,6 +6,7 @@ registration options, each in one nested home (METHOD.md parts 5-7):
 - ``gate.*`` (:class:`joint.gate.GateConfig`): when RSL (and REPS) stop for a student that
   has outgrown the registration;
 - ``bank.*`` (:class:`joint.memory_bank.BankConfig`): resolution and reach of the REPS bank;
+- ``reps.*`` (:class:`joint.reps.RepsConfig`): which registration positives REPS keeps;
 - ``coupled.*`` (:class:`joint.coupled.CoupledConfig`): the registration net's own schedule and
   loss in ``cctr-coupled`` (METHOD.md part 9);
 - ``eval_subset``: which split part ``registration-only`` predicts.
@@ -24,6 +25,7 @@ from joint.coupled import CoupledConfig
 from joint.gate import GateConfig
 from joint.memory_bank import BankConfig
 from joint.oracle import OracleConfig
+from joint.reps import RepsConfig
 from joint.rsl import RSLConfig
 from seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
 
@@ -39,6 +41,7 @@ class JointConfig(TrainConfig):
     rsl: RSLConfig = RSLConfig()
     gate: GateConfig = GateConfig()
     bank: BankConfig = BankConfig()
+    reps: RepsConfig = RepsConfig()
     coupled: CoupledConfig = CoupledConfig()
     eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
 

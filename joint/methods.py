@@ -87,7 +87,7 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
                                 hidden_labels=data.diagnostic_labels, iterations=jcfg.iterations, gate=gate),)
     bank_bytes = 0
     if with_reps:
-        reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled), gate=gate)
+        reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled), gate=gate, cfg=jcfg.reps)
         hooks, bank_bytes = (*hooks, reps), reps.nbytes
     if live is not None:
         live.bind(oracle)

@@ -8,7 +8,8 @@ unconditionally and a hook overrides only what it does. Per step, in this order:
 1. ``losses(step, batch, outputs)``: extra loss terms, ``{student name: weighted scalar}``,
    added to the total the students are optimised on;
 2. ``extra_positive(step, batch, outputs, student)``: an extra positive key per anchor of the
-   pixel contrastive loss for that student (at most one hook may give one per student);
+   pixel contrastive loss for that student (at most one hook may give one per student), as a
+   callable of the anchors' flat indices and classes (:data:`seg.losses.ExtraPositive`);
 3. ``inspect_losses(step, batch, outputs, losses)``: a read-only look at every weighted term
    (base and hooks', keyed as logged) before ``backward()``, with the graph still alive, so a
    diagnostic may take ``torch.autograd.grad(term, outputs, retain_graph=True)``; it must not

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
-# extra_positive(anchor_flat_index (A,)) -> (key (A, D), valid (A,)); the flat index is into
-# B*H*W of ONE student's embedding of the joint (labeled + unlabeled) batch
-ExtraPositive = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# extra_positive(anchor_flat_index (A,), anchor_class (A,)) -> (key (A, D), valid (A,)); the flat
+# index is into B*H*W of ONE student's embedding of the joint (labeled + unlabeled) batch, the class
+# is the one the anchor was drawn for (its label or pseudo-label), int64
+ExtraPositive = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def supervised_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -197,7 +198,7 @@ def pixel_contrastive_loss(
         mine = (part_idx[anchors_i] == p).nonzero()[:, 0]
         if mine.numel() == 0:
             continue
-        key, valid = part.extra_positive(flat_idx[anchors_i[mine]])
+        key, valid = part.extra_positive(flat_idx[anchors_i[mine]], anchor_cls[mine])
         valid = valid.to(torch.bool)
         if not bool(valid.any()):
             continue

@@ -15,6 +15,7 @@ import torch
 from joint.app import demo, figures, stages
 from joint.app.cli import main
 from joint.app.commands.demo import build_config
+from joint.gate import RegistrationGate
 from seg.config import apply_overrides, load_config
 from seg.data.case import Case, spacing_affine
 
@@ -174,6 +175,20 @@ def test_overlay_slices_take_cases_in_turn_with_the_largest_labeled_slices():
 def test_smooth_is_a_trailing_mean():
     np.testing.assert_allclose(figures.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
     np.testing.assert_allclose(figures.smooth(np.array([1.0, 3.0]), 1), [1.0, 3.0])
+
+
+def test_the_validation_panel_shows_the_students_and_the_registration_the_gate_scored():
+    gate = RegistrationGate(lambda: 0.6, ("rsl",))
+    logged = gate.validate(100, {"a": {"dice": 0.7}, "b": {"dice": 0.5}})
+    steps = np.array([100, 200])
+    seg = {"val_a/dice": (steps, np.array([0.7, 0.8])), "val_b/dice": (steps, np.array([0.5, 0.6])),
+           "val_a/dice_RV": (steps, np.array([0.6, 0.7])), "loss/total": (steps, np.array([1.0, 0.5])),
+           f"val_{gate.name}/open_a": (steps, np.array([0.0, 0.0]))}
+    assert list(figures.validation_series(seg)) == ["student a", "student b"]
+    seg.update({f"val_{gate.name}/{key}": (steps, np.array([value, 0.65])) for key, value in logged.items()})
+    series = figures.validation_series(seg)
+    assert list(series) == ["student a", "student b", figures.REGISTRATION_SERIES]
+    np.testing.assert_allclose(series[figures.REGISTRATION_SERIES][1], [0.6, 0.65])
 
 
 def test_the_gate_sentence_says_when_rsl_closed(tmp_path):

@@ -14,7 +14,7 @@ from joint.config import JointConfig, as_joint_config, build_config, with_backen
 from joint.gate import GateConfig, RegistrationGate
 from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, registration_val_dice, train_joint
 from joint.oracle import OracleConfig, RegistrationOracle
-from joint.reps import RegistrationPositives
+from joint.reps import RegistrationPositives, RepsConfig
 from joint.rsl import RegistrationSupervision
 from seg.data.case import Case, CaseError, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
@@ -157,6 +157,17 @@ def test_a_short_cctr_run_finds_registration_positives_that_change_the_loss(data
     assert valid[1] == 0.0 and min(valid[s] for s in (2, 3, 4)) > 0.5
     assert 0.0 < events.Scalars("rsl/target_dice_hidden")[-1].value <= 1.0  # the hidden labels reached RSL's metric
     assert events.Scalars("diag/pool_acc_a") and events.Scalars("diag/grad_joint_cl_a_emb")
+
+    # Step 2 starts from the same weights in both runs (step 1 found no positive), so keeping only
+    # the positives whose atlas label agrees keeps exactly the logged share of them.
+    train(replace(cfg, method="cctr", out_dir=str(tmp_path / "agree"), reps=RepsConfig(positives="label-agree")),
+          ds, split, methods=TRAINER_METHODS, progress=False)
+    agree_events = EventAccumulator(str(tmp_path / "agree" / "tb"))
+    agree_events.Reload()
+    agreement = {e.step: e.value for e in events.Scalars("reps/label_agreement")}
+    kept = {e.step: e.value for e in agree_events.Scalars("reps/valid_fraction")}
+    assert 0.0 < agreement[2] < 1.0
+    assert kept[2] == pytest.approx(valid[2] * agreement[2], rel=1e-5)
 
 
 def test_registration_only_propagates_and_scores(dataset, tmp_path):

@@ -10,7 +10,7 @@ from fakes import ShiftBackend
 from joint.gate import RegistrationGate
 from joint.memory_bank import BankConfig, MemoryBank
 from joint.oracle import OracleConfig, RegistrationOracle
-from joint.reps import RegistrationPositives, registration_positives
+from joint.reps import RegistrationPositives, RepsConfig, label_at, registration_positives
 from seg.slices import pixel_voxels
 from seg.data.case import Case, spacing_affine
 from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
@@ -118,7 +118,9 @@ def test_registration_positive_is_the_embedding_at_the_registered_point(world):
     batch = sampler.next_batch()
     B, (H, W) = batch.image.shape[0], HW
     anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(0))[:600]
-    vec, valid = registration_positives(batch, anchors, oracle, bank, step=0)
+    classes = torch.zeros(600, dtype=torch.long)
+    found = registration_positives(batch, anchors, classes, oracle, bank, step=0)
+    vec, valid = found.vectors, found.valid
     b, voxels = pixel_voxels(batch, anchors)
     labeled = batch.is_labeled[b]
     assert not valid[labeled].any()
@@ -131,9 +133,42 @@ def test_registration_positive_is_the_embedding_at_the_registered_point(world):
     assert (vec[valid] * expected[valid]).sum(dim=1).min() > 0.99
     # Control: an identity registration gives other positives.
     wrong = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend((0, 0, 0)))
-    vec0, valid0 = registration_positives(batch, anchors, wrong, bank, step=0)
+    control = registration_positives(batch, anchors, classes, wrong, bank, step=0)
+    vec0, valid0 = control.vectors, control.valid
     both = valid & valid0
     assert (vec0[both] * expected[both]).sum(dim=1).mean() < 0.97
+
+
+def test_label_agree_keeps_the_positives_whose_atlas_label_is_the_anchors_class(world):
+    atlas, target, sampler = world
+    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
+    bank = filled_bank(sampler, steps=10)
+    batch = sampler.next_batch()
+    B, (H, W) = batch.image.shape[0], HW
+    anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(1))[:600]
+    _, voxels = pixel_voxels(batch, anchors)
+    there = (voxels + torch.tensor(SHIFT, dtype=torch.float32)).numpy()
+    inside = ((there > -0.5) & (there < np.asarray(SHAPE) - 0.5)).all(axis=1)
+    truth = torch.from_numpy(label_at(atlas.label, np.where(inside[:, None], there, 0.0)).astype(np.int64))
+    right = torch.arange(600) % 2 == 0                  # even anchors: the atlas's class there; odd: the other one
+    classes = torch.where(right, truth, 1 - truth)
+
+    every = registration_positives(batch, anchors, classes, oracle, bank, step=0, rule="all")
+    agreed = registration_positives(batch, anchors, classes, oracle, bank, step=0, rule="label-agree")
+    assert every.valid.sum() > 100
+    assert every.found == int(every.valid.sum()) and every.agreeing == int((every.valid & right).sum())
+    assert (agreed.found, agreed.agreeing) == (every.found, every.agreeing)
+    assert torch.equal(agreed.valid, every.valid & right)
+    assert torch.equal(agreed.vectors[agreed.valid], every.vectors[agreed.valid])
+    assert not agreed.vectors[~agreed.valid].any()
+    with pytest.raises(ValueError, match="reps.positives"):
+        RepsConfig(positives="some")
+
+
+def test_label_at_reads_the_nearest_voxel_up_to_the_volume_edges():
+    label = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    points = np.array([[0.0, 0.0, 0.0], [-0.5, -0.5, -0.5], [1.5, 2.5, 3.5], [0.6, 1.4, 2.51]])
+    assert label_at(label, points).tolist() == [0, 0, label[1, 2, 3], label[1, 1, 3]]
 
 
 def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
@@ -151,20 +186,22 @@ def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
     assert reps.nbytes == banks["a"].nbytes * 2
     unl = int((~batch.is_labeled).nonzero()[0])
     anchors = unl * HW[0] * HW[1] + torch.arange(HW[0] * HW[1])
-    vec_a, ok_a = reps.extra_positive(0, batch, outputs, "a")(anchors)
-    vec_b, ok_b = reps.extra_positive(0, batch, outputs, "b")(anchors)
+    classes = torch.zeros(anchors.numel(), dtype=torch.long)
+    vec_a, ok_a = reps.extra_positive(0, batch, outputs, "a")(anchors, classes)
+    vec_b, ok_b = reps.extra_positive(0, batch, outputs, "b")(anchors, classes)
     assert ok_a.any() and torch.equal(ok_a, ok_b)
     assert torch.allclose(vec_a[ok_a], -vec_b[ok_b], atol=1e-6)
     assert vec_a.shape == (HW[0] * HW[1], 6)
     assert reps.extra_positive(0, batch, outputs, "c") is None
     assert reps.losses(0, batch, outputs) == {}
-    assert reps.metrics()["valid_fraction"] > 0.5  # the three lookups above were logged
+    logged = reps.metrics()   # the three lookups above
+    assert logged["valid_fraction"] > 0.5 and 0.0 < logged["label_agreement"] < 1.0
 
     # A resumed run gets the banks back exactly.
     fresh = RegistrationPositives(oracle, {n: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for n in ("a", "b")})
     fresh.load_state_dict(reps.state_dict())
     assert torch.equal(fresh.banks["b"].embedding, banks["b"].embedding)
-    assert torch.equal(fresh.extra_positive(0, batch, outputs, "a")(anchors)[0], vec_a)
+    assert torch.equal(fresh.extra_positive(0, batch, outputs, "a")(anchors, classes)[0], vec_a)
     with pytest.raises(ValueError, match="shape"):
         MemoryBank({"lab": 2}, dim=6, sample_hw=HW).load_state_dict(banks["a"].state_dict())
 
@@ -174,7 +211,7 @@ def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
     gate.validate(10, {"a": {"dice": 0.9}, "b": {"dice": 0.1}})
     gated = RegistrationPositives(oracle, banks, gate=gate)
     assert gated.extra_positive(0, batch, outputs, "a") is None
-    assert torch.equal(gated.extra_positive(0, batch, outputs, "b")(anchors)[0], vec_b)
+    assert torch.equal(gated.extra_positive(0, batch, outputs, "b")(anchors, classes)[0], vec_b)
     rsl_only = RegistrationGate(lambda: 0.5, ("rsl",))
     rsl_only.load_state_dict(gate.state_dict())
     assert RegistrationPositives(oracle, banks, gate=rsl_only).extra_positive(0, batch, outputs, "a") is not None

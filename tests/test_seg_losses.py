@@ -124,7 +124,7 @@ def test_contrastive_loss_samples_at_most_the_configured_number_of_anchors_per_c
     emb, classes = _two_class_part(b=2, h=8, w=8)   # 64 pixels per class
     seen = []
 
-    def extra(index: torch.Tensor):
+    def extra(index: torch.Tensor, cls: torch.Tensor):
         seen.append(index.clone())
         return torch.zeros(index.numel(), 8), torch.zeros(index.numel(), dtype=torch.bool)
 
@@ -143,8 +143,8 @@ def test_extra_positive_gets_flat_indices_of_its_own_part_and_changes_the_loss_b
     cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5)
     calls = []
 
-    def orthogonal_key(index: torch.Tensor):
-        calls.append(index.clone())
+    def orthogonal_key(index: torch.Tensor, cls: torch.Tensor):
+        calls.append((index.clone(), cls.clone()))
         key = torch.zeros(index.numel(), 8)
         key[:, 5] = 1.0  # orthogonal to every embedding: a.p = 0
         return key, torch.ones(index.numel(), dtype=torch.bool)
@@ -153,8 +153,9 @@ def test_extra_positive_gets_flat_indices_of_its_own_part_and_changes_the_loss_b
         [ContrastPart(emb_a, classes, conf, orthogonal_key), ContrastPart(emb_b, classes, conf)], cfg
     )
     assert len(calls) == 1
-    idx = calls[0]
+    idx, cls = calls[0]
     assert int(idx.min()) >= 0 and int(idx.max()) < classes.numel()
+    assert torch.equal(cls, classes.reshape(-1)[idx])   # each anchor comes with the class it was drawn for
     # part A holds half the 32 anchors; those average their two InfoNCE terms
     base = math.log(math.exp(10.0) + 5) - 10.0
     extra = math.log(1 + 5)
@@ -162,7 +163,7 @@ def test_extra_positive_gets_flat_indices_of_its_own_part_and_changes_the_loss_b
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def _orthogonal_key(index: torch.Tensor):
+def _orthogonal_key(index: torch.Tensor, cls: torch.Tensor):
     key = torch.zeros(index.numel(), 8)
     key[:, 5] = 1.0  # orthogonal to every embedding: a.p = 0
     return key, torch.ones(index.numel(), dtype=torch.bool)

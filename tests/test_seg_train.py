@@ -149,7 +149,7 @@ class ProbeHook(TrainerHook):
         self.asked.append(student)
         b, _, h, w = outputs[student].embedding.shape
 
-        def extra(index):
+        def extra(index, cls):
             self.indices.append((index.min().item(), index.max().item(), b * h * w))
             return outputs[student].embedding.detach().new_zeros(index.numel(), 128), torch.zeros(index.numel(), dtype=torch.bool)
 

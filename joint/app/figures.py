@@ -5,7 +5,7 @@ colour in every figure."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -90,12 +90,31 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (cumsum[idx] - cumsum[lo]) / (idx - lo)
 
 
-def plot_curves(path: Path, reg_log: Path, seg_log: Path, student: str = "a") -> Path:
-    """Training curves from the TensorBoard logs: registration loss and validation Dice;
-    segmentation losses of ``student`` (and the joint contrastive one); validation Dice."""
+REGISTRATION_SERIES = "registration (atlas labels)"
+# the validation gate logs the Dice of the atlas labels warped onto the validation volumes; a coupled run's
+# net moves it, a frozen net leaves it flat (docs/METHOD.md, parts 6 and 9)
+REGISTRATION_TAG = "val_gate/registration_dice"
+
+
+def validation_series(seg: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The validation Dice curves of a segmentation log, by legend label: each student's
+    (``val_<student>/dice``), and the registration's where the run logged it, so the figure
+    shows when the students overtake the registration they learn from."""
+    series = {f"student {tag[4:-5]}": seg[tag]
+              for tag in sorted(t for t in seg if t.startswith("val_") and t.endswith("/dice"))}
+    if REGISTRATION_TAG in seg:
+        series[REGISTRATION_SERIES] = seg[REGISTRATION_TAG]
+    return series
+
+
+def plot_curves(path: Path, reg_log: Optional[Path], seg_log: Path, student: str = "a") -> Path:
+    """Training curves from the TensorBoard logs: registration loss and validation Dice (an empty
+    panel without ``reg_log``); segmentation losses of ``student`` (and the joint contrastive one);
+    validation Dice of the students and of the registration (:func:`validation_series`)."""
     from matplotlib.figure import Figure
 
-    reg, seg = read_scalars(reg_log), read_scalars(seg_log)
+    reg = read_scalars(reg_log) if reg_log is not None else {}
+    seg = read_scalars(seg_log)
     fig = Figure(figsize=(15, 4))
     ax_reg, ax_loss, ax_val = fig.subplots(1, 3)
     if "loss/total" in reg:
@@ -116,8 +135,8 @@ def plot_curves(path: Path, reg_log: Path, seg_log: Path, student: str = "a") ->
     ax_loss.set_xlabel("iteration")
     ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=8)
-    for tag in sorted(t for t in seg if t.startswith("val_") and t.endswith("/dice")):
-        ax_val.plot(*seg[tag], "o-", label=f"student {tag[4:-5]}")
+    for label, (steps, values) in validation_series(seg).items():
+        ax_val.plot(steps, values, "o--" if label == REGISTRATION_SERIES else "o-", label=label)
     ax_val.set_title("validation 3D Dice (mean over classes)")
     ax_val.set_xlabel("iteration")
     ax_val.set_ylim(0, 1)
