@@ -173,9 +173,11 @@ class RegistrationPositives(TrainerHook):
         """Since the last call: ``valid_fraction``, the share of unlabeled-sample anchors with a
         registration positive (after ``cfg.positives``' rule); ``anchors``, how many were asked;
         ``label_agreement``, the share of the positives found (before the rule) whose atlas voxel
-        is labeled with the anchor's class (0 when none was found)."""
-        out = {"valid_fraction": self._valid / self._asked if self._asked else 0.0, "anchors": float(self._asked),
-               "label_agreement": self._agreeing / self._found if self._found else 0.0}
+        is labeled with the anchor's class; left out when none was found, so that its curve and
+        its means are over positives only."""
+        out = {"valid_fraction": self._valid / self._asked if self._asked else 0.0, "anchors": float(self._asked)}
+        if self._found:
+            out["label_agreement"] = self._agreeing / self._found
         self._asked = self._valid = self._found = self._agreeing = 0
         return out
 

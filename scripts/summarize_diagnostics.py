@@ -9,7 +9,8 @@ benchmark scores), the validation Dice at the last validation, and the mean over
 half of training of: the accuracy of the contrastive pool's pseudo-labels (``pool acc``) and
 of its class-balanced anchors (``anchor acc``), the gradient norms of the contrastive term
 (on the embedding) and of the supervised and cross-teaching terms (on the logits), the share
-of anchors that found a registration positive (``REPS valid``) and the Dice of the RSL targets
+of anchors that found a registration positive (``REPS valid``), the share of those whose atlas
+label is the anchor's class (``REPS agree``, steps that found one) and the Dice of the RSL targets
 against the hidden labels (``RSL Dice``); with the validation gate on (``gate.mode``), the
 step from which the gate keeps RSL closed to student A to the end (``A closed from``; ``-``:
 open at the end). The hidden labels of "unlabeled" volumes were read
@@ -35,6 +36,7 @@ SECOND_HALF = {
     "|g cps|": "diag/grad_a_cps_a_logits",
     "|g rsl|": "diag/grad_a_rsl_a_logits",
     "REPS valid": "reps/valid_fraction",
+    "REPS agree": "reps/label_agreement",
     "RSL Dice": "rsl/target_dice_hidden",
 }
 VAL = "val_a/dice"

@@ -196,6 +196,7 @@ def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
     assert reps.losses(0, batch, outputs) == {}
     logged = reps.metrics()   # the three lookups above
     assert logged["valid_fraction"] > 0.5 and 0.0 < logged["label_agreement"] < 1.0
+    assert "label_agreement" not in reps.metrics()   # nothing looked up since: no share to log
 
     # A resumed run gets the banks back exactly.
     fresh = RegistrationPositives(oracle, {n: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for n in ("a", "b")})
