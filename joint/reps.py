@@ -47,6 +47,8 @@ POSITIVE_RULES = ("all", "label-agree")
 
 @dataclass(frozen=True)
 class RepsConfig:
+    """``positives``: which registration positives count, one of :data:`POSITIVE_RULES`."""
+
     positives: str = "all"
 
     def __post_init__(self) -> None:
@@ -82,6 +84,8 @@ def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, a
                            rule: str = "all") -> Positives:
     """The registration positive of every anchor (``anchor_class``: int64 ``(A,)``, the class it
     was drawn for); ``rule`` is one of :data:`POSITIVE_RULES`."""
+    if rule not in POSITIVE_RULES:
+        raise ValueError(f"REPS: unknown rule for positives {rule!r}; expected one of {POSITIVE_RULES}")
     A, D = anchor_flat_index.shape[0], bank.embedding.shape[-1]
     b, voxels = pixel_voxels(batch, anchor_flat_index)
     classes = anchor_class.cpu().numpy()

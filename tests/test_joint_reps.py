@@ -163,6 +163,8 @@ def test_label_agree_keeps_the_positives_whose_atlas_label_is_the_anchors_class(
     assert not agreed.vectors[~agreed.valid].any()
     with pytest.raises(ValueError, match="reps.positives"):
         RepsConfig(positives="some")
+    with pytest.raises(ValueError, match="some"):
+        registration_positives(batch, anchors, classes, oracle, bank, step=0, rule="some")
 
 
 def test_label_at_reads_the_nearest_voxel_up_to_the_volume_edges():
