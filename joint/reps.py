@@ -60,13 +60,15 @@ class RepsConfig:
 class Positives:
     """The registration positives of a set of anchors.
 
-    ``vectors``: float32 ``(A, D)`` unit vectors (zero where not valid); ``valid``: bool ``(A,)``;
+    ``vectors``: float32 ``(A, D)`` unit vectors (zero where not valid); ``valid``: bool ``(A,)``,
+    never set for an anchor on a labeled sample; ``asked``: the anchors on unlabeled samples;
     ``found``: (anchor, atlas) lookups the bank answered, before any label rule; ``agreeing``:
     how many of those land on an atlas voxel labeled with the anchor's class.
     """
 
     vectors: torch.Tensor
     valid: torch.Tensor
+    asked: int
     found: int
     agreeing: int
 
@@ -89,6 +91,7 @@ def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, a
     A, D = anchor_flat_index.shape[0], bank.embedding.shape[-1]
     b, voxels = pixel_voxels(batch, anchor_flat_index)
     classes = anchor_class.cpu().numpy()
+    asked = int((~batch.is_labeled[b]).sum())
     anchor_pos, atlas_pos, moved, agree = [], [], [], []
     for sample in torch.unique(b[~batch.is_labeled[b]]).tolist():
         sel = torch.nonzero(b == sample).flatten()
@@ -121,7 +124,7 @@ def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, a
         vectors.index_add_(0, where, vec)
         count.index_add_(0, where, valid.float())
     valid = count > 0
-    return Positives(F.normalize(vectors, dim=1) * valid[:, None].float(), valid, found, agreeing)
+    return Positives(F.normalize(vectors, dim=1) * valid[:, None].float(), valid, asked, found, agreeing)
 
 
 class RegistrationPositives(TrainerHook):
@@ -164,9 +167,8 @@ class RegistrationPositives(TrainerHook):
         def positive(anchor_flat_index: torch.Tensor, anchor_class: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             found = registration_positives(batch, anchor_flat_index.cpu(), anchor_class, self.oracle, bank, step,
                                            self.cfg.positives)
-            unlabeled = ~batch.is_labeled[pixel_voxels(batch, anchor_flat_index)[0]]
-            self._asked += int(unlabeled.sum())
-            self._valid += int((found.valid & unlabeled).sum())
+            self._asked += found.asked
+            self._valid += int(found.valid.sum())
             self._found += found.found
             self._agreeing += found.agreeing
             return found.vectors.to(anchor_flat_index.device), found.valid.to(anchor_flat_index.device)

@@ -111,13 +111,21 @@ def test_bank_memory_is_fixed_float16_and_shrinks_with_downsampling():
     assert small.nbytes < big.nbytes / 3.5
 
 
-def test_registration_positive_is_the_embedding_at_the_registered_point(world):
+def shifted_lookup(world, anchor_seed: int):
+    """A registration oracle that shifts by SHIFT, a bank filled over 10 steps, the next batch
+    and 600 of its pixels drawn with ``anchor_seed``: what a registration positive is looked up from."""
     atlas, target, sampler = world
     oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
     bank = filled_bank(sampler, steps=10)
     batch = sampler.next_batch()
     B, (H, W) = batch.image.shape[0], HW
-    anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(0))[:600]
+    anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(anchor_seed))[:600]
+    return oracle, bank, batch, anchors
+
+
+def test_registration_positive_is_the_embedding_at_the_registered_point(world):
+    atlas, target, _ = world
+    oracle, bank, batch, anchors = shifted_lookup(world, anchor_seed=0)
     classes = torch.zeros(600, dtype=torch.long)
     found = registration_positives(batch, anchors, classes, oracle, bank, step=0)
     vec, valid = found.vectors, found.valid
@@ -140,12 +148,8 @@ def test_registration_positive_is_the_embedding_at_the_registered_point(world):
 
 
 def test_label_agree_keeps_the_positives_whose_atlas_label_is_the_anchors_class(world):
-    atlas, target, sampler = world
-    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
-    bank = filled_bank(sampler, steps=10)
-    batch = sampler.next_batch()
-    B, (H, W) = batch.image.shape[0], HW
-    anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(1))[:600]
+    atlas = world[0]
+    oracle, bank, batch, anchors = shifted_lookup(world, anchor_seed=1)
     _, voxels = pixel_voxels(batch, anchors)
     there = (voxels + torch.tensor(SHIFT, dtype=torch.float32)).numpy()
     inside = ((there > -0.5) & (there < np.asarray(SHAPE) - 0.5)).all(axis=1)
