@@ -13,16 +13,25 @@ weighted by registration confidence ('max-prob': the top soft one-hot probabilit
 far from a label boundary the interpolation landed; 'agreement': the fraction of atlases
 whose label agrees with the vote, meaningful with the 'fused' policy).
 
+Where RSL teaches (``rsl.pixels``): ``all`` pixels (the paper's), or only where the two students'
+argmax ``disagree``: the registration then arbitrates the pixels cross teaching cannot settle
+and no longer pulls both students off a label they agree on. Those pixels keep the per-pixel
+weight they have under ``all`` (the loss is scaled by their share), so the two modes differ
+only in the pixels left out (METHOD.md part 6).
+
 A :class:`joint.gate.RegistrationGate` given to the hook closes RSL to a student whose
 validation Dice has reached the registration's (``gate.*``, METHOD.md part 6).
 
 Where the run has hidden labels of the unlabeled volumes (``TrainData.diagnostic_labels``,
 never used by a loss), the hook logs ``rsl/target_dice_hidden``: the foreground Dice of the
-step's registration targets against them, over the pixels RSL trains on.
+step's registration targets against them, over the pixels RSL trains on, and the pixel
+accuracy there of the targets (``rsl/target_acc_hidden``) and of each student
+(``rsl/acc_hidden_<student>``): whether the registration knows more than the students
+where it teaches them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping, Optional
 
@@ -40,6 +49,7 @@ from seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
 SCHEDULES = ("ramp-up", "fade-out")
+PIXEL_MODES = ("all", "disagree")
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,11 @@ class RSLConfig:
     confidence: str = "none"       # per-pixel weight, one of CONFIDENCE_MODES
     schedule: str = "ramp-up"      # one of SCHEDULES
     fade_fraction: float = 0.5     # 'fade-out': the share of training after which RSL is 0
+    pixels: str = "all"            # one of PIXEL_MODES: 'disagree' teaches only where the students differ
 
     def __post_init__(self) -> None:
+        if self.pixels not in PIXEL_MODES:
+            raise ValueError(f"rsl.pixels must be one of {PIXEL_MODES}, got {self.pixels!r}")
         if self.confidence not in CONFIDENCE_MODES:
             raise ValueError(f"rsl.confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
         if self.schedule not in SCHEDULES:
@@ -125,6 +138,15 @@ def weighted_ce_dice(logits: torch.Tensor, label: torch.Tensor, weight: torch.Te
     return 0.5 * (ce + dice)
 
 
+def students_disagree(outputs: Mapping[str, StudentOutput], rows: torch.Tensor) -> torch.Tensor:
+    """float32 ``(R, H, W)`` on the CPU: 1 where the students' argmax differ at batch rows
+    ``rows`` (R,), else 0 (read from detached logits: the mask takes no gradient)."""
+    if len(outputs) < 2:
+        raise ValueError(f"rsl.pixels='disagree' needs two students, got {sorted(outputs)}")
+    labels = [out.logits.detach()[rows.to(out.logits.device)].argmax(dim=1).cpu() for out in outputs.values()]
+    return torch.stack([lab != labels[0] for lab in labels[1:]]).any(dim=0).float()
+
+
 def rsl_weight(cfg: RSLConfig, step: int, rampup_steps: float, iterations: int) -> float:
     """lambda_rs at ``step``: ramped up over ``rampup_steps`` (``ramp-up``) or faded out
     linearly to 0 at ``fade_fraction * iterations`` (``fade-out``)."""
@@ -156,7 +178,7 @@ class RegistrationSupervision(TrainerHook):
         self.rampup_steps = float(rampup_steps)
         self.hidden = hidden_labels
         self.last_targets: RegistrationTargets | None = None
-        self._target_dice: float | None = None
+        self._metrics: dict[str, float] = {}
         self.gate = gate
 
     def losses(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
@@ -164,27 +186,43 @@ class RegistrationSupervision(TrainerHook):
         # a zero term keeps the logged curve continuous; no registration query when no student takes it
         losses = {n: out.logits.sum() * 0.0 for n, out in outputs.items() if n not in open_to}
         if not open_to:
-            self.last_targets, self._target_dice = None, None
+            self.last_targets, self._metrics = None, {}
             return losses
         targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
+        inside = float(targets.weight.sum())
+        if self.cfg.pixels == "disagree":
+            targets = replace(targets, weight=targets.weight * students_disagree(outputs, targets.index))
+        share = float(targets.weight.sum()) / inside if inside > 0 else 0.0
         self.last_targets = targets
-        self._target_dice = self._dice_against_hidden(batch, targets)
-        lam = rsl_weight(self.cfg, step, self.rampup_steps, self.iterations)
+        self._metrics = {"pixel_share": share} if self.cfg.pixels != "all" else {}
+        self._metrics.update(self._against_hidden(batch, targets, outputs))
+        lam = rsl_weight(self.cfg, step, self.rampup_steps, self.iterations) * share
         for name in open_to:
             logits = outputs[name].logits[targets.index]
             losses[name] = lam * weighted_ce_dice(logits, targets.label.to(logits.device),
                                                   targets.weight.to(logits.device))
         return losses
 
-    def _dice_against_hidden(self, batch: SliceBatch, targets: RegistrationTargets) -> Optional[float]:
-        """Foreground Dice of ``targets.label`` against the hidden labels, over pixels with
-        RSL weight > 0 whose volume has one; None without any."""
+    def _against_hidden(self, batch: SliceBatch, targets: RegistrationTargets,
+                        outputs: Mapping[str, StudentOutput]) -> dict[str, float]:
+        """Over the pixels with RSL weight > 0 whose volume has a hidden label: the targets'
+        foreground Dice and pixel accuracy, and each student's accuracy; empty without any."""
         if not self.hidden or targets.index.numel() == 0:
-            return None
+            return {}
         truth, known = hidden_labels_of(batch, self.hidden, targets.index, self.oracle.num_classes)
         used = known & (targets.weight > 0)
-        return foreground_dice(targets.label[used], truth[used], self.oracle.num_classes) if bool(used.any()) else None
+        if not bool(used.any()):
+            return {}
+        out = {"target_acc_hidden": float((targets.label[used] == truth[used]).float().mean())}
+        dice = foreground_dice(targets.label[used], truth[used], self.oracle.num_classes)
+        if dice is not None:
+            out["target_dice_hidden"] = dice
+        for name, output in outputs.items():
+            pred = output.logits.detach()[targets.index.to(output.logits.device)].argmax(dim=1).cpu()
+            out[f"acc_hidden_{name}"] = float((pred[used] == truth[used]).float().mean())
+        return out
 
     def metrics(self) -> dict[str, float]:
-        """``target_dice_hidden`` of the last step, where hidden labels exist."""
-        return {} if self._target_dice is None else {"target_dice_hidden": self._target_dice}
+        """The last step's ``pixel_share`` (under ``rsl.pixels`` other than ``all``) and, where
+        hidden labels exist, the figures of :meth:`_against_hidden`."""
+        return dict(self._metrics)

@@ -215,3 +215,47 @@ def test_gate_options_are_checked():
         GateConfig(mode="sometimes")
     with pytest.raises(ValueError, match="gate.terms"):
         GateConfig(terms="reps")
+
+
+def test_disagree_mode_teaches_only_where_the_students_differ_with_the_weight_they_had(setup):
+    oracle, sampler, target_label = setup
+    batch = sampler.next_batch()
+    B = batch.image.shape[0]
+    agreed = torch.randint(0, 4, (B, 24, 24), generator=torch.Generator().manual_seed(1))
+    other = agreed.clone()
+    other[:, :, :8] = (agreed[:, :, :8] + 1) % 4     # student b differs on the left third only
+    differ = torch.zeros(B, 24, 24, dtype=torch.bool)
+    differ[:, :, :8] = True
+
+    def students():
+        logits = {"a": (3.0 * F.one_hot(agreed, 4).permute(0, 3, 1, 2).float()).requires_grad_(),
+                  "b": (3.0 * F.one_hot(other, 4).permute(0, 3, 1, 2).float()).requires_grad_()}
+        return logits, {n: StudentOutput(logits=t, features=t, embedding=t) for n, t in logits.items()}
+
+    grads, logged = {}, {}
+    for mode in ("all", "disagree"):
+        logits, outputs = students()
+        term = RegistrationSupervision(oracle, RSLConfig(weight=0.1, pixels=mode), hidden_labels={"unl": target_label})
+        loss = term.losses(50, batch, outputs)["a"]
+        loss.backward()
+        grads[mode], logged[mode] = logits["a"].grad.clone(), term.metrics()
+    rows = slice(2, None)   # the unlabeled samples
+    unlabeled_agree = ~differ[rows]
+    assert not grads["disagree"][rows].permute(0, 2, 3, 1)[unlabeled_agree].any()
+    assert grads["disagree"][rows].permute(0, 2, 3, 1)[differ[rows]].abs().sum() > 0
+    assert not grads["disagree"][:2].any()
+    share = logged["disagree"]["pixel_share"]
+    assert 0.2 < share < 0.45 and "pixel_share" not in logged["all"]
+    # the registration is exact here, so where it teaches it knows more than the students
+    assert logged["disagree"]["target_acc_hidden"] > 0.97
+    assert logged["disagree"]["acc_hidden_a"] < 0.5 and logged["all"]["acc_hidden_a"] < 0.5
+
+
+def test_disagree_mode_needs_two_students_and_the_options_are_checked(setup):
+    oracle, sampler, _ = setup
+    batch = sampler.next_batch()
+    logits = torch.zeros(batch.image.shape[0], 4, 24, 24)
+    with pytest.raises(ValueError, match="two students"):
+        RegistrationSupervision(oracle, RSLConfig(pixels="disagree")).losses(5, batch, {"a": StudentOutput(logits, logits, logits)})
+    with pytest.raises(ValueError, match="rsl.pixels"):
+        RSLConfig(pixels="some")
