@@ -138,13 +138,18 @@ def weighted_ce_dice(logits: torch.Tensor, label: torch.Tensor, weight: torch.Te
     return 0.5 * (ce + dice)
 
 
-def students_disagree(outputs: Mapping[str, StudentOutput], rows: torch.Tensor) -> torch.Tensor:
-    """float32 ``(R, H, W)`` on the CPU: 1 where the students' argmax differ at batch rows
-    ``rows`` (R,), else 0 (read from detached logits: the mask takes no gradient)."""
-    if len(outputs) < 2:
-        raise ValueError(f"rsl.pixels='disagree' needs two students, got {sorted(outputs)}")
-    labels = [out.logits.detach()[rows.to(out.logits.device)].argmax(dim=1).cpu() for out in outputs.values()]
-    return torch.stack([lab != labels[0] for lab in labels[1:]]).any(dim=0).float()
+def student_labels(outputs: Mapping[str, StudentOutput], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each student's argmax at batch rows ``rows`` (R,): int64 ``(R, H, W)`` on the CPU, from
+    detached logits (nothing read from them takes a gradient)."""
+    return {name: out.logits.detach()[rows.to(out.logits.device)].argmax(dim=1).cpu() for name, out in outputs.items()}
+
+
+def disagreement(labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """float32 ``(R, H, W)``: 1 where the students' labels (:func:`student_labels`) differ, else 0."""
+    if len(labels) < 2:
+        raise ValueError(f"rsl.pixels='disagree' needs two students, got {sorted(labels)}")
+    first, *others = labels.values()
+    return torch.stack([lab != first for lab in others]).any(dim=0).float()
 
 
 def rsl_weight(cfg: RSLConfig, step: int, rampup_steps: float, iterations: int) -> float:
@@ -190,12 +195,13 @@ class RegistrationSupervision(TrainerHook):
             return losses
         targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
         inside = float(targets.weight.sum())
+        labels = student_labels(outputs, targets.index) if self.cfg.pixels == "disagree" or self.hidden else {}
         if self.cfg.pixels == "disagree":
-            targets = replace(targets, weight=targets.weight * students_disagree(outputs, targets.index))
+            targets = replace(targets, weight=targets.weight * disagreement(labels))
         share = float(targets.weight.sum()) / inside if inside > 0 else 0.0
         self.last_targets = targets
         self._metrics = {"pixel_share": share} if self.cfg.pixels != "all" else {}
-        self._metrics.update(self._against_hidden(batch, targets, outputs))
+        self._metrics.update(self._against_hidden(batch, targets, labels))
         lam = rsl_weight(self.cfg, step, self.rampup_steps, self.iterations) * share
         for name in open_to:
             logits = outputs[name].logits[targets.index]
@@ -204,7 +210,7 @@ class RegistrationSupervision(TrainerHook):
         return losses
 
     def _against_hidden(self, batch: SliceBatch, targets: RegistrationTargets,
-                        outputs: Mapping[str, StudentOutput]) -> dict[str, float]:
+                        labels: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Over the pixels with RSL weight > 0 whose volume has a hidden label: the targets'
         foreground Dice and pixel accuracy, and each student's accuracy; empty without any."""
         if not self.hidden or targets.index.numel() == 0:
@@ -217,8 +223,7 @@ class RegistrationSupervision(TrainerHook):
         dice = foreground_dice(targets.label[used], truth[used], self.oracle.num_classes)
         if dice is not None:
             out["target_dice_hidden"] = dice
-        for name, output in outputs.items():
-            pred = output.logits.detach()[targets.index.to(output.logits.device)].argmax(dim=1).cpu()
+        for name, pred in labels.items():
             out[f"acc_hidden_{name}"] = float((pred[used] == truth[used]).float().mean())
         return out
 

@@ -10,8 +10,11 @@ half of training of: the accuracy of the contrastive pool's pseudo-labels (``poo
 of its class-balanced anchors (``anchor acc``), the gradient norms of the contrastive term
 (on the embedding) and of the supervised and cross-teaching terms (on the logits), the share
 of anchors that found a registration positive (``REPS valid``), the share of those whose atlas
-label is the anchor's class (``REPS agree``, steps that found one) and the Dice of the RSL targets
-against the hidden labels (``RSL Dice``); with the validation gate on (``gate.mode``), the
+label is the anchor's class (``REPS agree``, steps that found one), the Dice of the RSL targets
+against the hidden labels (``RSL Dice``), the share of the pixels RSL covers that it teaches
+(``RSL share``, under ``rsl.pixels`` other than ``all``) and, on the pixels it teaches, the
+accuracy of its targets and of student A against the hidden labels (``RSL acc``,
+``A acc at RSL``); with the validation gate on (``gate.mode``), the
 step from which the gate keeps RSL closed to student A to the end (``A closed from``; ``-``:
 open at the end). The hidden labels of "unlabeled" volumes were read
 for these figures only, never for training or selection.
@@ -38,6 +41,9 @@ SECOND_HALF = {
     "REPS valid": "reps/valid_fraction",
     "REPS agree": "reps/label_agreement",
     "RSL Dice": "rsl/target_dice_hidden",
+    "RSL share": "rsl/pixel_share",
+    "RSL acc": "rsl/target_acc_hidden",
+    "A acc at RSL": "rsl/acc_hidden_a",
 }
 VAL = "val_a/dice"
 # the gate's decisions for student A (runs before the gate moved to ``gate.*`` logged it under rsl)
