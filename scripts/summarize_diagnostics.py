@@ -2,7 +2,7 @@
 validation curve and its ``diag/``, ``rsl/`` and ``reps/`` scalars (docs/METHOD.md, issue 11),
 then their mean ± std over seeds, so a Dice table can be read with the reasons beside it.
 
-    python scripts/summarize_diagnostics.py BENCHMARK_DIR [--labeled 1] [--out FILE.md]
+    python scripts/summarize_diagnostics.py BENCHMARK_DIR [--labeled 1] [--out FILE.md] [--quarters]
 
 Per run (student A): the best validation Dice and its step (the checkpoint ``best.pt`` the
 benchmark scores), the validation Dice at the last validation, and the mean over the second
@@ -16,8 +16,11 @@ against the hidden labels (``RSL Dice``), the share of the pixels RSL covers tha
 accuracy of its targets and of student A against the hidden labels (``RSL acc``,
 ``A acc at RSL``); with the validation gate on (``gate.mode``), the
 step from which the gate keeps RSL closed to student A to the end (``A closed from``; ``-``:
-open at the end). The hidden labels of "unlabeled" volumes were read
-for these figures only, never for training or selection.
+open at the end). ``--quarters`` adds a table of RSL's figures by quarter of training
+(mean over seeds; ``-``: no step of that quarter logged it, e.g. RSL closed to both students):
+the share it teaches and the accuracy of its targets and of each student where it teaches.
+The hidden labels of "unlabeled" volumes were read for these figures only, never for training
+or selection.
 """
 from __future__ import annotations
 
@@ -46,6 +49,13 @@ SECOND_HALF = {
     "A acc at RSL": "rsl/acc_hidden_a",
 }
 VAL = "val_a/dice"
+# the --quarters table: column name -> scalar tag
+BY_QUARTER = {
+    "RSL share": "rsl/pixel_share",
+    "RSL acc": "rsl/target_acc_hidden",
+    "A acc at RSL": "rsl/acc_hidden_a",
+    "B acc at RSL": "rsl/acc_hidden_b",
+}
 # the gate's decisions for student A (runs before the gate moved to ``gate.*`` logged it under rsl)
 GATE = ("val_gate/open_a", "val_rsl/open_a")
 
@@ -59,6 +69,15 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 def second_half_mean(series: Sequence[tuple[int, float]]) -> float:
     last = max(step for step, _ in series)
     return float(np.mean([v for step, v in series if step > last / 2]))
+
+
+def quarter_means(series: Sequence[tuple[int, float]], last: int) -> list[Optional[float]]:
+    """Mean of ``series`` over each quarter ``[q, q + 1) * last / 4`` of a run of ``last`` steps
+    (the final step counts in the last quarter); None for a quarter without a value."""
+    quarters: list[list[float]] = [[], [], [], []]
+    for step, value in series:
+        quarters[min(int(4 * step / max(last, 1)), 3)].append(value)
+    return [float(np.mean(q)) if q else None for q in quarters]
 
 
 def closed_from(opened: Sequence[tuple[int, float]]) -> Optional[float]:
@@ -129,16 +148,39 @@ def tables(benchmark: Path, labeled: str) -> str:
     return "\n".join(grouped) + "\n\n" + "\n".join(per_run) + "\n"
 
 
+def quarter_table(benchmark: Path, labeled: str) -> str:
+    """RSL's figures (:data:`BY_QUARTER`) by quarter of training, mean over each group's seeds."""
+    lines = ["| method | backend | figure | quarter 1 | quarter 2 | quarter 3 | quarter 4 |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for (method, backend), seeds in runs_of(benchmark, labeled).items():
+        per_seed = []
+        for _, run in sorted(seeds):
+            tags = scalars(run)
+            last = max((step for series in tags.values() for step, _ in series), default=0)
+            per_seed.append({c: quarter_means(tags[t], last) if t in tags else [None] * 4 for c, t in BY_QUARTER.items()})
+        for column in BY_QUARTER:
+            cells = []
+            for q in range(4):
+                values = [r[column][q] for r in per_seed if r[column][q] is not None]
+                cells.append(f"{np.mean(values):.3f}" if values else "-")
+            if any(c != "-" for c in cells):
+                lines.append(f"| {method} | {backend} | {column} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("benchmark", type=Path, help="a `cctr benchmark --out` folder")
     p.add_argument("--labeled", default="1", help="labeled set (default 1)")
     p.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    p.add_argument("--quarters", action="store_true", help="add RSL's figures by quarter of training")
     args = p.parse_args(argv)
     if not runs_of(args.benchmark, args.labeled):
         raise SystemExit(f"{args.benchmark}: no runs of labeled set {args.labeled!r} with TensorBoard logs "
                          f"(expected runs/METHOD/BACKEND/labeled-{args.labeled}/seed-N/tb, as `cctr benchmark` writes)")
     text = tables(args.benchmark, args.labeled)
+    if args.quarters:
+        text += "\n" + quarter_table(args.benchmark, args.labeled)
     if args.out is not None:
         args.out.write_text(text)
     sys.stdout.write(text)

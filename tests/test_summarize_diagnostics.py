@@ -38,3 +38,24 @@ def test_tables_read_best_validation_and_gate_decisions_per_seed(summary, tmp_pa
     assert "0.7500 ± 0.0500" in mean_row and mean_row.rstrip(" |").endswith("200 / -")
     seed0 = next(line for line in text.splitlines() if line.startswith("| cctr | learned-x | 0 |"))
     assert "| 0.7000 | 200 | 0.6000 |" in seed0
+
+
+def test_quarter_means_split_a_run_in_four_and_leave_empty_quarters_out(summary):
+    series = [(0, 1.0), (10, 3.0), (25, 5.0), (74, 7.0), (100, 9.0)]   # a run of 100 steps
+    assert summary.quarter_means(series, 100) == [2.0, 5.0, 7.0, 9.0]
+    assert summary.quarter_means([(0, 1.0), (99, 2.0)], 100) == [1.0, None, None, 2.0]
+
+
+def test_quarter_table_shows_only_the_rsl_figures_a_run_logged(summary, tmp_path):
+    run = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "seed-0"
+    writer = SummaryWriter(str(run / "tb"))
+    for step in range(0, 400, 10):
+        writer.add_scalar("rsl/target_acc_hidden", 0.9 if step < 100 else 0.5, step)
+        if step < 200:   # closed to both students from the middle on
+            writer.add_scalar("rsl/pixel_share", 0.1, step)
+    writer.add_scalar("val_a/dice", 0.8, 400)
+    writer.close()
+    text = summary.quarter_table(tmp_path, "1")
+    assert "| cctr | learned-x | RSL acc | 0.900 | 0.500 | 0.500 | 0.500 |" in text
+    assert "| cctr | learned-x | RSL share | 0.100 | 0.100 | - | - |" in text
+    assert "A acc at RSL" not in text
