@@ -194,13 +194,14 @@ class RegistrationSupervision(TrainerHook):
             self.last_targets, self._metrics = None, {}
             return losses
         targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
-        inside = float(targets.weight.sum())
         labels = student_labels(outputs, targets.index) if self.cfg.pixels == "disagree" or self.hidden else {}
+        share, self._metrics = 1.0, {}
         if self.cfg.pixels == "disagree":
-            targets = replace(targets, weight=targets.weight * disagreement(labels))
-        share = float(targets.weight.sum()) / inside if inside > 0 else 0.0
+            kept = targets.weight * disagreement(labels)
+            inside = float(targets.weight.sum())
+            share = float(kept.sum()) / inside if inside > 0 else 0.0
+            targets, self._metrics = replace(targets, weight=kept), {"pixel_share": share}
         self.last_targets = targets
-        self._metrics = {"pixel_share": share} if self.cfg.pixels != "all" else {}
         self._metrics.update(self._against_hidden(batch, targets, labels))
         lam = rsl_weight(self.cfg, step, self.rampup_steps, self.iterations) * share
         for name in open_to:

@@ -33,6 +33,12 @@ from typing import Optional, Sequence
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+# RSL on the pixels it teaches (column name -> scalar tag), in both tables
+RSL_AT_ITS_PIXELS = {
+    "RSL share": "rsl/pixel_share",
+    "RSL acc": "rsl/target_acc_hidden",
+    "A acc at RSL": "rsl/acc_hidden_a",
+}
 # column name -> scalar tag (student A); '-' in the table when a run does not log it
 SECOND_HALF = {
     "pool acc": "diag/pool_acc_a",
@@ -44,23 +50,19 @@ SECOND_HALF = {
     "REPS valid": "reps/valid_fraction",
     "REPS agree": "reps/label_agreement",
     "RSL Dice": "rsl/target_dice_hidden",
-    "RSL share": "rsl/pixel_share",
-    "RSL acc": "rsl/target_acc_hidden",
-    "A acc at RSL": "rsl/acc_hidden_a",
+    **RSL_AT_ITS_PIXELS,
 }
 VAL = "val_a/dice"
 # the --quarters table: column name -> scalar tag
-BY_QUARTER = {
-    "RSL share": "rsl/pixel_share",
-    "RSL acc": "rsl/target_acc_hidden",
-    "A acc at RSL": "rsl/acc_hidden_a",
-    "B acc at RSL": "rsl/acc_hidden_b",
-}
+BY_QUARTER = {**RSL_AT_ITS_PIXELS, "B acc at RSL": "rsl/acc_hidden_b"}
 # the gate's decisions for student A (runs before the gate moved to ``gate.*`` logged it under rsl)
 GATE = ("val_gate/open_a", "val_rsl/open_a")
 
 
-def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+Tags = dict[str, list[tuple[int, float]]]   # scalar tag -> [(step, value)]
+
+
+def scalars(run: Path) -> Tags:
     events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
@@ -88,8 +90,7 @@ def closed_from(opened: Sequence[tuple[int, float]]) -> Optional[float]:
     return None if start is None else float(start)
 
 
-def summarize_run(run: Path) -> dict[str, Optional[float]]:
-    tags = scalars(run)
+def summarize_run(tags: Tags) -> dict[str, Optional[float]]:
     row: dict[str, Optional[float]] = {}
     val = tags.get(VAL, [])
     if val:
@@ -112,6 +113,12 @@ def runs_of(benchmark: Path, labeled: str) -> dict[tuple[str, str], list[tuple[i
     return found
 
 
+def read_runs(benchmark: Path, labeled: str) -> dict[tuple[str, str], list[tuple[int, Tags]]]:
+    """(method, backend folder) -> [(seed, its scalars)] by seed: every run's logs read once."""
+    return {group: [(seed, scalars(run)) for seed, run in sorted(seeds)]
+            for group, seeds in runs_of(benchmark, labeled).items()}
+
+
 STEP_COLUMNS = ("best step", "A closed from")
 
 
@@ -123,15 +130,15 @@ def _cell(value: Optional[float], column: str) -> str:
     return f"{value:.4f}" if abs(value) >= 1e-2 else f"{value:.2e}"
 
 
-def tables(benchmark: Path, labeled: str) -> str:
+def tables(runs: dict[tuple[str, str], list[tuple[int, Tags]]]) -> str:
     columns = ["best val Dice", "best step", "last val Dice", *SECOND_HALF, "A closed from"]
     per_run = [f"| method | backend | seed | {' | '.join(columns)} |", "|" + " --- |" * 3 + " ---: |" * len(columns)]
     grouped = [f"| method | backend | seeds | {' | '.join(c for c in columns if c != 'best step')} |",
                "|" + " --- |" * 3 + " ---: |" * (len(columns) - 1)]
-    for (method, backend), seeds in runs_of(benchmark, labeled).items():
+    for (method, backend), seeds in runs.items():
         rows = []
-        for seed, run in sorted(seeds):
-            row = summarize_run(run)
+        for seed, tags in seeds:
+            row = summarize_run(tags)
             rows.append(row)
             per_run.append(f"| {method} | {backend} | {seed} | " + " | ".join(_cell(row.get(c), c) for c in columns) + " |")
         cells = []
@@ -148,14 +155,13 @@ def tables(benchmark: Path, labeled: str) -> str:
     return "\n".join(grouped) + "\n\n" + "\n".join(per_run) + "\n"
 
 
-def quarter_table(benchmark: Path, labeled: str) -> str:
+def quarter_table(runs: dict[tuple[str, str], list[tuple[int, Tags]]]) -> str:
     """RSL's figures (:data:`BY_QUARTER`) by quarter of training, mean over each group's seeds."""
     lines = ["| method | backend | figure | quarter 1 | quarter 2 | quarter 3 | quarter 4 |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    for (method, backend), seeds in runs_of(benchmark, labeled).items():
+    for (method, backend), seeds in runs.items():
         per_seed = []
-        for _, run in sorted(seeds):
-            tags = scalars(run)
+        for _, tags in seeds:
             last = max((step for series in tags.values() for step, _ in series), default=0)
             per_seed.append({c: quarter_means(tags[t], last) if t in tags else [None] * 4 for c, t in BY_QUARTER.items()})
         for column in BY_QUARTER:
@@ -175,12 +181,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the tables here")
     p.add_argument("--quarters", action="store_true", help="add RSL's figures by quarter of training")
     args = p.parse_args(argv)
-    if not runs_of(args.benchmark, args.labeled):
+    runs = read_runs(args.benchmark, args.labeled)
+    if not runs:
         raise SystemExit(f"{args.benchmark}: no runs of labeled set {args.labeled!r} with TensorBoard logs "
                          f"(expected runs/METHOD/BACKEND/labeled-{args.labeled}/seed-N/tb, as `cctr benchmark` writes)")
-    text = tables(args.benchmark, args.labeled)
+    text = tables(runs)
     if args.quarters:
-        text += "\n" + quarter_table(args.benchmark, args.labeled)
+        text += "\n" + quarter_table(runs)
     if args.out is not None:
         args.out.write_text(text)
     sys.stdout.write(text)

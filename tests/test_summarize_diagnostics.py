@@ -33,7 +33,7 @@ def test_tables_read_best_validation_and_gate_decisions_per_seed(summary, tmp_pa
     runs = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1"
     write_run(runs / "seed-0", [0.5, 0.7, 0.6], [1.0, 0.0, 0.0], "val_gate/open_a")
     write_run(runs / "seed-1", [0.4, 0.5, 0.8], [1.0, 1.0, 1.0], "val_rsl/open_a")   # the older tag
-    text = summary.tables(tmp_path, "1")
+    text = summary.tables(summary.read_runs(tmp_path, "1"))
     mean_row = next(line for line in text.splitlines() if line.startswith("| cctr | learned-x | 2 |"))
     assert "0.7500 ± 0.0500" in mean_row and mean_row.rstrip(" |").endswith("200 / -")
     seed0 = next(line for line in text.splitlines() if line.startswith("| cctr | learned-x | 0 |"))
@@ -55,7 +55,7 @@ def test_quarter_table_shows_only_the_rsl_figures_a_run_logged(summary, tmp_path
             writer.add_scalar("rsl/pixel_share", 0.1, step)
     writer.add_scalar("val_a/dice", 0.8, 400)
     writer.close()
-    text = summary.quarter_table(tmp_path, "1")
+    text = summary.quarter_table(summary.read_runs(tmp_path, "1"))
     assert "| cctr | learned-x | RSL acc | 0.900 | 0.500 | 0.500 | 0.500 |" in text
     assert "| cctr | learned-x | RSL share | 0.100 | 0.100 | - | - |" in text
     assert "A acc at RSL" not in text
