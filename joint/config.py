@@ -3,6 +3,8 @@ registration options, each in one nested home (METHOD.md parts 5-7):
 
 - ``oracle.*`` (:class:`joint.oracle.OracleConfig`): backend spec, atlas policy, caches, workers;
 - ``rsl.*`` (:class:`joint.rsl.RSLConfig`): weight and per-pixel confidence of RSL;
+- ``synth.*`` (:class:`joint.synth.SynthConfig`): labeled samples made by warping an atlas
+  image with its label onto the unlabeled samples' pixels;
 - ``gate.*`` (:class:`joint.gate.GateConfig`): when RSL (and REPS) stop for a student that
   has outgrown the registration;
 - ``bank.*`` (:class:`joint.memory_bank.BankConfig`): resolution and reach of the REPS bank;
@@ -27,6 +29,7 @@ from joint.memory_bank import BankConfig
 from joint.oracle import OracleConfig
 from joint.reps import RepsConfig
 from joint.rsl import RSLConfig
+from joint.synth import SynthConfig
 from seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
 
 # the Field disk cache of command-line runs: shared by every run started in the same folder
@@ -39,6 +42,7 @@ class JointConfig(TrainConfig):
 
     oracle: OracleConfig = OracleConfig(cache=DEFAULT_FIELD_CACHE)
     rsl: RSLConfig = RSLConfig()
+    synth: SynthConfig = SynthConfig()
     gate: GateConfig = GateConfig()
     bank: BankConfig = BankConfig()
     reps: RepsConfig = RepsConfig()

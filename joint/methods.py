@@ -31,6 +31,7 @@ from joint.memory_bank import MemoryBank
 from joint.oracle import RegistrationOracle
 from joint.reps import RegistrationPositives
 from joint.rsl import RegistrationSupervision
+from joint.synth import WarpedAtlasSamples
 from reg.backends import Backend
 from seg.config import TrainConfig, save_config
 from seg.data.case import Case, CaseError
@@ -41,6 +42,7 @@ from seg.metrics import ClassScore, score_case
 from seg.atomic import write_json
 from seg.distributed import barrier, world_from_environment
 from seg.hooks import TrainerHook
+from seg.slices import normalize_intensity
 from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown
 from seg.train import SEG_METHODS, Method, TrainResult, train
 from seg.train_data import TrainData
@@ -69,8 +71,9 @@ def build_banks(cfg: JointConfig, labeled: Sequence[Case], students: Sequence[st
 def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool,
                        backend: Optional[Backend] = None, live: Optional[CoupledRegistration] = None
                        ) -> tuple[TrainerHook, ...]:
-    """The RSL hook (and with ``with_reps`` the REPS hook) of one run, then ``live`` (the hook
-    training the served net, if any) and the validation gate when ``gate.mode`` turns it on.
+    """The RSL hook (and with ``with_reps`` the REPS hook) of one run, the synthesised samples'
+    hook when ``synth.weight > 0``, then ``live`` (the hook training the served net, if any) and
+    the validation gate when ``gate.mode`` turns it on.
 
     Warms the oracle over every (unlabeled, labeled) pair the atlas policy can ask for and
     writes ``registration.json`` in ``out_dir`` (backend, policy, pairs, cache and bank bytes,
@@ -89,6 +92,9 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     if with_reps:
         reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled), gate=gate, cfg=jcfg.reps)
         hooks, bank_bytes = (*hooks, reps), reps.nbytes
+    if jcfg.synth.weight > 0:
+        images = {c.case_id: normalize_intensity(c.image, jcfg.normalization, jcfg.intensity_window) for c in data.labeled}
+        hooks = (*hooks, WarpedAtlasSamples(oracle, images, jcfg.synth))
     if live is not None:
         live.bind(oracle)
         hooks = (*hooks, live)

@@ -348,11 +348,21 @@ class RegistrationOracle:
         on_target = points_inside(pts, self.case(target_id).shape).astype(np.float32)
         softs = []
         for atlas_id, fld in zip(atlas_ids, self.many_fields([(target_id, a) for a in atlas_ids])):
-            there = fld.map_points(pts).T.reshape(3, 1, 1, -1)
-            soft = Field(np.ascontiguousarray(there), fld.moving_shape).warp_onehot(self.atlases[atlas_id].label,
-                                                                                    self.num_classes)[:, 0, 0]
+            soft = self._point_field(fld, pts).warp_onehot(self.atlases[atlas_id].label, self.num_classes)[:, 0, 0]
             softs.append(soft * on_target)
         return _vote(atlas_ids, softs)
+
+    def points_field(self, target_id: str, atlas_id: str, points_zyx: np.ndarray) -> Field:
+        """The pair's Field restricted to ``points_zyx`` (N, 3) of the target: a Field of fixed
+        shape ``(1, 1, N)`` into the atlas's native grid, so ``warp_image`` / ``warp_onehot`` of
+        any atlas volume give its values at the N corresponding points (an image and its label
+        carried through the same map stay in register)."""
+        return self._point_field(self.field(target_id, atlas_id), np.asarray(points_zyx, dtype=np.float64))
+
+    @staticmethod
+    def _point_field(fld: CanonicalField, pts: np.ndarray) -> Field:
+        there = fld.map_points(pts).T.reshape(3, 1, 1, -1)
+        return Field(np.ascontiguousarray(there), fld.moving_shape)
 
     def warped_label(self, target_id: str, atlas_ids: Sequence[str], slab_slices: int = 8) -> np.ndarray:
         """uint8 ``(Z, Y, X)``: the vote of ``atlas_ids``' labels warped onto the whole target,

@@ -5,6 +5,11 @@ hands the trainer a tuple of hooks (``Method.build_hooks``; ``train(hooks=...)``
 Every hook has every method below with a no-op default, so the trainer calls them all
 unconditionally and a hook overrides only what it does. Per step, in this order:
 
+0. ``extra_samples(step, batch)``: labeled samples the hook makes for this step
+   (:class:`ExtraSamples`, e.g. an atlas image and its label carried onto an unlabeled
+   volume's shape). The students see them in the same forward pass as the batch, and each
+   student gets ``weight * supervised loss`` on them as ``loss/<student>/<hook name>``; no
+   other term or hook sees them, so ``outputs`` below always has the batch's rows only;
 1. ``losses(step, batch, outputs)``: extra loss terms, ``{student name: weighted scalar}``,
    added to the total the students are optimised on;
 2. ``extra_positive(step, batch, outputs, student)``: an extra positive key per anchor of the
@@ -30,6 +35,7 @@ name to :class:`seg.students.StudentOutput` on the students' device.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -42,6 +48,27 @@ from seg.students import StudentOutput
 Outputs = Mapping[str, StudentOutput]
 
 
+@dataclass(frozen=True)
+class ExtraSamples:
+    """Labeled samples a hook adds to one step (S may be 0), in the batch's sample layout.
+
+    ``image``: float32 ``(S, 1, H, W)``, normalised as the batch's images are.
+    ``label``: int64 ``(S, H, W)``, background (0) where the sample has no content, as the
+    sampler pads real labeled samples.
+    ``weight``: the factor of their supervised loss this step.
+    """
+
+    image: torch.Tensor
+    label: torch.Tensor
+    weight: float
+
+    def __post_init__(self) -> None:
+        S = self.image.shape[0]
+        if self.image.ndim != 4 or self.image.shape[1] != 1 or tuple(self.label.shape) != (S, *self.image.shape[2:]):
+            raise ValueError(f"extra samples need image (S, 1, H, W) and label (S, H, W), got "
+                             f"{tuple(self.image.shape)} and {tuple(self.label.shape)}")
+
+
 class TrainerHook:
     """Base class of every trainer extension; see the module docstring for the call order."""
 
@@ -51,6 +78,9 @@ class TrainerHook:
     #: every process, at a communication cost) so that its state agrees on every process, as a
     #: memory bank or a second network must; otherwise it sees this process's share
     sees_whole_batch: bool = False
+
+    def extra_samples(self, step: int, batch: SliceBatch) -> Optional[ExtraSamples]:
+        return None
 
     def losses(self, step: int, batch: SliceBatch, outputs: Outputs) -> dict[str, torch.Tensor]:
         return {}

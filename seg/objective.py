@@ -2,11 +2,12 @@
 between the students, and the pixel contrastive loss over both (METHOD.md parts 2-4, 8).
 
 Every loss comes back weighted (ramp-up included) and keyed ``'<student>/<loss>'`` or
-``'joint/cl'``; hooks add their own terms on top (:mod:`seg.hooks`).
+``'joint/cl'``; hooks add their own terms on top (:mod:`seg.hooks`), and the supervised loss on
+the labeled samples a hook adds to a step is here too (:func:`extra_sample_losses`).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -18,6 +19,7 @@ from seg.losses import (
     pixel_contrastive_loss,
     supervised_loss,
 )
+from seg.hooks import ExtraSamples
 from seg.slices import SliceBatch
 from seg.students import StudentOutput
 
@@ -81,4 +83,25 @@ def base_losses(cfg: TrainConfig, cross_teaching: bool, contrastive: bool, batch
                                                 label, is_labeled)
             parts.append(ContrastPart(outputs[n].embedding, classes, confidence, extra_positives(n)))
         losses["joint/cl"] = cfg.cl_weight * ramp * pixel_contrastive_loss(parts, cfg.contrast, contrast_rng)
+    return losses
+
+
+def first_rows(out: StudentOutput, count: int) -> StudentOutput:
+    """The first ``count`` samples of a student's output (the batch's, when extra samples follow)."""
+    return StudentOutput(out.logits[:count], out.features[:count], out.embedding[:count])
+
+
+def extra_sample_losses(extras: Mapping[str, ExtraSamples], outputs: Mapping[str, StudentOutput],
+                        offset: int) -> dict[str, torch.Tensor]:
+    """``'<student>/<hook>'``: ``weight * supervised loss`` of each hook's extra samples, whose
+    outputs follow the batch's in ``outputs`` from row ``offset`` on, in the order of ``extras``.
+    A hook that adds no sample this step still gets a (zero) term, so every step logs the same keys."""
+    losses: dict[str, torch.Tensor] = {}
+    for hook, extra in extras.items():
+        count = extra.image.shape[0]
+        for n, out in outputs.items():
+            logits = out.logits[offset:offset + count]
+            losses[f"{n}/{hook}"] = (extra.weight * supervised_loss(logits, extra.label.to(logits.device))
+                                     if count else out.logits.sum() * 0.0)
+        offset += count
     return losses

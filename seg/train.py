@@ -38,10 +38,10 @@ from seg.distributed import start as start_group
 from seg.distributed import stop as stop_group
 from seg.geometry_check import geometry_stats
 from seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
-from seg.hooks import TrainerHook, check_names
+from seg.hooks import ExtraSamples, TrainerHook, check_names
 from seg.inference import read_checkpoint_dict
 from seg.losses import ExtraPositive, sigmoid_rampup
-from seg.objective import base_losses
+from seg.objective import base_losses, extra_sample_losses, first_rows
 from seg.progress import Progress
 from seg.runlock import run_lock
 from seg.slices import SliceBatch, SliceSampler, prepare_volume
@@ -250,14 +250,18 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                     group["lr"] = lr
             whole = sampler.next_batch()   # on the CPU: hooks read its geometry there
             batch = whole.rows(rows_of_rank(whole.num_labeled, whole.image.shape[0], world)) if world.active else whole
-            image = batch.image.to(device)
-            outputs = {n: m(image) for n, m in engines.items()}
+            extras = _extra_samples(all_hooks, step, batch)
+            # one forward pass over the batch and the hooks' extra samples; the rest sees the batch's rows
+            image = torch.cat([batch.image, *(e.image for e in extras.values())]).to(device)
+            every = {n: m(image) for n, m in engines.items()}
+            outputs = {n: first_rows(o, batch.image.shape[0]) for n, o in every.items()} if extras else every
             ramp = sigmoid_rampup(step, rampup_steps)
             losses = base_losses(cfg, method.cross_teaching, method.contrastive, batch, outputs, ramp, contrast_rng,
                                  _extra_positives(all_hooks, step, batch, outputs))
             for hook in all_hooks:
                 for n, value in hook.losses(step, batch, outputs).items():
                     losses[f"{n}/{hook.name}"] = value
+            losses.update(extra_sample_losses(extras, every, batch.image.shape[0]))
             for hook in all_hooks:
                 hook.inspect_losses(step, batch, outputs, losses)
             total = sum(losses.values())
@@ -349,6 +353,11 @@ class _Silent:
 
     def close(self) -> None:
         return None
+
+
+def _extra_samples(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch) -> dict[str, ExtraSamples]:
+    """Hook name -> the labeled samples it adds to this step, for the hooks that add any."""
+    return {h.name: e for h in hooks if (e := h.extra_samples(step, batch)) is not None}
 
 
 def _extra_positives(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch,

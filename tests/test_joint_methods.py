@@ -16,6 +16,7 @@ from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.reps import RegistrationPositives, RepsConfig
 from joint.rsl import RegistrationSupervision
+from joint.synth import SynthConfig
 from seg.data.case import Case, CaseError, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
 from seg.data.split import Split
@@ -258,3 +259,21 @@ def test_the_gate_is_off_without_validation_volumes_or_when_asked(dataset, tmp_p
     on = TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path, iterations=2), load_train_data(ds, split, "1"),
                                              tmp_path / "off")
     assert [h.name for h in on] == ["rsl", "reps", "gate"] and on[0].gate is on[2] and on[1].gate is on[2]
+
+
+def test_cctr_adds_the_synthesised_samples_only_when_asked(dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ds, split = dataset
+    data = load_train_data(ds, split, "1")
+    (tmp_path / "run").mkdir()
+    names = [h.name for h in TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path), data, tmp_path / "run")]
+    assert "synth" not in names
+    cfg = small_cfg(tmp_path, synth=SynthConfig(weight=1.0, samples=1), out_dir=str(tmp_path / "synth"), diag_every=0)
+    hooks = TRAINER_METHODS["cctr"].build_hooks(cfg, data, tmp_path / "run")
+    assert [h.name for h in hooks] == ["rsl", "reps", "synth", "gate"]
+    train_joint(replace(cfg, iterations=2), ds, split, progress=False)
+    events = EventAccumulator(str(tmp_path / "synth" / "tb"))
+    events.Reload()
+    assert len(events.Scalars("loss/a/synth")) == 2 and events.Scalars("loss/a/synth")[-1].value > 0
+    assert 0.5 < events.Scalars("synth/inside")[-1].value <= 1.0

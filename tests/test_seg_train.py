@@ -14,7 +14,7 @@ from seg.config import TrainConfig, load_config
 from seg.data.case import Case, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
 from seg.data.split import Split
-from seg.hooks import TrainerHook
+from seg.hooks import ExtraSamples, TrainerHook
 from seg.inference import load_students
 from seg.slices import AugmentConfig
 from seg.students import StudentConfig
@@ -195,6 +195,55 @@ def test_every_hook_method_joins_the_loop(tmp_path):
     assert hook.indices and all(0 <= lo <= hi < n for lo, hi, n in hook.indices)
     assert hook.validated == [r["step"] for r in result.history] and result.history[-1]["probe_seen"] == 4.0
     assert True in hook.saved and False in hook.saved  # told of best.pt and of last.pt
+
+
+class SampleHook(TrainerHook):
+    """Adds ``count`` labeled samples (all class 1) per step, with loss factor ``weight``."""
+
+    name = "samples"
+
+    def __init__(self, count: int, weight: float) -> None:
+        self.count, self.weight = count, weight
+
+    def extra_samples(self, step, batch):
+        H, W = batch.image.shape[-2:]
+        return ExtraSamples(torch.randn(self.count, 1, H, W, generator=torch.Generator().manual_seed(step)),
+                            torch.ones(self.count, H, W, dtype=torch.int64), self.weight)
+
+
+class RowsProbe(ProbeHook):
+    """Records how many rows the outputs given to the other hooks have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = []
+
+    def losses(self, step, batch, outputs):
+        self.rows.append((batch.image.shape[0], outputs["a"].logits.shape[0], outputs["b"].embedding.shape[0]))
+        return super().losses(step, batch, outputs)
+
+
+def test_a_hooks_extra_samples_train_the_students_and_stay_out_of_the_batch(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    weights = {}
+    for weight in (0.0, 1.0):
+        probe = RowsProbe()
+        result = train(_cfg(tmp_path / f"w{weight}", diag_every=0), dataset, split,
+                       hooks=(SampleHook(3, weight), probe), progress=False)
+        assert probe.rows == [(4, 4, 4)] * 4          # 2 labeled + 2 unlabeled; the 3 extra rows are not theirs
+        assert probe.inspected[0] == ["a/cps", "a/samples", "a/sup", "b/cps", "b/probe", "b/samples", "b/sup", "joint/cl"]
+        weights[weight] = _weights(result.last_checkpoint)["students"]["a"]
+    # the same forward passes in both runs, so only the extra samples' loss can tell them apart
+    assert any(not torch.equal(weights[0.0][k], weights[1.0][k]) for k in weights[0.0])
+    with pytest.raises(ValueError, match=r"image \(S, 1, H, W\) and label \(S, H, W\)"):
+        ExtraSamples(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 9, dtype=torch.int64), 1.0)
+
+
+def test_a_step_without_extra_samples_still_logs_their_term(tmp_path):
+    dataset, split = _dataset(tmp_path)
+    probe = ProbeHook()
+    train(_cfg(tmp_path / "none", diag_every=0), dataset, split, hooks=(SampleHook(0, 1.0), probe), progress=False)
+    assert "a/samples" in probe.inspected[-1] and "b/samples" in probe.inspected[-1]
 
 
 def test_hooks_must_have_distinct_names_and_one_extra_positive_per_student(tmp_path):

@@ -1,0 +1,83 @@
+"""Registration-synthesised labeled samples (``synth.*``, METHOD.md part 6).
+
+RSL pairs an unlabeled image with the atlas label warped onto it, so the pair is only as right
+as the registration. This hook warps the atlas IMAGE and its label through the same map, onto
+the pixels of one of the step's unlabeled samples (its ``to_volume`` matrix, augmentation
+included): the new sample has the unlabeled volume's shape as far as the registration found
+it, the atlas's appearance, and a label right by construction up to interpolation, however
+wrong the registration is. The students train on these samples with the supervised loss
+times ``synth.weight`` (:class:`seg.hooks.ExtraSamples`); cross teaching, the contrastive
+loss and the other hooks never see them.
+
+Because the label's correctness does not rest on the registration, the validation gate
+(:mod:`joint.gate`) does not close this term. With several atlases for a target (the
+``fused`` policy) each sample takes one of them, in turn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from joint.oracle import RegistrationOracle
+from seg.hooks import ExtraSamples, TrainerHook
+from seg.slices import SliceBatch, pixel_voxels
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Options of the synthesised samples; nested as ``synth.*`` in :class:`joint.config.JointConfig`."""
+
+    weight: float = 0.0   # factor of their supervised loss; 0 turns the term off
+    samples: int = 2      # per step, made at the first unlabeled samples of the batch (at most all of them)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"synth.weight must be >= 0, got {self.weight}")
+        if self.samples < 1:
+            raise ValueError(f"synth.samples must be >= 1, got {self.samples}")
+
+
+class WarpedAtlasSamples(TrainerHook):
+    """Adds ``cfg.samples`` atlas-image/atlas-label pairs per step, carried onto unlabeled samples.
+
+    ``atlas_images``: atlas case id -> float32 ``(Z, Y, X)``, normalised as the trainer
+    normalises its volumes, on the atlas's native grid (the labels come from the oracle's cases).
+    """
+
+    name = "synth"
+
+    def __init__(self, oracle: RegistrationOracle, atlas_images: Mapping[str, np.ndarray], cfg: SynthConfig) -> None:
+        missing = sorted(set(oracle.atlases) - set(atlas_images))
+        if missing:
+            raise ValueError(f"synthesised samples need the normalised image of every atlas; missing {missing}")
+        self.oracle = oracle
+        self.images = dict(atlas_images)
+        self.cfg = cfg
+        self._metrics: dict[str, float] = {}
+
+    def extra_samples(self, step: int, batch: SliceBatch) -> ExtraSamples:
+        H, W = batch.image.shape[-2:]
+        rows = torch.nonzero(~batch.is_labeled, as_tuple=False).flatten()[: self.cfg.samples].tolist()
+        images, labels, inside = [], [], []
+        for k, b in enumerate(rows):
+            case_id = batch.case_id[b]
+            atlases = self.oracle.atlases_for(case_id, step, int(batch.slice_index[b]))
+            atlas = atlases[(step + k) % len(atlases)]
+            _, voxels = pixel_voxels(batch, b * H * W + torch.arange(H * W))
+            fld = self.oracle.points_field(case_id, atlas, voxels.numpy())
+            images.append(torch.from_numpy(fld.warp_image(self.images[atlas])).reshape(1, H, W))
+            labels.append(torch.from_numpy(fld.warp_labels(self.oracle.atlases[atlas].label,
+                                                           self.oracle.num_classes).astype(np.int64)).reshape(H, W))
+            inside.append(float(fld.inside().mean()))
+        self._metrics = {"inside": float(np.mean(inside))} if inside else {}
+        return ExtraSamples(image=torch.stack(images) if images else torch.zeros((0, 1, H, W)),
+                            label=torch.stack(labels) if labels else torch.zeros((0, H, W), dtype=torch.int64),
+                            weight=self.cfg.weight)
+
+    def metrics(self) -> dict[str, float]:
+        """``inside``: the share of the synthesised pixels whose point falls inside the atlas
+        (the rest is padding, image 0 and background, as the sampler pads)."""
+        return dict(self._metrics)
