@@ -3,8 +3,8 @@ package adds) runs through :func:`train`.
 
 A :class:`Method` says which students train, whether cross teaching and the pixel contrastive
 loss are on, whether the batch has an unlabeled part, and how to build the method's trainer
-hooks (:class:`seg.hooks.TrainerHook`, the one extension protocol: extra losses, extra
-contrastive positives, after-step work, metrics, validation scalars, checkpoint state).
+hooks (:class:`seg.hooks.TrainerHook`, the one extension protocol: extra labeled samples,
+extra losses, extra contrastive positives, after-step work, metrics, validation scalars, checkpoint state).
 
 Training is iteration based with a poly learning rate. Every ``val_every`` steps both students
 predict the validation volumes slice by slice and are scored in 3D (:mod:`seg.validation`);
