@@ -30,7 +30,9 @@ from seg.slices import SliceBatch, pixel_voxels
 class SynthConfig:
     """Options of the synthesised samples; nested as ``synth.*`` in :class:`joint.config.JointConfig`."""
 
-    weight: float = 0.0   # factor of their supervised loss; 0 turns the term off
+    # weight 1, 2 samples: chosen on the validation split, both phantoms (docs/RESULTS.md,
+    # "The registration as augmentation")
+    weight: float = 1.0   # factor of their supervised loss; 0 turns the term off
     samples: int = 2      # per step, made at the first unlabeled samples of the batch (at most all of them)
 
     def __post_init__(self) -> None:

@@ -89,6 +89,11 @@ def small_cfg(tmp_path, reg_ckpt, **coupled) -> JointConfig:
     return with_backend(base, f"learned:{reg_ckpt}", str(tmp_path / "fields"))
 
 
+def named(hooks, name: str):
+    """The hook of that name among a method's hooks."""
+    return next(h for h in hooks if h.name == name)
+
+
 def labeled_only_batch() -> SliceBatch:
     """A batch with no unlabeled sample: after_step then only runs the schedule."""
     return SliceBatch(image=torch.zeros(1, 1, 32, 32), label=torch.zeros(1, 32, 32, dtype=torch.int64),
@@ -136,8 +141,8 @@ def test_the_hook_takes_registration_steps_and_the_oracle_serves_the_new_net(dat
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")
-    assert [h.name for h in hooks] == ["rsl", "reps", "regnet", "gate"]   # the gate reads what regnet validated
-    coupled = hooks[2]
+    assert [h.name for h in hooks] == ["rsl", "reps", "synth", "regnet", "gate"]   # the gate reads what regnet validated
+    coupled = named(hooks, "regnet")
     assert isinstance(coupled, CoupledRegistration)
     oracle = hooks[0].oracle
     assert oracle.cfg.cache == "" and oracle.backend is coupled.backend  # a changing net: no disk cache
@@ -180,7 +185,7 @@ def test_a_refresh_recomputes_every_pair_at_once_or_only_the_asked_ones(dataset,
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")
-    coupled, oracle = hooks[2], hooks[0].oracle
+    coupled, oracle = named(hooks, "regnet"), hooks[0].oracle
     needed = oracle.needed_pairs()
     assert len(needed) == 6 and all(pair in oracle.fields for pair in needed)   # the first warm
     before = oracle.field(*needed[0]).disp.copy()
@@ -209,7 +214,7 @@ def test_a_resumed_hook_recomputes_its_fields_in_the_calls_of_a_refresh(dataset,
     def hook_and_oracle(name: str):
         (tmp_path / name).mkdir()
         hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / name)
-        return hooks[2], hooks[0].oracle
+        return named(hooks, "regnet"), hooks[0].oracle
 
     straight, _ = hook_and_oracle("straight")
     fresh = straight.state_dict()                 # served net = the checkpoint's
@@ -351,7 +356,7 @@ def test_the_mid_run_phase_takes_its_steps_once_and_serves_the_net_it_leaves(dat
     cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=100, refresh_every=100, mid_steps=3, mid_at=0.5)
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
-    coupled = TRAINER_METHODS["cctr-coupled"].build_hooks(replace(cfg, iterations=8), data, tmp_path / "run")[2]
+    coupled = named(TRAINER_METHODS["cctr-coupled"].build_hooks(replace(cfg, iterations=8), data, tmp_path / "run"), "regnet")
     assert coupled.mid_step == 4
     before = {k: v.clone() for k, v in coupled.served.state_dict().items()}
     for step in range(3):
@@ -378,7 +383,7 @@ def test_the_gate_reads_the_registration_as_served_refined_or_not(dataset, reg_c
     scores = {}
     for spec in (f"learned:{reg_ckpt}", f"learned:{reg_ckpt}?refine=0"):
         cfg = with_backend(small_cfg(tmp_path, reg_ckpt), spec, str(tmp_path / "fields"))
-        coupled = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")[2]
+        coupled = named(TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run"), "regnet")
         pairs = [(v, a) for v in coupled.val for a in coupled.labeled]
         scores[spec] = (coupled.validate(0, {})["atlas_dice"], coupled._pair_scores(pairs)[0],
                         coupled._pair_scores(pairs, refined=True)[0])

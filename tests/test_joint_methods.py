@@ -16,7 +16,7 @@ from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.reps import RegistrationPositives, RepsConfig
 from joint.rsl import RegistrationSupervision
-from joint.synth import SynthConfig
+from joint.synth import SynthConfig, WarpedAtlasSamples
 from seg.data.case import Case, CaseError, CaseRef, spacing_affine
 from seg.data.dataset import Dataset
 from seg.data.split import Split
@@ -106,11 +106,11 @@ def test_cctr_hooks_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr"].build_hooks(cfg, data, tmp_path / "run")
-    assert [type(h) for h in hooks] == [RegistrationSupervision, RegistrationPositives, RegistrationGate]
+    assert [type(h) for h in hooks] == [RegistrationSupervision, RegistrationPositives, WarpedAtlasSamples, RegistrationGate]
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
     assert info["pairs"] == 2 and info["memory_bank_bytes"] == hooks[1].nbytes > 0
     rsl_only = TRAINER_METHODS["cctr-rsl"].build_hooks(cfg, data, tmp_path / "run")
-    assert [type(h) for h in rsl_only] == [RegistrationSupervision, RegistrationGate]
+    assert [type(h) for h in rsl_only] == [RegistrationSupervision, WarpedAtlasSamples, RegistrationGate]
     with pytest.raises(ValueError, match="registration backend"):
         TRAINER_METHODS["cctr"].build_hooks(with_backend(cfg, ""), data, tmp_path / "run")
 
@@ -255,24 +255,22 @@ def test_the_gate_is_off_without_validation_volumes_or_when_asked(dataset, tmp_p
     assert "no validation volumes" in capsys.readouterr().err
     off = small_cfg(tmp_path, iterations=2, gate=GateConfig(mode="none"), out_dir=str(tmp_path / "off"))
     hooks = TRAINER_METHODS["cctr"].build_hooks(off, load_train_data(ds, split, "1"), tmp_path / "off")
-    assert [h.name for h in hooks] == ["rsl", "reps"]
+    assert [h.name for h in hooks] == ["rsl", "reps", "synth"]
     on = TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path, iterations=2), load_train_data(ds, split, "1"),
                                              tmp_path / "off")
-    assert [h.name for h in on] == ["rsl", "reps", "gate"] and on[0].gate is on[2] and on[1].gate is on[2]
+    assert [h.name for h in on] == ["rsl", "reps", "synth", "gate"] and on[0].gate is on[3] and on[1].gate is on[3]
 
 
-def test_cctr_adds_the_synthesised_samples_only_when_asked(dataset, tmp_path):
+def test_cctr_trains_on_synthesised_samples_unless_their_weight_is_zero(dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ds, split = dataset
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
-    names = [h.name for h in TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path), data, tmp_path / "run")]
-    assert "synth" not in names
-    cfg = small_cfg(tmp_path, synth=SynthConfig(weight=1.0, samples=1), out_dir=str(tmp_path / "synth"), diag_every=0)
-    hooks = TRAINER_METHODS["cctr"].build_hooks(cfg, data, tmp_path / "run")
-    assert [h.name for h in hooks] == ["rsl", "reps", "synth", "gate"]
-    train_joint(replace(cfg, iterations=2), ds, split, progress=False)
+    off = small_cfg(tmp_path, synth=SynthConfig(weight=0.0))
+    assert "synth" not in [h.name for h in TRAINER_METHODS["cctr"].build_hooks(off, data, tmp_path / "run")]
+    cfg = small_cfg(tmp_path, synth=SynthConfig(samples=1), out_dir=str(tmp_path / "synth"), diag_every=0, iterations=2)
+    train_joint(cfg, ds, split, progress=False)
     events = EventAccumulator(str(tmp_path / "synth" / "tb"))
     events.Reload()
     assert len(events.Scalars("loss/a/synth")) == 2 and events.Scalars("loss/a/synth")[-1].value > 0
