@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from seg.config import TrainConfig
+from seg.hooks import ExtraSamples
 from seg.losses import (
     ContrastPart,
     ExtraPositive,
@@ -19,7 +20,6 @@ from seg.losses import (
     pixel_contrastive_loss,
     supervised_loss,
 )
-from seg.hooks import ExtraSamples
 from seg.slices import SliceBatch
 from seg.students import StudentOutput
 
