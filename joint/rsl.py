@@ -44,7 +44,7 @@ from joint.oracle import RegistrationOracle
 from seg.diagnostics import foreground_dice, hidden_labels_of
 from seg.hooks import TrainerHook
 from seg.losses import sigmoid_rampup
-from seg.slices import SliceBatch, pixel_voxels
+from seg.slices import SliceBatch, sample_voxels
 from seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
@@ -100,7 +100,7 @@ def registration_targets(batch: SliceBatch, oracle: RegistrationOracle, step: in
     probs, weights = [], []
     for b in index.tolist():
         case_id, z = batch.case_id[b], int(batch.slice_index[b])
-        _, voxels = pixel_voxels(batch, b * H * W + torch.arange(H * W))
+        voxels = sample_voxels(batch, b)
         warped = oracle.warped_points(case_id, oracle.atlases_for(case_id, step, z), voxels.numpy())
         p = torch.from_numpy(warped.probs.astype(np.float32)).reshape(-1, H, W)
         agree = torch.from_numpy(warped.agreement.astype(np.float32)).reshape(H, W)

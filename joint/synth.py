@@ -23,7 +23,7 @@ import torch
 
 from joint.oracle import RegistrationOracle
 from seg.hooks import ExtraSamples, TrainerHook
-from seg.slices import SliceBatch, pixel_voxels
+from seg.slices import SliceBatch, sample_voxels
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class WarpedAtlasSamples(TrainerHook):
             case_id = batch.case_id[b]
             atlases = self.oracle.atlases_for(case_id, step, int(batch.slice_index[b]))
             atlas = atlases[(step + k) % len(atlases)]
-            _, voxels = pixel_voxels(batch, b * H * W + torch.arange(H * W))
+            voxels = sample_voxels(batch, b)
             fld = self.oracle.points_field(case_id, atlas, voxels.numpy())
             images.append(torch.from_numpy(fld.warp_image(self.images[atlas])).reshape(1, H, W))
             labels.append(torch.from_numpy(fld.warp_labels(self.oracle.atlases[atlas].label,

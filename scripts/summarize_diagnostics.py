@@ -14,7 +14,8 @@ label is the anchor's class (``REPS agree``, steps that found one), the Dice of 
 against the hidden labels (``RSL Dice``), the share of the pixels RSL covers that it teaches
 (``RSL share``, under ``rsl.pixels`` other than ``all``) and, on the pixels it teaches, the
 accuracy of its targets and of student A against the hidden labels (``RSL acc``,
-``A acc at RSL``); with the validation gate on (``gate.mode``), the
+``A acc at RSL``), and the share of the synthesised samples' pixels that map inside the atlas
+(``synth inside``, ``synth.*``); with the validation gate on (``gate.mode``), the
 step from which the gate keeps RSL closed to student A to the end (``A closed from``; ``-``:
 open at the end). ``--quarters`` adds a table of RSL's figures by quarter of training
 (mean over seeds; ``-``: no step of that quarter logged it, e.g. RSL closed to both students):
@@ -51,6 +52,7 @@ SECOND_HALF = {
     "REPS agree": "reps/label_agreement",
     "RSL Dice": "rsl/target_dice_hidden",
     **RSL_AT_ITS_PIXELS,
+    "synth inside": "synth/inside",
 }
 VAL = "val_a/dice"
 # the --quarters table: column name -> scalar tag

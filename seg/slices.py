@@ -189,6 +189,13 @@ def pixel_voxels(batch: SliceBatch, flat_index: torch.Tensor) -> tuple[torch.Ten
     return b, torch.cat([z[:, None], yx], dim=1)
 
 
+
+def sample_voxels(batch: SliceBatch, b: int) -> torch.Tensor:
+    """Volume voxel ``(H*W, 3)`` (z, y, x), real-valued, of every pixel of sample ``b``, row-major:
+    where in its volume each of the sample's pixels was read."""
+    H, W = batch.image.shape[-2:]
+    return pixel_voxels(batch, b * H * W + torch.arange(H * W))[1]
+
 class SliceSampler:
     """Draws :class:`SliceBatch` es: ``labeled_batch`` labeled samples, then ``unlabeled_batch``
     unlabeled ones. Each sample is a slice drawn uniformly over all slices of its pool, resized

@@ -59,3 +59,16 @@ def test_quarter_table_shows_only_the_rsl_figures_a_run_logged(summary, tmp_path
     assert "| cctr | learned-x | RSL acc | 0.900 | 0.500 | 0.500 | 0.500 |" in text
     assert "| cctr | learned-x | RSL share | 0.100 | 0.100 | - | - |" in text
     assert "A acc at RSL" not in text
+
+
+def test_the_synthesised_samples_share_inside_the_atlas_is_a_column(summary, tmp_path):
+    run = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "seed-0"
+    writer = SummaryWriter(str(run / "tb"))
+    for step in range(0, 400, 10):
+        writer.add_scalar("synth/inside", 0.5 if step < 200 else 0.75, step)   # the second half counts
+    writer.add_scalar("val_a/dice", 0.8, 400)
+    writer.close()
+    lines = summary.tables(summary.read_runs(tmp_path, "1")).splitlines()
+    header = next(line for line in lines if line.startswith("| method | backend | seed |"))
+    seed0 = next(line for line in lines if line.startswith("| cctr | learned-x | 0 |"))
+    assert header.endswith("| synth inside | A closed from |") and seed0.endswith("| 0.7500 | - |")
