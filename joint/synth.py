@@ -12,6 +12,13 @@ loss and the other hooks never see them.
 Because the label's correctness does not rest on the registration, the validation gate
 (:mod:`joint.gate`) does not close this term. With several atlases for a target (the
 ``fused`` policy) each sample takes one of them, in turn.
+
+``synth.appearance='target'`` also carries the unlabeled sample's appearance: each class of the
+synthesised image is shifted so that its median intensity is the target's median over the same
+pixels (:func:`carry_appearance`). The registration then decides only a statistic per class, not
+any pixel's label, so the pair stays right by construction while its intensities vary from
+patient to patient as the unlabeled volumes do (a one-parameter stand-in for Zhao et al.'s
+learned appearance model, METHOD.md part 6).
 """
 from __future__ import annotations
 
@@ -20,10 +27,17 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from joint.oracle import RegistrationOracle
+from reg.field import points_inside
 from seg.hooks import ExtraSamples, TrainerHook
 from seg.slices import SliceBatch, sample_voxels
+
+APPEARANCES = ("atlas", "target")
+# A median over fewer pixels than this follows the noise, not the tissue: such a class keeps the
+# atlas's intensities.
+MIN_CLASS_PIXELS = 16
 
 
 @dataclass(frozen=True)
@@ -34,12 +48,36 @@ class SynthConfig:
     # "The registration as augmentation")
     weight: float = 1.0   # factor of their supervised loss; 0 turns the term off
     samples: int = 2      # per step, made at the first unlabeled samples of the batch (at most all of them)
+    appearance: str = "atlas"  # one of APPEARANCES: whose intensities the synthesised image has
 
     def __post_init__(self) -> None:
         if self.weight < 0:
             raise ValueError(f"synth.weight must be >= 0, got {self.weight}")
         if self.samples < 1:
             raise ValueError(f"synth.samples must be >= 1, got {self.samples}")
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"synth.appearance must be one of {APPEARANCES}, got {self.appearance!r}")
+
+
+def carry_appearance(atlas_image: np.ndarray, label: np.ndarray, target_image: np.ndarray,
+                     valid: np.ndarray, num_classes: int) -> np.ndarray:
+    """The synthesised image with each class's intensities moved to the target's.
+
+    All arguments are ``(H, W)`` on the sample's pixels: ``atlas_image`` and ``label`` are the
+    atlas's image and label carried there, ``target_image`` is the unlabeled sample itself and
+    ``valid`` marks pixels where both exist. Class ``c`` is shifted by ``median(target) -
+    median(atlas)`` over its valid pixels one erosion step inside its boundary (where the
+    registration is least likely to have put another tissue under it); a class with fewer such
+    pixels than ``MIN_CLASS_PIXELS`` keeps the atlas's intensities. A shift per class keeps the
+    atlas's texture and its edges, which coincide with the label's.
+    """
+    out = atlas_image.astype(np.float32, copy=True)
+    for c in range(num_classes):
+        region = label == c
+        core = ndimage.binary_erosion(region) & valid
+        if core.sum() >= MIN_CLASS_PIXELS:
+            out[region] += float(np.median(target_image[core]) - np.median(atlas_image[core]))
+    return out
 
 
 class WarpedAtlasSamples(TrainerHook):
@@ -70,10 +108,16 @@ class WarpedAtlasSamples(TrainerHook):
             atlas = atlases[(step + k) % len(atlases)]
             voxels = sample_voxels(batch, b)
             fld = self.oracle.points_field(case_id, atlas, voxels.numpy())
-            images.append(torch.from_numpy(fld.warp_image(self.images[atlas])).reshape(1, H, W))
-            labels.append(torch.from_numpy(fld.warp_labels(self.oracle.atlases[atlas].label,
-                                                           self.oracle.num_classes).astype(np.int64)).reshape(H, W))
-            inside.append(float(fld.inside().mean()))
+            image = fld.warp_image(self.images[atlas]).reshape(H, W)
+            label = fld.warp_labels(self.oracle.atlases[atlas].label, self.oracle.num_classes).reshape(H, W)
+            on_atlas = fld.inside().reshape(H, W)
+            if self.cfg.appearance == "target":
+                on_target = points_inside(voxels.numpy(), self.oracle.case(case_id).shape).reshape(H, W)
+                image = carry_appearance(image, label, batch.image[b, 0].numpy(), on_atlas & on_target,
+                                         self.oracle.num_classes)
+            images.append(torch.from_numpy(image).reshape(1, H, W))
+            labels.append(torch.from_numpy(label.astype(np.int64)))
+            inside.append(float(on_atlas.mean()))
         self._metrics = {"inside": float(np.mean(inside))} if inside else {}
         return ExtraSamples(image=torch.stack(images) if images else torch.zeros((0, 1, H, W)),
                             label=torch.stack(labels) if labels else torch.zeros((0, H, W), dtype=torch.int64),

@@ -196,6 +196,7 @@ def sample_voxels(batch: SliceBatch, b: int) -> torch.Tensor:
     H, W = batch.image.shape[-2:]
     return pixel_voxels(batch, b * H * W + torch.arange(H * W))[1]
 
+
 class SliceSampler:
     """Draws :class:`SliceBatch` es: ``labeled_batch`` labeled samples, then ``unlabeled_batch``
     unlabeled ones. Each sample is a slice drawn uniformly over all slices of its pool, resized

@@ -9,7 +9,7 @@ import torch
 
 from fakes import ShiftBackend
 from joint.oracle import OracleConfig, RegistrationOracle
-from joint.synth import SynthConfig, WarpedAtlasSamples
+from joint.synth import MIN_CLASS_PIXELS, SynthConfig, WarpedAtlasSamples, carry_appearance
 from seg.slices import AugmentConfig, SliceSampler, normalize_intensity, pixel_voxels, prepare_volume, resample_slice
 from test_joint_rsl import CLASSES, SHIFT, anatomy, make_case, shifted
 
@@ -76,6 +76,64 @@ def test_the_options_are_checked_and_every_atlas_needs_its_image():
         SynthConfig(weight=-1.0)
     with pytest.raises(ValueError, match="synth.samples"):
         SynthConfig(samples=0)
+    with pytest.raises(ValueError, match="synth.appearance"):
+        SynthConfig(appearance="mean")
     hook, *_ = _setup(SHIFT)
     with pytest.raises(ValueError, match=r"missing \['lab'\]"):
         WarpedAtlasSamples(hook.oracle, {}, SynthConfig(weight=1.0))
+
+
+OFFSETS = np.array([0.0, 0.2, -0.15, 0.1], np.float32)   # the target's intensity per class minus the atlas's
+
+
+def test_carried_appearance_moves_each_class_to_the_target_and_leaves_a_class_too_small_to_measure():
+    image, label = anatomy()
+    atlas_image, lab = image[0].astype(np.float32), label[0]
+    target = atlas_image + OFFSETS[lab]
+    out = carry_appearance(atlas_image, lab, target, np.ones_like(lab, bool), C)
+    np.testing.assert_allclose(out, target, atol=1e-6)
+    # pixels where the target does not exist count for nothing: the RV (class 1) keeps too few
+    valid = np.ones_like(lab, bool)
+    rv = np.argwhere(lab == 1)
+    valid[tuple(rv[MIN_CLASS_PIXELS // 2:].T)] = False
+    out = carry_appearance(atlas_image, lab, np.where(valid, target, 5.0), valid, C)
+    np.testing.assert_allclose(out[lab == 1], atlas_image[lab == 1], atol=1e-6)
+    np.testing.assert_allclose(out[lab != 1], target[lab != 1], atol=1e-6)
+
+
+def test_with_the_targets_appearance_an_exact_registration_synthesises_the_target_and_a_wrong_one_keeps_the_label():
+    """The target is the shifted atlas with other intensities per class: with an exact
+    registration the synthesised image is the unlabeled sample itself (inside the label's
+    pure pixels), with a wrong one its label is still the atlas's and the image follows it.
+    The anatomy is doubled in plane so that the thin myocardium has enough pixels to measure."""
+    _, label = anatomy()
+    label = label.repeat(2, axis=1).repeat(2, axis=2)
+    image = label * 0.3 + 0.05 * np.random.default_rng(1).random(label.shape)
+    atlas = make_case("lab", image, label)
+    target_image = shifted(image + OFFSETS[label])
+    target = make_case("unl", target_image, None)
+    for shift, exact in ((SHIFT, True), ((0, 6, 3), False)):
+        oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(shift))
+        sampler = SliceSampler([prepare_volume(atlas, "none")], [prepare_volume(target, "none", with_label=False)],
+                               labeled_batch=2, unlabeled_batch=4, out_hw=(48, 48),
+                               augment=AugmentConfig(rotation_deg=30.0, contrast=(1.0, 1.0), brightness=(0.0, 0.0)), seed=3)
+        hook = WarpedAtlasSamples(oracle, {"lab": image.astype(np.float32)}, SynthConfig(samples=2, appearance="target"))
+        batch = sampler.next_batch()
+        extra = hook.extra_samples(0, batch)
+        for k, b in enumerate((2, 3)):
+            H, W = batch.image.shape[-2:]
+            _, voxels = pixel_voxels(batch, b * H * W + torch.arange(H * W))
+            fld = oracle.points_field(batch.case_id[b], "lab", voxels.numpy())
+            pure = torch.from_numpy(fld.warp_onehot(label, C)[:, 0, 0].max(axis=0) > 0.999).reshape(H, W)
+            pure &= torch.from_numpy(fld.inside()[0, 0]).reshape(H, W)
+            img, lab = extra.image[k, 0][pure], extra.label[k][pure]
+            if exact:   # where the target's voxels all have an atlas point (its zero fill biases the median slightly)
+                z, m = int(batch.slice_index[b]), batch.to_volume[b]
+                full = resample_slice(torch.from_numpy(shifted(np.ones_like(image))), z, m, (H, W), "linear")[pure] > 0.999
+                torch.testing.assert_close(img[full], batch.image[b, 0][pure][full], atol=1e-3, rtol=0)
+            else:   # the atlas's image moved by the class offsets the target's medians gave
+                atlas_img = torch.from_numpy(fld.warp_image(image.astype(np.float32))[0, 0]).reshape(H, W)[pure]
+                moved = img - atlas_img
+                for c in lab.unique().tolist():
+                    assert float(moved[lab == c].std()) < 1e-5   # one shift per class: texture and edges kept
+                assert float((img - atlas_img).abs().max()) > 0.05
