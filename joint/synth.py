@@ -44,8 +44,9 @@ MIN_CLASS_PIXELS = 16
 class SynthConfig:
     """Options of the synthesised samples; nested as ``synth.*`` in :class:`joint.config.JointConfig`."""
 
-    # weight 1, 2 samples: chosen on the validation split, both phantoms (docs/RESULTS.md,
-    # "The registration as augmentation")
+    # weight 1, 2 samples, the atlas's appearance: chosen on the validation split, both phantoms;
+    # 1 or 4 samples and the target's appearance lost (docs/RESULTS.md, "The registration as
+    # augmentation" and "How many synthesised samples, and whose appearance")
     weight: float = 1.0   # factor of their supervised loss; 0 turns the term off
     samples: int = 2      # per step, made at the first unlabeled samples of the batch (at most all of them)
     appearance: str = "atlas"  # one of APPEARANCES: whose intensities the synthesised image has
