@@ -107,13 +107,13 @@ class WarpedAtlasSamples(TrainerHook):
             case_id = batch.case_id[b]
             atlases = self.oracle.atlases_for(case_id, step, int(batch.slice_index[b]))
             atlas = atlases[(step + k) % len(atlases)]
-            voxels = sample_voxels(batch, b)
-            fld = self.oracle.points_field(case_id, atlas, voxels.numpy())
+            voxels = sample_voxels(batch, b).numpy()
+            fld = self.oracle.points_field(case_id, atlas, voxels)
             image = fld.warp_image(self.images[atlas]).reshape(H, W)
             label = fld.warp_labels(self.oracle.atlases[atlas].label, self.oracle.num_classes).reshape(H, W)
             on_atlas = fld.inside().reshape(H, W)
             if self.cfg.appearance == "target":
-                on_target = points_inside(voxels.numpy(), self.oracle.case(case_id).shape).reshape(H, W)
+                on_target = points_inside(voxels, self.oracle.case(case_id).shape).reshape(H, W)
                 image = carry_appearance(image, label, batch.image[b, 0].numpy(), on_atlas & on_target,
                                          self.oracle.num_classes)
             images.append(torch.from_numpy(image).reshape(1, H, W))

@@ -189,7 +189,6 @@ def pixel_voxels(batch: SliceBatch, flat_index: torch.Tensor) -> tuple[torch.Ten
     return b, torch.cat([z[:, None], yx], dim=1)
 
 
-
 def sample_voxels(batch: SliceBatch, b: int) -> torch.Tensor:
     """Volume voxel ``(H*W, 3)`` (z, y, x), real-valued, of every pixel of sample ``b``, row-major:
     where in its volume each of the sample's pixels was read."""

@@ -10,7 +10,7 @@ import torch
 from fakes import ShiftBackend
 from joint.oracle import OracleConfig, RegistrationOracle
 from joint.synth import MIN_CLASS_PIXELS, SynthConfig, WarpedAtlasSamples, carry_appearance
-from seg.slices import AugmentConfig, SliceSampler, normalize_intensity, pixel_voxels, prepare_volume, resample_slice
+from seg.slices import AugmentConfig, SliceSampler, normalize_intensity, prepare_volume, resample_slice, sample_voxels
 from test_joint_rsl import CLASSES, SHIFT, anatomy, make_case, shifted
 
 C = len(CLASSES)
@@ -59,7 +59,7 @@ def test_a_wrong_registration_still_gives_pairs_in_register():
     H, W = batch.image.shape[-2:]
     wrong = 0
     for k, b in enumerate((2, 3, 4)):
-        _, voxels = pixel_voxels(batch, b * H * W + torch.arange(H * W))
+        voxels = sample_voxels(batch, b)
         fld = hook.oracle.points_field(batch.case_id[b], "lab", voxels.numpy())
         pure = torch.from_numpy(fld.warp_onehot(label, C)[:, 0, 0].max(axis=0) > 0.999).reshape(H, W)
         pure &= torch.from_numpy(fld.inside()[0, 0]).reshape(H, W)
@@ -120,9 +120,9 @@ def test_with_the_targets_appearance_an_exact_registration_synthesises_the_targe
         hook = WarpedAtlasSamples(oracle, {"lab": image.astype(np.float32)}, SynthConfig(samples=2, appearance="target"))
         batch = sampler.next_batch()
         extra = hook.extra_samples(0, batch)
+        H, W = batch.image.shape[-2:]
         for k, b in enumerate((2, 3)):
-            H, W = batch.image.shape[-2:]
-            _, voxels = pixel_voxels(batch, b * H * W + torch.arange(H * W))
+            voxels = sample_voxels(batch, b)
             fld = oracle.points_field(batch.case_id[b], "lab", voxels.numpy())
             pure = torch.from_numpy(fld.warp_onehot(label, C)[:, 0, 0].max(axis=0) > 0.999).reshape(H, W)
             pure &= torch.from_numpy(fld.inside()[0, 0]).reshape(H, W)
