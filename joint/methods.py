@@ -94,7 +94,7 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
         hooks, bank_bytes = (*hooks, reps), reps.nbytes
     if jcfg.synth.weight > 0:
         images = {c.case_id: normalize_intensity(c.image, jcfg.normalization, jcfg.intensity_window) for c in data.labeled}
-        hooks = (*hooks, WarpedAtlasSamples(oracle, images, jcfg.synth))
+        hooks = (*hooks, WarpedAtlasSamples(oracle, images, jcfg.synth, jcfg.augment, jcfg.seed))
     if live is not None:
         live.bind(oracle)
         hooks = (*hooks, live)

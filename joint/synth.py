@@ -23,7 +23,7 @@ learned appearance model, METHOD.md part 6).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from scipy import ndimage
 from joint.oracle import RegistrationOracle
 from reg.field import points_inside
 from seg.hooks import ExtraSamples, TrainerHook
-from seg.slices import SliceBatch, sample_voxels
+from seg.slices import AugmentConfig, SliceBatch, sample_voxels
 
 APPEARANCES = ("atlas", "target")
 # A median over fewer pixels than this follows the noise, not the tissue: such a class keeps the
@@ -50,6 +50,9 @@ class SynthConfig:
     weight: float = 1.0   # factor of their supervised loss; 0 turns the term off
     samples: int = 2      # per step, made at the first unlabeled samples of the batch (at most all of them)
     appearance: str = "atlas"  # one of APPEARANCES: whose intensities the synthesised image has
+    # the trainer's intensity augmentation (augment.contrast, augment.brightness) on the synthesised
+    # images too, as the sampler applies it to every sample it draws
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -86,23 +89,30 @@ class WarpedAtlasSamples(TrainerHook):
 
     ``atlas_images``: atlas case id -> float32 ``(Z, Y, X)``, normalised as the trainer
     normalises its volumes, on the atlas's native grid (the labels come from the oracle's cases).
+    With ``cfg.augment``, ``augment`` gives the contrast and brightness ranges (the trainer's;
+    none: no intensity augmentation), drawn from a generator seeded by ``(seed, step)`` so a
+    resumed run draws the same values without carrying a state.
     """
 
     name = "synth"
 
-    def __init__(self, oracle: RegistrationOracle, atlas_images: Mapping[str, np.ndarray], cfg: SynthConfig) -> None:
+    def __init__(self, oracle: RegistrationOracle, atlas_images: Mapping[str, np.ndarray], cfg: SynthConfig,
+                 augment: Optional[AugmentConfig] = None, seed: int = 0) -> None:
         missing = sorted(set(oracle.atlases) - set(atlas_images))
         if missing:
             raise ValueError(f"synthesised samples need the normalised image of every atlas; missing {missing}")
         self.oracle = oracle
         self.images = dict(atlas_images)
         self.cfg = cfg
+        self.augment = augment if cfg.augment else None
+        self.seed = seed
         self._metrics: dict[str, float] = {}
 
     def extra_samples(self, step: int, batch: SliceBatch) -> ExtraSamples:
         H, W = batch.image.shape[-2:]
         rows = torch.nonzero(~batch.is_labeled, as_tuple=False).flatten()[: self.cfg.samples].tolist()
         images, labels, inside = [], [], []
+        rng = np.random.default_rng((self.seed, step))
         for k, b in enumerate(rows):
             case_id = batch.case_id[b]
             atlases = self.oracle.atlases_for(case_id, step, int(batch.slice_index[b]))
@@ -116,6 +126,8 @@ class WarpedAtlasSamples(TrainerHook):
                 on_target = points_inside(voxels, self.oracle.case(case_id).shape).reshape(H, W)
                 image = carry_appearance(image, label, batch.image[b, 0].numpy(), on_atlas & on_target,
                                          self.oracle.num_classes)
+            if self.augment is not None:
+                image = image * rng.uniform(*self.augment.contrast) + rng.uniform(*self.augment.brightness)
             images.append(torch.from_numpy(image).reshape(1, H, W))
             labels.append(torch.from_numpy(label.astype(np.int64)))
             inside.append(float(on_atlas.mean()))

@@ -137,3 +137,30 @@ def test_with_the_targets_appearance_an_exact_registration_synthesises_the_targe
                 for c in lab.unique().tolist():
                     assert float(moved[lab == c].std()) < 1e-5   # one shift per class: texture and edges kept
                 assert float((img - atlas_img).abs().max()) > 0.05
+
+
+def test_augmented_synthesised_images_take_the_trainers_intensity_ranges_the_same_again_at_the_same_step():
+    """``synth.augment``: each synthesised image is the unaugmented one times a contrast plus a
+    brightness from the trainer's ranges; the draw depends on (seed, step) only, so a resumed run
+    makes the same samples, and the labels do not move."""
+    plain, sampler, image, _ = _setup(SHIFT)
+    ranges = AugmentConfig(contrast=(0.5, 0.6), brightness=(2.0, 3.0))
+    images = {"lab": normalize_intensity(image, "none")}
+    hook = WarpedAtlasSamples(plain.oracle, images, SynthConfig(weight=0.5, samples=3, augment=True), ranges, seed=7)
+    off = WarpedAtlasSamples(plain.oracle, images, SynthConfig(weight=0.5, samples=3, augment=False), ranges, seed=7)
+    batch = sampler.next_batch()
+    base = plain.extra_samples(4, batch)
+    torch.testing.assert_close(off.extra_samples(4, batch).image, base.image, atol=0, rtol=0)
+    got = hook.extra_samples(4, batch)
+    assert torch.equal(got.label, base.label)
+    draws = set()
+    for k in range(3):
+        x, y = base.image[k, 0].flatten().double(), got.image[k, 0].flatten().double()
+        a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+        b = float(y.mean() - a * x.mean())
+        assert 0.5 <= a <= 0.6 and 2.0 <= b <= 3.0
+        torch.testing.assert_close(y, a * x + b, atol=1e-4, rtol=0)
+        draws.add(round(a, 6))
+    assert len(draws) == 3   # one draw per sample
+    torch.testing.assert_close(hook.extra_samples(4, batch).image, got.image, atol=0, rtol=0)
+    assert not torch.equal(hook.extra_samples(5, batch).image, got.image)
