@@ -252,6 +252,10 @@ def _native_coords(disp: np.ndarray, to_canon: np.ndarray, moving_to_native: np.
 # volume, and a full check of a 512 x 512 x 200 CT pair would cost more than its use.
 FULL_CHECK_VOXELS = 2 ** 23
 CHECK_SLICES = 16
+# A full check evaluates the Field this many fixed voxels at a time: slabs rather than single
+# slices save the per-call cost of the canonical-to-native evaluation (half a check's time on a
+# 16 x 128 x 128 volume), while the memory of one slab stays small.
+CHECK_SLAB_VOXELS = 2 ** 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -339,13 +343,14 @@ class CanonicalField:
         if not np.isfinite(self.disp).all():
             bad = int((~np.isfinite(self.disp)).any(axis=0).sum())
             raise ValueError(f"{where}: Field holds NaN or inf at {bad} canonical voxel(s)")
-        Z = self.fixed_shape[0]
-        if int(np.prod(self.fixed_shape)) <= FULL_CHECK_VOXELS:
-            slices = range(Z)
+        Z, Y, X = self.fixed_shape
+        if Z * Y * X <= FULL_CHECK_VOXELS:
+            step = max(1, CHECK_SLAB_VOXELS // (Y * X))
+            slabs = [(z, min(z + step, Z)) for z in range(0, Z, step)]
         else:
-            slices = np.unique(np.linspace(0, Z - 1, CHECK_SLICES).round().astype(int)).tolist()
-        for z in slices:
-            validate_field(self.slab(z, z + 1), where)
+            slabs = [(z, z + 1) for z in np.unique(np.linspace(0, Z - 1, CHECK_SLICES).round().astype(int)).tolist()]
+        for start, stop in slabs:
+            validate_field(self.slab(start, stop), where)
         object.__setattr__(self, "_plausible", True)
         return self
 
@@ -370,7 +375,8 @@ MAX_MEAN_ROUGHNESS = 1.0  # voxels: mean |second difference| of coords along y a
 
 def validate_field(field: Field, where: str) -> None:
     """Raise ValueError naming ``where`` when ``field`` holds NaN or inf, maps a fixed voxel
-    more than one moving-volume extent outside the moving volume, or is rough like noise.
+    more than one moving-volume extent outside the moving volume, or is rough like noise on any
+    of its fixed slices.
     Used on every Field a backend computes and every Field read from a cache."""
     c = field.coords
     if not np.isfinite(c).all():
@@ -385,10 +391,11 @@ def validate_field(field: Field, where: str) -> None:
     rough = []
     for axis in (2, 3):  # in-plane only: few thick slices make z differences legitimately coarse
         if c.shape[axis] >= 3:
-            rough.append(float(np.abs(np.diff(c, n=2, axis=axis)).mean()))
+            # each fixed slice judged alone, so a slab of slices gets the verdict of its slices one by one
+            rough.append(float(np.abs(np.diff(c, n=2, axis=axis)).mean(axis=(0, 2, 3)).max()))
     if rough and max(rough) > MAX_MEAN_ROUGHNESS:
-        raise ValueError(f"{where}: Field is not smooth (mean in-plane second difference {max(rough):.2f} voxels, "
-                         f"limit {MAX_MEAN_ROUGHNESS}); it looks like noise, not a registration")
+        raise ValueError(f"{where}: Field is not smooth (mean in-plane second difference {max(rough):.2f} voxels "
+                         f"on its roughest slice, limit {MAX_MEAN_ROUGHNESS}); it looks like noise, not a registration")
 
 
 def _axis_positions(matrix: np.ndarray, axis: int, size: int) -> np.ndarray:

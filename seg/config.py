@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Union, get_type_hints
 import yaml
 
 from seg.atomic import write_text_atomic
+from seg.elastic import ElasticConfig
 from seg.losses import ContrastConfig
 from seg.slices import AugmentConfig
 from seg.students import StudentConfig
@@ -32,6 +33,8 @@ class TrainConfig:
     normalization: str = "zscore"   # 'zscore', 'clip-zscore' (CT: clipped to intensity_window first) or 'none'
     intensity_window: Optional[tuple[float, float]] = None   # (low, high) of 'clip-zscore'
     augment: AugmentConfig = AugmentConfig()
+    # randomly deformed copies of labeled samples (seg/elastic.py): the control of the synthesised samples; off
+    elastic: ElasticConfig = ElasticConfig()
     # students: A is the one 'supervised' trains and the default prediction
     student_a: StudentConfig = StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256))
     student_b: StudentConfig = StudentConfig(kind="swin", feature_size=12, depths=(2, 2, 2, 2))
@@ -68,6 +71,8 @@ class TrainConfig:
             bad += [f"{k}={getattr(self, k)}" for k in ("unlabeled_batch", "skip_nonfinite") if getattr(self, k) < 0]
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad.append(f"lr={self.lr}")
+        if self.elastic.weight > 0 and math.ceil(3 * self.elastic.sigma_px) >= min(self.image_size):
+            bad.append(f"elastic.sigma_px={self.elastic.sigma_px} (3 sigma must be below image_size {self.image_size})")
         if bad:
             raise ValueError(f"options out of range: {', '.join(bad)} (iterations, val_every, checkpoint_every, "
                              "labeled_batch, infer_batch >= 1; unlabeled_batch, skip_nonfinite >= 0; lr > 0)")

@@ -36,6 +36,7 @@ from seg.distributed import (World, check_batch, check_losses_everywhere, gather
                              world_from_environment)
 from seg.distributed import start as start_group
 from seg.distributed import stop as stop_group
+from seg.elastic import ElasticSamples
 from seg.geometry_check import geometry_stats
 from seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
 from seg.hooks import ExtraSamples, TrainerHook, check_names
@@ -188,7 +189,8 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                               [c.shape for c in data.labeled + data.unlabeled])
     own = method.build_hooks(cfg, data, out_dir) if method.build_hooks else ()
     diag = DiagnosticsHook(cfg.diag_every, cfg.contrast, num_classes, data.diagnostic_labels)
-    all_hooks: tuple[TrainerHook, ...] = (*own, *hooks, diag)
+    elastic = (ElasticSamples(cfg.elastic, cfg.seed),) if cfg.elastic.weight > 0 else ()
+    all_hooks: tuple[TrainerHook, ...] = (*own, *hooks, *elastic, diag)
     check_names(all_hooks)
 
     students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes).to(device)

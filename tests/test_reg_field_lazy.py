@@ -86,6 +86,25 @@ def test_the_check_refuses_damage_also_when_it_reads_only_some_slices(monkeypatc
     assert read == []   # found plausible once: a frozen Field is not read again
 
 
+def test_a_full_check_reads_slabs_and_still_refuses_one_rough_slice(monkeypatch):
+    """Below FULL_CHECK_VOXELS every slice is checked, CHECK_SLAB_VOXELS at a time; each slice
+    is judged alone, so one slice of noise among smooth ones is refused as a check of the
+    slices one by one refuses it (a mean over the slab would dilute it below the limit)."""
+    lazy, dense = compact(0.0)
+    Z, Y, X = lazy.fixed_shape
+    monkeypatch.setattr(reg.field, "CHECK_SLAB_VOXELS", 4 * Y * X)
+    read = []
+    original = CanonicalField.slab
+    monkeypatch.setattr(CanonicalField, "slab", lambda self, a, b: read.append((a, b)) or original(self, a, b))
+    lazy.check("ok")
+    assert read == [(0, 4), (4, 8), (8, 10)]
+    coords = dense.coords.copy()
+    coords[1:, 6] += np.random.default_rng(2).normal(0, 3.0, coords[1:, 6].shape).astype(np.float32)
+    with pytest.raises(ValueError, match="cache/x.npz: Field is not smooth"):
+        reg.field.validate_field(Field(coords, dense.moving_shape), "cache/x.npz")
+    reg.field.validate_field(Field(np.delete(coords, 6, axis=1), dense.moving_shape), "the other slices")
+
+
 def test_affine_and_dense_fields_are_special_cases():
     m = np.eye(4)
     m[:3, :3] = np.diag([0.5, 1.2, 0.9])
