@@ -33,7 +33,8 @@ canonical grid, same pre-alignment, so they differ only in the deformable step.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields, replace
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
@@ -197,7 +198,34 @@ class IdentityBackend:
 DisplacementFn = Callable[[list[tuple[Placed, Placed]]], list[np.ndarray]]
 
 
-@dataclass(frozen=True)
+class PlacedPairs:
+    """The placed (fixed, pre-aligned moving) volumes of the pairs a backend saw last, up to
+    ``max_bytes`` of arrays, least recently used dropped first: a backend asked for the same
+    pairs again (the coupled run's refreshes, every few steps) places and pre-aligns them once.
+    Placement is a pure function of the two volumes, so a kept pair equals a new one bit for bit."""
+
+    def __init__(self, max_bytes: int = 256 * 2 ** 20) -> None:
+        self.max_bytes = max_bytes
+        self._pairs: OrderedDict[tuple[str, str], tuple[Placed, Placed]] = OrderedDict()
+
+    @staticmethod
+    def _nbytes(pair: tuple[Placed, Placed]) -> int:
+        return sum(p.image.nbytes + p.native_image.nbytes for p in pair)
+
+    def get(self, key: tuple[str, str]) -> Optional[tuple[Placed, Placed]]:
+        pair = self._pairs.get(key)
+        if pair is not None:
+            self._pairs.move_to_end(key)
+        return pair
+
+    def put(self, key: tuple[str, str], pair: tuple[Placed, Placed]) -> None:
+        self._pairs[key] = pair
+        total = sum(self._nbytes(p) for p in self._pairs.values())
+        while total > self.max_bytes and self._pairs:
+            total -= self._nbytes(self._pairs.popitem(last=False)[1])
+
+
+@dataclass(frozen=True, eq=False)
 class CanonicalBackend:
     """Places volumes on the canonical grid, pre-aligns each pair, and asks ``displacements``
     for the canonical deformation of a list of placed pairs (so it can batch them)."""
@@ -207,6 +235,7 @@ class CanonicalBackend:
     prealign: PrealignConfig
     displacements: DisplacementFn
     params: dict[str, Any]  # everything that determines the output, as plain data (cache keys)
+    placed_pairs: PlacedPairs = field(default_factory=PlacedPairs)
 
     def register(self, fixed_zyx: np.ndarray, fixed_spacing: tuple, moving_zyx: np.ndarray, moving_spacing: tuple) -> CanonicalField:
         return self.register_many([(fixed_zyx, fixed_spacing, moving_zyx, moving_spacing)])[0]
@@ -214,18 +243,22 @@ class CanonicalBackend:
     def register_many(self, pairs: Sequence[Pair]) -> list[CanonicalField]:
         placed: dict[str, Placed] = {}
 
-        def place(image: np.ndarray, spacing: Sequence[float], what: str) -> Placed:
-            check_volume(image, spacing, what)
-            key = _volume_key(image, spacing)
+        def place(image: np.ndarray, spacing: Sequence[float], key: str) -> Placed:
             if key not in placed:
                 placed[key] = place_volume(image, spacing, self.grid)
             return placed[key]
 
         jobs = []
         for f_img, f_sp, m_img, m_sp in pairs:
-            fixed = place(f_img, f_sp, "fixed volume")
-            moving = place_pair(fixed, place(m_img, m_sp, "moving volume"), self.grid, self.prealign)
-            jobs.append((fixed, moving))
+            check_volume(f_img, f_sp, "fixed volume")
+            check_volume(m_img, m_sp, "moving volume")
+            key = (_volume_key(f_img, f_sp), _volume_key(m_img, m_sp))
+            pair = self.placed_pairs.get(key)
+            if pair is None:
+                fixed = place(f_img, f_sp, key[0])
+                pair = (fixed, place_pair(fixed, place(m_img, m_sp, key[1]), self.grid, self.prealign))
+                self.placed_pairs.put(key, pair)
+            jobs.append(pair)
         disps = self.displacements(jobs) if jobs else []
         # a diverged net or a failed classical run must not hand NaN or wild Fields onward
         return [field_of(d, f, m).check(f"backend {self.spec!r}") for d, (f, m) in zip(disps, jobs)]
@@ -306,10 +339,10 @@ def refine_displacement(net: RegistrationNet, fixed: torch.Tensor, moving: torch
     with torch.no_grad():
         velocity = net.vxm(moving, fixed, return_field_type="velocity")
     disp = None
-    for field, scale, steps in refine.passes:
+    for corrected, scale, steps in refine.passes:
         if not steps:
             continue
-        if field == "velocity":
+        if corrected == "velocity":
             velocity = _refine_velocity(velocity, fixed, moving, refine, scale, steps, steps_of)
         else:
             with torch.no_grad():

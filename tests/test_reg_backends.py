@@ -87,6 +87,32 @@ def test_learned_backend_runs_from_the_checkpoint_alone_and_batches(pair, checkp
     assert params["config"]["grid"]["shape"] == [16, 32, 32]
 
 
+def test_a_backend_places_a_pair_once_and_gives_the_same_field_from_the_kept_placement(pair, checkpoint, monkeypatch):
+    """The coupled run asks the same pairs every refresh: the kept placement must give the bits
+    a fresh one gives, and a budget too small for a pair keeps nothing."""
+    import dataclasses
+
+    import reg.backends
+    f_img, fsp, _, m_img, msp, _ = pair
+    calls = []
+    real = reg.backends.place_pair
+    monkeypatch.setattr(reg.backends, "place_pair", lambda *a: calls.append(1) or real(*a))
+    spec = f"learned:{checkpoint}?refine=0"
+    backend = load_backend(spec)
+    pairs = [(f_img, fsp, m_img, msp), (m_img, msp, f_img, fsp)]
+    first = backend.register_many(pairs)
+    again = backend.register_many(pairs)
+    assert len(calls) == 2
+    fresh = load_backend(spec).register_many(pairs)
+    assert len(calls) == 4
+    for a, b, c in zip(first, again, fresh):
+        assert np.array_equal(a.disp, b.disp) and np.array_equal(a.disp, c.disp)
+        assert np.array_equal(b.moving_to_native, c.moving_to_native)
+    tight = dataclasses.replace(backend, placed_pairs=reg.backends.PlacedPairs(max_bytes=1))
+    tight.register_many([(f_img, fsp, m_img, msp), (f_img, fsp, m_img, msp)])
+    assert len(calls) == 6 and len(tight.placed_pairs._pairs) == 0
+
+
 def test_backend_params_name_every_option():
     params = backend_params("sitk-demons?iterations=7")
     assert params["iterations"] == 7 and params["sigma_mm"] > 0 and params["prealign"]["method"] == "search"
