@@ -253,7 +253,7 @@ def _native_coords(disp: np.ndarray, to_canon: np.ndarray, moving_to_native: np.
 FULL_CHECK_VOXELS = 2 ** 23
 CHECK_SLICES = 16
 # A full check evaluates the Field this many fixed voxels at a time: slabs rather than single
-# slices save the per-call cost of the canonical-to-native evaluation (half a check's time on a
+# slices save the per-call cost of the canonical-to-native evaluation (a quarter of a check on a
 # 16 x 128 x 128 volume), while the memory of one slab stays small.
 CHECK_SLAB_VOXELS = 2 ** 20
 
