@@ -71,11 +71,12 @@ class TrainConfig:
             bad += [f"{k}={getattr(self, k)}" for k in ("unlabeled_batch", "skip_nonfinite") if getattr(self, k) < 0]
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad.append(f"lr={self.lr}")
-        if self.elastic.weight > 0 and math.ceil(3 * self.elastic.sigma_px) >= min(self.image_size):
-            bad.append(f"elastic.sigma_px={self.elastic.sigma_px} (3 sigma must be below image_size {self.image_size})")
         if bad:
             raise ValueError(f"options out of range: {', '.join(bad)} (iterations, val_every, checkpoint_every, "
                              "labeled_batch, infer_batch >= 1; unlabeled_batch, skip_nonfinite >= 0; lr > 0)")
+        if self.elastic.weight > 0 and math.ceil(3 * self.elastic.sigma_px) >= min(self.image_size):
+            raise ValueError(f"elastic.sigma_px={self.elastic.sigma_px} is too wide for image_size {tuple(self.image_size)}: "
+                             "3 sigma must be below the sample's size")
 
 
 PRESETS: Mapping[str, TrainConfig] = {
