@@ -32,7 +32,7 @@ from scipy import ndimage
 from joint.oracle import RegistrationOracle
 from reg.field import points_inside
 from seg.hooks import ExtraSamples, TrainerHook
-from seg.slices import AugmentConfig, SliceBatch, sample_voxels
+from seg.slices import AugmentConfig, SliceBatch, augment_intensity, sample_voxels
 
 APPEARANCES = ("atlas", "target")
 # A median over fewer pixels than this follows the noise, not the tissue: such a class keeps the
@@ -112,7 +112,7 @@ class WarpedAtlasSamples(TrainerHook):
         H, W = batch.image.shape[-2:]
         rows = torch.nonzero(~batch.is_labeled, as_tuple=False).flatten()[: self.cfg.samples].tolist()
         images, labels, inside = [], [], []
-        rng = np.random.default_rng((self.seed, step))
+        rng = np.random.default_rng((self.seed, step)) if self.augment is not None else None
         for k, b in enumerate(rows):
             case_id = batch.case_id[b]
             atlases = self.oracle.atlases_for(case_id, step, int(batch.slice_index[b]))
@@ -126,8 +126,8 @@ class WarpedAtlasSamples(TrainerHook):
                 on_target = points_inside(voxels, self.oracle.case(case_id).shape).reshape(H, W)
                 image = carry_appearance(image, label, batch.image[b, 0].numpy(), on_atlas & on_target,
                                          self.oracle.num_classes)
-            if self.augment is not None:
-                image = image * rng.uniform(*self.augment.contrast) + rng.uniform(*self.augment.brightness)
+            if rng is not None:
+                image = augment_intensity(image, self.augment, rng)
             images.append(torch.from_numpy(image).reshape(1, H, W))
             labels.append(torch.from_numpy(label.astype(np.int64)))
             inside.append(float(on_atlas.mean()))

@@ -207,6 +207,7 @@ class PlacedPairs:
     def __init__(self, max_bytes: int = 256 * 2 ** 20) -> None:
         self.max_bytes = max_bytes
         self._pairs: OrderedDict[tuple[str, str], tuple[Placed, Placed]] = OrderedDict()
+        self._bytes = 0
 
     @staticmethod
     def _nbytes(pair: tuple[Placed, Placed]) -> int:
@@ -219,10 +220,11 @@ class PlacedPairs:
         return pair
 
     def put(self, key: tuple[str, str], pair: tuple[Placed, Placed]) -> None:
+        """Keep ``pair`` (a key not kept yet: callers put after a miss of :meth:`get`)."""
         self._pairs[key] = pair
-        total = sum(self._nbytes(p) for p in self._pairs.values())
-        while total > self.max_bytes and self._pairs:
-            total -= self._nbytes(self._pairs.popitem(last=False)[1])
+        self._bytes += self._nbytes(pair)
+        while self._bytes > self.max_bytes and self._pairs:
+            self._bytes -= self._nbytes(self._pairs.popitem(last=False)[1])
 
 
 @dataclass(frozen=True, eq=False)

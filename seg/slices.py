@@ -40,6 +40,11 @@ class AugmentConfig:
     brightness: tuple[float, float] = (-0.1, 0.1)  # intensity + b (normalised units)
 
 
+def augment_intensity(image: Array, augment: AugmentConfig, rng: np.random.Generator) -> Array:
+    """``image * a + b``, contrast ``a`` then brightness ``b`` drawn from ``rng`` in that order."""
+    return image * rng.uniform(*augment.contrast) + rng.uniform(*augment.brightness)
+
+
 @dataclass(frozen=True)
 class SliceBatch:
     """A training batch: the labeled samples first, then the unlabeled ones."""
@@ -258,7 +263,7 @@ class SliceSampler:
         matrix = self._draw_matrix(tuple(volume.image.shape[1:])).astype(np.float32)
         image = resample_slice(volume.image, z, matrix, self.out_hw, "linear")
         if self.augment is not None:
-            image = image * self.rng.uniform(*self.augment.contrast) + self.rng.uniform(*self.augment.brightness)
+            image = augment_intensity(image, self.augment, self.rng)
         if volume.label is None:
             label = torch.full(self.out_hw, -1, dtype=torch.int64)
         else:
