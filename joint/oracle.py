@@ -352,12 +352,17 @@ class RegistrationOracle:
             softs.append(soft * on_target)
         return _vote(atlas_ids, softs)
 
-    def points_field(self, target_id: str, atlas_id: str, points_zyx: np.ndarray) -> Field:
+    def points_field(self, target_id: str, atlas_id: str, points_zyx: np.ndarray,
+                     deformable: bool = True) -> Field:
         """The pair's Field restricted to ``points_zyx`` (N, 3) of the target: a Field of fixed
         shape ``(1, 1, N)`` into the atlas's native grid, so ``warp_image`` / ``warp_onehot`` of
         any atlas volume give its values at the N corresponding points (an image and its label
-        carried through the same map stay in register)."""
-        return self._point_field(self.field(target_id, atlas_id), np.asarray(points_zyx, dtype=np.float64))
+        carried through the same map stay in register). ``deformable=False`` drops the
+        backend's displacement and keeps the pair's placement and pre-alignment alone."""
+        fld = self.field(target_id, atlas_id)
+        if not deformable:
+            fld = fld.without_displacement()
+        return self._point_field(fld, np.asarray(points_zyx, dtype=np.float64))
 
     @staticmethod
     def _point_field(fld: CanonicalField, pts: np.ndarray) -> Field:

@@ -53,6 +53,10 @@ class SynthConfig:
     # the trainer's intensity augmentation (augment.contrast, augment.brightness) on the synthesised
     # images too, as the sampler applies it to every sample it draws
     augment: bool = False
+    # false: the samples go through the pair's placement and pre-alignment only, the backend's
+    # deformation dropped -- a control separating where the registration puts a slice from the
+    # shape it gives it
+    deformation: bool = True
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -118,7 +122,7 @@ class WarpedAtlasSamples(TrainerHook):
             atlases = self.oracle.atlases_for(case_id, step, int(batch.slice_index[b]))
             atlas = atlases[(step + k) % len(atlases)]
             voxels = sample_voxels(batch, b).numpy()
-            fld = self.oracle.points_field(case_id, atlas, voxels)
+            fld = self.oracle.points_field(case_id, atlas, voxels, deformable=self.cfg.deformation)
             image = fld.warp_image(self.images[atlas]).reshape(H, W)
             label = fld.warp_labels(self.oracle.atlases[atlas].label, self.oracle.num_classes).reshape(H, W)
             on_atlas = fld.inside().reshape(H, W)

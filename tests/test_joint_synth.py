@@ -71,6 +71,23 @@ def test_a_wrong_registration_still_gives_pairs_in_register():
     assert wrong > 50    # the labels are not the target's: the registration is off
 
 
+def test_without_the_deformation_the_samples_come_from_where_the_placement_alone_puts_them():
+    """The fake backend's shift is all displacement (its placements are the identity), so the
+    control synthesises the atlas at the unlabeled sample's own voxels: the atlas unshifted."""
+    hook, sampler, image, label = _setup(SHIFT)
+    hook.cfg = SynthConfig(weight=0.5, samples=3, deformation=False)
+    batch = sampler.next_batch()
+    extra = hook.extra_samples(0, batch)
+    deformed = WarpedAtlasSamples(hook.oracle, hook.images, SynthConfig(weight=0.5, samples=3)).extra_samples(0, batch)
+    for k, b in enumerate((2, 3, 4)):
+        z, m = int(batch.slice_index[b]), batch.to_volume[b]
+        full = resample_slice(torch.from_numpy(np.ones_like(image)), z, m, (24, 24), "linear") > 0.999
+        want_image = resample_slice(torch.from_numpy(normalize_intensity(image, "none")), z, m, (24, 24), "linear")
+        assert full.sum() > 100
+        torch.testing.assert_close(extra.image[k, 0][full], want_image[full], atol=1e-4, rtol=0)
+    assert not torch.equal(extra.label, deformed.label)
+
+
 def test_the_options_are_checked_and_every_atlas_needs_its_image():
     with pytest.raises(ValueError, match="synth.weight"):
         SynthConfig(weight=-1.0)

@@ -189,3 +189,13 @@ def test_a_slab_reads_only_the_moving_slices_it_reaches_and_the_same_values():
             np.testing.assert_allclose(soft[c][inside], full[inside], atol=1e-6)
         full = ndimage.map_coordinates(image, slab.coords, order=1, mode="nearest", prefilter=False)
         np.testing.assert_allclose(slab.warp_image(image)[inside], full[inside], atol=1e-6)
+
+
+def test_without_its_displacement_a_field_is_its_placements_alone():
+    lazy, _ = compact(0.35)
+    bare = lazy.without_displacement()
+    placed_only = Field.from_canonical(np.zeros((3,) + GRID.shape, np.float32), lazy.fixed_to_native, lazy.fixed_shape,
+                                       lazy.moving_to_native, lazy.moving_shape)
+    np.testing.assert_allclose(bare.dense().coords, placed_only.coords, atol=1e-4)
+    assert np.abs(bare.dense().coords - lazy.dense().coords).max() > 0.5   # the displacement did move points
+    assert bare.moving_shape == lazy.moving_shape and bare.fixed_shape == lazy.fixed_shape
