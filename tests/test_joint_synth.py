@@ -74,11 +74,11 @@ def test_a_wrong_registration_still_gives_pairs_in_register():
 def test_without_the_deformation_the_samples_come_from_where_the_placement_alone_puts_them():
     """The fake backend's shift is all displacement (its placements are the identity), so the
     control synthesises the atlas at the unlabeled sample's own voxels: the atlas unshifted."""
-    hook, sampler, image, label = _setup(SHIFT)
-    hook.cfg = SynthConfig(weight=0.5, samples=3, deformation=False)
+    deformed_hook, sampler, image, label = _setup(SHIFT)
+    bare_hook = WarpedAtlasSamples(deformed_hook.oracle, deformed_hook.images,
+                                   SynthConfig(weight=0.5, samples=3, deformation=False))
     batch = sampler.next_batch()
-    extra = hook.extra_samples(0, batch)
-    deformed = WarpedAtlasSamples(hook.oracle, hook.images, SynthConfig(weight=0.5, samples=3)).extra_samples(0, batch)
+    extra, deformed = bare_hook.extra_samples(0, batch), deformed_hook.extra_samples(0, batch)
     for k, b in enumerate((2, 3, 4)):
         z, m = int(batch.slice_index[b]), batch.to_volume[b]
         full = resample_slice(torch.from_numpy(np.ones_like(image)), z, m, (24, 24), "linear") > 0.999
