@@ -55,7 +55,8 @@ class SynthConfig:
     augment: bool = False
     # false: the samples go through the pair's placement and pre-alignment only, the backend's
     # deformation dropped -- a control separating where the registration puts a slice from the
-    # shape it gives it
+    # shape it gives it; it lost on validation (docs/RESULTS.md, "Where a slice goes or what
+    # shape it takes")
     deformation: bool = True
 
     def __post_init__(self) -> None:
