@@ -72,16 +72,22 @@ def test_bspline_returns_a_regular_field(pair):
     assert _dice(field.warp_labels(m_lab, 4), f_lab) > 0.5
 
 
+def _equal_up_to_batch_noise(a: np.ndarray, b: np.ndarray) -> None:
+    """float16 storage, float32 batches: Adam's normalised steps turn 1e-7 of batch noise in an
+    all but flat gradient into a few thousandths of a voxel, on some CPUs a hundredth, at a handful
+    of voxels. A pair mixed up with its batch-mates would differ by tenths at most voxels."""
+    diff = np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))
+    assert diff.max() < 0.05 and float(np.mean(diff > 5e-3)) < 1e-3, (diff.max(), float(np.mean(diff > 5e-3)))
+
+
 def test_learned_backend_runs_from_the_checkpoint_alone_and_batches(pair, checkpoint):
     f_img, fsp, _, m_img, msp, _ = pair
     backend = load_backend(f"learned:{checkpoint}?batch=2")   # refined by default: per pair, whatever the batch
     fields = backend.register_many([(f_img, fsp, m_img, msp), (m_img, msp, f_img, fsp), (f_img, fsp, m_img, msp)])
     assert [f.fixed_shape for f in fields] == [f_img.shape, m_img.shape, f_img.shape]
-    # float16 storage, float32 batches; Adam's normalised steps turn 1e-7 of batch noise in an
-    # all but flat gradient into a few thousandths of a voxel at a handful of voxels
-    np.testing.assert_allclose(fields[0].disp, fields[2].disp, atol=5e-3)
+    _equal_up_to_batch_noise(fields[0].disp, fields[2].disp)
     single = backend.register(f_img, fsp, m_img, msp)
-    np.testing.assert_allclose(single.dense().coords, fields[0].dense().coords, atol=5e-3)
+    _equal_up_to_batch_noise(single.dense().coords, fields[0].dense().coords)
     params = backend_params(f"learned:{checkpoint}")
     assert params["kind"] == "learned" and len(params["checkpoint_sha256"]) == 64
     assert params["config"]["grid"]["shape"] == [16, 32, 32]
