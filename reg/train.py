@@ -317,7 +317,9 @@ def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimiz
     val_pairs = validation_pairs(val_volumes, tc.val_pairs, tc.seed)
     similarity = similarity_loss(config.loss.similarity, config.loss.ncc_window)
     smooth, dice = SmoothnessLoss(), SoftDiceLoss()
-    writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=step if resume else None)
+    # logged at the count of finished steps: a resumed run's first event is step + 1, and the events the
+    # interrupted run logged at ``step`` (its last validation) stay
+    writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=step + 1 if resume else None)
 
     def checkpoint(path: Path) -> None:
         save_checkpoint(path, {

@@ -238,7 +238,9 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
             "history": history,
         }
 
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start if start else None) if world.is_main else _Silent()
+    # events are logged at the count of finished steps, so a resumed run first logs start + 1: readers must
+    # drop the interrupted run's events from there on, and keep the validation logged at ``start``
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1 if start else None) if world.is_main else _Silent()
     rampup_steps = cfg.rampup_fraction * cfg.iterations
     for m in students.values():
         m.train()

@@ -70,6 +70,17 @@ def test_resume_is_bit_identical(tmp_path, data):
         for name, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][key][name])), (key, name)
     assert a["rng"]["numpy"] == b["rng"]["numpy"]
+    # the resumed log keeps the validation logged at the interruption's step, and repeats no step
+    assert _logged_steps(tmp_path / "split") == _logged_steps(tmp_path / "straight")
+    assert _logged_steps(tmp_path / "split")["val/dice"] == [2, 4]
+
+
+def _logged_steps(run: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_resume_refuses_a_changed_config_and_overwriting(tmp_path, data):

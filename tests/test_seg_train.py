@@ -103,6 +103,18 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
         resumed = [s["exp_avg"] for s in got["optimizers"][student]["state"].values()]
         assert all(torch.equal(a, b) for a, b in zip(moments, resumed))
     assert got["history"] == want["history"]
+    # the TensorBoard log reads as the uninterrupted run's: the validation logged at the
+    # checkpoint's step survives the resume, and no step is logged twice
+    assert _logged_steps(tmp_path / "cut") == _logged_steps(tmp_path / "straight")
+    assert _logged_steps(tmp_path / "cut")["val_a/dice"] == [2, 4]
+
+
+def _logged_steps(run: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_existing_runs_are_not_overwritten_and_resume_needs_the_same_config(tmp_path):
