@@ -23,14 +23,14 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from joint.coupled import CoupledConfig
-from joint.gate import GateConfig
-from joint.memory_bank import BankConfig
-from joint.oracle import OracleConfig
-from joint.reps import RepsConfig
-from joint.rsl import RSLConfig
-from joint.synth import SynthConfig
-from seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
+from cctr.joint.coupled import CoupledConfig
+from cctr.joint.gate import GateConfig
+from cctr.joint.memory_bank import BankConfig
+from cctr.joint.oracle import OracleConfig
+from cctr.joint.reps import RepsConfig
+from cctr.joint.rsl import RSLConfig
+from cctr.joint.synth import SynthConfig
+from cctr.seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
 
 # the Field disk cache of command-line runs: shared by every run started in the same folder
 DEFAULT_FIELD_CACHE = "runs/reg-cache"

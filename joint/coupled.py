@@ -51,22 +51,22 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from joint.oracle import RegistrationOracle
-from reg.backends import (Backend, LearnedParams, Refinement, check_device, learned_params, live_backend,
+from cctr.joint.oracle import RegistrationOracle
+from cctr.reg.backends import (Backend, LearnedParams, Refinement, check_device, learned_params, live_backend,
                           parse_spec, refine_displacement, refinement_of)
-from reg.checkpoint import load_model, save_checkpoint
-from reg.config import RegConfig
-from reg.jacobian import regularity
-from reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
-from reg.model import RegistrationNet
-from reg.placement import Placed, field_of, place_pair, place_volume
-from reg.train import mean_foreground_dice
-from seg.data.case import Case
-from seg.distributed import world_from_environment
-from seg.hooks import TrainerHook
-from seg.progress import Progress
-from seg.slices import SliceBatch, resample_slice
-from seg.students import StudentOutput
+from cctr.reg.checkpoint import load_model, save_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.reg.jacobian import regularity
+from cctr.reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
+from cctr.reg.model import RegistrationNet
+from cctr.reg.placement import Placed, field_of, place_pair, place_volume
+from cctr.reg.train import mean_foreground_dice
+from cctr.seg.data.case import Case
+from cctr.seg.distributed import world_from_environment
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.progress import Progress
+from cctr.seg.slices import SliceBatch, resample_slice
+from cctr.seg.students import StudentOutput
 
 
 REFRESH_PAIRS = ("all", "asked")   # CoupledConfig.refresh_pairs

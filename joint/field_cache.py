@@ -16,9 +16,9 @@ from typing import Callable, Generic, Hashable, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from reg.backends import Backend
-from reg.field import CanonicalField
-from seg.atomic import atomic_path
+from cctr.reg.backends import Backend
+from cctr.reg.field import CanonicalField
+from cctr.seg.atomic import atomic_path
 
 V = TypeVar("V")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from seg.hooks import TrainerHook
+from cctr.seg.hooks import TrainerHook
 
 GATE_MODES = ("none", "validation")
 GATE_TERMS = ("rsl", "rsl+reps")

@@ -24,28 +24,28 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from joint.config import JointConfig
-from joint.coupled import CoupledRegistration
-from joint.gate import RegistrationGate
-from joint.memory_bank import MemoryBank
-from joint.oracle import RegistrationOracle
-from joint.reps import RegistrationPositives
-from joint.rsl import RegistrationSupervision
-from joint.synth import WarpedAtlasSamples
-from reg.backends import Backend
-from seg.config import TrainConfig, save_config
-from seg.data.case import Case, CaseError
-from seg.data.dataset import Dataset
-from seg.data.nifti import write_nifti
-from seg.data.split import Split
-from seg.metrics import ClassScore, score_case
-from seg.atomic import write_json
-from seg.distributed import barrier, world_from_environment
-from seg.hooks import TrainerHook
-from seg.slices import normalize_intensity
-from seg.report import Summary, summarize, write_scores_csv, write_summary_markdown
-from seg.train import SEG_METHODS, Method, TrainResult, train
-from seg.train_data import TrainData
+from cctr.joint.config import JointConfig
+from cctr.joint.coupled import CoupledRegistration
+from cctr.joint.gate import RegistrationGate
+from cctr.joint.memory_bank import MemoryBank
+from cctr.joint.oracle import RegistrationOracle
+from cctr.joint.reps import RegistrationPositives
+from cctr.joint.rsl import RegistrationSupervision
+from cctr.joint.synth import WarpedAtlasSamples
+from cctr.reg.backends import Backend
+from cctr.seg.config import TrainConfig, save_config
+from cctr.seg.data.case import Case, CaseError
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.data.split import Split
+from cctr.seg.metrics import ClassScore, score_case
+from cctr.seg.atomic import write_json
+from cctr.seg.distributed import barrier, world_from_environment
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.slices import normalize_intensity
+from cctr.seg.report import Summary, summarize, write_scores_csv, write_summary_markdown
+from cctr.seg.train import SEG_METHODS, Method, TrainResult, train
+from cctr.seg.train_data import TrainData
 
 REGISTRATION_ONLY = "registration-only"
 COUPLED = "cctr-coupled"

@@ -43,13 +43,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from joint.field_cache import (ByteLRU, CorruptCacheEntry, backend_fingerprint, load_field, pair_key, quarantine,
+from cctr.joint.field_cache import (ByteLRU, CorruptCacheEntry, backend_fingerprint, load_field, pair_key, quarantine,
                                save_field, volume_digest)
-from reg.backends import Backend, load_backend
-from reg.field import CanonicalField, Field, points_inside
-from reg.grid import CanonicalGrid
-from reg.prealign import PrealignConfig
-from seg.data.case import Case, CaseError
+from cctr.reg.backends import Backend, load_backend
+from cctr.reg.field import CanonicalField, Field, points_inside
+from cctr.reg.grid import CanonicalGrid
+from cctr.reg.prealign import PrealignConfig
+from cctr.seg.data.case import Case, CaseError
 
 POLICIES = ("random", "similar", "fused")
 # Backends that run in this process: the learned network batches pairs itself, identity is free.

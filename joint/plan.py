@@ -25,15 +25,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from reg.config import RegConfig
-from reg.grid import CanonicalGrid
-from reg.plan import DatasetGeometry, PlanRules, RegPlan, apply_plan, plan_registration
-from reg.prealign import PrealignConfig
-from seg.atomic import write_json
-from seg.config import to_dict
-from seg.data.dataset import Dataset
-from seg.data.fingerprint import Fingerprint, fingerprint
-from seg.data.split import Split
+from cctr.reg.config import RegConfig
+from cctr.reg.grid import CanonicalGrid
+from cctr.reg.plan import DatasetGeometry, PlanRules, RegPlan, apply_plan, plan_registration
+from cctr.reg.prealign import PrealignConfig
+from cctr.seg.atomic import write_json
+from cctr.seg.config import to_dict
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.fingerprint import Fingerprint, fingerprint
+from cctr.seg.data.split import Split
 
 PLAN_FILENAME = "cctr_plan.json"
 PLAN_VERSION = 1

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from joint.gate import RegistrationGate
-from joint.memory_bank import MemoryBank
-from joint.oracle import RegistrationOracle
-from reg.field import points_inside
-from seg.hooks import TrainerHook
-from seg.losses import ExtraPositive
-from seg.slices import SliceBatch, pixel_voxels
-from seg.students import StudentOutput
+from cctr.joint.gate import RegistrationGate
+from cctr.joint.memory_bank import MemoryBank
+from cctr.joint.oracle import RegistrationOracle
+from cctr.reg.field import points_inside
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.losses import ExtraPositive
+from cctr.seg.slices import SliceBatch, pixel_voxels
+from cctr.seg.students import StudentOutput
 
 
 # which registration positives count (METHOD.md part 7): every one found, or only those whose

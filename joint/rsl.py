@@ -39,13 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from joint.gate import RegistrationGate
-from joint.oracle import RegistrationOracle
-from seg.diagnostics import foreground_dice, hidden_labels_of
-from seg.hooks import TrainerHook
-from seg.losses import sigmoid_rampup
-from seg.slices import SliceBatch, sample_voxels
-from seg.students import StudentOutput
+from cctr.joint.gate import RegistrationGate
+from cctr.joint.oracle import RegistrationOracle
+from cctr.seg.diagnostics import foreground_dice, hidden_labels_of
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.losses import sigmoid_rampup
+from cctr.seg.slices import SliceBatch, sample_voxels
+from cctr.seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
 SCHEDULES = ("ramp-up", "fade-out")

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from joint.oracle import RegistrationOracle
-from reg.field import points_inside
-from seg.hooks import ExtraSamples, TrainerHook
-from seg.slices import AugmentConfig, SliceBatch, augment_intensity, sample_voxels
+from cctr.joint.oracle import RegistrationOracle
+from cctr.reg.field import points_inside
+from cctr.seg.hooks import ExtraSamples, TrainerHook
+from cctr.seg.slices import AugmentConfig, SliceBatch, augment_intensity, sample_voxels
 
 APPEARANCES = ("atlas", "target")
 # A median over fewer pixels than this follows the noise, not the tissue: such a class keeps the

@@ -43,15 +43,15 @@ import torch
 import torch.nn.functional as F
 from voxelmorph.nn import functional as vxm_fn
 
-from reg.checkpoint import file_sha256, load_model
-from reg.config import RegConfig
-from reg.classical import BSplineParams, DemonsParams, SynParams, ants_syn, bspline, demons, require_ants
-from reg.field import CanonicalField
-from reg.grid import CanonicalGrid
-from reg.losses import SmoothnessLoss, similarity_loss
-from reg.model import RegistrationNet
-from reg.placement import Placed, check_volume, field_of, place_pair, place_volume
-from reg.prealign import PrealignConfig
+from cctr.reg.checkpoint import file_sha256, load_model
+from cctr.reg.config import RegConfig
+from cctr.reg.classical import BSplineParams, DemonsParams, SynParams, ants_syn, bspline, demons, require_ants
+from cctr.reg.field import CanonicalField
+from cctr.reg.grid import CanonicalGrid
+from cctr.reg.losses import SmoothnessLoss, similarity_loss
+from cctr.reg.model import RegistrationNet
+from cctr.reg.placement import Placed, check_volume, field_of, place_pair, place_volume
+from cctr.reg.prealign import PrealignConfig
 
 Pair = tuple[np.ndarray, Sequence[float], np.ndarray, Sequence[float]]  # fixed, its spacing, moving, its spacing
 KINDS = ("identity", "learned", "sitk-demons", "sitk-bspline", "ants-syn")

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from reg.atomic import atomic_path
-from reg.config import RegConfig
-from reg.guard import check_state_finite
-from reg.model import RegistrationNet
+from cctr.reg.atomic import atomic_path
+from cctr.reg.config import RegConfig
+from cctr.reg.guard import check_state_finite
+from cctr.reg.model import RegistrationNet
 
 FORMAT = "cctr-reg-checkpoint/1"
 

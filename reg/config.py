@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from reg.grid import CanonicalGrid
-from reg.model import NetConfig
-from reg.prealign import PrealignConfig
+from cctr.reg.grid import CanonicalGrid
+from cctr.reg.model import NetConfig
+from cctr.reg.prealign import PrealignConfig
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from reg.field import Field
+from cctr.reg.field import Field
 
 
 @dataclass(frozen=True)

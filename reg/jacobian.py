@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reg.field import Field
+from cctr.reg.field import Field
 
 
 def jacobian_determinant(field: Field) -> np.ndarray:

@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from reg.field import CanonicalField, Field
-from reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center, to_grid, window_intensity
-from reg.prealign import PrealignConfig, align_moments, search_rigid
+from cctr.reg.field import CanonicalField, Field
+from cctr.reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center, to_grid, window_intensity
+from cctr.reg.prealign import PrealignConfig, align_moments, search_rigid
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from reg.config import LossConfig, RegConfig
-from reg.grid import CanonicalGrid
-from reg.prealign import PrealignConfig
+from cctr.reg.config import LossConfig, RegConfig
+from cctr.reg.grid import CanonicalGrid
+from cctr.reg.prealign import PrealignConfig
 
 Triple = tuple[float, float, float]
 

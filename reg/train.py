@@ -35,14 +35,14 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from reg.atomic import atomic_path
-from reg.checkpoint import read_checkpoint, save_checkpoint
-from reg.config import RegConfig, dump_config
-from reg.guard import NonFiniteError, check_gradients, check_losses
-from reg.jacobian import regularity
-from reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
-from reg.model import RegistrationNet
-from reg.placement import Placed, check_volume, field_of, place_pair, place_volume
+from cctr.reg.atomic import atomic_path
+from cctr.reg.checkpoint import read_checkpoint, save_checkpoint
+from cctr.reg.config import RegConfig, dump_config
+from cctr.reg.guard import NonFiniteError, check_gradients, check_losses
+from cctr.reg.jacobian import regularity
+from cctr.reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
+from cctr.reg.model import RegistrationNet
+from cctr.reg.placement import Placed, check_volume, field_of, place_pair, place_volume
 
 
 class Reporter(Protocol):

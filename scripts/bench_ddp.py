@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CCTR = [sys.executable, "-m", "joint.app.cli"]
+CCTR = [sys.executable, "-m", "cctr.joint.app.cli"]
 
 
 def start(command: list[str]) -> subprocess.Popen:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / f"run-{procs}"
         shutil.rmtree(folder, ignore_errors=True)
         launcher = CCTR if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                            f"--nproc_per_node={procs}", "-m", "joint.app.cli"]
+                                            f"--nproc_per_node={procs}", "-m", "cctr.joint.app.cli"]
         seconds = run([*launcher, *common, "--out", str(folder)])
         rates[procs] = args.iterations * args.batch / seconds
         print(f"{procs} process(es): {seconds:.0f} s, {rates[procs]:.1f} slices/s")

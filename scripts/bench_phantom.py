@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from seg.data.readers import open_dataset
+from cctr.seg.data.readers import open_dataset
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-phantom-"))
     out = args.keep if args.keep is not None else scratch / "phantom"
     try:
-        cmd = [sys.executable, "-m", "joint.app.cli", "data", "phantom", "--out", str(out),
+        cmd = [sys.executable, "-m", "cctr.joint.app.cli", "data", "phantom", "--out", str(out),
                "--patients", str(args.patients), "--seed", str(args.seed)]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

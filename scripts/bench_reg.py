@@ -18,10 +18,10 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from joint.app.cli import main as cctr
-from joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
-from reg.backends import load_backend
-from seg.data.readers import open_dataset
+from cctr.joint.app.cli import main as cctr
+from cctr.joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
+from cctr.reg.backends import load_backend
+from cctr.seg.data.readers import open_dataset
 
 CLASSICAL = "sitk-demons"
 

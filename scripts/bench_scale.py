@@ -84,18 +84,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from joint.oracle import OracleConfig, RegistrationOracle
-from joint.plan import joint_overrides, plan_for, reg_config
-from reg.backends import load_backend
-from seg.atomic import write_json
-from seg.data.case import Case
-from seg.data.nifti import read_nifti_geometry
-from seg.data.phantom import PhantomConfig, write_phantom
-from seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_phantom
-from seg.data.readers import open_dataset
-from seg.data.split import SPLIT_FILENAME, Split, save_split
-from seg.progress import interval_from_env
-from seg.train_data import TrainData, load_train_data
+from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.joint.plan import joint_overrides, plan_for, reg_config
+from cctr.reg.backends import load_backend
+from cctr.seg.atomic import write_json
+from cctr.seg.data.case import Case
+from cctr.seg.data.nifti import read_nifti_geometry
+from cctr.seg.data.phantom import PhantomConfig, write_phantom
+from cctr.seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_phantom
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import SPLIT_FILENAME, Split, save_split
+from cctr.seg.progress import interval_from_env
+from cctr.seg.train_data import TrainData, load_train_data
 
 GB = 10 ** 9
 LEARNED = "learned"

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seg.config import apply_overrides, preset
-from seg.data.phantom import write_phantom
-from seg.data.readers import open_dataset
-from seg.inference import load_students
-from seg.metrics import score_case
-from seg.train import train
+from cctr.seg.config import apply_overrides, preset
+from cctr.seg.data.phantom import write_phantom
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.inference import load_students
+from cctr.seg.metrics import score_case
+from cctr.seg.train import train
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -38,16 +38,16 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from joint.app.stages import pretrain_registration
-from joint.config import JointConfig, build_config, with_backend
-from joint.methods import TRAINER_METHODS
-from reg.config import RegConfig
-from seg.data.phantom import write_phantom
-from seg.data.readers import open_dataset
-from seg.data.split import Split
-from seg.hooks import TrainerHook
-from seg.slices import SliceBatch
-from seg.train import train
+from cctr.joint.app.stages import pretrain_registration
+from cctr.joint.config import JointConfig, build_config, with_backend
+from cctr.joint.methods import TRAINER_METHODS
+from cctr.reg.config import RegConfig
+from cctr.seg.data.phantom import write_phantom
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import Split
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.slices import SliceBatch
+from cctr.seg.train import train
 
 
 class Turns:

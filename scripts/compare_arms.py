@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from joint.app.benchmark import MEAN_ROW, RunResult, backend_tag, collect_results, run_values  # noqa: E402
-from seg.data.case import CaseError  # noqa: E402
+from cctr.joint.app.benchmark import MEAN_ROW, RunResult, backend_tag, collect_results, run_values  # noqa: E402
+from cctr.seg.data.case import CaseError  # noqa: E402
 from summarize_diagnostics import VAL, scalars  # noqa: E402
 
 

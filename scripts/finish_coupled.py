@@ -23,14 +23,14 @@ from typing import Optional, Sequence
 
 import torch
 
-from joint.config import JointConfig
-from joint.coupled import CoupledRegistration
-from seg.config import from_dict
-from joint.app.commands.reg import data_args, open_data
-from seg.data.dataset import Dataset
-from seg.data.split import Split
-from seg.inference import read_checkpoint_dict
-from seg.train_data import load_train_data
+from cctr.joint.config import JointConfig
+from cctr.joint.coupled import CoupledRegistration
+from cctr.seg.config import from_dict
+from cctr.joint.app.commands.reg import data_args, open_data
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
+from cctr.seg.inference import read_checkpoint_dict
+from cctr.seg.train_data import load_train_data
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

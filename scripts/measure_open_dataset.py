@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from seg.data.readers import open_dataset
+from cctr.seg.data.readers import open_dataset
 
 
 def write_fake_synapse(root: Path, cases: int, slices: int, size: int) -> None:

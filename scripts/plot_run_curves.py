@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from joint.app.figures import plot_curves
+from cctr.joint.app.figures import plot_curves
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,10 +24,10 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from reg.backends import Refinement, refine_displacement
-from reg.checkpoint import load_model
-from reg.config import RegConfig
-from reg.model import RegistrationNet
+from cctr.reg.backends import Refinement, refine_displacement
+from cctr.reg.checkpoint import load_model
+from cctr.reg.config import RegConfig
+from cctr.reg.model import RegistrationNet
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from seg.metrics import score_case
+from cctr.seg.metrics import score_case
 
 SHAPE = (16, 192, 192)
 SPACING = (10.0, 1.5, 1.5)

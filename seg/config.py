@@ -13,11 +13,11 @@ from typing import Any, Mapping, Optional, Sequence, Union, get_type_hints
 
 import yaml
 
-from seg.atomic import write_text_atomic
-from seg.elastic import ElasticConfig
-from seg.losses import ContrastConfig
-from seg.slices import AugmentConfig
-from seg.students import StudentConfig
+from cctr.seg.atomic import write_text_atomic
+from cctr.seg.elastic import ElasticConfig
+from cctr.seg.losses import ContrastConfig
+from cctr.seg.slices import AugmentConfig
+from cctr.seg.students import StudentConfig
 
 
 @dataclass(frozen=True)

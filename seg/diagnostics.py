@@ -35,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seg.hooks import Outputs, TrainerHook
-from seg.losses import ContrastConfig
-from seg.objective import pseudo_labels, teachers
-from seg.slices import SliceBatch, resample_slice
+from cctr.seg.hooks import Outputs, TrainerHook
+from cctr.seg.losses import ContrastConfig
+from cctr.seg.objective import pseudo_labels, teachers
+from cctr.seg.slices import SliceBatch, resample_slice
 
 
 def hidden_label_slice(label_zyx: np.ndarray, z: int, to_volume: torch.Tensor, out_hw: tuple[int, int],

@@ -29,9 +29,9 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from seg.guard import NonFiniteError, check_losses
-from seg.slices import SliceBatch
-from seg.students import StudentOutput
+from cctr.seg.guard import NonFiniteError, check_losses
+from cctr.seg.slices import SliceBatch
+from cctr.seg.students import StudentOutput
 
 
 @dataclass(frozen=True)

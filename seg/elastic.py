@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from seg.hooks import ExtraSamples, TrainerHook
-from seg.slices import SliceBatch
+from cctr.seg.hooks import ExtraSamples, TrainerHook
+from cctr.seg.slices import SliceBatch
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ from typing import Mapping, Optional
 
 import torch
 
-from seg.losses import ExtraPositive
-from seg.slices import SliceBatch
-from seg.students import StudentOutput
+from cctr.seg.losses import ExtraPositive
+from cctr.seg.slices import SliceBatch
+from cctr.seg.students import StudentOutput
 
 Outputs = Mapping[str, StudentOutput]
 

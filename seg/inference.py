@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg.config import TrainConfig, from_dict
-from seg.data.case import CaseError
-from seg.slices import normalize_intensity, resample_slice, resize_matrix
-from seg.students import build_student
+from cctr.seg.config import TrainConfig, from_dict
+from cctr.seg.data.case import CaseError
+from cctr.seg.slices import normalize_intensity, resample_slice, resize_matrix
+from cctr.seg.students import build_student
 
 
 @torch.no_grad()

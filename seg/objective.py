@@ -11,17 +11,17 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from seg.config import TrainConfig
-from seg.hooks import ExtraSamples
-from seg.losses import (
+from cctr.seg.config import TrainConfig
+from cctr.seg.hooks import ExtraSamples
+from cctr.seg.losses import (
     ContrastPart,
     ExtraPositive,
     cross_teaching_loss,
     pixel_contrastive_loss,
     supervised_loss,
 )
-from seg.slices import SliceBatch
-from seg.students import StudentOutput
+from cctr.seg.slices import SliceBatch
+from cctr.seg.students import StudentOutput
 
 # student name -> that student's extra contrastive positive for this batch (or None)
 ExtraPositives = Callable[[str], Optional[ExtraPositive]]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from seg.atomic import write_json
-from seg.data.case import CaseError
+from cctr.seg.atomic import write_json
+from cctr.seg.data.case import CaseError
 
 PREDICTION_INFO = "predictions.json"
 

@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from seg.atomic import write_text_atomic
-from seg.metrics import ClassScore
+from cctr.seg.atomic import write_text_atomic
+from cctr.seg.metrics import ClassScore
 
 METRICS: tuple[str, ...] = tuple(f.name for f in fields(ClassScore))  # ('dice', 'hd95', 'asd')
 CSV_COLUMNS: tuple[str, ...] = ("case", "class_index", "class", "dice", "hd95_mm", "asd_mm")

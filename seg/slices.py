@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seg.data.case import Case
+from cctr.seg.data.case import Case
 
 Array = Union[np.ndarray, torch.Tensor]
 

@@ -27,28 +27,28 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from seg.atomic import atomic_path, discard_on_failure
-from seg.config import TrainConfig, differences, from_dict, save_config, to_dict
-from seg.data.dataset import Dataset
-from seg.data.split import Split
-from seg.diagnostics import DiagnosticsHook
-from seg.distributed import (World, check_batch, check_losses_everywhere, gather_outputs, rows_of_rank,
+from cctr.seg.atomic import atomic_path, discard_on_failure
+from cctr.seg.config import TrainConfig, differences, from_dict, save_config, to_dict
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
+from cctr.seg.diagnostics import DiagnosticsHook
+from cctr.seg.distributed import (World, check_batch, check_losses_everywhere, gather_outputs, rows_of_rank,
                              world_from_environment)
-from seg.distributed import start as start_group
-from seg.distributed import stop as stop_group
-from seg.elastic import ElasticSamples
-from seg.geometry_check import geometry_stats
-from seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
-from seg.hooks import ExtraSamples, TrainerHook, check_names
-from seg.inference import read_checkpoint_dict
-from seg.losses import ExtraPositive, sigmoid_rampup
-from seg.objective import base_losses, extra_sample_losses, first_rows
-from seg.progress import Progress
-from seg.runlock import run_lock
-from seg.slices import SliceBatch, SliceSampler, prepare_volume
-from seg.students import StudentOutput, build_student
-from seg.train_data import TrainData, load_train_data
-from seg.validation import validate, write_overlays
+from cctr.seg.distributed import start as start_group
+from cctr.seg.distributed import stop as stop_group
+from cctr.seg.elastic import ElasticSamples
+from cctr.seg.geometry_check import geometry_stats
+from cctr.seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
+from cctr.seg.hooks import ExtraSamples, TrainerHook, check_names
+from cctr.seg.inference import read_checkpoint_dict
+from cctr.seg.losses import ExtraPositive, sigmoid_rampup
+from cctr.seg.objective import base_losses, extra_sample_losses, first_rows
+from cctr.seg.progress import Progress
+from cctr.seg.runlock import run_lock
+from cctr.seg.slices import SliceBatch, SliceSampler, prepare_volume
+from cctr.seg.students import StudentOutput, build_student
+from cctr.seg.train_data import TrainData, load_train_data
+from cctr.seg.validation import validate, write_overlays
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Mapping
 
 import numpy as np
 
-from seg.data.case import Case, CaseError
-from seg.data.dataset import Dataset
-from seg.data.split import Split
+from cctr.seg.data.case import Case, CaseError
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
 
 
 @dataclass(frozen=True)

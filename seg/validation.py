@@ -9,11 +9,11 @@ import numpy as np
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from seg.config import TrainConfig
-from seg.data.case import Case
-from seg.inference import predict_labels
-from seg.metrics import score_case
-from seg.overlay import class_colors, overlay
+from cctr.seg.config import TrainConfig
+from cctr.seg.data.case import Case
+from cctr.seg.inference import predict_labels
+from cctr.seg.metrics import score_case
+from cctr.seg.overlay import class_colors, overlay
 
 
 def validate(students: Mapping[str, nn.Module], cases: Sequence[Case], cfg: TrainConfig,

@@ -14,8 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_seg_train import _cfg, _dataset  # noqa: E402
 
-from seg.hooks import TrainerHook  # noqa: E402
-from seg.train import train  # noqa: E402
+from cctr.seg.hooks import TrainerHook  # noqa: E402
+from cctr.seg.train import train  # noqa: E402
 
 
 class Probe(TrainerHook):

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from reg.field import CanonicalField, Field
+from cctr.reg.field import CanonicalField, Field
 
 
 class ShiftBackend:

@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from seg.data.case import spacing_affine
-from seg.data.nifti import write_nifti
-from seg.data.split import SPLIT_FILENAME, draw_split, save_split
+from cctr.seg.data.case import spacing_affine
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.data.split import SPLIT_FILENAME, draw_split, save_split
 
 CLASS_NAMES = ("background", "liver", "kidney", "spleen")
 # organ centre (z, y, x) mm from the body centre, semi-axes mm, CT value (HU), MR value

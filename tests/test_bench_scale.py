@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scripts_module import load_script
-from seg.data import phantom, phantom_abdomen
+from cctr.seg.data import phantom, phantom_abdomen
 
 
 @pytest.fixture(scope="module")

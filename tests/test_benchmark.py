@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import joint.app.benchmark as bench
-from joint.app.benchmark import Run, RunResult, backend_tag, plan_runs, results_markdown
-from joint.app.cli import main
-from seg.data.phantom import PhantomConfig, write_phantom
-from seg.metrics import ClassScore
+import cctr.joint.app.benchmark as bench
+from cctr.joint.app.benchmark import Run, RunResult, backend_tag, plan_runs, results_markdown
+from cctr.joint.app.cli import main
+from cctr.seg.data.phantom import PhantomConfig, write_phantom
+from cctr.seg.metrics import ClassScore
 
 TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[32,32]", "--set", "labeled_batch=2",
         "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8], embedding_dim: 8}",

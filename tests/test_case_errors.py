@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from layouts import affine_zyx, save_nifti_zyx, write_acdc_raw, write_nnunet, write_ssl4mis
-from seg.data.case import CaseError
-from seg.data.nifti import write_nifti
-from seg.data.readers import open_dataset
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.data.readers import open_dataset
 
 SHAPE = (4, 12, 10)
 SPACING = (8.0, 1.5, 1.25)

@@ -8,13 +8,13 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from joint.app.cli import main
-from seg.data.case import Case, CaseRef, spacing_affine
-from seg.data.dataset import Dataset
-from seg.data.montage import pick_slices, write_montage
-from seg.overlay import class_colors, overlay
-from seg.data.readers import open_dataset
-from seg.data.split import draw_split, load_split
+from cctr.joint.app.cli import main
+from cctr.seg.data.case import Case, CaseRef, spacing_affine
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.montage import pick_slices, write_montage
+from cctr.seg.overlay import class_colors, overlay
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import draw_split, load_split
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_overlay_outlines_classes_and_leaves_background_grey():
 
 def test_split_writes_the_published_acdc_split_and_refuses_a_folder_without_its_patients(tmp_path, capsys):
     from layouts import write_acdc_raw
-    from seg.data.known_splits import ACDC_SPLIT
+    from cctr.seg.data.known_splits import ACDC_SPLIT
 
     root = tmp_path / "acdc"
     write_acdc_raw(root, patients=range(1, 101), shape=(2, 4, 4), write_4d=False)

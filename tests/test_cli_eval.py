@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from joint.app.cli import main
-from seg.data.case import spacing_affine
-from seg.data.nifti import write_nifti
-from seg.data.split import Split, save_split
-from seg.metrics import score_case
-from seg.prediction_info import PREDICTION_INFO, write_prediction_info
+from cctr.joint.app.cli import main
+from cctr.seg.data.case import spacing_affine
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.data.split import Split, save_split
+from cctr.seg.metrics import score_case
+from cctr.seg.prediction_info import PREDICTION_INFO, write_prediction_info
 
 SPACING = (8.0, 1.5, 1.25)
 SHAPE = (4, 16, 18)

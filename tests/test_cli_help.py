@@ -7,16 +7,16 @@ import sys
 
 import pytest
 
-from joint.app.cli import COMMANDS, build_parser, main
+from cctr.joint.app.cli import COMMANDS, build_parser, main
 
 PROBE = """
 import sys
-from joint.app.cli import main
+from cctr.joint.app.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-heavy = sorted(m for m in ("torch", "monai", "joint.app.commands.train") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "monai", "cctr.joint.app.commands.train") if m in sys.modules)
 print("HEAVY", heavy)
 """
 

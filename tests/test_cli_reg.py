@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from joint.app.cli import main
-from reg.checkpoint import read_checkpoint
-from seg.data.case import spacing_affine
-from seg.data.nifti import write_nifti
-from seg.data.split import Split, save_split
+from cctr.joint.app.cli import main
+from cctr.reg.checkpoint import read_checkpoint
+from cctr.seg.data.case import spacing_affine
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.data.split import Split, save_split
 from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (autouse)
 
 SPACING = (6.0, 1.6, 1.6)

@@ -8,10 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from joint.app.cli import main
+from cctr.joint.app.cli import main
 from layouts import write_nnunet
-from joint.methods import JointConfig
-from seg.config import load_config
+from cctr.joint.methods import JointConfig
+from cctr.seg.config import load_config
 
 CASES = tuple(f"patient00{i}_{f}" for i in range(1, 6) for f in ("ED", "ES"))
 SPLIT = {"train": ["patient001", "patient002", "patient003"], "val": ["patient004"], "test": ["patient005"],

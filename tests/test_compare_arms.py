@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from joint.app.benchmark import RESULT_FILE, Run
+from cctr.joint.app.benchmark import RESULT_FILE, Run
 from scripts_module import load_script
 
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from joint.app import demo, figures, stages
-from joint.app.cli import main
-from joint.app.commands.demo import build_config
-from joint.gate import RegistrationGate
-from seg.config import apply_overrides, load_config
-from seg.data.case import Case, spacing_affine
+from cctr.joint.app import demo, figures, stages
+from cctr.joint.app.cli import main
+from cctr.joint.app.commands.demo import build_config
+from cctr.joint.gate import RegistrationGate
+from cctr.seg.config import apply_overrides, load_config
+from cctr.seg.data.case import Case, spacing_affine
 
 TINY = [
     "patients=4",
@@ -54,8 +54,8 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     assert "## Test volumes, registration-only (learned backend, same atlases)" in text
     # the data's plan is shown, and the registration net was pretrained on the planned grid
     assert "## The data's plan (`cctr plan`)" in text and "registration grid" in text
-    from joint.plan import load_plan
-    from reg.checkpoint import read_checkpoint
+    from cctr.joint.plan import load_plan
+    from cctr.reg.checkpoint import read_checkpoint
 
     planned = load_plan(finished.paths.data / "cctr_plan.json").reg.grid
     trained = read_checkpoint(finished.paths.reg / "last.pt")["config"]["grid"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seg.distributed import World, rows_of_rank, world_from_environment
+from cctr.seg.distributed import World, rows_of_rank, world_from_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = Path(__file__).resolve().parent / "ddp_job.py"

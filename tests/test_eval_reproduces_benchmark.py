@@ -18,10 +18,10 @@ from typing import Callable
 
 import pytest
 
-from joint.app.benchmark import PREDICTIONS, RESULT_FILE, Run
-from joint.app.cli import main
+from cctr.joint.app.benchmark import PREDICTIONS, RESULT_FILE, Run
+from cctr.joint.app.cli import main
 from layouts import fake_volume, save_nifti_zyx, affine_zyx, write_acdc_raw, write_nnunet, write_ssl4mis, write_synapse
-from seg.prediction_info import PREDICTION_INFO
+from cctr.seg.prediction_info import PREDICTION_INFO
 
 TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[32,32]", "--set", "labeled_batch=2",
         "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8], embedding_dim: 8}"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from reg.backends import load_backend, parse_spec
-from reg.field import Field, validate_field
+from cctr.reg.backends import load_backend, parse_spec
+from cctr.reg.field import Field, validate_field
 from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (autouse)
 
 SHAPE = (6, 20, 24)

@@ -1,4 +1,4 @@
-"""Non-finite guards (``seg.guard``, ``reg.guard``): the error names the step and the term or
+"""Non-finite guards (``cctr.seg.guard``, ``cctr.reg.guard``): the error names the step and the term or
 parameter; a state holding NaN is refused before it is saved; a bad-step budget skips a few."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import io
 import pytest
 import torch
 
-import reg.guard
-import seg.guard
+import cctr.reg.guard
+import cctr.seg.guard
 
 
-@pytest.mark.parametrize("guard", [seg.guard, reg.guard])
+@pytest.mark.parametrize("guard", [cctr.seg.guard, cctr.reg.guard])
 def test_a_non_finite_loss_term_is_named_with_its_step(guard):
     guard.check_losses(3, {"a/sup": torch.tensor(0.5), "a/cps": torch.tensor(1.0)})
     with pytest.raises(guard.NonFiniteError, match=r"step 7: loss term 'a/cps' is NaN"):
@@ -20,7 +20,7 @@ def test_a_non_finite_loss_term_is_named_with_its_step(guard):
         guard.check_losses(8, {"similarity": torch.tensor(float("inf"))})
 
 
-@pytest.mark.parametrize("guard", [seg.guard, reg.guard])
+@pytest.mark.parametrize("guard", [cctr.seg.guard, cctr.reg.guard])
 def test_a_non_finite_gradient_is_named(guard):
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     net(torch.ones(1, 2)).sum().backward()
@@ -30,7 +30,7 @@ def test_a_non_finite_gradient_is_named(guard):
         guard.check_gradients(2, net.named_parameters())
 
 
-@pytest.mark.parametrize("guard", [seg.guard, reg.guard])
+@pytest.mark.parametrize("guard", [cctr.seg.guard, cctr.reg.guard])
 def test_a_state_with_nan_weights_is_refused_but_a_minus_inf_best_score_is_not(guard):
     good = {"students": {"a": {"w": torch.ones(3)}}, "rng": torch.zeros(4, dtype=torch.uint8), "best_score": float("-inf")}
     guard.check_state_finite(good, "last.pt")
@@ -41,10 +41,10 @@ def test_a_state_with_nan_weights_is_refused_but_a_minus_inf_best_score_is_not(g
 
 def test_the_bad_step_budget_skips_then_stops_and_warns():
     stream = io.StringIO()
-    budget = seg.guard.BadStepBudget(2, stream=stream)
-    err = seg.guard.NonFiniteError("step 4: loss term 'x' is NaN")
+    budget = cctr.seg.guard.BadStepBudget(2, stream=stream)
+    err = cctr.seg.guard.NonFiniteError("step 4: loss term 'x' is NaN")
     assert budget.absorb(err) and budget.absorb(err) and not budget.absorb(err)
     assert "step 4: loss term 'x' is NaN; skipping the step (2 of 2 allowed)" in stream.getvalue()
-    assert not seg.guard.BadStepBudget().absorb(err)  # off by default
+    assert not cctr.seg.guard.BadStepBudget().absorb(err)  # off by default
     with pytest.raises(ValueError):
-        seg.guard.BadStepBudget(-1)
+        cctr.seg.guard.BadStepBudget(-1)

@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from joint.config import JointConfig, with_backend
-from joint.coupled import CoupledConfig, CoupledRegistration, PseudoLabels
-from joint.methods import METHODS, REGISTRATION_METHODS, TRAINER_METHODS, train_joint
-from reg.backends import load_backend
-from reg.checkpoint import save_checkpoint
-from reg.config import RegConfig
-from reg.model import RegistrationNet
-from seg.config import apply_overrides
-from seg.data.case import Case, CaseRef, spacing_affine
-from seg.data.dataset import Dataset
-from seg.data.split import Split
-from seg.hooks import TrainerHook
-from seg.slices import SliceBatch
-from seg.students import StudentConfig
-from seg.train import load_train_data, train
+from cctr.joint.config import JointConfig, with_backend
+from cctr.joint.coupled import CoupledConfig, CoupledRegistration, PseudoLabels
+from cctr.joint.methods import METHODS, REGISTRATION_METHODS, TRAINER_METHODS, train_joint
+from cctr.reg.backends import load_backend
+from cctr.reg.checkpoint import save_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.reg.model import RegistrationNet
+from cctr.seg.config import apply_overrides
+from cctr.seg.data.case import Case, CaseRef, spacing_affine
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.slices import SliceBatch
+from cctr.seg.students import StudentConfig
+from cctr.seg.train import load_train_data, train
 
 from scripts_module import load_script
 

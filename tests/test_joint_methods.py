@@ -10,20 +10,20 @@ import pytest
 import torch
 
 from fakes import ShiftBackend
-from joint.config import JointConfig, as_joint_config, build_config, with_backend
-from joint.gate import GateConfig, RegistrationGate
-from joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, registration_val_dice, train_joint
-from joint.oracle import OracleConfig, RegistrationOracle
-from joint.reps import RegistrationPositives, RepsConfig
-from joint.rsl import RegistrationSupervision
-from joint.synth import SynthConfig, WarpedAtlasSamples
-from seg.data.case import Case, CaseError, CaseRef, spacing_affine
-from seg.data.dataset import Dataset
-from seg.data.split import Split
-from seg.hooks import TrainerHook
-from seg.students import StudentConfig
-from seg.train import train
-from seg.train_data import load_train_data
+from cctr.joint.config import JointConfig, as_joint_config, build_config, with_backend
+from cctr.joint.gate import GateConfig, RegistrationGate
+from cctr.joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, registration_val_dice, train_joint
+from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.joint.reps import RegistrationPositives, RepsConfig
+from cctr.joint.rsl import RegistrationSupervision
+from cctr.joint.synth import SynthConfig, WarpedAtlasSamples
+from cctr.seg.data.case import Case, CaseError, CaseRef, spacing_affine
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.students import StudentConfig
+from cctr.seg.train import train
+from cctr.seg.train_data import load_train_data
 
 CLASSES = ("background", "RV", "MYO", "LV")
 SHAPE = (3, 32, 32)
@@ -73,7 +73,7 @@ def small_cfg(tmp_path, **changes) -> JointConfig:
 
 
 def test_a_seg_preset_becomes_a_joint_config_that_overrides_keep():
-    from seg.config import apply_overrides, preset
+    from cctr.seg.config import apply_overrides, preset
 
     cfg = with_backend(as_joint_config(preset("paper")), "sitk-demons")
     assert isinstance(cfg, JointConfig) and cfg.iterations == preset("paper").iterations
@@ -203,9 +203,9 @@ def test_registration_only_refuses_an_empty_subset(dataset, tmp_path):
 
 
 def test_the_plan_reaches_the_classical_backends_of_the_oracle(dataset, tmp_path):
-    from reg.grid import CanonicalGrid
-    from reg.prealign import PrealignConfig
-    from seg.config import load_config, save_config
+    from cctr.reg.grid import CanonicalGrid
+    from cctr.reg.prealign import PrealignConfig
+    from cctr.seg.config import load_config, save_config
 
     ds, _ = dataset
     grid, prealign = CanonicalGrid(shape=(16, 32, 32), spacing=(5.0, 5.0, 5.0)), PrealignConfig(method="none")

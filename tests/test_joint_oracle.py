@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from fakes import ShiftBackend
-from joint.field_cache import ByteLRU, CorruptCacheEntry, load_field, save_field
-from joint.oracle import OracleConfig, RegistrationOracle
-from reg.field import CanonicalField, Field
-from seg.data.case import Case, CaseError, spacing_affine
+from cctr.joint.field_cache import ByteLRU, CorruptCacheEntry, load_field, save_field
+from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.reg.field import CanonicalField, Field
+from cctr.seg.data.case import Case, CaseError, spacing_affine
 
 CLASSES = ("background", "RV", "MYO", "LV")
 SHAPE = (4, 12, 14)
@@ -213,7 +213,7 @@ def test_bad_inputs_raise_clear_errors(cases):
 
 
 def test_classical_pairs_run_in_worker_processes_then_come_from_disk(tmp_path, monkeypatch):
-    import joint.oracle
+    import cctr.joint.oracle
 
     spec = "sitk-demons?iterations=5&prealign=none"
     z, y, x = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
@@ -232,7 +232,7 @@ def test_classical_pairs_run_in_worker_processes_then_come_from_disk(tmp_path, m
     def no_pool(*args, **kwargs):
         raise AssertionError("a second run must not register again")
 
-    monkeypatch.setattr(joint.oracle, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(cctr.joint.oracle, "ProcessPoolExecutor", no_pool)
     again = RegistrationOracle(atlases, targets, cfg)
     again.warm(progress=False)
     for pair in pairs:

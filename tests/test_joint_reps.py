@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from fakes import ShiftBackend
-from joint.gate import RegistrationGate
-from joint.memory_bank import BankConfig, MemoryBank
-from joint.oracle import OracleConfig, RegistrationOracle
-from joint.reps import RegistrationPositives, RepsConfig, label_at, registration_positives
-from seg.slices import pixel_voxels
-from seg.data.case import Case, spacing_affine
-from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
-from seg.students import StudentOutput
+from cctr.joint.gate import RegistrationGate
+from cctr.joint.memory_bank import BankConfig, MemoryBank
+from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.joint.reps import RegistrationPositives, RepsConfig, label_at, registration_positives
+from cctr.seg.slices import pixel_voxels
+from cctr.seg.data.case import Case, spacing_affine
+from cctr.seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
+from cctr.seg.students import StudentOutput
 
 CLASSES = ("background", "RV", "MYO", "LV")
 SHAPE = (5, 40, 44)

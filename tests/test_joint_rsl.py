@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from fakes import ShiftBackend
-from joint.gate import GateConfig, RegistrationGate
-from joint.oracle import OracleConfig, RegistrationOracle
-from joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice, rsl_weight
-from reg.field import CanonicalField, Field
-from seg.data.case import Case, spacing_affine
-from seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
-from seg.students import StudentOutput
+from cctr.joint.gate import GateConfig, RegistrationGate
+from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice, rsl_weight
+from cctr.reg.field import CanonicalField, Field
+from cctr.seg.data.case import Case, spacing_affine
+from cctr.seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
+from cctr.seg.students import StudentOutput
 
 CLASSES = ("background", "RV", "MYO", "LV")
 SHIFT = (0, 3, -2)  # unlabeled voxel (z, y, x) corresponds to labeled voxel (z, y + 3, x - 2)

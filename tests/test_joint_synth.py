@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fakes import ShiftBackend
-from joint.oracle import OracleConfig, RegistrationOracle
-from joint.synth import MIN_CLASS_PIXELS, SynthConfig, WarpedAtlasSamples, carry_appearance
-from seg.slices import AugmentConfig, SliceSampler, normalize_intensity, prepare_volume, resample_slice, sample_voxels
+from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.joint.synth import MIN_CLASS_PIXELS, SynthConfig, WarpedAtlasSamples, carry_appearance
+from cctr.seg.slices import AugmentConfig, SliceSampler, normalize_intensity, prepare_volume, resample_slice, sample_voxels
 from test_joint_rsl import CLASSES, SHIFT, anatomy, make_case, shifted
 
 C = len(CLASSES)

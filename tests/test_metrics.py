@@ -8,7 +8,7 @@ import pytest
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from seg.metrics import (
+from cctr.seg.metrics import (
     DIAGONAL,
     EMPTY_POLICIES,
     EmptyPolicy,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from seg.data.case import CaseError
-from seg.data.nifti import read_nifti
-from seg.data.phantom import PhantomConfig, make_patient, write_phantom
-from seg.data.readers import open_dataset
-from seg.data.split import draw_split, load_split
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.nifti import read_nifti
+from cctr.seg.data.phantom import PhantomConfig, make_patient, write_phantom
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import draw_split, load_split
 
 RV, MYO, LV = 1, 2, 3
 # Small volumes for the tests that only check files and geometry, not anatomy.

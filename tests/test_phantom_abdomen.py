@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from joint.app.cli import main
-from seg.data.case import CaseError
-from seg.data.phantom_abdomen import (
+from cctr.joint.app.cli import main
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.phantom_abdomen import (
     ABDOMEN_CLASSES, AORTA, GALLBLADDER, KIDNEY_L, KIDNEY_R, LIVER, PANCREAS, SPLEEN, STOMACH, AbdomenPhantomConfig,
     draw_anatomy, make_patient, patient_seeds, synapse_spacing, to_synapse_intensity, write_abdomen_phantom,
 )
-from seg.data.phantom_common import MARKER_FILE
-from seg.data.readers import open_dataset
-from seg.data.readers.synapse import SYNAPSE_CLASSES
-from seg.data.split import SPLIT_FILENAME, draw_split
+from cctr.seg.data.phantom_common import MARKER_FILE
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.readers.synapse import SYNAPSE_CLASSES
+from cctr.seg.data.split import SPLIT_FILENAME, draw_split
 
 # Small volumes for the tests of files and layouts (every organ is still present at 64 x 64).
 TINY = AbdomenPhantomConfig(matrix=64, slice_spacing_mm=(7.0, 8.0))

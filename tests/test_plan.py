@@ -13,21 +13,21 @@ import pytest
 import yaml
 
 from isotropic_set import IsoConfig, make_case, write_isotropic_set
-from joint.app.cli import main
-from joint.plan import (PLAN_FILENAME, load_plan, make_plan, plan_for, reg_config,
+from cctr.joint.app.cli import main
+from cctr.joint.plan import (PLAN_FILENAME, load_plan, make_plan, plan_for, reg_config,
                         seg_overrides)
-from reg.backends import load_backend
-from reg.config import RegConfig
-from seg.config import apply_overrides
-from reg.grid import CanonicalGrid
-from reg.placement import place_pair, place_volume
-from reg.plan import DatasetGeometry, PlanRules, extent_to_cover, ncc_window_voxels, plan_registration
-from reg.prealign import PrealignConfig, align_moments
+from cctr.reg.backends import load_backend
+from cctr.reg.config import RegConfig
+from cctr.seg.config import apply_overrides
+from cctr.reg.grid import CanonicalGrid
+from cctr.reg.placement import place_pair, place_volume
+from cctr.reg.plan import DatasetGeometry, PlanRules, extent_to_cover, ncc_window_voxels, plan_registration
+from cctr.reg.prealign import PrealignConfig, align_moments
 from reg_synthetic import Motion, volume
-from seg.config import TrainConfig
-from seg.data.case import Case, spacing_affine
-from seg.data.fingerprint import fingerprint, fingerprint_cases
-from seg.data.readers import open_dataset
+from cctr.seg.config import TrainConfig
+from cctr.seg.data.case import Case, spacing_affine
+from cctr.seg.data.fingerprint import fingerprint, fingerprint_cases
+from cctr.seg.data.readers import open_dataset
 
 SMALL_ISO = IsoConfig(shape_range=(44, 50), spacing=4.0)  # 176-200 mm a side: larger than the cardiac grid's 141 mm
 
@@ -125,7 +125,7 @@ def _pair_dice(backend, cases, num_classes: int) -> float:
 
 
 def test_planned_registration_beats_identity_on_isotropic_volumes(iso_dir, tmp_path):
-    from reg.train import Volume, train
+    from cctr.reg.train import Volume, train
 
     dataset = open_dataset(iso_dir)
     rules = PlanRules(voxel_budget=16 * 16 * 32)  # tiny grid: seconds
@@ -148,7 +148,7 @@ def test_plan_file_is_reused_and_remeasured_when_the_patients_change(iso_dir, mo
     def boom(*a, **k):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr("joint.plan.fingerprint", boom)
+    monkeypatch.setattr("cctr.joint.plan.fingerprint", boom)
     assert plan_for(dataset, dataset.default_split) == first
     with pytest.raises(AssertionError):
         plan_for(dataset, None)  # every patient, not the split's training ones: measured again

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from joint.app.cli import main
-from seg.config import TrainConfig, to_dict
-from seg.data.case import spacing_affine
-from seg.data.nifti import write_nifti
-from seg.geometry_check import geometry_stats, geometry_warnings
-from seg.students import StudentConfig, build_student
+from cctr.joint.app.cli import main
+from cctr.seg.config import TrainConfig, to_dict
+from cctr.seg.data.case import spacing_affine
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.geometry_check import geometry_stats, geometry_warnings
+from cctr.seg.students import StudentConfig, build_student
 
 SPACING, SHAPE = (8.0, 1.5, 1.5), (4, 40, 48)
 CLASSES = ["background", "RV", "MYO", "LV"]

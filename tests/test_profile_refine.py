@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from reg.checkpoint import save_checkpoint
-from reg.config import RegConfig
-from reg.model import RegistrationNet
+from cctr.reg.checkpoint import save_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.reg.model import RegistrationNet
 from scripts_module import load_script
 from tests.reg_synthetic import one_torch_thread  # noqa: F401 (autouse)
 

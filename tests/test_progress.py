@@ -1,4 +1,4 @@
-"""Progress reporting (``seg.progress``, used by every trainer of the application) when stderr is not a terminal: plain
+"""Progress reporting (``cctr.seg.progress``, used by every trainer of the application) when stderr is not a terminal: plain
 lines with step, values, rate and ETA on a schedule; nothing when disabled."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-import seg.progress
+import cctr.seg.progress
 
 
 class Clock:
@@ -17,7 +17,7 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize("progress", [seg.progress])
+@pytest.mark.parametrize("progress", [cctr.seg.progress])
 def test_plain_lines_at_the_first_step_every_interval_and_at_the_end(progress, monkeypatch):
     monkeypatch.delenv("CCTR_PROGRESS_SECONDS", raising=False)
     out, clock = io.StringIO(), Clock()
@@ -39,7 +39,7 @@ def test_plain_lines_at_the_first_step_every_interval_and_at_the_end(progress, m
 def test_every_n_steps_and_the_env_interval(monkeypatch):
     monkeypatch.setenv("CCTR_PROGRESS_SECONDS", "1000")
     out, clock = io.StringIO(), Clock()
-    with seg.progress.Progress(10, "predict", unit="volume", every_n=5, initial=2, stream=out, clock=clock) as bar:
+    with cctr.seg.progress.Progress(10, "predict", unit="volume", every_n=5, initial=2, stream=out, clock=clock) as bar:
         for _ in range(8):
             clock.now += 2.0
             bar.update()
@@ -50,7 +50,7 @@ def test_every_n_steps_and_the_env_interval(monkeypatch):
 
 def test_disabled_prints_nothing():
     out = io.StringIO()
-    bar = seg.progress.Progress(3, "x", enabled=False, stream=out)
+    bar = cctr.seg.progress.Progress(3, "x", enabled=False, stream=out)
     bar.update()
     bar.note("hi")
     bar.close()
@@ -58,4 +58,4 @@ def test_disabled_prints_nothing():
 
 
 def test_durations():
-    assert [seg.progress.format_duration(s) for s in (4.4, 130, 3720)] == ["4s", "2m10s", "1h02m"]
+    assert [cctr.seg.progress.format_duration(s) for s in (4.4, 130, 3720)] == ["4s", "2m10s", "1h02m"]

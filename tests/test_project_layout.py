@@ -2,14 +2,39 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _imported_top_levels(package: str) -> dict[str, set[str]]:
-    return {f: {m.split(".")[0] for m in mods} for f, mods in _imported_modules(package).items()}
+    """Per file, the project packages it imports (``cctr.seg.x`` -> ``seg``) and any other top level."""
+    def top(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if parts[0] == "cctr" and len(parts) > 1 else parts[0]
+    return {f: {top(m) for m in mods} for f, mods in _imported_modules(package).items()}
+
+
+def test_the_packages_install_under_one_namespace_only(tmp_path):
+    """``cctr.reg`` / ``cctr.seg`` / ``cctr.joint`` import from anywhere; the bare folder names,
+    which would shadow or be shadowed by other projects' modules, do not (run outside the
+    repository, whose root would put the folders on sys.path)."""
+    code = ("import importlib.util, cctr.joint.app.cli, cctr.reg.field, cctr.seg.metrics; "
+            "print([importlib.util.find_spec(n) is None for n in ('reg', 'seg', 'joint')])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True, True, True]"
+
+
+def test_no_module_imports_the_bare_folder_names():
+    bare = {f: sorted(m for m in mods if m.split(".")[0] in ("reg", "seg", "joint"))
+            for pkg in ("reg", "seg", "joint", "scripts", "tests") for f, mods in _imported_modules(pkg).items()}
+    assert not {f: m for f, m in bare.items() if m}
 
 
 def test_reg_does_not_import_seg_or_joint():
@@ -38,7 +63,8 @@ def test_torch_pinned_in_constraints():
 
 def test_joint_method_modules_never_import_the_application():
     method_files = {f: n for f, n in _imported_modules("joint").items() if not f.startswith("joint/app/")}
-    bad = {f: sorted(m for m in mods if m == "joint.app" or m.startswith("joint.app.")) for f, mods in method_files.items()}
+    bad = {f: sorted(m for m in mods if m == "cctr.joint.app" or m.startswith("cctr.joint.app."))
+           for f, mods in method_files.items()}
     bad = {f: m for f, m in bad.items() if m}
     assert method_files and not bad, f"the method part of joint must not import joint.app: {bad}"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from layouts import affine_zyx, write_acdc_raw
-from seg.data.case import CaseError
-from seg.data.readers import detect_layout, open_dataset
-from seg.data.readers.acdc import ACDC_CLASSES
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.readers import detect_layout, open_dataset
+from cctr.seg.data.readers.acdc import ACDC_CLASSES
 
 
 def test_ed_es_cases_match_what_was_written(tmp_path: Path):

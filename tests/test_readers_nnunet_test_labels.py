@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from layouts import affine_zyx, fake_volume, save_nifti_zyx, write_nnunet
-from seg.data.case import CaseError
-from seg.data.readers import open_dataset
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.readers import open_dataset
 
 SPACING = (8.0, 1.5, 1.25)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from layouts import affine_zyx, write_acdc_raw, write_ssl4mis
-from seg.data.case import CaseError
-from seg.data.readers import open_dataset
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.readers import open_dataset
 
 
 def test_volumes_read_as_written_with_default_voxel_spacing(tmp_path: Path):

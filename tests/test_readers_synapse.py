@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from layouts import write_synapse
-from seg.data.case import CaseError
-from seg.data.readers import open_dataset
-from seg.data.readers.synapse import SYNAPSE_CLASSES
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.readers.synapse import SYNAPSE_CLASSES
 
 
 @pytest.mark.parametrize("image_key", ["image", "img"])

@@ -17,10 +17,10 @@ import tempfile
 import numpy as np
 import pytest
 
-from reg.backends import backend_params, load_backend
-from reg.classical import SynParams, ants_syn
-from reg.field import Field, voxel_grid
-from reg.grid import CanonicalGrid
+from cctr.reg.backends import backend_params, load_backend
+from cctr.reg.classical import SynParams, ants_syn
+from cctr.reg.field import Field, voxel_grid
+from cctr.reg.grid import CanonicalGrid
 from tests.reg_synthetic import Motion, one_torch_thread, true_map, volume  # noqa: F401 (autouse)
 
 HAVE_ANTS = importlib.util.find_spec("ants") is not None

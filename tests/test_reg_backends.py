@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from reg.backends import backend_params, load_backend, parse_spec
-from reg.checkpoint import save_checkpoint
-from reg.config import RegConfig
-from reg.grid import CanonicalGrid
-from reg.losses import LocalNCCLoss, _clamped_local_ncc
-from reg.model import RegistrationNet
+from cctr.reg.backends import backend_params, load_backend, parse_spec
+from cctr.reg.checkpoint import save_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.reg.grid import CanonicalGrid
+from cctr.reg.losses import LocalNCCLoss, _clamped_local_ncc
+from cctr.reg.model import RegistrationNet
 from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (autouse)
 
 FIXED = ((8, 48, 40), (6.0, 1.5, 1.5))
@@ -98,11 +98,11 @@ def test_a_backend_places_a_pair_once_and_gives_the_same_field_from_the_kept_pla
     a fresh one gives, and a budget too small for a pair keeps nothing."""
     import dataclasses
 
-    import reg.backends
+    import cctr.reg.backends
     f_img, fsp, _, m_img, msp, _ = pair
     calls = []
-    real = reg.backends.place_pair
-    monkeypatch.setattr(reg.backends, "place_pair", lambda *a: calls.append(1) or real(*a))
+    real = cctr.reg.backends.place_pair
+    monkeypatch.setattr(cctr.reg.backends, "place_pair", lambda *a: calls.append(1) or real(*a))
     spec = f"learned:{checkpoint}?refine=0"
     backend = load_backend(spec)
     pairs = [(f_img, fsp, m_img, msp), (m_img, msp, f_img, fsp)]
@@ -114,7 +114,7 @@ def test_a_backend_places_a_pair_once_and_gives_the_same_field_from_the_kept_pla
     for a, b, c in zip(first, again, fresh):
         assert np.array_equal(a.disp, b.disp) and np.array_equal(a.disp, c.disp)
         assert np.array_equal(b.moving_to_native, c.moving_to_native)
-    tight = dataclasses.replace(backend, placed_pairs=reg.backends.PlacedPairs(max_bytes=1))
+    tight = dataclasses.replace(backend, placed_pairs=cctr.reg.backends.PlacedPairs(max_bytes=1))
     tight.register_many([(f_img, fsp, m_img, msp), (f_img, fsp, m_img, msp)])
     assert len(calls) == 6 and len(tight.placed_pairs._pairs) == 0
 

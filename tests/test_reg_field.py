@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from reg.field import Field, apply_affine, voxel_grid
-from reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center, to_grid
-from reg.jacobian import jacobian_determinant, regularity
-from reg.model import RegistrationNet, NetConfig
-from reg.placement import field_of, place_pair, place_volume
-from reg.prealign import PrealignConfig
+from cctr.reg.field import Field, apply_affine, voxel_grid
+from cctr.reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center, to_grid
+from cctr.reg.jacobian import jacobian_determinant, regularity
+from cctr.reg.model import RegistrationNet, NetConfig
+from cctr.reg.placement import field_of, place_pair, place_volume
+from cctr.reg.prealign import PrealignConfig
 from tests.reg_synthetic import Motion, true_map, volume, one_torch_thread  # noqa: F401 (autouse)
 
 FIXED = ((10, 48, 40), (6.0, 1.5, 1.5))

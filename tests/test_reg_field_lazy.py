@@ -1,4 +1,4 @@
-"""The compact Field (reg.field.CanonicalField): what a backend computed, kept small, and
+"""The compact Field (cctr.reg.field.CanonicalField): what a backend computed, kept small, and
 evaluated lazily for a slab of slices or for points; each lazy path must equal the dense
 Field it stands for, and the oracle's cache must stay small on any native grid."""
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reg.field
+import cctr.reg.field
 from fakes import ShiftBackend
-from joint.field_cache import load_field, save_field
-from joint.oracle import OracleConfig, RegistrationOracle
-from reg.field import CanonicalField, Field, voxel_grid
-from reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center
-from seg.data.case import Case, spacing_affine
+from cctr.joint.field_cache import load_field, save_field
+from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.reg.field import CanonicalField, Field, voxel_grid
+from cctr.reg.grid import CanonicalGrid, Pose, canonical_to_native, native_center
+from cctr.seg.data.case import Case, spacing_affine
 
 GRID = CanonicalGrid((16, 16, 16), (3.0, 3.0, 3.0))
 FIXED = ((10, 48, 40), (5.0, 1.5, 1.5))
@@ -69,8 +69,8 @@ def test_the_check_refuses_damage_also_when_it_reads_only_some_slices(monkeypatc
         CanonicalField(nan, lazy.fixed_to_native, lazy.fixed_shape, lazy.moving_to_native, lazy.moving_shape).check("bad.npz")
     noisy = lazy.disp + np.random.default_rng(1).normal(0, 4.0, lazy.disp.shape).astype(np.float32)
     damaged = CanonicalField(noisy, lazy.fixed_to_native, lazy.fixed_shape, lazy.moving_to_native, lazy.moving_shape)
-    monkeypatch.setattr(reg.field, "FULL_CHECK_VOXELS", 100)   # as for a large CT: a few slices only
-    monkeypatch.setattr(reg.field, "CHECK_SLICES", 2)
+    monkeypatch.setattr(cctr.reg.field, "FULL_CHECK_VOXELS", 100)   # as for a large CT: a few slices only
+    monkeypatch.setattr(cctr.reg.field, "CHECK_SLICES", 2)
     read = []
     original = CanonicalField.slab
     monkeypatch.setattr(CanonicalField, "slab", lambda self, a, b: read.append((a, b)) or original(self, a, b))
@@ -92,7 +92,7 @@ def test_a_full_check_reads_slabs_and_still_refuses_one_rough_slice(monkeypatch)
     slices one by one refuses it (a mean over the slab would dilute it below the limit)."""
     lazy, dense = compact(0.0)
     Z, Y, X = lazy.fixed_shape
-    monkeypatch.setattr(reg.field, "CHECK_SLAB_VOXELS", 4 * Y * X)
+    monkeypatch.setattr(cctr.reg.field, "CHECK_SLAB_VOXELS", 4 * Y * X)
     read = []
     original = CanonicalField.slab
     monkeypatch.setattr(CanonicalField, "slab", lambda self, a, b: read.append((a, b)) or original(self, a, b))
@@ -101,8 +101,8 @@ def test_a_full_check_reads_slabs_and_still_refuses_one_rough_slice(monkeypatch)
     coords = dense.coords.copy()
     coords[1:, 6] += np.random.default_rng(2).normal(0, 3.0, coords[1:, 6].shape).astype(np.float32)
     with pytest.raises(ValueError, match="cache/x.npz: Field is not smooth"):
-        reg.field.validate_field(Field(coords, dense.moving_shape), "cache/x.npz")
-    reg.field.validate_field(Field(np.delete(coords, 6, axis=1), dense.moving_shape), "the other slices")
+        cctr.reg.field.validate_field(Field(coords, dense.moving_shape), "cache/x.npz")
+    cctr.reg.field.validate_field(Field(np.delete(coords, 6, axis=1), dense.moving_shape), "the other slices")
 
 
 def test_affine_and_dense_fields_are_special_cases():

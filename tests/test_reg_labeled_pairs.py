@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reg.train import Volume, labeled_pairs_first, sample_pairs
+from cctr.reg.train import Volume, labeled_pairs_first, sample_pairs
 
 
 def _volumes() -> list[Volume]:

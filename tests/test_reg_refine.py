@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from reg.backends import backend_params, load_backend, parse_spec
-from reg.checkpoint import save_checkpoint
-from reg.config import RegConfig
-from reg.jacobian import regularity
-from reg.losses import LocalNCCLoss
-from reg.model import RegistrationNet
+from cctr.reg.backends import backend_params, load_backend, parse_spec
+from cctr.reg.checkpoint import save_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.reg.jacobian import regularity
+from cctr.reg.losses import LocalNCCLoss
+from cctr.reg.model import RegistrationNet
 from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (autouse)
 
 FIXED = ((8, 48, 40), (6.0, 1.5, 1.5))
@@ -98,8 +98,8 @@ def test_coarse_refinement_also_improves_similarity_for_less_work(checkpoint, sh
 
 
 def test_a_correction_of_zero_steps_returns_the_net_alone_at_any_scale(checkpoint):
-    from reg.backends import Refinement, refine_displacement
-    from reg.checkpoint import load_model
+    from cctr.reg.backends import Refinement, refine_displacement
+    from cctr.reg.checkpoint import load_model
 
     net, config = load_model(checkpoint)
     fixed, moving = torch.rand(1, 1, 16, 32, 32), torch.rand(1, 1, 16, 32, 32)
@@ -119,7 +119,7 @@ def test_a_correction_of_zero_steps_returns_the_net_alone_at_any_scale(checkpoin
 
 def test_the_fine_map_is_composed_on_the_fixed_side():
     """``compose(disp0, u)(c) = u(c) + disp0(c + u(c))``: exact for a field linear in z."""
-    from reg.backends import compose
+    from cctr.reg.backends import compose
 
     z = torch.arange(8.0)[:, None, None].expand(8, 6, 5)
     disp0 = torch.stack([0.1 * z, torch.full_like(z, 2.0), torch.zeros_like(z)])[None]   # (1, 3, Z, Y, X)

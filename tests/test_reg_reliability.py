@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from joint.app.cli import main
-from reg.config import RegConfig
-from seg.config import load_config as load_any_config
-from seg.runlock import run_lock
-from seg.runlock import RunLockedError
+from cctr.joint.app.cli import main
+from cctr.reg.config import RegConfig
+from cctr.seg.config import load_config as load_any_config
+from cctr.seg.runlock import run_lock
+from cctr.seg.runlock import RunLockedError
 from tests.reg_synthetic import one_torch_thread  # noqa: F401 (autouse)
 from tests.test_cli_reg import TINY_CONFIG, _write_folder
 

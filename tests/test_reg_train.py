@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from reg.checkpoint import read_checkpoint
-from reg.config import RegConfig
-from seg.config import load_config as load_any_config
-from reg.train import Volume, sample_pairs, train, validation_pairs
+from cctr.reg.checkpoint import read_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.seg.config import load_config as load_any_config
+from cctr.reg.train import Volume, sample_pairs, train, validation_pairs
 from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (autouse)
 
 TINY = {

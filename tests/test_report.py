@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from seg.metrics import ClassScore
-from seg.report import (
+from cctr.seg.metrics import ClassScore
+from cctr.seg.report import (
     CSV_COLUMNS,
     summarize,
     summary_markdown,

@@ -1,4 +1,4 @@
-"""Run-folder locks (``seg.runlock``; the application takes it for registration training too): a second process is refused with an
+"""Run-folder locks (``cctr.seg.runlock``; the application takes it for registration training too): a second process is refused with an
 error naming the holder, and a holder killed with SIGKILL leaves no stale lock."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import seg.runlock
+import cctr.seg.runlock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def _holder(module: str, folder: Path) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.parametrize("lock", [seg.runlock])
+@pytest.mark.parametrize("lock", [cctr.seg.runlock])
 def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path, lock):
     proc = _holder(lock.__name__, tmp_path / "run")
     try:
@@ -44,9 +44,9 @@ def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_stale_lock(tm
 
 
 def test_the_lock_is_reentrant_only_after_release(tmp_path):
-    with seg.runlock.run_lock(tmp_path):
-        with pytest.raises(seg.runlock.RunLockedError):
-            with seg.runlock.run_lock(tmp_path):
+    with cctr.seg.runlock.run_lock(tmp_path):
+        with pytest.raises(cctr.seg.runlock.RunLockedError):
+            with cctr.seg.runlock.run_lock(tmp_path):
                 pass
-    with seg.runlock.run_lock(tmp_path):
+    with cctr.seg.runlock.run_lock(tmp_path):
         pass

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from seg.config import PRESETS, TrainConfig, apply_overrides, differences, load_config, preset, save_config
+from cctr.seg.config import PRESETS, TrainConfig, apply_overrides, differences, load_config, preset, save_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -11,22 +11,22 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from layouts import fake_volume
-from seg.config import TrainConfig
-from seg.data.case import Case, CaseRef, spacing_affine
-from seg.data.dataset import Dataset
-from seg.data.split import Split
-from seg.diagnostics import (
+from cctr.seg.config import TrainConfig
+from cctr.seg.data.case import Case, CaseRef, spacing_affine
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
+from cctr.seg.diagnostics import (
     DiagnosticsHook,
     foreground_dice,
     hidden_label_slice,
     output_grad_norms,
     pool_accuracy,
 )
-from seg.losses import ContrastConfig
-from seg.slices import AugmentConfig, SliceBatch, resize_matrix
-from seg.students import StudentConfig, StudentOutput
-from seg.train import train
-from seg.train_data import load_train_data
+from cctr.seg.losses import ContrastConfig
+from cctr.seg.slices import AugmentConfig, SliceBatch, resize_matrix
+from cctr.seg.students import StudentConfig, StudentOutput
+from cctr.seg.train import train
+from cctr.seg.train_data import load_train_data
 
 NAMES = ("background", "RV", "MYO", "LV")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seg.config import TrainConfig
-from seg.elastic import ElasticConfig, ElasticSamples, deform, smooth_noise
-from seg.slices import SliceBatch
-from seg.train import train
+from cctr.seg.config import TrainConfig
+from cctr.seg.elastic import ElasticConfig, ElasticSamples, deform, smooth_noise
+from cctr.seg.slices import SliceBatch
+from cctr.seg.train import train
 from test_seg_diagnostics import _cfg, _dataset
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg.losses import (
+from cctr.seg.losses import (
     ContrastConfig,
     ContrastPart,
     cross_teaching_loss,
@@ -199,7 +199,7 @@ def test_contrast_options_are_checked():
 
 
 def test_pseudo_label_sources_teacher_own_and_agree():
-    from seg.objective import contrast_pool, pseudo_labels
+    from cctr.seg.objective import contrast_pool, pseudo_labels
 
     # one sample, 2 classes, 1x3 pixels; logits (B, C, H, W)
     own = torch.tensor([[[[2.0, 0.0, -1.0]], [[0.0, 3.0, 1.0]]]])       # own argmax 0, 1, 1

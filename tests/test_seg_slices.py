@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from seg.slices import (
+from cctr.seg.slices import (
     AugmentConfig,
     SliceSampler,
     TrainVolume,
@@ -160,7 +160,7 @@ def test_zscore_normalisation_per_volume():
 
 
 def test_clip_zscore_clips_to_the_window_before_standardising():
-    from seg.slices import normalize_intensity
+    from cctr.seg.slices import normalize_intensity
 
     ct = np.array([[[-1000.0, 0.0, 50.0, 100.0, 1500.0]]], dtype=np.float32)
     out = normalize_intensity(ct, "clip-zscore", (0.0, 100.0))

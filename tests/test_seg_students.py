@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seg.config import preset
-from seg.students import StudentConfig, StudentOutput, build_student
+from cctr.seg.config import preset
+from cctr.seg.students import StudentConfig, StudentOutput, build_student
 
 SMALL = {
     "unet": StudentConfig(kind="unet", widths=(4, 8, 16)),

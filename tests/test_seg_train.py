@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from layouts import fake_volume
-from seg.config import TrainConfig, load_config
-from seg.data.case import Case, CaseRef, spacing_affine
-from seg.data.dataset import Dataset
-from seg.data.split import Split
-from seg.hooks import ExtraSamples, TrainerHook
-from seg.inference import load_students
-from seg.slices import AugmentConfig
-from seg.students import StudentConfig
-from seg.train import poly_lr, train
+from cctr.seg.config import TrainConfig, load_config
+from cctr.seg.data.case import Case, CaseRef, spacing_affine
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
+from cctr.seg.hooks import ExtraSamples, TrainerHook
+from cctr.seg.inference import load_students
+from cctr.seg.slices import AugmentConfig
+from cctr.seg.students import StudentConfig
+from cctr.seg.train import poly_lr, train
 
 NAMES = ("background", "RV", "MYO", "LV")
 

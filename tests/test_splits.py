@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from layouts import write_acdc_raw, write_nnunet, write_ssl4mis
-from seg.data.case import CaseError
-from seg.data.known_splits import ACDC_SPLIT, SYNAPSE_SPLIT, known_split, known_split_if_covered
-from seg.data.readers import open_dataset
-from seg.data.split import SPLIT_FILENAME, Split, draw_split, load_split, save_split
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.known_splits import ACDC_SPLIT, SYNAPSE_SPLIT, known_split, known_split_if_covered
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import SPLIT_FILENAME, Split, draw_split, load_split, save_split
 
 
 def _p(numbers: str) -> set[str]:

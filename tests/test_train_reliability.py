@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from seg.config import TrainConfig, apply_overrides
-from seg.data.case import CaseError
-from seg.guard import NonFiniteError
-from seg.hooks import TrainerHook
-from seg.runlock import RunLockedError, run_lock
-from seg.train import train
+from cctr.seg.config import TrainConfig, apply_overrides
+from cctr.seg.data.case import CaseError
+from cctr.seg.guard import NonFiniteError
+from cctr.seg.hooks import TrainerHook
+from cctr.seg.runlock import RunLockedError, run_lock
+from cctr.seg.train import train
 from test_seg_train import _cfg, _dataset
 
 
@@ -101,7 +101,7 @@ def test_resume_from_a_damaged_last_pt_is_one_clear_error(tmp_path):
 
 
 def test_nan_weights_are_never_checkpointed(tmp_path):
-    from seg.train import _atomic_save
+    from cctr.seg.train import _atomic_save
 
     with pytest.raises(NonFiniteError):
         _atomic_save({"students": {"a": {"w": torch.tensor([1.0, math.nan])}}}, tmp_path / "x.pt")

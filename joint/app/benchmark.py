@@ -28,17 +28,17 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from joint.app.figures import plot_dice_bars
-from joint.app.stages import predict_cases, score_cases, train_segmentation
-from joint.config import JointConfig, with_backend
-from joint.methods import COUPLED, METHODS, REGISTRATION_METHODS, REGISTRATION_ONLY, registration_only
-from seg.config import differences, from_dict, to_dict
-from seg.data.case import Case, CaseError
-from seg.data.dataset import Dataset
-from seg.data.split import Split
-from seg.metrics import ClassScore
-from seg.atomic import write_json, write_text_atomic
-from seg.report import Summary, summarize, write_scores_csv
+from cctr.joint.app.figures import plot_dice_bars
+from cctr.joint.app.stages import predict_cases, score_cases, train_segmentation
+from cctr.joint.config import JointConfig, with_backend
+from cctr.joint.methods import COUPLED, METHODS, REGISTRATION_METHODS, REGISTRATION_ONLY, registration_only
+from cctr.seg.config import differences, from_dict, to_dict
+from cctr.seg.data.case import Case, CaseError
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.split import Split
+from cctr.seg.metrics import ClassScore
+from cctr.seg.atomic import write_json, write_text_atomic
+from cctr.seg.report import Summary, summarize, write_scores_csv
 
 RESULT_FILE = "result.json"
 PREDICTIONS = "predictions"   # a run's test predictions (NIfTI), so `cctr eval` can re-score them

@@ -15,18 +15,18 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from seg.data.case import CaseError
+from cctr.seg.data.case import CaseError
 
 # verb -> (module, one-line help); the order is the order of the pipeline
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("joint.app.commands.data", "generate, inspect and split datasets"),
-    "plan": ("joint.app.commands.plan", "fingerprint a dataset and derive its registration and student plan"),
-    "reg": ("joint.app.commands.reg", "pretrain the registration net; compare registration backends"),
-    "train": ("joint.app.commands.train", "train segmentation students (supervised, cross teaching, ...)"),
-    "predict": ("joint.app.commands.predict", "segment NIfTI volumes with a trained student"),
-    "eval": ("joint.app.commands.evaluate", "score predicted label maps against references (3D Dice, HD95, ASD in mm)"),
-    "demo": ("joint.app.commands.demo", "the whole pipeline on the embedded phantom: registration, cctr, 3D report"),
-    "benchmark": ("joint.app.commands.benchmark",
+    "data": ("cctr.joint.app.commands.data", "generate, inspect and split datasets"),
+    "plan": ("cctr.joint.app.commands.plan", "fingerprint a dataset and derive its registration and student plan"),
+    "reg": ("cctr.joint.app.commands.reg", "pretrain the registration net; compare registration backends"),
+    "train": ("cctr.joint.app.commands.train", "train segmentation students (supervised, cross teaching, ...)"),
+    "predict": ("cctr.joint.app.commands.predict", "segment NIfTI volumes with a trained student"),
+    "eval": ("cctr.joint.app.commands.evaluate", "score predicted label maps against references (3D Dice, HD95, ASD in mm)"),
+    "demo": ("cctr.joint.app.commands.demo", "the whole pipeline on the embedded phantom: registration, cctr, 3D report"),
+    "benchmark": ("cctr.joint.app.commands.benchmark",
                   "run the methods x backends x labeled sets x seeds grid; CSV, table, plot"),
 }
 

@@ -36,8 +36,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from joint.app.figures import plot_curves, plot_overlays
-from joint.app.stages import (
+from cctr.joint.app.figures import plot_curves, plot_overlays
+from cctr.joint.app.stages import (
     REFERENCE_BACKEND,
     guidance_dice,
     predict_cases,
@@ -48,20 +48,20 @@ from joint.app.stages import (
     segmentation_done,
     train_segmentation,
 )
-from joint.config import JointConfig, as_joint_config, with_backend
-from joint.plan import format_plan, plan_for, reg_config
-from reg.checkpoint import read_checkpoint
-from reg.config import RegConfig
-from reg.config import TrainConfig as RegTrainConfig
-from seg.atomic import write_json, write_text_atomic
-from seg.config import differences, load_config, preset, save_config
-from seg.data.case import CaseError
-from seg.data.dataset import Dataset
-from seg.data.nifti import read_nifti
-from seg.data.phantom import PhantomConfig, write_phantom
-from seg.data.readers import open_dataset
-from seg.data.split import Split
-from seg.report import Summary, summarize, summary_markdown, write_scores_csv
+from cctr.joint.config import JointConfig, as_joint_config, with_backend
+from cctr.joint.plan import format_plan, plan_for, reg_config
+from cctr.reg.checkpoint import read_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.reg.config import TrainConfig as RegTrainConfig
+from cctr.seg.atomic import write_json, write_text_atomic
+from cctr.seg.config import differences, load_config, preset, save_config
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.nifti import read_nifti
+from cctr.seg.data.phantom import PhantomConfig, write_phantom
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import Split
+from cctr.seg.report import Summary, summarize, summary_markdown, write_scores_csv
 
 DEMO_FILE = "demo.yaml"
 

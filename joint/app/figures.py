@@ -9,10 +9,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from seg.atomic import atomic_path
-from seg.data.case import Case
-from seg.metrics import ClassScore
-from seg.overlay import class_colors, overlay
+from cctr.seg.atomic import atomic_path
+from cctr.seg.data.case import Case
+from cctr.seg.metrics import ClassScore
+from cctr.seg.overlay import class_colors, overlay
 
 
 def overlay_slices(cases: Sequence[Case], rows: int) -> list[tuple[int, int]]:

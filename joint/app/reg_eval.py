@@ -21,13 +21,13 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from reg.backends import Backend
-from reg.jacobian import regularity
-from seg.data.case import Case, CaseRef
-from seg.data.dataset import Dataset
-from seg.metrics import ClassScore, score_case
-from seg.atomic import write_text_atomic
-from seg.report import summarize
+from cctr.reg.backends import Backend
+from cctr.reg.jacobian import regularity
+from cctr.seg.data.case import Case, CaseRef
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.metrics import ClassScore, score_case
+from cctr.seg.atomic import write_text_atomic
+from cctr.seg.report import summarize
 
 
 @dataclass(frozen=True)

@@ -19,22 +19,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from joint.config import JointConfig, with_backend
-from joint.methods import PropagationResult, pair_dice, registration_only, train_joint
-from joint.oracle import RegistrationOracle
-from reg.checkpoint import read_checkpoint
-from reg.config import RegConfig
-from reg.train import Volume
-from reg.train import train as train_registration
-from seg.data.case import Case, CaseError
-from seg.data.dataset import Dataset
-from seg.data.nifti import read_nifti, write_nifti
-from seg.data.split import Split
-from seg.inference import load_students
-from seg.metrics import ClassScore, score_case
-from seg.progress import Progress
-from seg.runlock import run_lock
-from seg.prediction_info import write_prediction_info
+from cctr.joint.config import JointConfig, with_backend
+from cctr.joint.methods import PropagationResult, pair_dice, registration_only, train_joint
+from cctr.joint.oracle import RegistrationOracle
+from cctr.reg.checkpoint import read_checkpoint
+from cctr.reg.config import RegConfig
+from cctr.reg.train import Volume
+from cctr.reg.train import train as train_registration
+from cctr.seg.data.case import Case, CaseError
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.nifti import read_nifti, write_nifti
+from cctr.seg.data.split import Split
+from cctr.seg.inference import load_students
+from cctr.seg.metrics import ClassScore, score_case
+from cctr.seg.progress import Progress
+from cctr.seg.runlock import run_lock
+from cctr.seg.prediction_info import write_prediction_info
 
 # what the learned registration is compared against when nothing else is asked for
 REFERENCE_BACKEND = "identity"

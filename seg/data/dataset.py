@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from seg.data.case import CaseError, CaseRef
-from seg.data.split import SPLIT_FILENAME, Split, load_split
+from cctr.seg.data.case import CaseError, CaseRef
+from cctr.seg.data.split import SPLIT_FILENAME, Split, load_split
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from seg.config import to_dict
-from seg.data.case import Case, CaseRef
-from seg.data.dataset import Dataset
+from cctr.seg.config import to_dict
+from cctr.seg.data.case import Case, CaseRef
+from cctr.seg.data.dataset import Dataset
 
 Triple = tuple[float, float, float]
 SAMPLES_PER_CASE = 20000  # voxels drawn per case for intensity statistics

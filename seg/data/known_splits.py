@@ -17,7 +17,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Optional, Sequence
 
-from seg.data.split import Split, split_with_prefix_sets
+from cctr.seg.data.split import Split, split_with_prefix_sets
 
 ACDC_LABELED_SIZES = (1, 3, 7)
 SYNAPSE_LABELED_SIZES = (1, 2, 4)

@@ -12,10 +12,10 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from seg.atomic import atomic_path
-from seg.data.case import Case, CaseError, CaseRef  # noqa: E402
-from seg.data.dataset import Dataset  # noqa: E402
-from seg.overlay import class_colors, grey_window, overlay  # noqa: E402
+from cctr.seg.atomic import atomic_path
+from cctr.seg.data.case import Case, CaseError, CaseRef  # noqa: E402
+from cctr.seg.data.dataset import Dataset  # noqa: E402
+from cctr.seg.overlay import class_colors, grey_window, overlay  # noqa: E402
 
 TILE_INCHES = 2.2
 

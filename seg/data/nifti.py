@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-from seg.atomic import atomic_path
-from seg.data.case import Case, CaseError, label_to_uint8
+from cctr.seg.atomic import atomic_path
+from cctr.seg.data.case import Case, CaseError, label_to_uint8
 
 # Image and label affines may differ by float noise from the writer, not by geometry.
 # the file endings read as NIfTI, longest first so a stem strips cleanly

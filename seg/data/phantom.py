@@ -31,13 +31,13 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from seg.data.case import Case
-from seg.data.nifti import write_nifti
-from seg.data.phantom_common import PHANTOM_KEY, Range, axis_affine, build_phantom_folder, check_phantom_target
-from seg.data.phantom_common import ellipse_sd as _ellipse_sd
-from seg.data.phantom_common import phantom_dataset_json, upsampled_noise
-from seg.data.phantom_common import uniform as _u
-from seg.data.split import SPLIT_FILENAME, draw_split, save_split
+from cctr.seg.data.case import Case
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.data.phantom_common import PHANTOM_KEY, Range, axis_affine, build_phantom_folder, check_phantom_target
+from cctr.seg.data.phantom_common import ellipse_sd as _ellipse_sd
+from cctr.seg.data.phantom_common import phantom_dataset_json, upsampled_noise
+from cctr.seg.data.phantom_common import uniform as _u
+from cctr.seg.data.split import SPLIT_FILENAME, draw_split, save_split
 
 __all__ = ["PHANTOM_KEY", "PhantomConfig", "make_patient", "upsampled_noise", "write_phantom"]
 

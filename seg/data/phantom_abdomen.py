@@ -51,14 +51,14 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from seg.data.case import Case, CaseError
-from seg.data.nifti import write_nifti
-from seg.data.phantom_common import (
+from cctr.seg.data.case import Case, CaseError
+from cctr.seg.data.nifti import write_nifti
+from cctr.seg.data.phantom_common import (
     MARKER_FILE, Range, axis_affine, build_phantom_folder, check_phantom_target, ellipse_sd, phantom_dataset_json,
     uniform, upsampled_noise,
 )
-from seg.data.readers.synapse import SYNAPSE_CLASSES
-from seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
+from cctr.seg.data.readers.synapse import SYNAPSE_CLASSES
+from cctr.seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
 
 ABDOMEN_CLASSES = SYNAPSE_CLASSES
 SPLEEN, KIDNEY_R, KIDNEY_L, GALLBLADDER, LIVER, STOMACH, AORTA, PANCREAS = range(1, 9)

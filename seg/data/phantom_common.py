@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from seg.data.case import CaseError
+from cctr.seg.data.case import CaseError
 
 Range = tuple[float, float]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from seg.atomic import write_text_atomic
-from seg.data.case import CaseError
+from cctr.seg.atomic import write_text_atomic
+from cctr.seg.data.case import CaseError
 
 SPLIT_FILENAME = "split.json"
 

@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from joint.app.benchmark import collect_results, plan_runs, run_grid, write_tables
-from joint.app.demo import DemoConfig
-from joint.app.stages import pretrain_registration
-from joint.config import build_config
-from joint.methods import METHODS, REGISTRATION_METHODS
-from joint.plan import joint_overrides, plan_for, reg_config
-from seg.config import PRESETS
-from seg.data.case import CaseError
-from seg.data.phantom import write_phantom
-from seg.data.readers import open_dataset
-from seg.data.split import load_split
+from cctr.joint.app.benchmark import collect_results, plan_runs, run_grid, write_tables
+from cctr.joint.app.demo import DemoConfig
+from cctr.joint.app.stages import pretrain_registration
+from cctr.joint.config import build_config
+from cctr.joint.methods import METHODS, REGISTRATION_METHODS
+from cctr.joint.plan import joint_overrides, plan_for, reg_config
+from cctr.seg.config import PRESETS
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.phantom import write_phantom
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import load_split
 
 DEFAULT_BACKENDS = "learned,identity"
 

@@ -22,14 +22,14 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from seg.data.dataset import Dataset
-from seg.data.montage import write_montage
-from seg.data.phantom import write_phantom
-from seg.data.phantom_abdomen import LAYOUTS as PHANTOM_LAYOUTS
-from seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_phantom
-from seg.data.known_splits import KNOWN_SPLITS, known_split
-from seg.data.readers import LAYOUTS, open_dataset
-from seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.montage import write_montage
+from cctr.seg.data.phantom import write_phantom
+from cctr.seg.data.phantom_abdomen import LAYOUTS as PHANTOM_LAYOUTS
+from cctr.seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_phantom
+from cctr.seg.data.known_splits import KNOWN_SPLITS, known_split
+from cctr.seg.data.readers import LAYOUTS, open_dataset
+from cctr.seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -203,7 +203,7 @@ def format_summary(s: DatasetSummary) -> str:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from joint.plan import format_plan, plan_for  # the plan is measured once and saved (DATA/cctr_plan.json)
+    from cctr.joint.plan import format_plan, plan_for  # the plan is measured once and saved (DATA/cctr_plan.json)
 
     dataset = open_dataset(args.dir, args.layout)
     print(format_summary(summarize(dataset)))

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from joint.app.demo import DemoConfig, run_demo, with_seed
-from seg.config import apply_overrides, load_config
-from seg.report import summary_markdown
+from cctr.joint.app.demo import DemoConfig, run_demo, with_seed
+from cctr.seg.config import apply_overrides, load_config
+from cctr.seg.report import summary_markdown
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -35,16 +35,16 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from seg.data.case import CaseError, label_to_uint8
-from seg.data.dataset import Dataset
-from seg.data.nifti import AFFINE_ATOL_MM, NIFTI_SUFFIXES, read_nifti
-from seg.data.readers import LAYOUTS, READERS, open_dataset
-from seg.data.readers.nnunet import DATASET_JSON, class_names_of, read_dataset_json
-from seg.data.split import Split, load_split
-from seg.metrics import EMPTY_POLICIES, ClassScore, EmptyPolicy, empty_policy, score_case
-from seg.prediction_info import PREDICTION_INFO, PredictionInfo, read_prediction_info
-from seg.progress import Progress
-from seg.report import summarize, summary_markdown, write_scores_csv, write_summary_markdown
+from cctr.seg.data.case import CaseError, label_to_uint8
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.nifti import AFFINE_ATOL_MM, NIFTI_SUFFIXES, read_nifti
+from cctr.seg.data.readers import LAYOUTS, READERS, open_dataset
+from cctr.seg.data.readers.nnunet import DATASET_JSON, class_names_of, read_dataset_json
+from cctr.seg.data.split import Split, load_split
+from cctr.seg.metrics import EMPTY_POLICIES, ClassScore, EmptyPolicy, empty_policy, score_case
+from cctr.seg.prediction_info import PREDICTION_INFO, PredictionInfo, read_prediction_info
+from cctr.seg.progress import Progress
+from cctr.seg.report import summarize, summary_markdown, write_scores_csv, write_summary_markdown
 
 Spacing = tuple[float, float, float]
 # label (Z, Y, X), spacing (z, y, x) in mm for distances, affine of the grid

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from joint.plan import format_plan, plan_for, plan_path
-from reg.plan import PlanRules
-from seg.data.readers import LAYOUTS, open_dataset
-from seg.data.split import load_split
+from cctr.joint.plan import format_plan, plan_for, plan_path
+from cctr.reg.plan import PlanRules
+from cctr.seg.data.readers import LAYOUTS, open_dataset
+from cctr.seg.data.split import load_split
 
 
 def configure(p: argparse.ArgumentParser) -> None:

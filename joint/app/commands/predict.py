@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from seg.data.case import CaseError
-from seg.data.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
-from seg.geometry_check import geometry_warnings
-from seg.inference import TrainedStudents, load_students
-from seg.prediction_info import write_prediction_info
-from seg.progress import Progress
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
+from cctr.seg.geometry_check import geometry_warnings
+from cctr.seg.inference import TrainedStudents, load_students
+from cctr.seg.prediction_info import write_prediction_info
+from cctr.seg.progress import Progress
 
 
 

@@ -20,18 +20,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from reg.backends import load_backend
-from reg.config import RegConfig
-from joint.plan import plan_for, plan_path, reg_config
-from seg.atomic import write_json
-from seg.config import apply_overrides, load_config
-from reg.train import Volume
-from seg.data.case import CaseError
-from seg.data.dataset import Dataset
-from seg.data.readers import open_dataset
-from seg.data.split import Split, load_split
-from joint.app.stages import run_registration_training
-from joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
+from cctr.reg.backends import load_backend
+from cctr.reg.config import RegConfig
+from cctr.joint.plan import plan_for, plan_path, reg_config
+from cctr.seg.atomic import write_json
+from cctr.seg.config import apply_overrides, load_config
+from cctr.reg.train import Volume
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.readers import open_dataset
+from cctr.seg.data.split import Split, load_split
+from cctr.joint.app.stages import run_registration_training
+from cctr.joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -20,16 +20,16 @@ import argparse
 from pathlib import Path
 from typing import Mapping
 
-from joint.config import build_config
-from joint.plan import joint_overrides, plan_for
-from joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, registration_only
-from joint.oracle import POLICIES
-from seg.config import PRESETS
-from seg.data.case import CaseError
-from seg.data.readers import LAYOUTS, open_dataset
-from seg.data.split import load_split
-from seg.distributed import world_from_environment
-from seg.train import Method, train
+from cctr.joint.config import build_config
+from cctr.joint.plan import joint_overrides, plan_for
+from cctr.joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, registration_only
+from cctr.joint.oracle import POLICIES
+from cctr.seg.config import PRESETS
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.readers import LAYOUTS, open_dataset
+from cctr.seg.data.split import load_split
+from cctr.seg.distributed import world_from_environment
+from cctr.seg.train import Method, train
 
 
 def available_methods() -> Mapping[str, Method]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Optional
 
-from seg.data.case import CaseError
-from seg.data.dataset import Dataset
-from seg.data.readers import acdc, nnunet, ssl4mis, synapse
+from cctr.seg.data.case import CaseError
+from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.readers import acdc, nnunet, ssl4mis, synapse
 
 # Detection order matters only for folders that look like several layouts at once, which
 # detect_layout refuses; the order is the one messages list them in.

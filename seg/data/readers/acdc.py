@@ -21,10 +21,10 @@ import re
 from functools import partial
 from pathlib import Path
 
-from seg.data.case import CaseError, CaseRef
-from seg.data.dataset import Dataset, folder_split
-from seg.data.known_splits import known_split_if_covered
-from seg.data.nifti import load_nifti_case
+from cctr.seg.data.case import CaseError, CaseRef
+from cctr.seg.data.dataset import Dataset, folder_split
+from cctr.seg.data.known_splits import known_split_if_covered
+from cctr.seg.data.nifti import load_nifti_case
 
 ACDC_CLASSES = ("background", "RV", "MYO", "LV")
 LAYOUT = "acdc"

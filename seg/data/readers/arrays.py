@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import h5py
 import numpy as np
 
-from seg.data.case import Case, CaseError, label_to_uint8, spacing_affine
+from cctr.seg.data.case import Case, CaseError, label_to_uint8, spacing_affine
 
 Spacing = tuple[float, float, float]
 # One (z, y, x) spacing in mm for every case, or one per case id.

@@ -21,9 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from seg.data.case import CaseError, CaseRef
-from seg.data.dataset import Dataset, folder_split
-from seg.data.nifti import NIFTI_SUFFIXES, load_nifti_case
+from cctr.seg.data.case import CaseError, CaseRef
+from cctr.seg.data.dataset import Dataset, folder_split
+from cctr.seg.data.nifti import NIFTI_SUFFIXES, load_nifti_case
 
 LAYOUT = "nnunet"
 DATASET_JSON = "dataset.json"

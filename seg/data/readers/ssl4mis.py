@@ -27,14 +27,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from seg.data.case import Case, CaseError, CaseRef
-from seg.data.dataset import Dataset, folder_split
-from seg.data.known_splits import ACDC_LABELED_SIZES, known_split_if_covered
-from seg.data.nifti import read_nifti_geometry
-from seg.data.readers.acdc import ACDC_CLASSES, ed_es_frames, patient_folders, read_info_cfg
-from seg.data.readers.arrays import (Spacing, SpacingOption, array_case, list_file_names, numbered_files, read_arrays,
+from cctr.seg.data.case import Case, CaseError, CaseRef
+from cctr.seg.data.dataset import Dataset, folder_split
+from cctr.seg.data.known_splits import ACDC_LABELED_SIZES, known_split_if_covered
+from cctr.seg.data.nifti import read_nifti_geometry
+from cctr.seg.data.readers.acdc import ACDC_CLASSES, ed_es_frames, patient_folders, read_info_cfg
+from cctr.seg.data.readers.arrays import (Spacing, SpacingOption, array_case, list_file_names, numbered_files, read_arrays,
                                      spacing_lookup, stack_slices)
-from seg.data.split import Split, split_with_prefix_sets
+from cctr.seg.data.split import Split, split_with_prefix_sets
 
 LAYOUT = "acdc-ssl4mis"
 KEYS = {"image": ("image",), "label": ("label",)}

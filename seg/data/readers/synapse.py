@@ -28,12 +28,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from seg.data.case import Case, CaseError, CaseRef
-from seg.data.dataset import Dataset, folder_split
-from seg.data.known_splits import SYNAPSE_LABELED_SIZES, known_split_if_covered
-from seg.data.readers.arrays import (Spacing, SpacingOption, array_case, list_file_names, numbered_files, read_arrays,
+from cctr.seg.data.case import Case, CaseError, CaseRef
+from cctr.seg.data.dataset import Dataset, folder_split
+from cctr.seg.data.known_splits import SYNAPSE_LABELED_SIZES, known_split_if_covered
+from cctr.seg.data.readers.arrays import (Spacing, SpacingOption, array_case, list_file_names, numbered_files, read_arrays,
                                      spacing_lookup, stack_slices)
-from seg.data.split import Split, split_with_prefix_sets
+from cctr.seg.data.split import Split, split_with_prefix_sets
 
 LAYOUT = "synapse"
 SYNAPSE_CLASSES = (
