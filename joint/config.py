@@ -1,14 +1,14 @@
 """The joint training configuration: the seg trainer's :class:`~seg.config.TrainConfig` plus the
 registration options, each in one nested home (METHOD.md parts 5-7):
 
-- ``oracle.*`` (:class:`joint.oracle.OracleConfig`): backend spec, atlas policy, caches, workers;
+- ``oracle.*`` (:class:`joint.oracle.OracleConfig`): backend spec (parsed once into a typed
+  :class:`reg.spec.BackendSpec`), atlas policy, caches, workers;
 - ``rsl.*`` (:class:`joint.rsl.RSLConfig`): weight and per-pixel confidence of RSL;
 - ``synth.*`` (:class:`joint.synth.SynthConfig`): labeled samples made by warping an atlas
   image with its label onto the unlabeled samples' pixels;
-- ``gate.*`` (:class:`joint.gate.GateConfig`): when RSL (and REPS) stop for a student that
-  has outgrown the registration;
+- ``gate.*`` (:class:`joint.gate.GateConfig`): when RSL stops for a student that has outgrown
+  the registration;
 - ``bank.*`` (:class:`joint.memory_bank.BankConfig`): resolution and reach of the REPS bank;
-- ``reps.*`` (:class:`joint.reps.RepsConfig`): which registration positives REPS keeps;
 - ``coupled.*`` (:class:`joint.coupled.CoupledConfig`): the registration net's own schedule and
   loss in ``cctr-coupled`` (METHOD.md part 9);
 - ``eval_subset``: which split part ``registration-only`` predicts.
@@ -27,7 +27,6 @@ from cctr.joint.coupled import CoupledConfig
 from cctr.joint.gate import GateConfig
 from cctr.joint.memory_bank import BankConfig
 from cctr.joint.oracle import OracleConfig
-from cctr.joint.reps import RepsConfig
 from cctr.joint.rsl import RSLConfig
 from cctr.joint.synth import SynthConfig
 from cctr.seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
@@ -45,7 +44,6 @@ class JointConfig(TrainConfig):
     synth: SynthConfig = SynthConfig()
     gate: GateConfig = GateConfig()
     bank: BankConfig = BankConfig()
-    reps: RepsConfig = RepsConfig()
     coupled: CoupledConfig = CoupledConfig()
     eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
 
@@ -69,19 +67,14 @@ def with_backend(cfg: JointConfig, spec: str, cache: Optional[str] = None) -> Jo
 
 def build_config(config: Optional[str] = None, overrides: Sequence[str] = (), *, method: Optional[str] = None,
                  labeled: Optional[str] = None, out_dir: Optional[Path] = None, reg_backend: Optional[str] = None,
-                 atlas_policy: Optional[str] = None, field_cache: Optional[str] = None,
-                 planned: Optional[Mapping[str, Any]] = None) -> JointConfig:
-    """A run's configuration: the ``cpu-small`` preset with the dataset's ``planned`` settings
-    (:func:`joint.plan.joint_overrides`: students, and the classical backends' front end under
-    ``'oracle'``), or ``config`` (a preset name, or a YAML file
+                 field_cache: Optional[str] = None, planned: Optional[Mapping[str, Any]] = None) -> JointConfig:
+    """A run's configuration: the ``cpu-small`` preset with the dataset's ``planned`` student
+    settings (:func:`joint.plan.seg_overrides`), or ``config`` (a preset name, or a YAML file
     applied over ``cpu-small``) as given; then ``field_cache``; then every ``key=value`` of
     ``overrides``; then each explicit flag that is not None. ``config.yaml`` records the result."""
     base = as_joint_config(preset("cpu-small"))
     if config is None:
-        planned = dict(planned or {})
-        oracle_fields = planned.pop("oracle", {})
-        cfg = replace(base, **planned)
-        cfg = replace(cfg, oracle=replace(cfg.oracle, **oracle_fields))
+        cfg = replace(base, **dict(planned or {}))
     elif config in PRESETS:
         cfg = as_joint_config(preset(config))
     else:
@@ -91,5 +84,4 @@ def build_config(config: Optional[str] = None, overrides: Sequence[str] = (), *,
     cfg = apply_overrides(cfg, overrides)
     top = {"method": method, "labeled": labeled, "out_dir": None if out_dir is None else str(out_dir)}
     cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
-    oracle = {"backend": reg_backend, "policy": atlas_policy}
-    return replace(cfg, oracle=replace(cfg.oracle, **{k: v for k, v in oracle.items() if v is not None}))
+    return cfg if reg_backend is None else with_backend(cfg, reg_backend)

@@ -5,34 +5,30 @@ The hook :class:`CoupledRegistration` owns
 
 - the registration net being fine-tuned (loaded from the run's ``learned:CKPT`` backend), its
   Adam optimiser and its schedule: one registration step every ``coupled.every`` segmentation
-  steps once ``coupled.warmup_steps`` have passed;
-- a SERVED copy of that net, the one RSL and REPS read through the oracle (:func:`reg.backends.
-  live_backend`), its Fields refined per pair as the backend spec says (``learned:CKPT``
-  refines by default, as in ``cctr``; ``?refine=0`` serves the net alone): every
-  ``coupled.refresh_every`` steps (when the net has changed) the served copy takes the trained
-  weights and the oracle drops its Fields (``oracle.invalidate()``); then
-  (``coupled.refresh_pairs``) it recomputes at once, batched, every pair the atlas policy can
-  ask for (``all``, the default: cheaper where the steps of a cycle ask for most pairs anyway)
-  or the steps recompute lazily, one pair at a time, only the pairs their batches ask for
-  (``asked``: cheaper where the pairs far outnumber a cycle's samples). A checkpoint holds
-  both nets, and a resumed run recomputes its Fields in the same calls, so it serves exactly
-  the Fields an uninterrupted one did;
+  steps once the first sixth of the run has passed (the students' labels mean little before);
+- a SERVED copy of that net, the one RSL and REPS read through the oracle
+  (:func:`reg.backends.live_backend`), its Fields refined per pair as the backend spec says
+  (``learned:CKPT`` refines by default, as in ``cctr``; ``?refine=0`` serves the net alone):
+  every ``coupled.refresh_every`` steps (when the net has changed) the served copy takes the
+  trained weights, the oracle drops its Fields and recomputes, batched, every pair the atlas
+  policy can ask for. A checkpoint holds both nets, and a resumed run recomputes its Fields in
+  the same calls, so it serves exactly the Fields an uninterrupted one did;
 - :class:`PseudoLabels`, the students' word on the unlabeled training volumes: after every
   step, each unlabeled sample's two softmax maps are carried back onto its volume's native
   slice (the inverse of the sample's ``to_volume``); a voxel is kept where both students agree
-  and both are at least ``coupled.confidence`` sure (detached: nothing flows back);
-- the registration loss on a batch of ``coupled.pairs`` (fixed, moving) training pairs on the
-  canonical grid (B, 1, Z, Y, X): image similarity + smoothness (the pretraining loss of the
-  checkpoint's config) + ``dice_weight`` * soft Dice of the warped moving label against the
-  fixed label where both volumes are labeled (truth: the ED/ES frames of a labeled patient) +
-  ``pseudo_weight`` * the same Dice where a side has only the students' labels, masked to
-  the voxels both sides trust;
-- a mid-run phase: ``coupled.mid_steps`` registration steps in one go at step
-  ``coupled.mid_at`` * iterations, on the students' labels of that moment, then served: the
-  second half of the run learns from a net the first half taught;
-- the closing phase: after the last segmentation step, ``coupled.final_steps`` more
-  registration steps on the students' final labels (the best teachers the run has), before
-  the last validation and checkpoint; they add to the run's time, not to any step's;
+  and both are at least 0.9 sure (detached: nothing flows back);
+- the registration loss (:class:`reg.losses.RegistrationLoss`, the checkpoint's own) on a batch
+  of two (fixed, moving) training pairs on the canonical grid ``(B, 1, Z, Y, X)``: image
+  similarity + smoothness + soft Dice of the warped moving label against the fixed label, the
+  truth where both volumes are labeled (the ED/ES frames of a labeled patient), the students'
+  labels elsewhere, masked to the voxels both sides trust;
+- a mid-run phase: ``coupled.mid_phase * iterations`` registration steps in one go halfway
+  through, on the students' labels of that moment, then served: the second half of the run
+  learns from a net the first half taught;
+- the closing phase: after the last segmentation step, ``coupled.final_phase * iterations``
+  more registration steps on the students' final labels (the best teachers the run has),
+  before the last validation and checkpoint; they add to the run's time, not to any step's.
+  Both phases scale with the run, so a short run is short;
 - its files: ``RUN/reg/last.pt`` (and ``RUN/reg/best.pt``, the net at the students' best
   validation step) in the format of :mod:`reg.checkpoint`, so ``learned:RUN/reg/last.pt``
   loads it like any pretrained net;
@@ -52,13 +48,14 @@ import numpy as np
 import torch
 
 from cctr.joint.oracle import RegistrationOracle
-from cctr.reg.backends import (Backend, LearnedParams, Refinement, check_device, learned_params, live_backend,
-                          parse_spec, refine_displacement, refinement_of)
+from cctr.reg.backends import Backend, check_device, live_backend
 from cctr.reg.checkpoint import load_model, save_checkpoint
 from cctr.reg.config import RegConfig
 from cctr.reg.jacobian import regularity
-from cctr.reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
+from cctr.reg.losses import RegistrationLoss
 from cctr.reg.model import RegistrationNet
+from cctr.reg.refine import RefineConfig, refine_displacement
+from cctr.reg.spec import BackendSpec
 from cctr.reg.placement import Placed, field_of, place_pair, place_volume
 from cctr.reg.train import mean_foreground_dice
 from cctr.seg.data.case import Case
@@ -69,7 +66,15 @@ from cctr.seg.slices import SliceBatch, resample_slice
 from cctr.seg.students import StudentOutput
 
 
-REFRESH_PAIRS = ("all", "asked")   # CoupledConfig.refresh_pairs
+# Fixed parts of the schedule and loss: each was either never varied or varied without a
+# difference on validation (docs/RESULTS.md, option table).
+WARMUP_FRACTION = 1 / 6     # share of the run before the first registration step
+MID_AT = 0.5                # where the mid-run phase falls, as a share of the run
+PAIRS = 2                   # (fixed, moving) pairs per registration step
+CONFIDENCE = 0.9            # both students' top probability must reach this for a voxel to teach
+LABELED_FRACTION = 0.25     # share of pairs of two labeled volumes (when there are two)
+ATLAS_FRACTION = 0.5        # other pairs: share whose moving volume is an atlas (RSL's pairs)
+VAL_PAIRS = 8               # pairs per validation diagnostic
 
 
 @dataclass(frozen=True)
@@ -77,40 +82,20 @@ class CoupledConfig:
     """Coupled-training options; nested as ``coupled.*`` in :class:`joint.config.JointConfig`."""
 
     # segmentation steps per registration step; 8 rather than 4 held validation Dice on both phantoms
-    # for a step 1.9x a cct step instead of 2.1x (docs/RESULTS.md, "... every 8 segmentation steps")
+    # for a cheaper step (docs/RESULTS.md, option table)
     every: int = 8
-    warmup_steps: int = 100         # segmentation steps before the first registration step
-    pairs: int = 2                  # (fixed, moving) pairs per registration step
     lr: float = 1e-3                # Adam learning rate of the registration net (constant)
-    dice_weight: float = 1.0        # Dice of warped truth where both volumes are labeled
-    pseudo_weight: float = 1.0      # Dice against the students' agreed, confident labels
-    confidence: float = 0.9         # both students' top probability must reach this
-    labeled_fraction: float = 0.25  # share of pairs of two labeled volumes (when there are two)
-    atlas_fraction: float = 0.5     # other pairs: share whose moving volume is an atlas (RSL's pairs)
     refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
-    # which pairs a refresh recomputes (REFRESH_PAIRS): 'all' at once, batched, or the 'asked' ones lazily
-    refresh_pairs: str = "all"
-    val_pairs: int = 8              # pairs per validation diagnostic
-    final_steps: int = 1600         # registration steps after the last segmentation step (METHOD.md part 9)
-    # registration steps in one go at step mid_at * iterations, on the students' labels of then
-    # (0: none); 800 won on validation on both phantoms (docs/RESULTS.md, "... a mid-run phase")
-    mid_steps: int = 800
-    mid_at: float = 0.5             # where that mid-run phase falls, as a share of the run
+    # registration steps of the mid-run and closing phases, per segmentation iteration of the run
+    # (at 600 iterations: 798 and 1602; 800 mid-run steps won on validation on both phantoms)
+    mid_phase: float = 1.33
+    final_phase: float = 2.67
 
     def __post_init__(self) -> None:
-        if min(self.every, self.pairs, self.refresh_every, self.val_pairs) < 1 or min(
-                self.warmup_steps, self.final_steps, self.mid_steps) < 0:
-            raise ValueError("coupled: every, pairs, refresh_every and val_pairs must be >= 1, "
-                             "warmup_steps, final_steps and mid_steps >= 0")
-        if self.refresh_pairs not in REFRESH_PAIRS:
-            raise ValueError(f"coupled.refresh_pairs must be one of {REFRESH_PAIRS}, got {self.refresh_pairs!r}")
-        if not 0.0 < self.mid_at < 1.0:
-            raise ValueError(f"coupled.mid_at must be in (0, 1), got {self.mid_at}")
-        if not self.lr > 0 or self.dice_weight < 0 or self.pseudo_weight < 0:
-            raise ValueError("coupled: lr must be > 0, dice_weight and pseudo_weight >= 0")
-        for name in ("confidence", "labeled_fraction", "atlas_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"coupled.{name} must be in [0, 1], got {getattr(self, name)}")
+        if min(self.every, self.refresh_every) < 1 or min(self.mid_phase, self.final_phase) < 0:
+            raise ValueError("coupled: every and refresh_every must be >= 1, mid_phase and final_phase >= 0")
+        if not self.lr > 0:
+            raise ValueError("coupled: lr must be > 0")
 
 
 class PseudoLabels:
@@ -184,9 +169,9 @@ class CoupledRegistration(TrainerHook):
                  unlabeled: Sequence[Case], val: Sequence[Case], num_classes: int, seed: int = 0,
                  device: torch.device = torch.device("cpu"),
                  diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None, iterations: int = 0,
-                 refine: Optional[Refinement] = None, batch: int = LearnedParams.batch) -> None:
+                 refine: RefineConfig = RefineConfig(steps=0), spec: Optional[BackendSpec] = None) -> None:
         self.cfg = cfg
-        self.refine = refine     # test-time refinement of every served Field (None: the net alone)
+        self.refine = refine     # test-time refinement of every served Field (steps 0: the net alone)
         self.iterations = int(iterations)  # the students' last step, after which the closing phase runs (0: none)
         self.reg_config = reg_config
         self.num_classes = int(num_classes)
@@ -203,31 +188,27 @@ class CoupledRegistration(TrainerHook):
         self.val = [RegVolume(c, place_volume(c.image, c.spacing, grid), True) for c in val if c.label is not None]
         self.pseudo = PseudoLabels({v.case.case_id: v.case.shape for v in self.unlabeled})
         self.diagnostic_labels = dict(diagnostic_labels or {})
-        self.similarity = similarity_loss(reg_config.loss.similarity, reg_config.loss.ncc_window)
-        self.smooth, self.dice = SmoothnessLoss(), SoftDiceLoss()
+        self.loss = RegistrationLoss(reg_config.loss)
         self.oracle: Optional[RegistrationOracle] = None
         self.reg_steps = 0       # registration steps taken
         self.served_steps = 0    # registration steps the served copy has seen
         self._metrics: dict[str, float] = {}
         self._last_val_dice = -1.0  # atlas_dice of the latest validation (-1: none yet)
-        self.backend: Backend = live_backend(self.served, reg_config, device, refine=refine, batch=batch)
+        self.backend: Backend = live_backend(self.served, reg_config, device, refine, spec)
 
     @classmethod
-    def from_spec(cls, spec: str, cfg: CoupledConfig, labeled: Sequence[Case], unlabeled: Sequence[Case],
-                  val: Sequence[Case], num_classes: int, seed: int = 0,
+    def from_spec(cls, spec: BackendSpec, cfg: CoupledConfig, labeled: Sequence[Case], unlabeled: Sequence[Case],
+                  val: Sequence[Case], num_classes: int, seed: int = 0, device: str = "cpu",
                   diagnostic_labels: Optional[Mapping[str, np.ndarray]] = None,
                   iterations: int = 0) -> "CoupledRegistration":
-        """The hook over the net of a ``learned:CKPT[?device=...&refine=...]`` backend spec: the
-        net it trains is the checkpoint's, the Fields it serves are refined as the spec says
-        (as ``cctr`` would refine that checkpoint's; ``refine=0``: the net alone)."""
-        parsed = parse_spec(spec)
-        if parsed.kind != "learned":
-            raise ValueError(f"cctr-coupled fine-tunes a learned registration net; give --reg-backend learned:CKPT, got {spec!r}")
-        params = learned_params(spec)
-        device = check_device(params.device, spec)
-        net, reg_config = load_model(Path(parsed.path))  # type: ignore[arg-type]
-        return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, device, diagnostic_labels,
-                   iterations, refinement_of(params, reg_config, spec), params.batch)
+        """The hook over the net of a learned backend spec: the net it trains is the checkpoint's,
+        the Fields it serves are refined as the spec says (as ``cctr`` would refine that
+        checkpoint's; ``refine=0``: the net alone)."""
+        if not spec.is_learned:
+            raise ValueError(f"cctr-coupled fine-tunes a learned registration net; give --reg-backend learned:CKPT, got {spec}")
+        net, reg_config = load_model(Path(spec.checkpoint))  # type: ignore[arg-type]
+        return cls(net, reg_config, cfg, labeled, unlabeled, val, num_classes, seed, check_device(device),
+                   diagnostic_labels, iterations, spec.refine, spec)
 
     def bind(self, oracle: RegistrationOracle) -> None:
         """The oracle serving Fields of :attr:`backend`: told whenever the served net changes."""
@@ -246,19 +227,19 @@ class CoupledRegistration(TrainerHook):
         for k, b in enumerate(unlabeled.tolist()):
             cid = batch.case_id[b]
             if cid in self.pseudo.label:
-                self.pseudo.update(cid, int(batch.slice_index[b]), batch.to_volume[b], pa[k], pb[k], self.cfg.confidence)
+                self.pseudo.update(cid, int(batch.slice_index[b]), batch.to_volume[b], pa[k], pb[k], CONFIDENCE)
 
     # -- registration step ------------------------------------------------------------------------
     def _draw_pair(self) -> tuple[RegVolume, RegVolume]:
-        """(fixed, moving): two labeled volumes with probability ``labeled_fraction``; else an
-        unlabeled fixed volume and an atlas (``atlas_fraction``) or another patient's volume."""
+        """(fixed, moving): two labeled volumes with probability ``LABELED_FRACTION``; else an
+        unlabeled fixed volume and an atlas (``ATLAS_FRACTION``) or another patient's volume."""
         rng, labeled, unlabeled = self.rng, self.labeled, self.unlabeled
-        if len(labeled) >= 2 and (not unlabeled or rng.random() < self.cfg.labeled_fraction):
+        if len(labeled) >= 2 and (not unlabeled or rng.random() < LABELED_FRACTION):
             i, j = rng.choice(len(labeled), size=2, replace=False)
             return labeled[int(i)], labeled[int(j)]
         fixed = unlabeled[int(rng.integers(len(unlabeled)))]
         others = [v for v in unlabeled if v.case.patient_id != fixed.case.patient_id]
-        if rng.random() < self.cfg.atlas_fraction or not others:
+        if rng.random() < ATLAS_FRACTION or not others:
             return fixed, labeled[int(rng.integers(len(labeled)))]
         return fixed, others[int(rng.integers(len(others)))]
 
@@ -274,8 +255,8 @@ class CoupledRegistration(TrainerHook):
         return onehot, trust
 
     def _registration_step(self) -> None:
-        fixed_img, moving_img, label_maps, weights = [], [], [], []
-        for _ in range(self.cfg.pairs):
+        fixed_img, moving_img, label_maps = [], [], []
+        for _ in range(PAIRS):
             fixed, moving = self._draw_pair()
             moved = place_pair(fixed.placed, moving.placed, self.reg_config.grid, self.reg_config.prealign)
             f_oh, f_w = self._canonical_labels(fixed, fixed.placed)
@@ -283,25 +264,21 @@ class CoupledRegistration(TrainerHook):
             fixed_img.append(fixed.placed.image)
             moving_img.append(moved.image)
             label_maps.append((f_oh, f_w, np.concatenate([m_oh, m_w[None]])))
-            weights.append(self.cfg.dice_weight if fixed.labeled and moving.labeled else self.cfg.pseudo_weight)
         fixed_t = torch.from_numpy(np.stack(fixed_img))[:, None].to(self.device)
         moving_t = torch.from_numpy(np.stack(moving_img))[:, None].to(self.device)
         self.net.train()
         disp, warped = self.net(fixed_t, moving_t)
-        sim, smooth = self.similarity(warped, fixed_t), self.smooth(disp)
-        loss = sim + self.reg_config.loss.smoothness_weight * smooth
+        sim, smooth, loss = self.loss(warped, fixed_t, disp)
         dice_terms = []
-        for i, ((f_oh, f_w, m_maps), weight) in enumerate(zip(label_maps, weights)):
-            if weight <= 0:
-                continue
+        for i, (f_oh, f_w, m_maps) in enumerate(label_maps):
             m_warped = self.net.warp(torch.from_numpy(m_maps)[None].to(self.device), disp[i:i + 1])
             trust = torch.from_numpy(f_w).to(self.device)[None, None] * m_warped[:, -1:]  # both sides trusted
             if float(trust.detach().sum()) < 1.0:
                 continue  # the students have not covered this volume yet
             target = torch.from_numpy(f_oh).to(self.device)[None]
-            term = self.dice(m_warped[:, :-1] * trust, target * trust)
+            term = self.loss.dice(m_warped[:, :-1] * trust, target * trust)
             dice_terms.append(float(term.detach()))
-            loss = loss + weight * term / self.cfg.pairs
+            loss = loss + term / PAIRS
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -319,38 +296,51 @@ class CoupledRegistration(TrainerHook):
         self._recompute()
 
     def _recompute(self) -> None:
-        """Drop the oracle's Fields of the served net's earlier weights; with ``refresh_pairs='all'``
-        compute every pair the policy can ask for now, in the oracle's order and calls (the
-        same in a resumed run, so the same Fields to the last bit)."""
+        """Drop the oracle's Fields of the served net's earlier weights and compute every pair
+        the policy can ask for now, batched, in the oracle's order and calls (the same in a
+        resumed run, so the same Fields to the last bit)."""
         if self.oracle is None:
             return
         self.oracle.invalidate()
-        if self.cfg.refresh_pairs == "all":
-            self.oracle.warm(progress=False)
+        self.oracle.warm(progress=False)
 
     def after_step(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:
         done = step + 1
         self._remember(batch, outputs)
-        if done > self.cfg.warmup_steps and (done - self.cfg.warmup_steps) % self.cfg.every == 0:
+        if done > self.warmup_steps and (done - self.warmup_steps) % self.cfg.every == 0:
             self._registration_step()
-        if done == self.iterations and self.cfg.final_steps:
-            self.finish(self.cfg.final_steps)
+        if done == self.iterations and self.final_steps:
+            self.finish(self.final_steps)
             self._refresh()   # the last validation's served diagnostic reads the finished net
-        elif self.cfg.mid_steps and done == self.mid_step:
-            self.finish(self.cfg.mid_steps, phase="mid")
+        elif self.mid_steps and done == self.mid_step:
+            self.finish(self.mid_steps, phase="mid")
             self._refresh()   # the rest of the run learns from the net the students just taught
         elif self.reg_steps > self.served_steps and done % self.cfg.refresh_every == 0:
             self._refresh()
 
     @property
+    def warmup_steps(self) -> int:
+        """Segmentation steps before the first registration step."""
+        return round(WARMUP_FRACTION * self.iterations)
+
+    @property
     def mid_step(self) -> int:
-        """The segmentation step after which the mid-run phase runs (``coupled.mid_at``)."""
-        return max(1, round(self.cfg.mid_at * self.iterations))
+        """The segmentation step after which the mid-run phase runs."""
+        return max(1, round(MID_AT * self.iterations))
+
+    @property
+    def mid_steps(self) -> int:
+        """Registration steps of the mid-run phase."""
+        return round(self.cfg.mid_phase * self.iterations)
+
+    @property
+    def final_steps(self) -> int:
+        """Registration steps of the closing phase, after the students' last step."""
+        return round(self.cfg.final_phase * self.iterations)
 
     def finish(self, steps: int, progress: bool = True, phase: str = "final") -> dict[str, float]:
         """``steps`` registration steps on the labels as they stand: the closing phase
-        (``phase='final'``, also what ``scripts/finish_coupled.py`` runs on a finished run's
-        state) or the mid-run phase (``'mid'``). Returns the phase's mean loss terms, named
+        (``phase='final'``) or the mid-run phase (``'mid'``). Returns the phase's mean loss terms, named
         ``<phase>_loss`` and ``<phase>_dice_loss``, also logged with the last step's metrics."""
         if phase not in _PHASES:
             raise ValueError(f"phase must be one of {sorted(_PHASES)}, got {phase!r}")
@@ -383,8 +373,8 @@ class CoupledRegistration(TrainerHook):
                 moved = place_pair(fixed.placed, moving.placed, self.reg_config.grid, self.reg_config.prealign)
                 f_t = torch.from_numpy(fixed.placed.image)[None, None].to(self.device)
                 m_t = torch.from_numpy(moved.image)[None, None].to(self.device)
-                if refined and self.refine is not None:
-                    disp = refine_displacement(self.net, f_t, m_t, self.refine)
+                if refined and self.refine.active:
+                    disp = refine_displacement(self.net, f_t, m_t, self.refine, self.loss)
                 else:
                     disp, _ = self.net(f_t, m_t)
                 field = field_of(disp[0].cpu().numpy(), fixed.placed, moved).dense()
@@ -395,7 +385,7 @@ class CoupledRegistration(TrainerHook):
         return float(np.mean(dices)), float(np.mean(folded))
 
     def validate(self, step: int, scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-        n, out = self.cfg.val_pairs, {}
+        n, out = VAL_PAIRS, {}
         onto_val = [(v, a) for v in self.val for a in self.labeled][:n]
         if onto_val:
             # refined as served: the gate compares the students with the registration they are taught by

@@ -75,7 +75,7 @@ def backend_fingerprint(backend: Backend) -> str:
     the checkpoint's SHA-256, so retraining under the same path never reuses old Fields).
     A backend without ``params`` (a test double) is identified by its spec alone."""
     described = getattr(backend, "params", None)
-    blob = json.dumps({"spec": backend.spec, "params": described}, sort_keys=True, default=str)
+    blob = json.dumps({"spec": str(backend.spec), "params": described}, sort_keys=True, default=str)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 

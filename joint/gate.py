@@ -3,11 +3,11 @@
 Registration teaches a student only while it knows more than the student does. At every
 validation the registration's own score on the validation volumes (the atlas labels warped
 onto them, mean foreground 3D Dice: the metric the students are validated with) is compared
-with each student's validation Dice. A student that has reached it is *closed*: the gated
-terms give it nothing until a later validation finds it below again. Before the first
-validation every student is open. The gated terms are RSL (``gate.terms='rsl'``) or RSL and
-REPS (``'rsl+reps'``); a closed student's pixel contrast then has only its own positive, as
-in ``cct``.
+with each student's validation Dice. A student that has reached it is *closed*: RSL gives it
+nothing until a later validation finds it below again. Before the first validation every
+student is open. The gate is a policy RSL consults (:meth:`RegistrationGate.is_open`); it is a
+hook only to see the validation scores. REPS is not gated (gating it too lost on validation,
+docs/RESULTS.md), nor are the synthesised samples, whose labels do not rest on the registration.
 
 The registration's score comes from a callable: a constant measured once before training for a
 fixed backend (:func:`joint.methods.registration_val_dice`), or, in ``cctr-coupled``, the
@@ -21,7 +21,6 @@ from typing import Callable, Mapping
 from cctr.seg.hooks import TrainerHook
 
 GATE_MODES = ("none", "validation")
-GATE_TERMS = ("rsl", "rsl+reps")
 
 
 @dataclass(frozen=True)
@@ -29,37 +28,27 @@ class GateConfig:
     """Gate options; nested as ``gate.*`` in :class:`joint.config.JointConfig`."""
 
     mode: str = "validation"   # one of GATE_MODES; 'validation' needs validation volumes, else it is off
-    terms: str = "rsl"         # one of GATE_TERMS: which registration-guided terms a closed student loses
 
     def __post_init__(self) -> None:
         if self.mode not in GATE_MODES:
             raise ValueError(f"gate.mode must be one of {GATE_MODES}, got {self.mode!r}")
-        if self.terms not in GATE_TERMS:
-            raise ValueError(f"gate.terms must be one of {GATE_TERMS}, got {self.terms!r}")
-
-    @property
-    def term_names(self) -> tuple[str, ...]:
-        """The hook names (``rsl``, ``reps``) of the gated terms."""
-        return tuple(self.terms.split("+"))
 
 
 class RegistrationGate(TrainerHook):
-    """Opens and closes the registration-guided terms per student at each validation.
+    """Opens and closes RSL per student at each validation.
 
     ``registration_dice()``: the registration's validation score now (called once per validation).
-    ``terms``: the names of the hooks whose terms it gates (:attr:`GateConfig.term_names`).
     """
 
     name = "gate"
 
-    def __init__(self, registration_dice: Callable[[], float], terms: tuple[str, ...]) -> None:
+    def __init__(self, registration_dice: Callable[[], float]) -> None:
         self.registration_dice = registration_dice
-        self.terms = tuple(terms)
         self.closed: set[str] = set()   # students closed since the last validation
 
-    def is_open(self, student: str, term: str) -> bool:
-        """Whether ``student`` trains on hook ``term``'s registration signal now."""
-        return term not in self.terms or student not in self.closed
+    def is_open(self, student: str) -> bool:
+        """Whether ``student`` trains on the registration's labels now."""
+        return student not in self.closed
 
     def validate(self, step: int, scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         """Close each student whose validation Dice reaches the registration's, open the others;

@@ -7,11 +7,13 @@
 - ``registration-only``: no network; each evaluated volume gets the label of the atlas(es)
   warped onto it by registration alone (the atlas baseline).
 
-:data:`TRAINER_METHODS` is the seg trainer's method table extended with the two training
-methods; pass it as ``methods=`` to :func:`seg.train.train` (:func:`train_joint` does). Their
-options are :class:`joint.config.JointConfig`'s. Each method's hooks are built once per run:
-the oracle over (unlabeled, labeled) pairs is warmed at the start so every step finds its
-Fields in memory (under torchrun each process computes its share into the disk cache).
+:func:`trainer_methods` is the seg trainer's method table extended with the training methods,
+for a run whose classical backends register on a given front end (the dataset's plan); pass
+it as ``methods=`` to :func:`seg.train.train` (:func:`train_joint` does). Their options are
+:class:`joint.config.JointConfig`'s. Each method's hooks are built once per run around one
+backend, built once from the run's typed spec: the oracle over (unlabeled, labeled) pairs is
+warmed at the start so every step finds its Fields in memory (under torchrun each process
+computes its share into the disk cache), and the validation gate scores the same backend.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,13 +29,15 @@ from tqdm.auto import tqdm
 from cctr.joint.config import JointConfig
 from cctr.joint.coupled import CoupledRegistration
 from cctr.joint.gate import RegistrationGate
+from cctr.joint.guidance import Guidance
 from cctr.joint.memory_bank import MemoryBank
 from cctr.joint.oracle import RegistrationOracle
 from cctr.joint.reps import RegistrationPositives
 from cctr.joint.rsl import RegistrationSupervision
 from cctr.joint.synth import WarpedAtlasSamples
-from cctr.reg.backends import Backend
-from cctr.seg.config import TrainConfig, save_config
+from cctr.reg.backends import Backend, load_backend
+from cctr.reg.placement import FrontEnd
+from cctr.seg.config import TrainConfig, save_config, to_dict
 from cctr.seg.data.case import Case, CaseError
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.nifti import write_nifti
@@ -51,50 +55,56 @@ REGISTRATION_ONLY = "registration-only"
 COUPLED = "cctr-coupled"
 
 
-def _joint_cfg(cfg: TrainConfig, backend: Optional[Backend]) -> JointConfig:
+def _joint_cfg(cfg: TrainConfig) -> JointConfig:
     """``cfg`` as the JointConfig a registration method needs, with a backend to query."""
     if not isinstance(cfg, JointConfig):
         raise ValueError(f"method {cfg.method!r} needs a JointConfig (the registration options), got {type(cfg).__name__}")
-    if backend is None and not cfg.oracle.backend:
+    if cfg.oracle.spec is None:
         raise ValueError(f"method {cfg.method!r} needs a registration backend (oracle.backend / --reg-backend: "
                          "'learned:CKPT', 'sitk-demons', 'ants-syn' or 'identity')")
     return cfg
 
 
+def run_backend(cfg: JointConfig, frontend: Optional[FrontEnd] = None) -> Backend:
+    """The run's registration backend, built once from its typed spec (classical backends on
+    ``frontend``, the learned one on the students' device)."""
+    return load_backend(_joint_cfg(cfg).oracle.spec, frontend, cfg.device)  # type: ignore[arg-type]
+
+
 def build_banks(cfg: JointConfig, labeled: Sequence[Case], students: Sequence[str] = ("a", "b")) -> dict[str, MemoryBank]:
     """One REPS memory bank per student over the slices of the labeled cases."""
     slices = {c.case_id: c.shape[0] for c in labeled}
-    dims = {"a": cfg.student_a.embedding_dim, "b": cfg.student_b.embedding_dim}
-    return {s: MemoryBank(slices, dims[s], cfg.image_size, cfg.bank) for s in students}
+    return {s: MemoryBank(slices, cfg.embedding_dim, cfg.image_size, cfg.bank) for s in students}
 
 
-def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool,
-                       backend: Optional[Backend] = None, live: Optional[CoupledRegistration] = None
-                       ) -> tuple[TrainerHook, ...]:
-    """The RSL hook (and with ``with_reps`` the REPS hook) of one run, the synthesised samples'
-    hook when ``synth.weight > 0``, then ``live`` (the hook training the served net, if any) and
-    the validation gate when ``gate.mode`` turns it on.
+def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool, backend: Backend,
+                       live: Optional[CoupledRegistration] = None) -> tuple[TrainerHook, ...]:
+    """The RSL hook (and with ``with_reps`` the REPS hook) of one run over ``backend``, the
+    synthesised samples' hook when ``synth.weight > 0``, then ``live`` (the hook training the
+    served net, if any) and the validation gate when ``gate.mode`` turns it on. All
+    registration-guided hooks read one :class:`joint.guidance.Guidance` per step.
 
     Warms the oracle over every (unlabeled, labeled) pair the atlas policy can ask for and
     writes ``registration.json`` in ``out_dir`` (backend, policy, pairs, cache and bank bytes,
     the gate and the registration score it compares with).
     """
-    jcfg = _joint_cfg(cfg, backend)
-    oracle = RegistrationOracle(data.labeled, data.unlabeled, jcfg.oracle, seed=jcfg.seed, backend=backend)
+    jcfg = _joint_cfg(cfg)
+    oracle = RegistrationOracle(data.labeled, data.unlabeled, backend, jcfg.oracle, seed=jcfg.seed)
     world = world_from_environment()
     pairs = oracle.warm(progress=world.is_main, shard=(world.rank, world.size))
     barrier(world)   # every process's share of the pairs is in the disk cache before any step
     gate, gate_record = _gate(jcfg, data, backend, live, world.is_main)
+    guidance = Guidance(oracle)
     hooks: tuple[TrainerHook, ...] = (
-        RegistrationSupervision(oracle, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
-                                hidden_labels=data.diagnostic_labels, iterations=jcfg.iterations, gate=gate),)
+        RegistrationSupervision(guidance, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
+                                hidden_labels=data.diagnostic_labels, gate=gate),)
     bank_bytes = 0
     if with_reps:
-        reps = RegistrationPositives(oracle, build_banks(jcfg, data.labeled), gate=gate, cfg=jcfg.reps)
+        reps = RegistrationPositives(guidance, build_banks(jcfg, data.labeled))
         hooks, bank_bytes = (*hooks, reps), reps.nbytes
     if jcfg.synth.weight > 0:
         images = {c.case_id: normalize_intensity(c.image, jcfg.normalization, jcfg.intensity_window) for c in data.labeled}
-        hooks = (*hooks, WarpedAtlasSamples(oracle, images, jcfg.synth, jcfg.augment, jcfg.seed))
+        hooks = (*hooks, WarpedAtlasSamples(guidance, images, jcfg.synth))
     if live is not None:
         live.bind(oracle)
         hooks = (*hooks, live)
@@ -104,6 +114,7 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
         write_json(Path(out_dir) / "registration.json", {
             "reg_backend": jcfg.oracle.backend,
             "atlas_policy": jcfg.oracle.policy,
+            "frontend": None if backend.spec.is_learned else to_dict(FrontEnd(backend.grid, backend.prealign)),  # type: ignore[attr-defined]
             "pairs": pairs,
             "field_cache_bytes": oracle.fields.nbytes,
             "memory_bank_bytes": bank_bytes,
@@ -112,26 +123,26 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     return hooks
 
 
-def _gate(cfg: JointConfig, data: TrainData, backend: Optional[Backend], live: Optional[CoupledRegistration],
+def _gate(cfg: JointConfig, data: TrainData, backend: Backend, live: Optional[CoupledRegistration],
           report: bool) -> tuple[Optional[RegistrationGate], dict]:
     """The run's gate (None when off) and what ``registration.json`` records of it. A fixed
     registration is scored once, now; a ``live`` one at every validation, by ``live`` itself."""
-    record: dict = {"mode": cfg.gate.mode, "terms": cfg.gate.terms}
+    record: dict = {"mode": cfg.gate.mode}
     if cfg.gate.mode == "none":
         return None, record
     if not data.val:
         # the default must not fail a split without validation volumes; say so instead
         if report:
             print("cctr: note: gate.mode=validation, but the split has no validation volumes: "
-                  "RSL and REPS run ungated", file=sys.stderr)
+                  "RSL runs ungated", file=sys.stderr)
         return None, {**record, "mode": "none", "why": "no validation volumes"}
     if live is not None:
-        return RegistrationGate(live.atlas_val_dice, cfg.gate.term_names), {**record, "registration_val_dice": "live"}
+        return RegistrationGate(live.atlas_val_dice), {**record, "registration_val_dice": "live"}
     score = registration_val_dice(cfg, data, backend)
-    return RegistrationGate(lambda: score, cfg.gate.term_names), {**record, "registration_val_dice": score}
+    return RegistrationGate(lambda: score), {**record, "registration_val_dice": score}
 
 
-def registration_val_dice(cfg: JointConfig, data: TrainData, backend: Optional[Backend] = None) -> float:
+def registration_val_dice(cfg: JointConfig, data: TrainData, backend: Backend) -> float:
     """The registration's score on the validation volumes in the students' validation metric
     (:func:`seg.validation.validate`): each volume gets its policy's atlas labels warped onto
     it, as ``registration-only`` predicts, scored in 3D; mean foreground Dice over classes,
@@ -142,34 +153,35 @@ def registration_val_dice(cfg: JointConfig, data: TrainData, backend: Optional[B
     return summarize(scores, data.class_names).overall["dice"].mean
 
 
-def _rsl_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
-    return registration_hooks(cfg, data, out_dir, with_reps=False)
-
-
-def _cctr_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
-    return registration_hooks(cfg, data, out_dir, with_reps=True)
-
-
 def _coupled_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
     """``cctr``'s hooks over a live backend, plus the hook that trains that backend's net
     (:mod:`joint.coupled`); the oracle keeps no disk cache, its Fields change with the net."""
-    jcfg = _joint_cfg(cfg, None)
-    coupled = CoupledRegistration.from_spec(jcfg.oracle.backend, jcfg.coupled, data.labeled, data.unlabeled, data.val,
-                                            len(data.class_names), seed=jcfg.seed,
+    jcfg = _joint_cfg(cfg)
+    coupled = CoupledRegistration.from_spec(jcfg.oracle.spec, jcfg.coupled, data.labeled, data.unlabeled,  # type: ignore[arg-type]
+                                            data.val, len(data.class_names), seed=jcfg.seed, device=jcfg.device,
                                             diagnostic_labels=data.diagnostic_labels, iterations=cfg.iterations)
     uncached = replace(jcfg, oracle=replace(jcfg.oracle, cache=""))
     return registration_hooks(uncached, data, out_dir, with_reps=True, backend=coupled.backend, live=coupled)
 
 
-TRAINER_METHODS: Mapping[str, Method] = MappingProxyType({
-    **SEG_METHODS,
-    "cctr-rsl": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
-                       build_hooks=_rsl_hooks),
-    "cctr": Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
-                   build_hooks=_cctr_hooks),
-    COUPLED: Method(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True,
-                    build_hooks=_coupled_hooks),
-})
+def trainer_methods(frontend: Optional[FrontEnd] = None) -> Mapping[str, Method]:
+    """The seg methods plus the registration ones, whose classical backends register on
+    ``frontend`` (None: the project defaults; a dataset's plan gives its own, :func:`joint.plan.frontend`)."""
+    def guided(with_reps: bool) -> Callable[[TrainConfig, TrainData, Path], tuple[TrainerHook, ...]]:
+        def build(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
+            return registration_hooks(cfg, data, out_dir, with_reps, run_backend(_joint_cfg(cfg), frontend))
+        return build
+
+    two = dict(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True)
+    return MappingProxyType({
+        **SEG_METHODS,
+        "cctr-rsl": Method(**two, build_hooks=guided(with_reps=False)),
+        "cctr": Method(**two, build_hooks=guided(with_reps=True)),
+        COUPLED: Method(**two, build_hooks=_coupled_hooks),
+    })
+
+
+TRAINER_METHODS: Mapping[str, Method] = trainer_methods()
 
 # Every method of METHOD.md's table, in its order.
 METHODS: tuple[str, ...] = (*TRAINER_METHODS, REGISTRATION_ONLY)
@@ -177,12 +189,13 @@ METHODS: tuple[str, ...] = (*TRAINER_METHODS, REGISTRATION_ONLY)
 REGISTRATION_METHODS: tuple[str, ...] = ("cctr-rsl", "cctr", COUPLED, REGISTRATION_ONLY)
 
 
-def train_joint(cfg: TrainConfig, dataset: Dataset, split: Split, *, resume: bool = False,
-                progress: bool = True) -> TrainResult:
-    """:func:`seg.train.train` with the registration-aware methods available."""
+def train_joint(cfg: TrainConfig, dataset: Dataset, split: Split, *, frontend: Optional[FrontEnd] = None,
+                resume: bool = False, progress: bool = True) -> TrainResult:
+    """:func:`seg.train.train` with the registration-aware methods available (classical
+    backends on ``frontend``, see :func:`trainer_methods`)."""
     if cfg.method == REGISTRATION_ONLY:
         raise ValueError(f"{REGISTRATION_ONLY!r} trains no network; use registration_only()")
-    return train(cfg, dataset, split, methods=TRAINER_METHODS, resume=resume, progress=progress)
+    return train(cfg, dataset, split, methods=trainer_methods(frontend), resume=resume, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -205,23 +218,23 @@ def propagate_labels(oracle: RegistrationOracle, target_ids: Sequence[str], prog
 
 
 def propagate_and_score(cfg: JointConfig, atlases: Sequence[Case], targets: Sequence[Case], num_classes: int,
-                        backend: Optional[Backend] = None, progress: bool = True
+                        backend: Backend, progress: bool = True
                         ) -> tuple[dict[str, np.ndarray], dict[str, dict[int, ClassScore]]]:
     """The atlas baseline on labeled ``targets``: each target's label by :func:`propagate_labels`
     (the oracle warmed over ``atlases`` first), and its 3D scores per foreground class."""
-    oracle = RegistrationOracle(atlases, targets, cfg.oracle, seed=cfg.seed, backend=backend)
+    oracle = RegistrationOracle(atlases, targets, backend, cfg.oracle, seed=cfg.seed)
     oracle.warm(progress=progress)
     labels = propagate_labels(oracle, [c.case_id for c in targets], progress)
     scores = {c.case_id: score_case(labels[c.case_id], c.label, c.spacing, num_classes) for c in targets}
     return labels, scores
 
 
-def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backend: Optional[Backend] = None,
+def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, frontend: Optional[FrontEnd] = None,
                       progress: bool = True) -> PropagationResult:
     """The atlas baseline: labels of ``cfg.labeled`` propagated to the ``cfg.eval_subset``
     volumes, written as NIfTI under ``out_dir/predictions`` and scored in 3D
     (``scores.csv``, ``summary.md``), with ``config.yaml`` alongside."""
-    jcfg = _joint_cfg(cfg, backend)
+    jcfg = _joint_cfg(cfg)
     patients = split.val if jcfg.eval_subset == "val" else split.test
     if not patients:
         raise CaseError(f"{dataset.root}: the split has no {jcfg.eval_subset} patients to propagate labels to")
@@ -234,7 +247,7 @@ def registration_only(cfg: TrainConfig, dataset: Dataset, split: Split, *, backe
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(jcfg, out_dir / "config.yaml")
     class_names = tuple(dataset.class_names)
-    labels, scores = propagate_and_score(jcfg, atlases, targets, len(class_names), backend, progress)
+    labels, scores = propagate_and_score(jcfg, atlases, targets, len(class_names), run_backend(jcfg, frontend), progress)
     predictions = {case.case_id: write_nifti(out_dir / "predictions" / f"{case.case_id}.nii.gz",
                                              labels[case.case_id], case.affine, case.header) for case in targets}
     summary = summarize(scores, class_names)

@@ -5,7 +5,8 @@ voxels need a corresponding point in L (the FIXED image: unlabeled training volu
 and REPS, validation/test volumes for the registration-only baseline). A Field of the pair
 maps every voxel of U's native grid to a point of L's native grid, as in :mod:`reg.field`.
 
-The oracle owns, for one backend spec:
+The oracle owns, for one backend (built once by the caller from the run's typed spec and
+shared, e.g. with the validation gate):
 
 - computing Fields (kept compact, :class:`reg.field.CanonicalField`: a canonical displacement
   plus two placements, so a pair costs the same few hundred kB on any native grid): in process and batched under ``no_grad`` for the learned backend (and
@@ -45,40 +46,41 @@ from tqdm.auto import tqdm
 
 from cctr.joint.field_cache import (ByteLRU, CorruptCacheEntry, backend_fingerprint, load_field, pair_key, quarantine,
                                save_field, volume_digest)
-from cctr.reg.backends import Backend, load_backend
+from cctr.reg.backends import LEARNED_BATCH, Backend, load_backend
 from cctr.reg.field import CanonicalField, Field, points_inside
-from cctr.reg.grid import CanonicalGrid
-from cctr.reg.prealign import PrealignConfig
+from cctr.reg.placement import FrontEnd
+from cctr.reg.spec import BackendSpec
 from cctr.seg.data.case import Case, CaseError
 
 POLICIES = ("random", "similar", "fused")
-# Backends that run in this process: the learned network batches pairs itself, identity is free.
-IN_PROCESS_KINDS = ("learned", "identity")
+# canonical (Z, Y, X) grid on which 'similar' compares images
+SIMILARITY_SHAPE = (16, 64, 64)
 
 
 @dataclass(frozen=True)
 class OracleConfig:
-    """The oracle's options; nested as ``oracle.*`` in :class:`joint.config.JointConfig`."""
+    """The oracle's options; nested as ``oracle.*`` in :class:`joint.config.JointConfig`.
 
-    backend: str = ""                      # :func:`reg.backends.load_backend` spec; '' = none given
+    ``backend`` is the spec as written (YAML, ``--reg-backend``); it is parsed once, here, into
+    :attr:`spec`, which is what everything else reads."""
+
+    backend: str = ""                      # a reg.spec.BackendSpec string; '' = none given
     policy: str = "random"                 # one of POLICIES
     cache: str = ""                        # folder of cached Fields, shared across runs; '' = no disk cache
     field_memory_mb: float = 1024.0        # memory bound of the Field LRU
     workers: int = 2                       # processes for classical backends; <= 1 = in process
-    batch_pairs: int = 4                   # pairs per learned-backend call
-    similarity_shape: tuple[int, int, int] = (16, 64, 64)  # canonical (Z, Y, X) grid of 'similar'
-    # the canonical front end of CLASSICAL backends (the learned one keeps its checkpoint's);
-    # None: reg's defaults. The command line fills both from the dataset's plan (cctr plan).
-    grid: Optional[CanonicalGrid] = None
-    prealign: Optional[PrealignConfig] = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"oracle.policy must be one of {POLICIES}, got {self.policy!r}")
         if self.field_memory_mb < 0:
             raise ValueError("oracle.field_memory_mb must be >= 0")
-        if self.batch_pairs < 1:
-            raise ValueError(f"oracle.batch_pairs must be >= 1, got {self.batch_pairs}")
+        object.__setattr__(self, "_spec", BackendSpec.parse(self.backend) if self.backend else None)
+
+    @property
+    def spec(self) -> Optional[BackendSpec]:
+        """The parsed backend; None when none was given."""
+        return self._spec  # type: ignore[attr-defined]
 
     @property
     def disk_cache(self) -> Optional[Path]:
@@ -113,10 +115,9 @@ def _one_thread_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def _register_pair(spec: str, grid: Optional[CanonicalGrid], prealign: Optional[PrealignConfig], fixed: np.ndarray,
-                   fixed_spacing: tuple, moving: np.ndarray,
+def _register_pair(spec: BackendSpec, frontend: FrontEnd, fixed: np.ndarray, fixed_spacing: tuple, moving: np.ndarray,
                    moving_spacing: tuple) -> CanonicalField:
-    return load_backend(spec, grid, prealign).register(fixed, fixed_spacing, moving, moving_spacing)
+    return load_backend(spec, frontend).register(fixed, fixed_spacing, moving, moving_spacing)
 
 
 def canonical_ncc(a_zyx: np.ndarray, b_zyx: np.ndarray, shape_zyx: Sequence[int]) -> float:
@@ -134,16 +135,16 @@ def canonical_ncc(a_zyx: np.ndarray, b_zyx: np.ndarray, shape_zyx: Sequence[int]
 
 
 class RegistrationOracle:
-    """Fields and warped atlas labels between ``targets`` and ``atlases`` from one backend.
+    """Fields and warped atlas labels between ``targets`` and ``atlases`` from one ``backend``
+    (:func:`reg.backends.load_backend`; Fields are keyed on disk by its ``params``).
 
-    ``atlases`` must carry labels; ``targets`` need not. ``backend`` defaults to
-    ``load_backend(cfg.backend)``; a backend passed in is keyed on disk by its own ``spec`` and
-    always runs in this process (worker processes can only rebuild a backend from its spec).
+    ``atlases`` must carry labels; ``targets`` need not. A classical backend's pairs are
+    computed in ``cfg.workers`` processes, each rebuilding it from its spec and front end.
     ``seed`` seeds the 'random' policy.
     """
 
-    def __init__(self, atlases: Sequence[Case], targets: Sequence[Case], cfg: OracleConfig, seed: int = 0,
-                 backend: Optional[Backend] = None) -> None:
+    def __init__(self, atlases: Sequence[Case], targets: Sequence[Case], backend: Backend, cfg: OracleConfig,
+                 seed: int = 0) -> None:
         if not atlases:
             raise CaseError("registration oracle: no labeled (atlas) case given")
         for case in atlases:
@@ -152,13 +153,9 @@ class RegistrationOracle:
         num_classes = {case.num_classes for case in atlases}
         if len(num_classes) != 1:
             raise CaseError(f"registration oracle: atlases disagree on the class count: {sorted(num_classes)}")
-        if backend is None and not cfg.backend:
-            raise ValueError("a registration backend is needed (oracle.backend / --reg-backend: "
-                             "'learned:CKPT', 'sitk-demons', 'ants-syn' or 'identity')")
         self.cfg = cfg
         self.seed = int(seed)
-        self.backend = backend if backend is not None else load_backend(cfg.backend, cfg.grid, cfg.prealign)
-        self._from_spec = backend is None
+        self.backend = backend
         self.atlases = {c.case_id: c for c in atlases}
         self.targets = {c.case_id: c for c in targets}
         self.num_classes = num_classes.pop()
@@ -240,10 +237,9 @@ class RegistrationOracle:
                 save_field(path, fld)
             deliver(pair, fld)
 
-        kind = self.backend.spec.partition(":")[0]
         with tqdm(total=len(pairs), desc=f"register ({self.backend.spec})", unit="pair",
                   disable=None if progress else True, leave=False) as bar:
-            if self._from_spec and self.cfg.workers > 1 and kind not in IN_PROCESS_KINDS and len(pairs) > 1:
+            if self.cfg.workers > 1 and not self.backend.spec.runs_in_process and len(pairs) > 1:
                 self._compute_in_pool(pairs, store, bar)
             else:
                 self._compute_in_process(pairs, store, bar)
@@ -253,20 +249,20 @@ class RegistrationOracle:
         it would teach every later step, and every run sharing the cache, wrong labels."""
         target, atlas = self.case(pair[0]), self.case(pair[1])
         if not isinstance(fld, CanonicalField):
-            raise TypeError(f"backend {self.backend.spec!r} returned a {type(fld).__name__}, not a CanonicalField")
+            raise TypeError(f"backend {str(self.backend.spec)!r} returned a {type(fld).__name__}, not a CanonicalField")
         if tuple(fld.fixed_shape) != target.shape or tuple(fld.moving_shape) != atlas.shape:
             raise ValueError(
-                f"backend {self.backend.spec!r} returned a Field from {fld.fixed_shape} onto "
+                f"backend {str(self.backend.spec)!r} returned a Field from {fld.fixed_shape} onto "
                 f"{fld.moving_shape} for target {pair[0]} {target.shape} / atlas {pair[1]} {atlas.shape}"
             )
-        fld.check(f"backend {self.backend.spec!r}, target {pair[0]} / atlas {pair[1]}")
+        fld.check(f"backend {str(self.backend.spec)!r}, target {pair[0]} / atlas {pair[1]}")
 
     def _inputs(self, pair: tuple[str, str]) -> tuple[np.ndarray, tuple, np.ndarray, tuple]:
         target, atlas = self.case(pair[0]), self.case(pair[1])
         return target.image, tuple(target.spacing), atlas.image, tuple(atlas.spacing)
 
     def _compute_in_process(self, pairs: list[tuple[str, str]], store: Callable, bar: tqdm) -> None:
-        step = self.cfg.batch_pairs
+        step = LEARNED_BATCH
         with torch.no_grad():
             for start in range(0, len(pairs), step):
                 chunk = pairs[start:start + step]
@@ -278,8 +274,9 @@ class RegistrationOracle:
         workers = min(self.cfg.workers, len(pairs))
         ctx = multiprocessing.get_context("spawn")  # a forked torch runtime can deadlock its threads
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread_worker) as pool:
-            jobs = {pool.submit(_register_pair, self.backend.spec, self.cfg.grid, self.cfg.prealign, *self._inputs(p)): p
-                    for p in pairs}
+            backend = self.backend
+            frontend = FrontEnd(backend.grid, backend.prealign)  # type: ignore[attr-defined]
+            jobs = {pool.submit(_register_pair, backend.spec, frontend, *self._inputs(p)): p for p in pairs}
             for job in as_completed(jobs):
                 store(jobs.pop(job), job.result())
                 bar.update(1)
@@ -303,7 +300,7 @@ class RegistrationOracle:
         """The atlas whose image has the highest NCC with the target's on the canonical grid."""
         if target_id not in self._similar:
             target = self.case(target_id)
-            scores = [canonical_ncc(target.image, self.atlases[a].image, self.cfg.similarity_shape)
+            scores = [canonical_ncc(target.image, self.atlases[a].image, SIMILARITY_SHAPE)
                       for a in self.atlas_ids]
             self._similar[target_id] = self.atlas_ids[int(np.argmax(scores))]
         return self._similar[target_id]
@@ -342,27 +339,27 @@ class RegistrationOracle:
     # -- warped atlas labels -------------------------------------------------------------------
     def warped_points(self, target_id: str, atlas_ids: Sequence[str], points_zyx: np.ndarray) -> WarpedAtlas:
         """Labels of ``atlas_ids`` at the points their Fields map ``points_zyx`` (N, 3) of the
-        target to (soft one-hot, linear; zero for a point outside the target or mapped outside
-        an atlas), and their vote: a WarpedAtlas of probs (C, N)."""
+        target to, and their vote (:meth:`vote_at`)."""
         pts = np.asarray(points_zyx, dtype=np.float64)
-        on_target = points_inside(pts, self.case(target_id).shape).astype(np.float32)
-        softs = []
-        for atlas_id, fld in zip(atlas_ids, self.many_fields([(target_id, a) for a in atlas_ids])):
-            soft = self._point_field(fld, pts).warp_onehot(self.atlases[atlas_id].label, self.num_classes)[:, 0, 0]
-            softs.append(soft * on_target)
-        return _vote(atlas_ids, softs)
+        on_target = points_inside(pts, self.case(target_id).shape)
+        fields = [self._point_field(fld, pts) for fld in self.many_fields([(target_id, a) for a in atlas_ids])]
+        return self.vote_at(atlas_ids, fields, on_target)
 
-    def points_field(self, target_id: str, atlas_id: str, points_zyx: np.ndarray,
-                     deformable: bool = True) -> Field:
+    def vote_at(self, atlas_ids: Sequence[str], point_fields: Sequence[Field], on_target: np.ndarray) -> WarpedAtlas:
+        """The labels of ``atlas_ids`` through their point Fields ``(1, 1, N)`` (soft one-hot,
+        linear; zero for a point off the target, bool ``on_target (N,)``, or mapped off an atlas),
+        and their vote: a WarpedAtlas of probs ``(C, N)``."""
+        inside = on_target.astype(np.float32)
+        softs = [fld.warp_onehot(self.atlases[a].label, self.num_classes)[:, 0, 0] * inside
+                 for a, fld in zip(atlas_ids, point_fields)]
+        return vote(atlas_ids, softs)
+
+    def points_field(self, target_id: str, atlas_id: str, points_zyx: np.ndarray) -> Field:
         """The pair's Field restricted to ``points_zyx`` (N, 3) of the target: a Field of fixed
         shape ``(1, 1, N)`` into the atlas's native grid, so ``warp_image`` / ``warp_onehot`` of
         any atlas volume give its values at the N corresponding points (an image and its label
-        carried through the same map stay in register). ``deformable=False`` drops the
-        backend's displacement and keeps the pair's placement and pre-alignment alone."""
-        fld = self.field(target_id, atlas_id)
-        if not deformable:
-            fld = fld.without_displacement()
-        return self._point_field(fld, np.asarray(points_zyx, dtype=np.float64))
+        carried through the same map stay in register)."""
+        return self._point_field(self.field(target_id, atlas_id), np.asarray(points_zyx, dtype=np.float64))
 
     @staticmethod
     def _point_field(fld: CanonicalField, pts: np.ndarray) -> Field:
@@ -379,11 +376,11 @@ class RegistrationOracle:
     def _warp(self, target_id: str, atlas_ids: Sequence[str], start: int, stop: int) -> WarpedAtlas:
         """Atlas labels warped onto target slices ``start .. stop - 1`` and their vote."""
         fields = self.many_fields([(target_id, a) for a in atlas_ids])
-        return _vote(atlas_ids, [fld.slab(start, stop).warp_onehot(self.atlases[a].label, self.num_classes)
+        return vote(atlas_ids, [fld.slab(start, stop).warp_onehot(self.atlases[a].label, self.num_classes)
                                  for a, fld in zip(atlas_ids, fields)])
 
 
-def _vote(atlas_ids: Sequence[str], softs: Sequence[np.ndarray]) -> WarpedAtlas:
+def vote(atlas_ids: Sequence[str], softs: Sequence[np.ndarray]) -> WarpedAtlas:
     """The mean of the atlases' soft one-hots (C, ...) and the share of atlases whose own
     argmax (where they cover a voxel) equals the argmax of that mean."""
     probs = np.mean(softs, axis=0)

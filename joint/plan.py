@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from cctr.reg.config import RegConfig
 from cctr.reg.grid import CanonicalGrid
+from cctr.reg.placement import FrontEnd
 from cctr.reg.plan import DatasetGeometry, PlanRules, RegPlan, apply_plan, plan_registration
 from cctr.reg.prealign import PrealignConfig
 from cctr.seg.atomic import write_json
@@ -180,11 +181,10 @@ def seg_overrides(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def joint_overrides(plan: Plan) -> dict[str, Any]:
-    """Everything a segmentation run takes from the plan: the student settings
-    (:func:`seg_overrides`) and, under ``'oracle'``, the canonical grid and pre-alignment the
-    classical registration backends run on during training."""
-    return {**seg_overrides(plan), "oracle": {"grid": plan.reg.grid, "prealign": plan.reg.prealign}}
+def frontend(plan: Plan) -> FrontEnd:
+    """The canonical grid and pre-alignment the classical registration backends run on (the
+    learned one keeps its checkpoint's)."""
+    return FrontEnd(plan.reg.grid, plan.reg.prealign)
 
 
 def format_plan(plan: Plan) -> str:

@@ -7,19 +7,18 @@ of a labeled volume:
     sample pixel (row, col) --to_volume--> unlabeled voxel (z, y, x)
         --CanonicalField.map_points--> labeled voxel (z', y', x') --bank--> embedding
 
-The atlas is the one the oracle's policy gives for that sample at that step (the same one
-RSL uses); under 'fused' the positives of all atlases are averaged (and re-normalised). An
-anchor's positive is invalid when the anchor is on a labeled sample, falls outside its
-volume, maps outside every atlas, or the bank holds nothing near the mapped point.
+The atlas and the mapped point come from the step's :class:`joint.guidance.Guidance` (the
+atlas RSL uses, through the same Field); under 'fused' the positives of all atlases are
+averaged (and re-normalised). An anchor's positive is invalid when the anchor is on a labeled
+sample, falls outside its volume, maps outside every atlas, or the bank holds nothing near the
+mapped point.
 
 The atlas is labeled, so whether a positive can be right is known while training: the atlas
 label at the mapped voxel is the anchor's class, or the registration (or the anchor's
-pseudo-label) is wrong there. :class:`RepsConfig` ``positives`` says what to do with the others:
-``all`` keeps them (the paper), ``label-agree`` drops them (METHOD.md part 7). The hook logs the
-share that agree either way.
+pseudo-label) is wrong there. The hook logs the share that agree (``reps/label_agreement``);
+every positive found counts, as in the paper (dropping the others lost, docs/RESULTS.md).
 
-All work is per sample or vectorised over anchors; nothing loops over pixels, and the Field
-is evaluated at the anchors only, never on a whole slice or volume.
+All work is per sample or vectorised over anchors; nothing loops over pixels.
 """
 from __future__ import annotations
 
@@ -30,30 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cctr.joint.gate import RegistrationGate
+from cctr.joint.guidance import Guidance
 from cctr.joint.memory_bank import MemoryBank
-from cctr.joint.oracle import RegistrationOracle
 from cctr.reg.field import points_inside
 from cctr.seg.hooks import TrainerHook
-from cctr.seg.losses import ExtraPositive
-from cctr.seg.slices import SliceBatch, pixel_voxels
+from cctr.seg.losses import ExtraKeys, PartAnchors
+from cctr.seg.slices import SliceBatch
 from cctr.seg.students import StudentOutput
-
-
-# which registration positives count (METHOD.md part 7): every one found, or only those whose
-# atlas label at the mapped voxel is the anchor's class
-POSITIVE_RULES = ("all", "label-agree")
-
-
-@dataclass(frozen=True)
-class RepsConfig:
-    """``positives``: which registration positives count, one of :data:`POSITIVE_RULES`."""
-
-    positives: str = "all"
-
-    def __post_init__(self) -> None:
-        if self.positives not in POSITIVE_RULES:
-            raise ValueError(f"reps.positives must be one of {POSITIVE_RULES}, got {self.positives!r}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +44,7 @@ class Positives:
 
     ``vectors``: float32 ``(A, D)`` unit vectors (zero where not valid); ``valid``: bool ``(A,)``,
     never set for an anchor on a labeled sample; ``asked``: the anchors on unlabeled samples;
-    ``found``: (anchor, atlas) lookups the bank answered, before any label rule; ``agreeing``:
+    ``found``: (anchor, atlas) lookups the bank answered; ``agreeing``:
     how many of those land on an atlas voxel labeled with the anchor's class.
     """
 
@@ -81,46 +63,57 @@ def label_at(label_zyx: np.ndarray, points_zyx: np.ndarray) -> np.ndarray:
     return label_zyx[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
 
 
-def registration_positives(batch: SliceBatch, anchor_flat_index: torch.Tensor, anchor_class: torch.Tensor,
-                           oracle: RegistrationOracle, bank: MemoryBank, step: int,
-                           rule: str = "all") -> Positives:
-    """The registration positive of every anchor (``anchor_class``: int64 ``(A,)``, the class it
-    was drawn for); ``rule`` is one of :data:`POSITIVE_RULES`."""
-    if rule not in POSITIVE_RULES:
-        raise ValueError(f"REPS: unknown rule for positives {rule!r}; expected one of {POSITIVE_RULES}")
-    A, D = anchor_flat_index.shape[0], bank.embedding.shape[-1]
-    b, voxels = pixel_voxels(batch, anchor_flat_index)
-    classes = anchor_class.cpu().numpy()
-    asked = int((~batch.is_labeled[b]).sum())
+def registration_positives(batch: SliceBatch, anchors: PartAnchors, guidance: Guidance, bank: MemoryBank,
+                           step: int) -> Positives:
+    """The registration positive of every anchor of one student.
+
+    Parameters
+    ----------
+    batch : SliceBatch
+        Samples ``(B, 1, H, W)``.
+    anchors : PartAnchors
+        ``flat_index (A,)`` into the student's ``B*H*W`` pixels and the class each was drawn for.
+    guidance : Guidance
+        The step's registration guidance.
+    bank : MemoryBank
+        That student's bank of labeled-volume embeddings ``D``.
+    step : int
+
+    Returns
+    -------
+    Positives
+        ``vectors (A, D)`` unit (zero where not valid), ``valid (A,)`` and the counts.
+    """
+    H, W = batch.image.shape[-2:]
+    flat = anchors.flat_index.detach().cpu().long()
+    A, D = flat.shape[0], bank.embedding.shape[-1]
+    rows, pixels = flat // (H * W), (flat % (H * W)).numpy()
+    classes = anchors.classes.cpu().numpy()
+    asked = int((~batch.is_labeled[rows]).sum())
+    guides = guidance.of_batch(step, batch) if asked else {}
     anchor_pos, atlas_pos, moved, agree = [], [], [], []
-    for sample in torch.unique(b[~batch.is_labeled[b]]).tolist():
-        sel = torch.nonzero(b == sample).flatten()
-        target_id, z = batch.case_id[sample], int(batch.slice_index[sample])
-        pts = voxels[sel].numpy()
-        on_target = points_inside(pts, oracle.case(target_id).shape)
-        sel, pts = sel[torch.from_numpy(on_target)], pts[on_target]
+    for sample in torch.unique(rows[~batch.is_labeled[rows]]).tolist():
+        guide = guides[sample]
+        sel = torch.nonzero(rows == sample).flatten()
+        sel = sel[torch.from_numpy(guide.on_target[pixels[sel.numpy()]])]
         if sel.numel() == 0:
             continue
-        for atlas_id in oracle.atlases_for(target_id, step, z):
-            field = oracle.field(target_id, atlas_id)
-            there = field.map_points(pts)
-            ok = points_inside(there, field.moving_shape)
+        for k, atlas_id in enumerate(guide.atlas_ids):
+            there = guide.moved(k, pixels[sel.numpy()])
+            ok = points_inside(there, guide.fields[k].moving_shape)
             kept = sel[torch.from_numpy(ok)]
             anchor_pos.append(kept)
             atlas_pos.append(bank.case_index([atlas_id]).expand(kept.numel()))
             moved.append(torch.from_numpy(there[ok]))
-            agree.append(torch.from_numpy(label_at(oracle.case(atlas_id).label, there[ok]) == classes[kept.numpy()]))
+            atlas_label = guidance.oracle.atlases[atlas_id].label
+            agree.append(torch.from_numpy(label_at(atlas_label, there[ok]) == classes[kept.numpy()]))
     vectors = torch.zeros((A, D))
     count = torch.zeros(A)
     found = agreeing = 0
     if anchor_pos:
         where = torch.cat(anchor_pos)
         vec, valid = bank.lookup(torch.cat(atlas_pos), torch.cat(moved))
-        agrees = torch.cat(agree)
-        found, agreeing = int(valid.sum()), int((valid & agrees).sum())
-        if rule == "label-agree":
-            valid = valid & agrees
-            vec = vec * valid[:, None].to(vec.dtype)
+        found, agreeing = int(valid.sum()), int((valid & torch.cat(agree)).sum())
         vectors.index_add_(0, where, vec)
         count.index_add_(0, where, valid.float())
     valid = count > 0
@@ -133,58 +126,48 @@ class RegistrationPositives(TrainerHook):
     :meth:`extra_positive` gives the pixel contrastive loss each anchor's registration
     positive; :meth:`after_step` refreshes the banks with the labeled samples' detached
     embeddings; the banks travel in checkpoints. :meth:`metrics` logs, per step, the share of
-    the last batch's anchors that found a valid registration positive, so a run whose lookups
-    all fail (silently plain ``cctr-rsl``) shows it, and the share of found positives whose
-    atlas label is the anchor's class. ``cfg.positives`` says which positives count. ``gate``:
-    when given and it gates REPS (``gate.terms='rsl+reps'``), a student it closes gets no
-    registration positive (:mod:`joint.gate`).
+    the anchors on unlabeled samples that found a valid registration positive, so a run whose
+    lookups all fail (silently plain ``cctr-rsl``) shows it, and the share of found positives
+    whose atlas label is the anchor's class.
     """
 
     name = "reps"
     sees_whole_batch = True   # the banks must hold the same embeddings on every process
 
-    def __init__(self, oracle: RegistrationOracle, banks: Mapping[str, MemoryBank],
-                 gate: Optional[RegistrationGate] = None, cfg: RepsConfig = RepsConfig()) -> None:
-        self.oracle = oracle
-        self.gate = gate
-        self.cfg = cfg
+    def __init__(self, guidance: Guidance, banks: Mapping[str, MemoryBank]) -> None:
+        self.guidance = guidance
         self.banks = dict(banks)
-        self._asked = self._valid = self._found = self._agreeing = 0
+        self._found: list[Positives] = []
 
     @property
     def nbytes(self) -> int:
         """Bytes held by all banks."""
         return sum(bank.nbytes for bank in self.banks.values())
 
-    def extra_positive(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput],
-                       student: str) -> Optional[ExtraPositive]:
-        """The extra positive of ``student`` for this batch; None for a student without a bank
-        or one the gate has closed."""
+    def extra_positive(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput], student: str,
+                       anchors: PartAnchors) -> Optional[ExtraKeys]:
+        """The registration positives of ``student``'s anchors; None for a student without a bank."""
         bank = self.banks.get(student)
-        if bank is None or (self.gate is not None and not self.gate.is_open(student, self.name)):
+        if bank is None:
             return None
-
-        def positive(anchor_flat_index: torch.Tensor, anchor_class: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            found = registration_positives(batch, anchor_flat_index.cpu(), anchor_class, self.oracle, bank, step,
-                                           self.cfg.positives)
-            self._asked += found.asked
-            self._valid += int(found.valid.sum())
-            self._found += found.found
-            self._agreeing += found.agreeing
-            return found.vectors.to(anchor_flat_index.device), found.valid.to(anchor_flat_index.device)
-
-        return positive
+        found = registration_positives(batch, anchors, self.guidance, bank, step)
+        self._found.append(found)
+        device = anchors.flat_index.device
+        return ExtraKeys(found.vectors.to(device), found.valid.to(device))
 
     def metrics(self) -> dict[str, float]:
-        """Since the last call: ``valid_fraction``, the share of unlabeled-sample anchors with a
-        registration positive (after ``cfg.positives``' rule); ``anchors``, how many were asked;
-        ``label_agreement``, the share of the positives found (before the rule) whose atlas voxel
-        is labeled with the anchor's class; left out when none was found, so that its curve and
-        its means are over positives only."""
-        out = {"valid_fraction": self._valid / self._asked if self._asked else 0.0, "anchors": float(self._asked)}
-        if self._found:
-            out["label_agreement"] = self._agreeing / self._found
-        self._asked = self._valid = self._found = self._agreeing = 0
+        """Of the positives looked up since the last call: ``valid_fraction``, the share of
+        unlabeled-sample anchors with a registration positive; ``anchors``, how many were asked;
+        ``label_agreement``, the share of the positives found whose atlas voxel is labeled with
+        the anchor's class (left out when none was found, so that its curve and its means are
+        over positives only)."""
+        asked = sum(p.asked for p in self._found)
+        valid = sum(int(p.valid.sum()) for p in self._found)
+        found = sum(p.found for p in self._found)
+        out = {"valid_fraction": valid / asked if asked else 0.0, "anchors": float(asked)}
+        if found:
+            out["label_agreement"] = sum(p.agreeing for p in self._found) / found
+        self._found = []
         return out
 
     def after_step(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:

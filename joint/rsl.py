@@ -1,26 +1,18 @@
 """Registration Supervision Loss (RSL, METHOD.md part 6).
 
-For every unlabeled sample of a batch, the atlas label is warped onto the very points of its
-volume that the sample's pixels were read from (the sample's own ``to_volume`` matrix, as
-:func:`seg.slices.resample_slice` reads the image; soft one-hot, from
-:meth:`joint.oracle.RegistrationOracle.warped_points`), so its pixels line up with the
-image's, and a step costs the same on a 512 x 512 CT slice as on a 64 x 64 one. Its argmax is a pseudo-label
-for each student: ``0.5 * (weighted CE + weighted Dice)``, times ``lambda_rs`` on a schedule
-(``rsl.schedule``): ``ramp-up`` like L_cps (the paper's), or ``fade-out``, full weight from
-step 0 falling linearly to 0 at ``rsl.fade_fraction`` of training, for registration targets
-that beat an untrained student but not a trained one (METHOD.md part 6). Pixels that fall outside every atlas get weight 0; optionally every other pixel is
-weighted by registration confidence ('max-prob': the top soft one-hot probability, i.e. how
-far from a label boundary the interpolation landed; 'agreement': the fraction of atlases
-whose label agrees with the vote, meaningful with the 'fused' policy).
-
-Where RSL teaches (``rsl.pixels``): ``all`` pixels (the paper's), or only where the two students'
-argmax ``disagree``: the registration then arbitrates the pixels cross teaching cannot settle
-and no longer pulls both students off a label they agree on. Those pixels keep the per-pixel
-weight they have under ``all`` (the loss is scaled by their share), so the two modes differ
-only in the pixels left out (METHOD.md part 6).
+For every unlabeled sample of a batch, the atlas label is carried onto the very points of its
+volume that the sample's pixels were read from (the step's :class:`joint.guidance.Guidance`),
+so its pixels line up with the image's and a step costs the same on a 512 x 512 CT slice as on
+a 64 x 64 one. The labels are warped as soft one-hot, linearly, and voted over the sample's
+atlases; the argmax is a pseudo-label for each student: ``0.5 * (weighted CE + weighted Dice)``,
+times ``lambda_rs`` ramped up like L_cps (the paper's schedule). Pixels that fall outside every
+atlas get weight 0; optionally every other pixel is weighted by registration confidence
+('max-prob': the top soft one-hot probability, i.e. how far from a label boundary the
+interpolation landed; 'agreement': the fraction of atlases whose label agrees with the vote,
+meaningful with the 'fused' policy).
 
 A :class:`joint.gate.RegistrationGate` given to the hook closes RSL to a student whose
-validation Dice has reached the registration's (``gate.*``, METHOD.md part 6).
+validation Dice has reached the registration's (``gate.mode``, METHOD.md part 6).
 
 Where the run has hidden labels of the unlabeled volumes (``TrainData.diagnostic_labels``,
 never used by a loss), the hook logs ``rsl/target_dice_hidden``: the foreground Dice of the
@@ -31,7 +23,7 @@ where it teaches them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional
 
@@ -40,16 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from cctr.joint.gate import RegistrationGate
-from cctr.joint.oracle import RegistrationOracle
+from cctr.joint.guidance import Guidance
 from cctr.seg.diagnostics import foreground_dice, hidden_labels_of
 from cctr.seg.hooks import TrainerHook
 from cctr.seg.losses import sigmoid_rampup
-from cctr.seg.slices import SliceBatch, sample_voxels
+from cctr.seg.slices import SliceBatch
 from cctr.seg.students import StudentOutput
 
 CONFIDENCE_MODES = ("none", "max-prob", "agreement")
-SCHEDULES = ("ramp-up", "fade-out")
-PIXEL_MODES = ("all", "disagree")
 
 
 @dataclass(frozen=True)
@@ -58,19 +48,10 @@ class RSLConfig:
 
     weight: float = 0.1            # lambda_rs at full strength
     confidence: str = "none"       # per-pixel weight, one of CONFIDENCE_MODES
-    schedule: str = "ramp-up"      # one of SCHEDULES
-    fade_fraction: float = 0.5     # 'fade-out': the share of training after which RSL is 0
-    pixels: str = "all"            # one of PIXEL_MODES: 'disagree' teaches only where the students differ
 
     def __post_init__(self) -> None:
-        if self.pixels not in PIXEL_MODES:
-            raise ValueError(f"rsl.pixels must be one of {PIXEL_MODES}, got {self.pixels!r}")
         if self.confidence not in CONFIDENCE_MODES:
             raise ValueError(f"rsl.confidence must be one of {CONFIDENCE_MODES}, got {self.confidence!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"rsl.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 0.0 < self.fade_fraction <= 1.0:
-            raise ValueError(f"rsl.fade_fraction must be in (0, 1], got {self.fade_fraction}")
         if self.weight < 0:
             raise ValueError(f"rsl.weight must be >= 0, got {self.weight}")
 
@@ -91,17 +72,33 @@ class RegistrationTargets:
     weight: torch.Tensor
 
 
-def registration_targets(batch: SliceBatch, oracle: RegistrationOracle, step: int,
-                         confidence: str = "none") -> RegistrationTargets:
-    """Warp the step's atlas label(s) onto every unlabeled sample of ``batch``, sample-aligned."""
+def registration_targets(batch: SliceBatch, guidance: Guidance, step: int, confidence: str = "none") -> RegistrationTargets:
+    """The atlas label(s) of the step's guidance on every unlabeled sample of ``batch``,
+    sample-aligned.
+
+    Parameters
+    ----------
+    batch : SliceBatch
+        Samples ``(B, 1, H, W)``; its unlabeled rows get targets.
+    guidance : Guidance
+        The step's registration guidance (atlases and point Fields of each unlabeled row).
+    step : int
+    confidence : str
+        One of :data:`CONFIDENCE_MODES`.
+
+    Returns
+    -------
+    RegistrationTargets
+        ``probs (U, C, H, W)``, ``label (U, H, W)`` and ``weight (U, H, W)`` of the U unlabeled rows
+        (C classes, background included).
+    """
     H, W = batch.image.shape[-2:]
-    out_hw = (H, W)
-    index = torch.nonzero(~batch.is_labeled, as_tuple=False).flatten()
+    guides = guidance.of_batch(step, batch)
+    index = torch.tensor(sorted(guides), dtype=torch.int64)
     probs, weights = [], []
     for b in index.tolist():
-        case_id, z = batch.case_id[b], int(batch.slice_index[b])
-        voxels = sample_voxels(batch, b)
-        warped = oracle.warped_points(case_id, oracle.atlases_for(case_id, step, z), voxels.numpy())
+        guide = guides[b]
+        warped = guidance.oracle.vote_at(guide.atlas_ids, guide.fields, guide.on_target)
         p = torch.from_numpy(warped.probs.astype(np.float32)).reshape(-1, H, W)
         agree = torch.from_numpy(warped.agreement.astype(np.float32)).reshape(H, W)
         inside = (p.sum(dim=0) > 0.5).float()
@@ -113,9 +110,8 @@ def registration_targets(batch: SliceBatch, oracle: RegistrationOracle, step: in
             conf = torch.ones_like(inside)
         probs.append(p)
         weights.append(inside * conf.clamp(0.0, 1.0))
-    C = oracle.num_classes
-    probs_t = torch.stack(probs) if probs else torch.zeros((0, C, *out_hw))
-    weight_t = torch.stack(weights) if weights else torch.zeros((0, *out_hw))
+    probs_t = torch.stack(probs) if probs else torch.zeros((0, guidance.oracle.num_classes, H, W))
+    weight_t = torch.stack(weights) if weights else torch.zeros((0, H, W))
     return RegistrationTargets(index=index, probs=probs_t, label=probs_t.argmax(dim=1), weight=weight_t)
 
 
@@ -144,26 +140,9 @@ def student_labels(outputs: Mapping[str, StudentOutput], rows: torch.Tensor) -> 
     return {name: out.logits.detach()[rows.to(out.logits.device)].argmax(dim=1).cpu() for name, out in outputs.items()}
 
 
-def disagreement(labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """float32 ``(R, H, W)``: 1 where the students' labels (:func:`student_labels`) differ, else 0."""
-    if len(labels) < 2:
-        raise ValueError(f"rsl.pixels='disagree' needs two students, got {sorted(labels)}")
-    first, *others = labels.values()
-    return torch.stack([lab != first for lab in others]).any(dim=0).float()
-
-
-def rsl_weight(cfg: RSLConfig, step: int, rampup_steps: float, iterations: int) -> float:
-    """lambda_rs at ``step``: ramped up over ``rampup_steps`` (``ramp-up``) or faded out
-    linearly to 0 at ``fade_fraction * iterations`` (``fade-out``)."""
-    if cfg.schedule == "fade-out":
-        end = cfg.fade_fraction * max(int(iterations), 1)
-        return cfg.weight * max(0.0, 1.0 - step / end)
-    return cfg.weight * sigmoid_rampup(step, rampup_steps)
-
-
 class RegistrationSupervision(TrainerHook):
     """RSL as a trainer hook: a loss per student against the batch's registration targets,
-    weighted on the schedule of ``cfg`` (:func:`rsl_weight`) over ``iterations`` steps.
+    weighted ``cfg.weight`` times the sigmoid ramp-up over ``rampup_steps``.
 
     ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
     ``hidden_labels`` (case id -> uint8 ``(Z, Y, X)``) are read for ``metrics()`` only.
@@ -172,13 +151,13 @@ class RegistrationSupervision(TrainerHook):
 
     name = "rsl"
 
-    def __init__(self, oracle: RegistrationOracle, cfg: RSLConfig, rampup_steps: float = 0.0,
-                 hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({}), iterations: int = 1,
+    def __init__(self, guidance: Guidance, cfg: RSLConfig, rampup_steps: float = 0.0,
+                 hidden_labels: Mapping[str, np.ndarray] = MappingProxyType({}),
                  gate: Optional[RegistrationGate] = None) -> None:
         if rampup_steps < 0:
             raise ValueError(f"RSL rampup_steps must be >= 0, got {rampup_steps}")
-        self.iterations = int(iterations)
-        self.oracle = oracle
+        self.guidance = guidance
+        self.num_classes = guidance.oracle.num_classes
         self.cfg = cfg
         self.rampup_steps = float(rampup_steps)
         self.hidden = hidden_labels
@@ -187,23 +166,16 @@ class RegistrationSupervision(TrainerHook):
         self.gate = gate
 
     def losses(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
-        open_to = [n for n in outputs if self.gate is None or self.gate.is_open(n, self.name)]
+        open_to = [n for n in outputs if self.gate is None or self.gate.is_open(n)]
         # a zero term keeps the logged curve continuous; no registration query when no student takes it
         losses = {n: out.logits.sum() * 0.0 for n, out in outputs.items() if n not in open_to}
         if not open_to:
             self.last_targets, self._metrics = None, {}
             return losses
-        targets = registration_targets(batch, self.oracle, step, self.cfg.confidence)
-        labels = student_labels(outputs, targets.index) if self.cfg.pixels == "disagree" or self.hidden else {}
-        share, self._metrics = 1.0, {}
-        if self.cfg.pixels == "disagree":
-            kept = targets.weight * disagreement(labels)
-            inside = float(targets.weight.sum())
-            share = float(kept.sum()) / inside if inside > 0 else 0.0
-            targets, self._metrics = replace(targets, weight=kept), {"pixel_share": share}
+        targets = registration_targets(batch, self.guidance, step, self.cfg.confidence)
         self.last_targets = targets
-        self._metrics.update(self._against_hidden(batch, targets, labels))
-        lam = rsl_weight(self.cfg, step, self.rampup_steps, self.iterations) * share
+        self._metrics = self._against_hidden(batch, targets, student_labels(outputs, targets.index)) if self.hidden else {}
+        lam = self.cfg.weight * sigmoid_rampup(step, self.rampup_steps)
         for name in open_to:
             logits = outputs[name].logits[targets.index]
             losses[name] = lam * weighted_ce_dice(logits, targets.label.to(logits.device),
@@ -216,12 +188,12 @@ class RegistrationSupervision(TrainerHook):
         foreground Dice and pixel accuracy, and each student's accuracy; empty without any."""
         if not self.hidden or targets.index.numel() == 0:
             return {}
-        truth, known = hidden_labels_of(batch, self.hidden, targets.index, self.oracle.num_classes)
+        truth, known = hidden_labels_of(batch, self.hidden, targets.index, self.num_classes)
         used = known & (targets.weight > 0)
         if not bool(used.any()):
             return {}
         out = {"target_acc_hidden": float((targets.label[used] == truth[used]).float().mean())}
-        dice = foreground_dice(targets.label[used], truth[used], self.oracle.num_classes)
+        dice = foreground_dice(targets.label[used], truth[used], self.num_classes)
         if dice is not None:
             out["target_dice_hidden"] = dice
         for name, pred in labels.items():
@@ -229,6 +201,5 @@ class RegistrationSupervision(TrainerHook):
         return out
 
     def metrics(self) -> dict[str, float]:
-        """The last step's ``pixel_share`` (under ``rsl.pixels`` other than ``all``) and, where
-        hidden labels exist, the figures of :meth:`_against_hidden`."""
+        """Where hidden labels exist, the last step's figures of :meth:`_against_hidden`."""
         return dict(self._metrics)

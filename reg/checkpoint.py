@@ -50,7 +50,11 @@ def load_model(path: Path) -> tuple[RegistrationNet, RegConfig]:
     """The trained network (eval mode, CPU) and its config, from a checkpoint alone."""
     data = read_checkpoint(path)
     config = RegConfig.from_dict(data["config"], where=f"{path} (stored config)")
-    net = RegistrationNet(config.net)
+    # the random initialisation is overwritten at once; drawing it must not move the caller's
+    # global torch RNG (a trainer that loads a net before building its students would otherwise
+    # initialise them differently depending on how many nets it loaded)
+    with torch.random.fork_rng():
+        net = RegistrationNet(config.net)
     try:
         net.load_state_dict(data["model"])
     except RuntimeError as exc:

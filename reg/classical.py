@@ -37,28 +37,30 @@ def _to_canonical_disp(disp_field: sitk.Image, spacing_zyx: Sequence[float]) -> 
     return (zyx_mm / np.asarray(spacing_zyx, dtype=np.float64)[:, None, None, None]).astype(np.float32)
 
 
+# in-plane pyramid levels (halving y and x; z keeps its few slices) of both SimpleITK methods
+LEVELS = 2
+
+
 @dataclass(frozen=True)
 class DemonsParams:
     iterations: int = 60  # per level
     sigma_mm: float = 1.5  # Gaussian smoothing of the displacement field (best of 1.5 / 2 / 3 on the phantom)
-    levels: int = 2  # in-plane pyramid levels (halving y and x); z keeps its few slices
-    match_histograms: bool = True  # demons assumes equal intensities for equal tissue
 
     def __post_init__(self) -> None:
         # refused when the spec is read, before any pre-alignment or registration runs
-        if self.iterations < 1 or self.levels < 1:
-            raise ValueError(f"sitk-demons: iterations and levels must be >= 1, got {self.iterations} and {self.levels}")
+        if self.iterations < 1:
+            raise ValueError(f"sitk-demons: iterations must be >= 1, got {self.iterations}")
         if not self.sigma_mm > 0:
             raise ValueError(f"sitk-demons: sigma_mm must be > 0, got {self.sigma_mm}")
 
 
 def demons(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], p: DemonsParams) -> np.ndarray:
-    """Diffeomorphic demons, coarse to fine in-plane."""
+    """Diffeomorphic demons, coarse to fine in-plane, after histogram matching (demons assumes
+    equal intensities for equal tissue)."""
     f_img, m_img = _image(fixed, spacing_zyx), _image(moving, spacing_zyx)
-    if p.match_histograms:
-        m_img = sitk.HistogramMatching(m_img, f_img, numberOfHistogramLevels=64, numberOfMatchPoints=16, thresholdAtMeanIntensity=False)
+    m_img = sitk.HistogramMatching(m_img, f_img, numberOfHistogramLevels=64, numberOfMatchPoints=16, thresholdAtMeanIntensity=False)
     field = None
-    for level in reversed(range(p.levels)):
+    for level in reversed(range(LEVELS)):
         shrink = [2**level, 2**level, 1]
         f_l = sitk.Shrink(f_img, shrink) if level else f_img
         m_l = sitk.Shrink(m_img, shrink) if level else m_img
@@ -79,11 +81,10 @@ def demons(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], 
 class BSplineParams:
     mesh_mm: float = 20.0  # control point spacing in-plane; along z, one node per 2 slices
     iterations: int = 50  # per level
-    levels: int = 2
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.levels < 1:
-            raise ValueError(f"sitk-bspline: iterations and levels must be >= 1, got {self.iterations} and {self.levels}")
+        if self.iterations < 1:
+            raise ValueError(f"sitk-bspline: iterations must be >= 1, got {self.iterations}")
         if not self.mesh_mm > 0:
             raise ValueError(f"sitk-bspline: mesh_mm must be > 0, got {self.mesh_mm}")
 
@@ -100,8 +101,8 @@ def bspline(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float],
     reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=p.iterations)
-    reg.SetShrinkFactorsPerLevel([2**lv for lv in reversed(range(p.levels))])
-    reg.SetSmoothingSigmasPerLevel([float(lv) for lv in reversed(range(p.levels))])
+    reg.SetShrinkFactorsPerLevel([2**lv for lv in reversed(range(LEVELS))])
+    reg.SetSmoothingSigmasPerLevel([float(lv) for lv in reversed(range(LEVELS))])
     reg.SetInitialTransform(tx, inPlace=True)
     reg.SetNumberOfThreads(1)
     reg.Execute(f_img, m_img)
@@ -109,14 +110,8 @@ def bspline(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float],
     return _to_canonical_disp(disp, spacing_zyx)
 
 
-@dataclass(frozen=True)
-class SynParams:
-    seed: int = 0  # ANTS_RANDOM_SEED for the run
-    pad: int = 4  # voxels of edge-replicated margin on every side while registering (see ants_syn)
-
-    def __post_init__(self) -> None:
-        if self.pad < 0:
-            raise ValueError(f"ants-syn: pad must be >= 0, got {self.pad}")
+SYN_SEED = 0  # ANTS_RANDOM_SEED of every run: the same pair, the same Field
+SYN_PAD = 4   # voxels of edge-replicated margin on every side while registering (see ants_syn)
 
 
 ANTS_EXTRA = "pip install 'cctr[ants]'"
@@ -150,11 +145,11 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def ants_syn(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], p: SynParams) -> np.ndarray:
+def ants_syn(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], p: None = None) -> np.ndarray:
     """ANTs SyN (deformable only: the pair is already pre-aligned), via antspyx.
 
     SyN holds its displacement at zero on the outermost voxels of the image it registers, so
-    both images get ``p.pad`` voxels of edge-replicated margin first (no artificial edge) and
+    both images get ``SYN_PAD`` voxels of edge-replicated margin first (no artificial edge) and
     the displacement is cropped back; without it a shift fades out towards the border, which
     on a grid of few slices is a large part of the volume. The transforms ANTs writes are composed into
     one displacement field on the fixed grid, read back and deleted.
@@ -170,12 +165,12 @@ def ants_syn(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float]
     sp_xyz = tuple(float(s) for s in spacing[::-1])
 
     def img(a: np.ndarray):
-        padded = np.pad(np.asarray(a, dtype=np.float32), p.pad, mode="edge")
+        padded = np.pad(np.asarray(a, dtype=np.float32), SYN_PAD, mode="edge")
         return ants.from_numpy(np.ascontiguousarray(np.transpose(padded, (2, 1, 0))), spacing=sp_xyz)
 
     f_img, m_img = img(fixed), img(moving)
     with tempfile.TemporaryDirectory(prefix="cctr-ants-") as tmp, \
-            _environment(ANTS_RANDOM_SEED=str(p.seed), ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1"):
+            _environment(ANTS_RANDOM_SEED=str(SYN_SEED), ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1"):
         out = ants.registration(fixed=f_img, moving=m_img, type_of_transform="SyNOnly",
                                 outprefix=os.path.join(tmp, "syn_"))
         composed = ants.apply_transforms(fixed=f_img, moving=m_img, transformlist=out["fwdtransforms"],
@@ -184,5 +179,5 @@ def ants_syn(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float]
             raise RuntimeError("ants-syn: antsApplyTransforms did not write the composed displacement field")
         field = ants.image_read(composed).numpy()  # (X, Y, Z, 3): physical (x, y, z) mm at each fixed voxel
     disp_zyx = np.transpose(field[..., ::-1], (3, 2, 1, 0)) / spacing[:, None, None, None]
-    crop = tuple(slice(p.pad, p.pad + n) for n in shape)
+    crop = tuple(slice(SYN_PAD, SYN_PAD + n) for n in shape)
     return np.ascontiguousarray(disp_zyx[(slice(None), *crop)], dtype=np.float32)

@@ -15,22 +15,9 @@ from typing import Any, Mapping
 import yaml
 
 from cctr.reg.grid import CanonicalGrid
+from cctr.reg.losses import LossConfig
 from cctr.reg.model import NetConfig
 from cctr.reg.prealign import PrealignConfig
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    similarity: str = "ncc"  # 'ncc' | 'mse'
-    ncc_window: tuple[int, int, int] = (3, 7, 7)  # (z, y, x) canonical voxels
-    smoothness_weight: float = 0.3
-    dice_weight: float = 0.0  # > 0: also Dice of warped labels on pairs where both are labeled
-
-    def __post_init__(self) -> None:
-        if self.similarity not in ("ncc", "mse"):
-            raise ValueError(f"unknown similarity {self.similarity!r}; expected 'ncc' or 'mse'")
-        if self.smoothness_weight < 0 or self.dice_weight < 0:
-            raise ValueError("loss weights must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -39,16 +26,14 @@ class TrainConfig:
     batch_size: int = 2
     learning_rate: float = 2e-3
     intra_patient_fraction: float = 0.25  # share of pairs that are ED/ES of one patient
-    val_every: int = 250
+    val_every: int = 250  # validation, checkpoint and an image panel in TensorBoard
     val_pairs: int = 12
-    log_every: int = 25
-    image_every: int = 500
     seed: int = 0
     device: str = "cpu"  # torch device for training; resuming is bit-identical on CPU
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.val_every < 1 or self.log_every < 1 or self.image_every < 1:
-            raise ValueError("train: steps, batch_size, val_every, log_every and image_every must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.val_every < 1:
+            raise ValueError("train: steps, batch_size and val_every must be >= 1")
         if not 0.0 <= self.intra_patient_fraction <= 1.0:
             raise ValueError(f"train: intra_patient_fraction must be in [0, 1], got {self.intra_patient_fraction}")
 
@@ -73,7 +58,7 @@ class RegConfig:
         kinds = {"grid": CanonicalGrid, "prealign": PrealignConfig, "net": NetConfig, "loss": LossConfig, "train": TrainConfig}
         built = {}
         for name, kind in kinds.items():
-            section = dict(d.get(name) or {})
+            section = _without_retired(name, dict(d.get(name) or {}), where)
             known = {f.name: f for f in fields(kind)}
             bad = set(section) - set(known)
             if bad:
@@ -89,6 +74,26 @@ class RegConfig:
         d = self.to_dict()
         d["train"].update({k: v for k, v in train_overrides.items() if v is not None})
         return RegConfig.from_dict(d)
+
+
+# Options of earlier versions that became constants, with the value they were fixed at: a
+# checkpoint that used that value still loads (the key is dropped); one that used another refuses.
+# None: a logging option that never changed what was trained.
+RETIRED: Mapping[str, Mapping[str, Any]] = {
+    "prealign": {"bright_percentile": 90.0, "max_angle_deg": 60.0, "angle_step_deg": 5.0, "max_shift_mm": 40.0,
+                 "downsample": 2},
+    "train": {"log_every": None, "image_every": None},
+}
+
+
+def _without_retired(section: str, values: dict, where: str) -> dict:
+    for key, fixed in RETIRED.get(section, {}).items():
+        if key in values:
+            value = values.pop(key)
+            if fixed is not None and value != fixed:
+                raise ValueError(f"{where}: {section}.{key}={value!r} is no longer supported (this version always "
+                                 f"uses {fixed!r}); retrain with this version")
+    return values
 
 
 def _tuples(value: Any) -> Any:

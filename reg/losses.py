@@ -1,16 +1,35 @@
-"""Training losses of the learned registration net, built on neurite's: image similarity
-(local NCC or MSE), smoothness of the predicted field, and soft Dice of warped labels.
+"""The loss of the learned registration net, built on neurite's pieces: image similarity (local
+NCC or MSE), smoothness of the predicted field, and soft Dice of warped labels.
 
-All take canonical-grid tensors ``(B, C, Z, Y, X)`` and return a scalar to MINIMISE.
+:class:`RegistrationLoss` is the one place they are put together; pretraining
+(:mod:`reg.train`), coupled training (:mod:`joint.coupled`) and test-time refinement
+(:mod:`reg.refine`) all use it, so the objective a checkpoint was trained on is the one it is
+refined on. All terms take canonical-grid tensors ``(B, C, Z, Y, X)`` and return a scalar to
+MINIMISE.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence, Union
 
 import neurite.nn.functional as nef
 import neurite.nn.modules as nem
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    similarity: str = "ncc"  # 'ncc' | 'mse'
+    ncc_window: tuple[int, int, int] = (3, 7, 7)  # (z, y, x) canonical voxels
+    smoothness_weight: float = 0.3
+    dice_weight: float = 0.0  # pretraining: > 0 adds Dice of warped labels on pairs where both are labeled
+
+    def __post_init__(self) -> None:
+        if self.similarity not in ("ncc", "mse"):
+            raise ValueError(f"unknown similarity {self.similarity!r}; expected 'ncc' or 'mse'")
+        if self.smoothness_weight < 0 or self.dice_weight < 0:
+            raise ValueError("loss weights must be >= 0")
 
 
 def _clamped_local_ncc(a: torch.Tensor, b: torch.Tensor, window: Sequence[int], eps: float) -> torch.Tensor:
@@ -87,3 +106,53 @@ def similarity_loss(name: str, ncc_window: Sequence[int]) -> nn.Module:
     if name == "mse":
         return MSELoss()
     raise ValueError(f"unknown similarity {name!r}; expected 'ncc' or 'mse'")
+
+
+class ImageTerms(NamedTuple):
+    """The image part of the registration loss: both terms unweighted, and their weighted sum."""
+
+    similarity: torch.Tensor
+    smoothness: torch.Tensor
+    total: torch.Tensor
+
+
+class RegistrationLoss(nn.Module):
+    """``similarity(warped, fixed) + smoothness_weight * smoothness(disp)``, and the Dice term of
+    warped labels its callers weigh themselves (pretraining by ``cfg.dice_weight``, coupled
+    training per pair by whose labels they are).
+
+    Parameters
+    ----------
+    cfg : LossConfig
+        The checkpoint's loss options (``dice_weight`` is read by the callers, not here).
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.similarity = similarity_loss(cfg.similarity, cfg.ncc_window)
+        self.smoothness = SmoothnessLoss()
+        self.soft_dice = SoftDiceLoss()
+
+    def forward(self, warped: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor) -> ImageTerms:
+        """The image part of the loss.
+
+        Parameters
+        ----------
+        warped, fixed : torch.Tensor
+            ``(B, 1, Z, Y, X)``: the moving image warped onto the fixed canonical grid, and the fixed image.
+        disp : torch.Tensor
+            ``(B, 3, Z, Y, X)``: the displacement in canonical voxels, ``warped(c) = moving(c + disp(c))``.
+
+        Returns
+        -------
+        ImageTerms
+            Scalars: similarity, smoothness and ``similarity + smoothness_weight * smoothness``.
+        """
+        sim, smooth = self.similarity(warped, fixed), self.smoothness(disp)
+        return ImageTerms(sim, smooth, sim + self.cfg.smoothness_weight * smooth)
+
+    def dice(self, warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor) -> torch.Tensor:
+        """1 - mean foreground soft Dice of one-hot maps ``(B, C, Z, Y, X)`` in [0, 1] (multiply
+        both by a mask beforehand to leave voxels out)."""
+        return self.soft_dice(warped_onehot, fixed_onehot)

@@ -20,6 +20,16 @@ from cctr.reg.prealign import PrealignConfig, align_moments, search_rigid
 
 
 @dataclass(frozen=True)
+class FrontEnd:
+    """What every backend shares before its deformable step: the canonical grid volumes are placed
+    on and the pre-alignment of each pair. A learned net's is in its checkpoint; the classical
+    backends take a dataset's plan (:mod:`reg.plan`)."""
+
+    grid: CanonicalGrid = CanonicalGrid()
+    prealign: PrealignConfig = PrealignConfig()
+
+
+@dataclass(frozen=True)
 class Placed:
     image: np.ndarray  # float32 (Zc, Yc, Xc) in [0, 1], canonical grid
     to_native: np.ndarray  # 4x4: canonical voxel -> native voxel

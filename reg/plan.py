@@ -31,7 +31,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from cctr.reg.config import LossConfig, RegConfig
+from cctr.reg.config import RegConfig
+from cctr.reg.losses import LossConfig
 from cctr.reg.grid import CanonicalGrid
 from cctr.reg.prealign import PrealignConfig
 

@@ -31,21 +31,18 @@ METHODS = ("none", "search", "moments")
 @dataclass(frozen=True)
 class PrealignConfig:
     method: str = "search"  # 'none' (grids centred on each volume) | 'search' (+ rigid in-plane search) | 'moments' (+ 3D centre-of-mass shift)
-    bright_percentile: float = 90.0  # canonical voxels above this percentile are the "bright structures"
-    max_angle_deg: float = 60.0
-    angle_step_deg: float = 5.0
-    max_shift_mm: float = 40.0  # 'search' and 'moments': no larger shift is taken
-    downsample: int = 2  # search on in-plane images pooled by this factor (cost / factor^2)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown pre-alignment {self.method!r}; expected one of {METHODS}")
-        if not 0.0 < self.bright_percentile < 100.0:
-            raise ValueError(f"bright_percentile must be in (0, 100), got {self.bright_percentile}")
-        if self.angle_step_deg <= 0 or self.max_angle_deg < 0 or self.max_shift_mm < 0:
-            raise ValueError("pre-alignment angle step must be > 0, max angle and max shift >= 0")
-        if self.downsample not in (1, 2, 4):
-            raise ValueError(f"pre-alignment downsample must be 1, 2 or 4, got {self.downsample}")
+
+
+# The search's own constants: no dataset the plan has met needed others, so they are not options.
+BRIGHT_PERCENTILE = 90.0  # canonical voxels above this percentile are the "bright structures"
+MAX_ANGLE_DEG = 60.0      # rotations tried: +-MAX_ANGLE_DEG in steps of ANGLE_STEP_DEG
+ANGLE_STEP_DEG = 5.0
+MAX_SHIFT_MM = 40.0       # 'search' and 'moments': no larger shift is taken
+DOWNSAMPLE = 2            # search on in-plane images pooled by this factor (cost / factor^2)
 
 
 def _rotate_about_center(image_yx: np.ndarray, angle: float) -> np.ndarray:
@@ -82,9 +79,9 @@ def search_rigid(
     (z, y, x, 1); the identity when the method is not ``'search'``."""
     if config.method != "search":
         return np.eye(4)
-    factor = config.downsample
-    fixed2d = _bright_projection(fixed_canonical, config.bright_percentile, factor)
-    moving2d = _bright_projection(moving_canonical, config.bright_percentile, factor)
+    factor = DOWNSAMPLE
+    fixed2d = _bright_projection(fixed_canonical, BRIGHT_PERCENTILE, factor)
+    moving2d = _bright_projection(moving_canonical, BRIGHT_PERCENTILE, factor)
     weight = _taper(fixed2d.shape)
     total = weight.sum()
     template = weight * (fixed2d - (weight * fixed2d).sum() / total)
@@ -97,11 +94,11 @@ def search_rigid(
         return np.fft.irfft2(kernel_hat * np.conj(np.fft.rfft2(image, s=pad)), s=pad)
 
     template_hat, weight_hat = np.fft.rfft2(template, s=pad), np.fft.rfft2(weight, s=pad)
-    max_shift = config.max_shift_mm / (inplane_spacing_mm * factor)
+    max_shift = MAX_SHIFT_MM / (inplane_spacing_mm * factor)
     offsets = [np.fft.fftfreq(n, 1.0 / n) for n in pad]  # signed shift of each FFT bin
     allowed = np.hypot(*np.meshgrid(*offsets, indexing="ij")) <= max_shift
-    n_steps = int(np.floor(config.max_angle_deg / config.angle_step_deg))
-    angles = np.deg2rad(config.angle_step_deg * np.arange(-n_steps, n_steps + 1))
+    n_steps = int(np.floor(MAX_ANGLE_DEG / ANGLE_STEP_DEG))
+    angles = np.deg2rad(ANGLE_STEP_DEG * np.arange(-n_steps, n_steps + 1))
     best = (-np.inf, 0.0, 0.0, 0.0)
     for angle in angles:
         rotated = _rotate_about_center(moving2d, angle)
@@ -145,7 +142,7 @@ def align_moments(
     config: PrealignConfig,
 ) -> np.ndarray:
     """3D shift taking fixed canonical voxels to moving canonical voxels so that the intensity
-    centres of mass meet; shifts longer than ``max_shift_mm`` are shortened to it (a scan cut
+    centres of mass meet; shifts longer than ``MAX_SHIFT_MM`` are shortened to it (a scan cut
     off at one side moves its centre of mass by more than the anatomy moved). Inputs are
     canonical images (Zc, Yc, Xc) in [0, 1]; returns a 4x4 map on (z, y, x, 1), the identity
     when the method is not ``'moments'``."""
@@ -154,8 +151,8 @@ def align_moments(
     shift_vox = center_of_mass(moving_canonical) - center_of_mass(fixed_canonical)
     spacing = np.asarray(spacing_zyx, dtype=np.float64)
     length_mm = float(np.linalg.norm(shift_vox * spacing))
-    if length_mm > config.max_shift_mm:
-        shift_vox *= config.max_shift_mm / length_mm
+    if length_mm > MAX_SHIFT_MM:
+        shift_vox *= MAX_SHIFT_MM / length_mm
     m = np.eye(4)
     m[:3, 3] = shift_vox
     return m

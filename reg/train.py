@@ -40,9 +40,13 @@ from cctr.reg.checkpoint import read_checkpoint, save_checkpoint
 from cctr.reg.config import RegConfig, dump_config
 from cctr.reg.guard import NonFiniteError, check_gradients, check_losses
 from cctr.reg.jacobian import regularity
-from cctr.reg.losses import SmoothnessLoss, SoftDiceLoss, similarity_loss
+from cctr.reg.losses import RegistrationLoss
 from cctr.reg.model import RegistrationNet
 from cctr.reg.placement import Placed, check_volume, field_of, place_pair, place_volume
+
+
+# steps between loss scalars in TensorBoard: cheap enough to show the short runs' curves too
+LOG_EVERY = 5
 
 
 class Reporter(Protocol):
@@ -315,8 +319,7 @@ def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimiz
     """The training loop proper, from ``step`` to ``config.train.steps``."""
     tc, last = config.train, out_dir / "last.pt"
     val_pairs = validation_pairs(val_volumes, tc.val_pairs, tc.seed)
-    similarity = similarity_loss(config.loss.similarity, config.loss.ncc_window)
-    smooth, dice = SmoothnessLoss(), SoftDiceLoss()
+    objective = RegistrationLoss(config.loss)
     # logged at the count of finished steps: a resumed run's first event is step + 1, and the events the
     # interrupted run logged at ``step`` (its last validation) stay
     writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=step + 1 if resume else None)
@@ -338,14 +341,12 @@ def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimiz
             batch = _batch(pairs, train_data, config)
             batch = {k: v.to(device) for k, v in batch.items()}
             disp, warped = net(batch["fixed"], batch["moving"])
-            loss_sim = similarity(warped, batch["fixed"])
-            loss_smooth = smooth(disp)
-            loss = loss_sim + config.loss.smoothness_weight * loss_smooth
+            loss_sim, loss_smooth, loss = objective(warped, batch["fixed"], disp)
             loss_dice = None
             terms = {"similarity": loss_sim, "smoothness": loss_smooth}
             if config.loss.dice_weight > 0 and "fixed_onehot" in batch:
                 warped_oh = net.warp(batch["moving_onehot"], disp[batch["labeled"]])
-                loss_dice = dice(warped_oh, batch["fixed_onehot"])
+                loss_dice = objective.dice(warped_oh, batch["fixed_onehot"])
                 loss = loss + config.loss.dice_weight * loss_dice
                 terms["dice"] = loss_dice
             optimiser.zero_grad()
@@ -365,13 +366,13 @@ def _run(config: RegConfig, net: RegistrationNet, optimiser: torch.optim.Optimiz
                 good = True
             step += 1
             bar.update(1, loss=float(loss.detach()))
-            if step % tc.log_every == 0 or step == tc.steps:
+            if step % LOG_EVERY == 0 or step == tc.steps:
                 writer.add_scalar("loss/total", float(loss.detach()), step)
                 writer.add_scalar("loss/similarity", float(loss_sim.detach()), step)
                 writer.add_scalar("loss/smoothness", float(loss_smooth.detach()), step)
                 if loss_dice is not None:
                     writer.add_scalar("loss/dice", float(loss_dice.detach()), step)
-            if good and (step % tc.image_every == 0 or step == tc.steps):
+            if good and (step % tc.val_every == 0 or step == tc.steps):
                 writer.add_image("pair/fixed_moving_warped_grid", _panel(net, batch, disp, warped), step)
             if step % tc.val_every == 0 or step == tc.steps:
                 scores = validate(net, val_pairs, val_data, config, num_classes)

@@ -14,7 +14,6 @@ from typing import Any, Mapping, Optional, Sequence, Union, get_type_hints
 import yaml
 
 from cctr.seg.atomic import write_text_atomic
-from cctr.seg.elastic import ElasticConfig
 from cctr.seg.losses import ContrastConfig
 from cctr.seg.slices import AugmentConfig
 from cctr.seg.students import StudentConfig
@@ -33,50 +32,40 @@ class TrainConfig:
     normalization: str = "zscore"   # 'zscore', 'clip-zscore' (CT: clipped to intensity_window first) or 'none'
     intensity_window: Optional[tuple[float, float]] = None   # (low, high) of 'clip-zscore'
     augment: AugmentConfig = AugmentConfig()
-    # randomly deformed copies of labeled samples (seg/elastic.py): the control of the synthesised samples; off
-    elastic: ElasticConfig = ElasticConfig()
-    # students: A is the one 'supervised' trains and the default prediction
+    # students: A is the one 'supervised' trains and the one that predicts; both project to embedding_dim
     student_a: StudentConfig = StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256))
-    student_b: StudentConfig = StudentConfig(kind="swin", feature_size=12, depths=(2, 2, 2, 2))
-    # optimisation
+    student_b: StudentConfig = StudentConfig(kind="swin", feature_size=12)
+    embedding_dim: int = 128
+    # optimisation: poly learning rate (power 0.9) and weight decay 1e-4, as in SSL4MIS
     iterations: int = 600
     optimizer: str = "adamw"          # 'sgd' (momentum 0.9) or 'adamw'
     lr: float = 2e-3
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
     # losses (METHOD.md parts 2-4, 8)
     cps_weight: float = 0.1
     cps_loss: str = "dice"            # 'dice', 'ce' or 'dice+ce'
     rampup_fraction: float = 0.4      # sigmoid ramp-up of the unsupervised weights over this share of iterations
     cl_weight: float = 0.1
-    # pseudo_source 'agree' and confidence 0.9: chosen on the validation split (docs/RESULTS.md, issue 11)
+    # pseudo_source 'agree' and confidence 0.9: chosen on the validation split (docs/RESULTS.md, option table)
     contrast: ContrastConfig = ContrastConfig(anchors_per_class=200, negatives_per_class=100, pseudo_source="agree",
                                               confidence=0.9)
-    # validation and checkpoints
+    # validation (student A's mean foreground Dice picks best.pt) and last.pt, every val_every steps and at the end
     val_every: int = 100
-    checkpoint_every: int = 100
-    select_student: str = "a"         # the student whose validation Dice picks the best checkpoint
-    infer_batch: int = 16             # slices per forward pass at validation / prediction
     device: str = "cpu"               # torch device of the students ('cuda' on a GPU); data and geometry stay on the CPU
-    overlays: bool = True             # TensorBoard image overlays at validation
     diag_every: int = 10              # steps between diag/ scalars (seg/diagnostics.py); 0: off
     skip_nonfinite: int = 0           # steps with a NaN/inf loss or gradient that may be skipped (0: stop at the first)
 
     def __post_init__(self) -> None:
         # refused when the config is built, not after the first training step
-        positive = {"iterations": self.iterations, "val_every": self.val_every, "checkpoint_every": self.checkpoint_every,
-                    "labeled_batch": self.labeled_batch, "infer_batch": self.infer_batch}
+        positive = {"iterations": self.iterations, "val_every": self.val_every, "labeled_batch": self.labeled_batch,
+                    "embedding_dim": self.embedding_dim}
         bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
         if self.unlabeled_batch < 0 or self.skip_nonfinite < 0:
             bad += [f"{k}={getattr(self, k)}" for k in ("unlabeled_batch", "skip_nonfinite") if getattr(self, k) < 0]
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad.append(f"lr={self.lr}")
         if bad:
-            raise ValueError(f"options out of range: {', '.join(bad)} (iterations, val_every, checkpoint_every, "
-                             "labeled_batch, infer_batch >= 1; unlabeled_batch, skip_nonfinite >= 0; lr > 0)")
-        if self.elastic.weight > 0 and math.ceil(3 * self.elastic.sigma_px) >= min(self.image_size):
-            raise ValueError(f"elastic.sigma_px={self.elastic.sigma_px} is too wide for image_size {tuple(self.image_size)}: "
-                             "3 sigma must be below the sample's size")
+            raise ValueError(f"options out of range: {', '.join(bad)} (iterations, val_every, labeled_batch, "
+                             "embedding_dim >= 1; unlabeled_batch, skip_nonfinite >= 0; lr > 0)")
 
 
 PRESETS: Mapping[str, TrainConfig] = {
@@ -88,13 +77,12 @@ PRESETS: Mapping[str, TrainConfig] = {
         unlabeled_batch=8,
         augment=AugmentConfig(rotation_deg=20.0, flip=True),
         student_a=StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256), dropout=0.1),
-        student_b=StudentConfig(kind="swin", feature_size=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7),
+        student_b=StudentConfig(kind="swin", feature_size=48, window_size=7),
         iterations=30000,
         optimizer="sgd",
         lr=0.01,
         contrast=ContrastConfig(anchors_per_class=1000, negatives_per_class=500),
         val_every=200,
-        checkpoint_every=1000,
     ),
 }
 
@@ -197,6 +185,20 @@ def from_dict(data: Mapping, base: TrainConfig = TrainConfig(), where: str = "co
     Works for subclasses of :class:`TrainConfig` too (the joint package adds its options that
     way): the result has ``base``'s class."""
     return _from_mapping(type(base), data, where, base)
+
+
+def known_options(data: Mapping, cls: type) -> dict:
+    """``data`` (a config as :func:`to_dict` wrote it) without the options ``cls`` does not
+    have, at every level: a checkpoint of another version or of a subclass still loads."""
+    hints = get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        kind = _optional_of(hints[f.name]) or hints[f.name]
+        value = data[f.name]
+        out[f.name] = known_options(value, kind) if is_dataclass(kind) and isinstance(value, Mapping) else value
+    return out
 
 
 def load_config(path: Path, base: TrainConfig = TrainConfig()) -> TrainConfig:

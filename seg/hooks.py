@@ -12,9 +12,10 @@ unconditionally and a hook overrides only what it does. Per step, in this order:
    other term or hook sees them, so ``outputs`` below always has the batch's rows only;
 1. ``losses(step, batch, outputs)``: extra loss terms, ``{student name: weighted scalar}``,
    added to the total the students are optimised on;
-2. ``extra_positive(step, batch, outputs, student)``: an extra positive key per anchor of the
-   pixel contrastive loss for that student (at most one hook may give one per student), as a
-   callable of the anchors' flat indices and classes (:data:`seg.losses.ExtraPositive`);
+2. ``extra_positive(step, batch, outputs, student, anchors)``: once the pixel contrastive loss
+   has drawn its anchors, an extra positive key for each of that student's anchors
+   (:class:`seg.losses.PartAnchors` in, :class:`seg.losses.ExtraKeys` out; at most one hook
+   may give one per student);
 3. ``inspect_losses(step, batch, outputs, losses)``: a read-only look at every weighted term
    (base and hooks', keyed as logged) before ``backward()``, with the graph still alive, so a
    diagnostic may take ``torch.autograd.grad(term, outputs, retain_graph=True)``; it must not
@@ -41,7 +42,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from cctr.seg.losses import ExtraPositive
+from cctr.seg.losses import ExtraKeys, PartAnchors
 from cctr.seg.slices import SliceBatch
 from cctr.seg.students import StudentOutput
 
@@ -85,7 +86,8 @@ class TrainerHook:
     def losses(self, step: int, batch: SliceBatch, outputs: Outputs) -> dict[str, torch.Tensor]:
         return {}
 
-    def extra_positive(self, step: int, batch: SliceBatch, outputs: Outputs, student: str) -> Optional[ExtraPositive]:
+    def extra_positive(self, step: int, batch: SliceBatch, outputs: Outputs, student: str,
+                       anchors: PartAnchors) -> Optional[ExtraKeys]:
         return None
 
     def inspect_losses(self, step: int, batch: SliceBatch, outputs: Outputs, losses: Mapping[str, torch.Tensor]) -> None:

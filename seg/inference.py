@@ -9,7 +9,7 @@ training.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -17,10 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from cctr.seg.config import TrainConfig, from_dict
+from cctr.seg.config import TrainConfig, from_dict, known_options
 from cctr.seg.data.case import CaseError
 from cctr.seg.slices import normalize_intensity, resample_slice, resize_matrix
 from cctr.seg.students import build_student
+
+
+# slices per forward pass at validation and prediction: a few MB of activations at any input size the
+# presets use, so not an option
+INFER_BATCH = 16
 
 
 @torch.no_grad()
@@ -29,7 +34,7 @@ def predict_probabilities(
     image_zyx: np.ndarray,
     image_size: tuple[int, int],
     normalization: str = "zscore",
-    batch_size: int = 16,
+    batch_size: int = INFER_BATCH,
     window: Optional[tuple[float, float]] = None,
 ) -> np.ndarray:
     """Class probabilities ``(C, Z, Y, X)`` float32 of ``model`` on the raw volume ``image_zyx``."""
@@ -62,7 +67,7 @@ def predict_labels(
     image_zyx: np.ndarray,
     image_size: tuple[int, int],
     normalization: str = "zscore",
-    batch_size: int = 16,
+    batch_size: int = INFER_BATCH,
     window: Optional[tuple[float, float]] = None,
 ) -> np.ndarray:
     """Label map ``(Z, Y, X)`` uint8 of ``model`` on ``image_zyx`` in its native grid."""
@@ -83,7 +88,7 @@ class TrainedStudents:
         if student not in self.students:
             raise ValueError(f"no student {student!r} in this checkpoint; it has {sorted(self.students)}")
         cfg = self.config
-        return predict_labels(self.students[student], image_zyx, cfg.image_size, cfg.normalization, cfg.infer_batch,
+        return predict_labels(self.students[student], image_zyx, cfg.image_size, cfg.normalization, INFER_BATCH,
                               cfg.intensity_window)
 
 
@@ -109,18 +114,18 @@ def read_checkpoint_dict(path: Path, required: tuple[str, ...] = ("config", "cla
 def load_students(path: Path) -> TrainedStudents:
     """The students of a checkpoint written by :func:`seg.train.train`.
 
-    Options the joint package adds to the config are ignored here: prediction needs only the
-    students' architecture, the training size and the normalisation."""
+    Options the joint package adds to the config, and options of older versions, are ignored
+    here: prediction needs only the students' architecture, the training size and the
+    normalisation."""
     path = Path(path)
     ckpt = read_checkpoint_dict(path)
     try:
-        known = {f.name for f in fields(TrainConfig)}
-        cfg = from_dict({k: v for k, v in ckpt["config"].items() if k in known}, TrainConfig(), where=str(path))
+        cfg = from_dict(known_options(ckpt["config"], TrainConfig), TrainConfig(), where=str(path))
         class_names = tuple(ckpt["class_names"])
         students = {}
         for name, state in ckpt["students"].items():
             student_cfg = cfg.student_a if name == "a" else cfg.student_b
-            model = build_student(student_cfg, len(class_names))
+            model = build_student(student_cfg, len(class_names), cfg.embedding_dim)
             model.load_state_dict(state)
             students[name] = model.eval()
         step = int(ckpt["step"])

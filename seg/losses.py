@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
-
-# extra_positive(anchor_flat_index (A,), anchor_class (A,)) -> (key (A, D), valid (A,)); the flat
-# index is into B*H*W of ONE student's embedding of the joint (labeled + unlabeled) batch, the class
-# is the one the anchor was drawn for (its label or pseudo-label), int64
-ExtraPositive = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def supervised_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -56,8 +51,6 @@ def sigmoid_rampup(step: int, rampup_steps: float) -> float:
 # where an unlabeled pixel's class and confidence in the contrastive pool come from
 # (seg/objective.py: contrast_pool): the other student, the student itself, or both agreeing
 PSEUDO_SOURCES = ("teacher", "own", "agree")
-# how an anchor's registration positive joins its class-mean positive (METHOD.md part 7)
-EXTRA_POSITIVE_MODES = ("mean-of-two", "multi-positive", "averaged-key")
 
 
 @dataclass(frozen=True)
@@ -65,27 +58,17 @@ class ContrastConfig:
     """Anchor sampling of the pixel contrastive loss. The paper gives N = 1000 and O = 500 without
     code; this project reads N as anchors per class and O as negative keys drawn per class
     (each anchor contrasts against the O keys of every other class), temperature 0.1.
-
-    ``pseudo_source`` (one of PSEUDO_SOURCES) picks the pseudo-label of unlabeled pixels;
-    ``extra_positive_mode`` (one of EXTRA_POSITIVE_MODES) how a second positive is scored:
-    ``'mean-of-two'`` averages two InfoNCE terms (one per positive), ``'multi-positive'`` is one
-    InfoNCE with both positives in the denominator (SupCon's L_out: the mean over positives of
-    ``-log(e^{a.p/t} / (sum_P e^{a.p'/t} + sum_N e^{a.n/t}))``), ``'averaged-key'`` one InfoNCE
-    against the renormalised mean of the two keys."""
+    ``pseudo_source`` (one of PSEUDO_SOURCES) picks the pseudo-label of unlabeled pixels."""
 
     anchors_per_class: int = 1000
     negatives_per_class: int = 500
     temperature: float = 0.1
     confidence: float = 0.8   # an unlabeled pixel may be an anchor when its top-1 probability is at least this
     pseudo_source: str = "teacher"
-    extra_positive_mode: str = "mean-of-two"
 
     def __post_init__(self) -> None:
         if self.pseudo_source not in PSEUDO_SOURCES:
             raise ValueError(f"contrast.pseudo_source must be one of {PSEUDO_SOURCES}, got {self.pseudo_source!r}")
-        if self.extra_positive_mode not in EXTRA_POSITIVE_MODES:
-            raise ValueError(f"contrast.extra_positive_mode must be one of {EXTRA_POSITIVE_MODES}, "
-                             f"got {self.extra_positive_mode!r}")
         if self.temperature <= 0:
             raise ValueError(f"contrast.temperature must be > 0, got {self.temperature}")
 
@@ -97,7 +80,47 @@ class ContrastPart:
     embedding: torch.Tensor    # (B, D, H, W), unit norm over D
     classes: torch.Tensor      # (B, H, W) int64: ground truth or pseudo-label; -1 = not usable
     confidence: torch.Tensor   # (B, H, W) float in [0, 1]; 1 for ground truth
-    extra_positive: Optional[ExtraPositive] = None
+
+
+@dataclass(frozen=True)
+class PartAnchors:
+    """The anchors drawn in one part (student): ``flat_index`` int64 ``(A_p,)`` into that
+    student's ``B*H*W`` pixels, ``classes`` int64 ``(A_p,)`` the class each was drawn for."""
+
+    flat_index: torch.Tensor
+    classes: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExtraKeys:
+    """A second positive key per anchor of one part, in :class:`PartAnchors` order:
+    ``vectors`` float ``(A_p, D)`` (normalised here; no gradient), ``valid`` bool ``(A_p,)``."""
+
+    vectors: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ContrastDraw:
+    """What one step's pixel contrast drew over the pooled usable pixels of all parts: each
+    anchor's and negative key's part, flat pixel index and class (``(A,)`` and ``(K,)``), and
+    the number of anchors of each present class, in anchor order."""
+
+    anchor_part: torch.Tensor
+    anchor_flat: torch.Tensor
+    anchor_class: torch.Tensor
+    key_part: torch.Tensor
+    key_flat: torch.Tensor
+    key_class: torch.Tensor
+    class_sizes: tuple[int, ...]
+
+    def rows_of(self, part: int) -> torch.Tensor:
+        """int64 ``(A_p,)``: the anchor rows that belong to ``part``."""
+        return (self.anchor_part == part).nonzero()[:, 0]
+
+    def anchors_of(self, part: int) -> PartAnchors:
+        rows = self.rows_of(part)
+        return PartAnchors(self.anchor_flat[rows], self.anchor_class[rows])
 
 
 def _pick(candidates: torch.Tensor, count: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -131,32 +154,13 @@ def _info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Ten
     return torch.logsumexp(logits, dim=1) - pos[:, 0]
 
 
-def _info_nce_two_positives(anchor: torch.Tensor, first: torch.Tensor, second: torch.Tensor, negatives: torch.Tensor,
-                            negative_mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-anchor multi-positive InfoNCE (SupCon L_out) of two positives ``(A, D)`` each:
-    ``logsumexp(both positives and the negatives) - mean of the two positive logits``. Returns ``(A,)``."""
-    pos = torch.stack([(anchor * first).sum(dim=1), (anchor * second).sum(dim=1)], dim=1) / temperature  # (A, 2)
-    neg = ((anchor @ negatives.T) / temperature).masked_fill(~negative_mask, float("-inf"))            # (A, K)
-    return torch.logsumexp(torch.cat([pos, neg], dim=1), dim=1) - pos.mean(dim=1)
-
-
-def pixel_contrastive_loss(
-    parts: Sequence[ContrastPart],
-    cfg: ContrastConfig = ContrastConfig(),
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Supervised pixel contrast over the union of ``parts`` (METHOD.md part 4).
-
-    For every class present among the confident pixels (confidence >= ``cfg.confidence``),
-    at most ``anchors_per_class`` anchors are drawn uniformly from that class, pooled over all
-    parts, so background is kept but cannot dominate. Each anchor's positive key is the mean
-    of its class's anchors (renormalised); its negatives are ``negatives_per_class`` drawn
-    keys of every other class. A part's ``extra_positive`` callback adds a second positive
-    per anchor where valid; such anchors combine both positives as ``cfg.extra_positive_mode``
-    says (default: the mean of the two InfoNCE terms). Keys carry no
-    gradient (they are targets); anchors do. Returns a scalar, 0 (with a graph) when fewer
-    than two classes are present, since there is then nothing to contrast.
-    """
+def draw_anchors(parts: Sequence[ContrastPart], cfg: ContrastConfig = ContrastConfig(),
+                 generator: Optional[torch.Generator] = None) -> Optional[ContrastDraw]:
+    """The anchors and negative keys of one step (METHOD.md part 4): for every class present
+    among the confident pixels (confidence >= ``cfg.confidence``) of all ``parts`` pooled, at
+    most ``anchors_per_class`` anchors and ``negatives_per_class`` keys drawn uniformly from
+    that class, so background is kept but cannot dominate. None when fewer than two classes
+    are present: there is nothing to contrast."""
     classes, part_of, flat_of = [], [], []
     for p, part in enumerate(parts):
         usable = (part.classes >= 0) & (part.confidence >= cfg.confidence)
@@ -166,60 +170,50 @@ def pixel_contrastive_loss(
         flat_of.append(flat)
     cls, part_idx, flat_idx = torch.cat(classes), torch.cat(part_of), torch.cat(flat_of)
     present = torch.unique(cls)
-    zero = sum(part.embedding.sum() for part in parts) * 0.0
     if present.numel() < 2:
-        return zero
-
+        return None
     anchor_rows, key_rows = [], []
     for c in present:
         members = (cls == c).nonzero()[:, 0]
         anchor_rows.append(_pick(members, cfg.anchors_per_class, generator))
         key_rows.append(_pick(members, cfg.negatives_per_class, generator))
     anchors_i, keys_i = torch.cat(anchor_rows), torch.cat(key_rows)
-    # gather only the sampled pixels: copying every pixel's embedding costs more than the loss
-    anchors = _gather(parts, part_idx[anchors_i], flat_idx[anchors_i])           # (A, D)
-    anchor_cls = cls[anchors_i]
-    keys = _gather(parts, part_idx[keys_i], flat_idx[keys_i]).detach()           # (K, D)
-    key_cls = cls[keys_i]
+    return ContrastDraw(part_idx[anchors_i], flat_idx[anchors_i], cls[anchors_i], part_idx[keys_i], flat_idx[keys_i],
+                        cls[keys_i], tuple(r.numel() for r in anchor_rows))
 
-    sizes = [r.numel() for r in anchor_rows]
+
+def pixel_contrastive_loss(parts: Sequence[ContrastPart], draw: Optional[ContrastDraw], temperature: float,
+                           extra: Sequence[Optional[ExtraKeys]] = ()) -> torch.Tensor:
+    """Supervised pixel contrast over the union of ``parts`` at the anchors of ``draw``
+    (:func:`draw_anchors`; METHOD.md part 4).
+
+    Each anchor's positive key is the mean of its class's anchors (renormalised); its negatives
+    are the drawn keys of every other class. ``extra[p]``, where given, is a second positive per
+    anchor of part ``p`` (REPS, METHOD.md part 7): a valid one makes that anchor's loss the mean
+    of two InfoNCE terms, one per positive. Keys carry no gradient (they are targets); anchors
+    do. Returns a scalar, 0 (with a graph) when ``draw`` is None."""
+    if draw is None:
+        return sum(part.embedding.sum() for part in parts) * 0.0
+    # gather only the sampled pixels: copying every pixel's embedding costs more than the loss
+    anchors = _gather(parts, draw.anchor_part, draw.anchor_flat)                    # (A, D)
+    keys = _gather(parts, draw.key_part, draw.key_flat).detach()                   # (K, D)
+    sizes = list(draw.class_sizes)
     centres = torch.stack([a.mean(dim=0) for a in anchors.detach().split(sizes)])  # (P, D)
     centres = F.normalize(centres, dim=1)
     centre_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    negative_mask = anchor_cls[:, None] != key_cls[None, :]
-    positive = centres[centre_of]                                                 # (A, D)
-    loss = _info_nce(anchors, positive, keys, negative_mask, cfg.temperature)
+    negative_mask = draw.anchor_class[:, None] != draw.key_class[None, :]
+    loss = _info_nce(anchors, centres[centre_of], keys, negative_mask, temperature)
 
     extra_loss = torch.zeros_like(loss)
     has_extra = torch.zeros_like(loss, dtype=torch.bool)
-    for p, part in enumerate(parts):
-        if part.extra_positive is None:
+    for p, keys_p in enumerate(extra):
+        if keys_p is None:
             continue
-        mine = (part_idx[anchors_i] == p).nonzero()[:, 0]
-        if mine.numel() == 0:
-            continue
-        key, valid = part.extra_positive(flat_idx[anchors_i[mine]], anchor_cls[mine])
-        valid = valid.to(torch.bool)
+        valid = keys_p.valid.to(device=loss.device, dtype=torch.bool)
         if not bool(valid.any()):
             continue
-        rows = mine[valid]
-        extra_loss[rows] = _with_extra_positive(anchors[rows], positive[rows], F.normalize(key[valid].detach(), dim=1),
-                                                keys, negative_mask[rows], cfg)
+        rows = draw.rows_of(p)[valid]
+        key = F.normalize(keys_p.vectors.to(loss.device)[valid].detach(), dim=1)
+        extra_loss[rows] = _info_nce(anchors[rows], key, keys, negative_mask[rows], temperature)
         has_extra[rows] = True
-    if cfg.extra_positive_mode == "mean-of-two":
-        loss = torch.where(has_extra, 0.5 * (loss + extra_loss), loss)
-    else:
-        loss = torch.where(has_extra, extra_loss, loss)
-    return loss.mean()
-
-
-def _with_extra_positive(anchor: torch.Tensor, centre: torch.Tensor, extra: torch.Tensor, keys: torch.Tensor,
-                         negative_mask: torch.Tensor, cfg: ContrastConfig) -> torch.Tensor:
-    """Per-anchor ``(A,)`` loss term of anchors that have a registration positive ``extra``
-    (A, D), beside their class mean ``centre`` (A, D). For ``'mean-of-two'`` it is the second
-    InfoNCE term only (the caller averages it with the first); for the other modes the whole loss."""
-    if cfg.extra_positive_mode == "mean-of-two":
-        return _info_nce(anchor, extra, keys, negative_mask, cfg.temperature)
-    if cfg.extra_positive_mode == "multi-positive":
-        return _info_nce_two_positives(anchor, centre, extra, keys, negative_mask, cfg.temperature)
-    return _info_nce(anchor, F.normalize(centre + extra, dim=1), keys, negative_mask, cfg.temperature)
+    return torch.where(has_extra, 0.5 * (loss + extra_loss), loss).mean()

@@ -15,16 +15,18 @@ from cctr.seg.config import TrainConfig
 from cctr.seg.hooks import ExtraSamples
 from cctr.seg.losses import (
     ContrastPart,
-    ExtraPositive,
+    ExtraKeys,
+    PartAnchors,
     cross_teaching_loss,
+    draw_anchors,
     pixel_contrastive_loss,
     supervised_loss,
 )
 from cctr.seg.slices import SliceBatch
 from cctr.seg.students import StudentOutput
 
-# student name -> that student's extra contrastive positive for this batch (or None)
-ExtraPositives = Callable[[str], Optional[ExtraPositive]]
+# (student name, its anchors) -> that student's extra contrastive positives for them (or None)
+ExtraPositives = Callable[[str, PartAnchors], Optional[ExtraKeys]]
 
 
 def teachers(names: list[str]) -> dict[str, str]:
@@ -81,8 +83,10 @@ def base_losses(cfg: TrainConfig, cross_teaching: bool, contrastive: bool, batch
         for n in names:
             classes, confidence = contrast_pool(cfg.contrast.pseudo_source, outputs[n].logits, outputs[teacher[n]].logits,
                                                 label, is_labeled)
-            parts.append(ContrastPart(outputs[n].embedding, classes, confidence, extra_positives(n)))
-        losses["joint/cl"] = cfg.cl_weight * ramp * pixel_contrastive_loss(parts, cfg.contrast, contrast_rng)
+            parts.append(ContrastPart(outputs[n].embedding, classes, confidence))
+        draw = draw_anchors(parts, cfg.contrast, contrast_rng)
+        extra = [extra_positives(n, draw.anchors_of(p)) for p, n in enumerate(names)] if draw is not None else []
+        losses["joint/cl"] = cfg.cl_weight * ramp * pixel_contrastive_loss(parts, draw, cfg.contrast.temperature, extra)
     return losses
 
 

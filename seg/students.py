@@ -31,24 +31,21 @@ class StudentConfig:
     """One student's architecture.
 
     ``kind`` is ``'unet'`` (uses ``widths``: channels per resolution level, finest first) or
-    ``'swin'`` (MONAI ``SwinUNETR`` in 2D: ``feature_size`` must be a multiple of 12,
-    ``depths`` and ``num_heads`` give the Swin stages; the input sides must be multiples of 32,
-    not both 32).
+    ``'swin'`` (MONAI ``SwinUNETR`` in 2D: ``feature_size`` must be a multiple of 12 and
+    ``window_size`` is its attention window; the input sides must be multiples of 32, not
+    both 32). ``dropout`` applies to the U-Net's encoder blocks and to SwinUNETR's drop rate.
     """
 
     kind: str = "unet"
     widths: tuple[int, ...] = (16, 32, 64, 128)
     feature_size: int = 12
-    depths: tuple[int, ...] = (2, 2, 2, 2)
-    num_heads: tuple[int, ...] = (3, 6, 12, 24)
     window_size: int = 6
-    embedding_dim: int = 128
     dropout: float = 0.0
-    # U-Net normalisation, 'instance' or 'batch'. Instance by default: with one labeled patient
-    # and batches mixing labeled and unlabeled slices, batch statistics let the U-Net fit the
-    # labeled slices in a way that does not carry over to eval mode (validation Dice 0.3 against
-    # 0.9 without the unlabeled half on the phantom); SwinUNETR always uses instance norm.
-    norm: str = "instance"
+
+
+# SwinUNETR's stages: the same four in the paper's configuration and the CPU one, so not an option
+SWIN_DEPTHS = (2, 2, 2, 2)
+SWIN_HEADS = (3, 6, 12, 24)
 
 
 class ProjectorHead(nn.Module):
@@ -66,25 +63,20 @@ class ProjectorHead(nn.Module):
         return F.normalize(self.net(features), dim=1)
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    raise ValueError(f"unknown U-Net norm {kind!r}; expected 'instance' or 'batch'")
-
-
-def _conv_block(cin: int, cout: int, dropout: float, norm: str) -> nn.Sequential:
+def _conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
+    # Instance norm, not batch norm: with one labeled patient and batches mixing labeled and
+    # unlabeled slices, batch statistics let the U-Net fit the labeled slices in a way that does
+    # not carry over to eval mode (validation Dice 0.3 against 0.9 on the phantom).
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        _norm(norm, cout),
+        nn.InstanceNorm2d(cout, affine=True),
         nn.LeakyReLU(0.01, inplace=True),
     ]
     if dropout > 0:
         layers.append(nn.Dropout2d(dropout))
     layers += [
         nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        _norm(norm, cout),
+        nn.InstanceNorm2d(cout, affine=True),
         nn.LeakyReLU(0.01, inplace=True),
     ]
     return nn.Sequential(*layers)
@@ -94,7 +86,7 @@ class UNet2D(nn.Module):
     """A plain 2D U-Net: ``len(widths)`` levels, max-pool down, bilinear up + skip concat; each
     level two 3x3 convolutions with normalisation and leaky ReLU."""
 
-    def __init__(self, in_channels: int, num_classes: int, cfg: StudentConfig) -> None:
+    def __init__(self, in_channels: int, num_classes: int, cfg: StudentConfig, embedding_dim: int) -> None:
         super().__init__()
         widths = tuple(cfg.widths)
         if len(widths) < 2:
@@ -102,13 +94,13 @@ class UNet2D(nn.Module):
         self.down = nn.ModuleList()
         cin = in_channels
         for w in widths:
-            self.down.append(_conv_block(cin, w, cfg.dropout, cfg.norm))
+            self.down.append(_conv_block(cin, w, cfg.dropout))
             cin = w
         self.up = nn.ModuleList()
         for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
-            self.up.append(_conv_block(deep + shallow, shallow, 0.0, cfg.norm))
+            self.up.append(_conv_block(deep + shallow, shallow, 0.0))
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
-        self.projector = ProjectorHead(widths[0], cfg.embedding_dim)
+        self.projector = ProjectorHead(widths[0], embedding_dim)
         self.levels = len(widths)
 
     def forward(self, image: torch.Tensor) -> StudentOutput:
@@ -130,7 +122,7 @@ class SwinStudent(nn.Module):
     """MONAI ``SwinUNETR`` in 2D with its output convolution replaced by our classifier, so the
     decoder's last feature map (``feature_size`` channels, full resolution) feeds both heads."""
 
-    def __init__(self, in_channels: int, num_classes: int, cfg: StudentConfig) -> None:
+    def __init__(self, in_channels: int, num_classes: int, cfg: StudentConfig, embedding_dim: int) -> None:
         super().__init__()
         from monai.networks.nets import SwinUNETR
 
@@ -140,15 +132,15 @@ class SwinStudent(nn.Module):
             in_channels=in_channels,
             out_channels=num_classes,
             feature_size=cfg.feature_size,
-            depths=tuple(cfg.depths),
-            num_heads=tuple(cfg.num_heads),
+            depths=SWIN_DEPTHS,
+            num_heads=SWIN_HEADS,
             window_size=cfg.window_size,
             drop_rate=cfg.dropout,
             spatial_dims=2,
         )
         self.backbone.out = nn.Identity()
         self.classifier = nn.Conv2d(cfg.feature_size, num_classes, 1)
-        self.projector = ProjectorHead(cfg.feature_size, cfg.embedding_dim)
+        self.projector = ProjectorHead(cfg.feature_size, embedding_dim)
 
     def forward(self, image: torch.Tensor) -> StudentOutput:
         h, w = image.shape[-2:]
@@ -159,10 +151,11 @@ class SwinStudent(nn.Module):
         return StudentOutput(logits=self.classifier(features), features=features, embedding=self.projector(features))
 
 
-def build_student(cfg: StudentConfig, num_classes: int, in_channels: int = 1) -> nn.Module:
-    """The module for ``cfg``; raises ``ValueError`` for an unknown kind."""
+def build_student(cfg: StudentConfig, num_classes: int, embedding_dim: int = 128, in_channels: int = 1) -> nn.Module:
+    """The module for ``cfg`` with a projector of ``embedding_dim`` (both students share it: the
+    contrastive loss compares their embeddings in one set); ``ValueError`` for an unknown kind."""
     if cfg.kind == "unet":
-        return UNet2D(in_channels, num_classes, cfg)
+        return UNet2D(in_channels, num_classes, cfg, embedding_dim)
     if cfg.kind == "swin":
-        return SwinStudent(in_channels, num_classes, cfg)
+        return SwinStudent(in_channels, num_classes, cfg, embedding_dim)
     raise ValueError(f"unknown student kind {cfg.kind!r}; expected 'unet' or 'swin'")

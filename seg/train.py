@@ -8,7 +8,8 @@ extra losses, extra contrastive positives, after-step work, metrics, validation 
 
 Training is iteration based with a poly learning rate. Every ``val_every`` steps both students
 predict the validation volumes slice by slice and are scored in 3D (:mod:`seg.validation`);
-``best.pt`` holds the best validation Dice of ``select_student``, ``last.pt`` the latest state.
+``best.pt`` holds the best validation Dice of student A, ``last.pt`` the latest state (written at
+every validation and at the end).
 Both are written atomically and hold everything needed to resume exactly: students,
 optimisers, step, RNG and sampler state, and every hook's state. ``config.yaml`` and
 TensorBoard logs (``tb/``) sit next to them.
@@ -36,12 +37,11 @@ from cctr.seg.distributed import (World, check_batch, check_losses_everywhere, g
                              world_from_environment)
 from cctr.seg.distributed import start as start_group
 from cctr.seg.distributed import stop as stop_group
-from cctr.seg.elastic import ElasticSamples
 from cctr.seg.geometry_check import geometry_stats
 from cctr.seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
 from cctr.seg.hooks import ExtraSamples, TrainerHook, check_names
 from cctr.seg.inference import read_checkpoint_dict
-from cctr.seg.losses import ExtraPositive, sigmoid_rampup
+from cctr.seg.losses import ExtraKeys, PartAnchors, sigmoid_rampup
 from cctr.seg.objective import base_losses, extra_sample_losses, first_rows
 from cctr.seg.progress import Progress
 from cctr.seg.runlock import run_lock
@@ -74,7 +74,7 @@ class TrainResult:
     out_dir: Path
     last_checkpoint: Path
     best_checkpoint: Optional[Path]    # None when the split has no validation patients
-    best_score: float                  # mean validation Dice of cfg.select_student at the best step
+    best_score: float                  # mean validation Dice of student A at the best step
     best_step: int
     seconds: float                     # wall time of this call
     history: list[dict] = field(default_factory=list)  # one record per validation
@@ -85,7 +85,14 @@ RESUME_KEYS = ("config", "students", "optimizers", "sampler", "contrast_rng", "t
                "best_score", "best_step", "history")
 
 
-def poly_lr(base_lr: float, step: int, iterations: int, power: float) -> float:
+# the student whose validation Dice picks best.pt, and which predicts: A (METHOD.md part 8)
+SELECTED = "a"
+# SSL4MIS's schedule and regularisation, kept by every configuration this project runs
+POLY_POWER = 0.9
+WEIGHT_DECAY = 1e-4
+
+
+def poly_lr(base_lr: float, step: int, iterations: int, power: float = POLY_POWER) -> float:
     return base_lr * (1.0 - step / iterations) ** power
 
 
@@ -138,8 +145,6 @@ def train(
     if cfg.method not in methods:
         raise ValueError(f"unknown method {cfg.method!r}; known: {sorted(methods)}")
     method = methods[cfg.method]
-    if cfg.select_student not in method.students:
-        raise ValueError(f"select_student {cfg.select_student!r} is not a student of {cfg.method!r} {method.students}")
     _check_sizes(cfg, method.students)
     world = world_from_environment()
     check_batch(cfg.labeled_batch, cfg.unlabeled_batch if method.unlabeled else 0, world)
@@ -189,11 +194,10 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                               [c.shape for c in data.labeled + data.unlabeled])
     own = method.build_hooks(cfg, data, out_dir) if method.build_hooks else ()
     diag = DiagnosticsHook(cfg.diag_every, cfg.contrast, num_classes, data.diagnostic_labels)
-    elastic = (ElasticSamples(cfg.elastic, cfg.seed),) if cfg.elastic.weight > 0 else ()
-    all_hooks: tuple[TrainerHook, ...] = (*own, *hooks, *elastic, diag)
+    all_hooks: tuple[TrainerHook, ...] = (*own, *hooks, diag)
     check_names(all_hooks)
 
-    students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes).to(device)
+    students = {n: build_student(cfg.student_a if n == "a" else cfg.student_b, num_classes, cfg.embedding_dim).to(device)
                 for n in method.students}
     optimizers = {n: _optimizer(cfg, m) for n, m in students.items()}
     if not method.contrastive:
@@ -248,7 +252,7 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
     bad_steps = BadStepBudget(cfg.skip_nonfinite)
     try:
         for step in range(start, cfg.iterations):
-            lr = poly_lr(cfg.lr, step, cfg.iterations, cfg.poly_power)
+            lr = poly_lr(cfg.lr, step, cfg.iterations)
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -318,17 +322,15 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
                         writer.add_scalar(f"val_{hook.name}/{key}", value, done)
                         record[f"{hook.name}_{key}"] = value
                 history.append(record)
-                bar.note(f"step {done}: validation Dice {scores[cfg.select_student]['dice']:.4f} "
-                         f"(student {cfg.select_student})")
-                if cfg.overlays:
-                    write_overlays(writer, data.val[0], first_preds, num_classes, done)
-                if scores[cfg.select_student]["dice"] > best_score:
-                    best_score, best_step = scores[cfg.select_student]["dice"], done
+                bar.note(f"step {done}: validation Dice {scores[SELECTED]['dice']:.4f} (student {SELECTED})")
+                write_overlays(writer, data.val[0], first_preds, num_classes, done)
+                if scores[SELECTED]["dice"] > best_score:
+                    best_score, best_step = scores[SELECTED]["dice"], done
                     if world.is_main:
                         _atomic_save(snapshot(done), best_path)
                         for hook in all_hooks:
                             hook.checkpoint(out_dir, best=True)
-            if world.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            if world.is_main and (done % cfg.val_every == 0 or done == cfg.iterations):
                 _atomic_save(snapshot(done), last_path)
                 for hook in all_hooks:
                     hook.checkpoint(out_dir, best=False)
@@ -365,11 +367,11 @@ def _extra_samples(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch) -
 
 
 def _extra_positives(hooks: Sequence[TrainerHook], step: int, batch: SliceBatch,
-                     outputs: Mapping[str, StudentOutput]) -> Callable[[str], Optional[ExtraPositive]]:
-    """Per student, the one extra contrastive positive the hooks give (two hooks giving one
-    for the same student is a configuration error, not something to merge silently)."""
-    def for_student(student: str) -> Optional[ExtraPositive]:
-        given = [(h.name, p) for h in hooks if (p := h.extra_positive(step, batch, outputs, student)) is not None]
+                     outputs: Mapping[str, StudentOutput]) -> Callable[[str, PartAnchors], Optional[ExtraKeys]]:
+    """Per student and its drawn anchors, the one extra contrastive positive the hooks give (two
+    hooks giving one for the same student is a configuration error, not something to merge silently)."""
+    def for_student(student: str, anchors: PartAnchors) -> Optional[ExtraKeys]:
+        given = [(h.name, k) for h in hooks if (k := h.extra_positive(step, batch, outputs, student, anchors)) is not None]
         if len(given) > 1:
             raise ValueError(f"hooks {[n for n, _ in given]} each give an extra positive for student {student!r}")
         return given[0][1] if given else None
@@ -394,7 +396,7 @@ def _restore(checkpoint: Mapping, students: Mapping[str, nn.Module], optimizers:
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=WEIGHT_DECAY)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'sgd' or 'adamw'")

@@ -11,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cctr.seg.config import TrainConfig
 from cctr.seg.data.case import Case
-from cctr.seg.inference import predict_labels
+from cctr.seg.inference import INFER_BATCH, predict_labels
 from cctr.seg.metrics import score_case
 from cctr.seg.overlay import class_colors, overlay
 
@@ -26,7 +26,7 @@ def validate(students: Mapping[str, nn.Module], cases: Sequence[Case], cfg: Trai
     for name, model in students.items():
         per_case = []
         for i, case in enumerate(cases):
-            pred = predict_labels(model, case.image, cfg.image_size, cfg.normalization, cfg.infer_batch,
+            pred = predict_labels(model, case.image, cfg.image_size, cfg.normalization, INFER_BATCH,
                                   cfg.intensity_window)
             per_case.append(score_case(pred, case.label, case.spacing, n))
             if i == 0:

@@ -17,7 +17,6 @@ and overall, one row per method / backend / labeled set) and ``results.png``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -32,6 +31,8 @@ from cctr.joint.app.figures import plot_dice_bars
 from cctr.joint.app.stages import predict_cases, score_cases, train_segmentation
 from cctr.joint.config import JointConfig, with_backend
 from cctr.joint.methods import COUPLED, METHODS, REGISTRATION_METHODS, REGISTRATION_ONLY, registration_only
+from cctr.reg.placement import FrontEnd
+from cctr.reg.spec import BackendSpec
 from cctr.seg.config import differences, from_dict, to_dict
 from cctr.seg.data.case import Case, CaseError
 from cctr.seg.data.dataset import Dataset
@@ -71,13 +72,8 @@ class RunResult:
 
 
 def backend_tag(spec: str) -> str:
-    """A folder name for a backend spec: its kind, plus a short hash when it has a path or options."""
-    if not spec:
-        return "none"
-    kind = spec.partition("?")[0].partition(":")[0]
-    if spec == kind:
-        return kind
-    return f"{kind}-{hashlib.blake2b(spec.encode(), digest_size=4).hexdigest()}"
+    """A folder name for a backend spec (:attr:`reg.spec.BackendSpec.tag`); 'none' for no backend."""
+    return BackendSpec.parse(spec).tag if spec else "none"
 
 
 def plan_runs(methods: Sequence[str], backends: Sequence[str], labeled_sets: Sequence[str],
@@ -97,7 +93,7 @@ def plan_runs(methods: Sequence[str], backends: Sequence[str], labeled_sets: Seq
         for seed in seeds:
             for method in methods:
                 for backend in (backends if method in REGISTRATION_METHODS else ("",)):
-                    if method == COUPLED and not backend.startswith("learned:"):
+                    if method == COUPLED and not BackendSpec.parse(backend).is_learned:
                         continue  # it fine-tunes the learned net: a classical backend has none to train
                     runs.append(Run(method, backend, labeled, int(seed)))
     return runs
@@ -148,14 +144,14 @@ def read_result(folder: Path, run: Run, cfg: JointConfig) -> Optional[RunResult]
 
 
 def execute_run(run: Run, cfg: JointConfig, dataset: Dataset, split: Split, test_cases: Sequence[Case],
-                progress: bool = True) -> RunResult:
+                frontend: Optional[FrontEnd] = None, progress: bool = True) -> RunResult:
     """Train (or resume) and score one run, then write its marker; see the module docstring."""
     folder = Path(cfg.out_dir)
     class_names = tuple(dataset.class_names)
     if run.method == REGISTRATION_ONLY:
-        scores = registration_only(cfg, dataset, split, progress=progress).scores
+        scores = registration_only(cfg, dataset, split, frontend=frontend, progress=progress).scores
     else:
-        checkpoint = train_segmentation(cfg, dataset, split, progress)
+        checkpoint = train_segmentation(cfg, dataset, split, frontend, progress)
         predictions = predict_cases(checkpoint, test_cases, folder / PREDICTIONS, progress=progress)
         scores = score_cases(predictions, test_cases)
         write_scores_csv(folder / "scores.csv", scores, class_names)
@@ -169,7 +165,7 @@ def execute_run(run: Run, cfg: JointConfig, dataset: Dataset, split: Split, test
 
 
 def run_grid(runs: Sequence[Run], base: JointConfig, dataset: Dataset, split: Split, out_dir: Path,
-             progress: bool = True) -> list[RunResult]:
+             frontend: Optional[FrontEnd] = None, progress: bool = True) -> list[RunResult]:
     """Every run of ``runs``, skipping finished ones; then the CSV, markdown and plot."""
     out_dir = Path(out_dir)
     missing = [ref.case_id for ref in dataset.of_patients(split.test) if not ref.has_label]
@@ -185,7 +181,7 @@ def run_grid(runs: Sequence[Run], base: JointConfig, dataset: Dataset, split: Sp
               disable=None if progress else True) as bar:
         for run in todo:
             bar.set_postfix_str(f"{run.method} {backend_tag(run.backend)} L{run.labeled} s{run.seed}")
-            results[run] = execute_run(run, configs[run], dataset, split, test_cases, progress)
+            results[run] = execute_run(run, configs[run], dataset, split, test_cases, frontend, progress)
             bar.update(1)
     done = [results[run] for run in runs]
     write_tables(done, dataset.root, out_dir)

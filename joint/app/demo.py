@@ -49,7 +49,7 @@ from cctr.joint.app.stages import (
     train_segmentation,
 )
 from cctr.joint.config import JointConfig, as_joint_config, with_backend
-from cctr.joint.plan import format_plan, plan_for, reg_config
+from cctr.joint.plan import format_plan, frontend, plan_for, reg_config
 from cctr.reg.checkpoint import read_checkpoint
 from cctr.reg.config import RegConfig
 from cctr.reg.config import TrainConfig as RegTrainConfig
@@ -58,7 +58,7 @@ from cctr.seg.config import differences, load_config, preset, save_config
 from cctr.seg.data.case import CaseError
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.nifti import read_nifti
-from cctr.seg.data.phantom import PhantomConfig, write_phantom
+from cctr.seg.data.phantom import write_phantom
 from cctr.seg.data.readers import open_dataset
 from cctr.seg.data.split import Split
 from cctr.seg.report import Summary, summarize, summary_markdown, write_scores_csv
@@ -69,29 +69,23 @@ DEMO_FILE = "demo.yaml"
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything ``cctr demo`` runs with; ``--set`` addresses it with dots (``seg.iterations=300``,
-    ``reg.train.steps=100``, ``phantom.matrix=[96,128]``). ``seg.method`` is trained with the
-    learned backend; ``seg.out_dir``, ``seg.oracle.backend``, ``seg.oracle.cache`` and ``seg.labeled``
-    are set by the pipeline."""
+    ``reg.train.steps=100``). ``seg.method`` is trained with the learned backend, and ``supervised``
+    (student A on the labeled slices only) with the same options beside it; ``seg.out_dir``,
+    ``seg.oracle.backend``, ``seg.oracle.cache`` and ``seg.labeled`` are set by the pipeline.
+    Registration pretrains on the grid, pre-alignment and NCC window planned from the phantom."""
 
     patients: int = 16
     seed: int = 0                     # the phantom's; --seed also sets reg.train.seed and seg.seed
     labeled: str = "1"                # labeled set of the phantom's split
-    phantom: PhantomConfig = PhantomConfig()
     # Sized for <= 15 minutes on this project's shared 2-core CPU with one torch thread (the
     # command's default): measured 6.3 min end to end at load average 0.0-1.5; training steps
     # ran only ~15% slower at load 3-4 (reg 0.6 s/step, cctr 0.65 s/step against 0.5 / 0.56).
-    reg: RegConfig = RegConfig(train=RegTrainConfig(steps=150, val_every=50, val_pairs=8, log_every=5,
-                                                    image_every=50))
-    seg: JointConfig = replace(as_joint_config(preset("cpu-small")), method="cctr", iterations=500, val_every=100,
-                               checkpoint_every=100)
-    overlay_rows: int = 4             # test slices in the qualitative figure
-    student: str = "a"                # the student that predicts the test volumes
-    # also train 'supervised' (student A, labeled slices only) with seg's options, iterations and
-    # seed, and score it on the same test volumes: the gain of seg.method over it is the point
-    supervised_baseline: bool = True
-    # pretrain registration on the grid, pre-alignment and NCC window planned from the phantom
-    # (cctr plan, shown in the report); false: reg's grid and pre-alignment exactly as given
-    plan_registration: bool = True
+    reg: RegConfig = RegConfig(train=RegTrainConfig(steps=150, val_every=50, val_pairs=8))
+    seg: JointConfig = replace(as_joint_config(preset("cpu-small")), method="cctr", iterations=500, val_every=100)
+
+
+# test slices in the qualitative figure
+OVERLAY_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -171,10 +165,6 @@ def check_config(cfg: DemoConfig) -> None:
     """Refuse options the pipeline cannot run, before any work."""
     if cfg.patients < 4:
         raise ValueError(f"the demo needs at least 4 phantom patients (train, val, test and an unlabeled one), got {cfg.patients}")
-    if cfg.overlay_rows < 1:
-        raise ValueError(f"overlay_rows must be >= 1, got {cfg.overlay_rows}")
-    if cfg.student not in ("a", "b"):
-        raise ValueError(f"student must be 'a' or 'b', got {cfg.student!r}")
 
 
 def claim_folder(paths: DemoPaths, cfg: DemoConfig) -> None:
@@ -208,7 +198,7 @@ def make_phantom(paths: DemoPaths, cfg: DemoConfig, progress: bool = True) -> Da
     """The phantom dataset of ``cfg`` in ``paths.data``, generated unless already there."""
     if not (paths.data / "dataset.json").is_file():
         started = time.perf_counter()
-        write_phantom(paths.data, cfg.patients, seed=cfg.seed, cfg=cfg.phantom, progress=None if progress else False)
+        write_phantom(paths.data, cfg.patients, seed=cfg.seed, progress=None if progress else False)
         record_time(paths, "phantom", time.perf_counter() - started)
     return open_dataset(paths.data)
 
@@ -278,7 +268,7 @@ def gate_text(registration_json: Path, history: Sequence[Mapping[str, float]], s
         last_open = max((step for step, is_open in decisions if is_open), default=0)
         first_shut = min(step for step in closed if step > last_open)
         when = f"student {student} passed it at step {first_shut} and trained without RSL from then on"
-    return (f"The validation gate (`gate.mode={gate['mode']}`, gated terms: {gate.get('terms', 'rsl')}): the "
+    return (f"The validation gate (`gate.mode={gate['mode']}`, gating RSL): the "
             f"registration scores {scored} Dice on the validation volumes; {when}.")
 
 
@@ -295,7 +285,7 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
     def rel(path: Path) -> str:
         return os.path.relpath(path, paths.out)
 
-    rows = [(f"`{seg_cfg.method}` (student {cfg.student})",
+    rows = [(f"`{seg_cfg.method}` (student A)",
              f"{len(labeled)} labeled + {len(split.train) - len(labeled)} unlabeled patients, learned registration",
              summary),
             ("`registration-only`", "atlas labels warped by the learned registration", baseline)]
@@ -327,10 +317,10 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
         "",
         (f"Segmentation: method `{seg_cfg.method}` with backend `learned`, atlas policy `{seg_cfg.oracle.policy}`, "
          f"{seg_cfg.iterations} iterations at {seg_cfg.image_size[0]}x{seg_cfg.image_size[1]}; test predictions "
-         f"by student {cfg.student} of `{rel(seg_checkpoint)}` (step {int(seg_state['step'])}, best validation "
+         f"by student A of `{rel(seg_checkpoint)}` (step {int(seg_state['step'])}, best validation "
          f"Dice {float(seg_state['best_score']):.4f})."),
         "",
-        gate_text(seg_checkpoint.parent / "registration.json", _history(seg_checkpoint.parent / "last.pt"), cfg.student),
+        gate_text(seg_checkpoint.parent / "registration.json", _history(seg_checkpoint.parent / "last.pt"), "a"),
         "",
         "## Test volumes: the method beside its baselines",
         "",
@@ -339,7 +329,7 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
         "",
         comparison_table(rows),
         *comparison,
-        summary_markdown(summary, f"Test volumes, {seg_cfg.method} (student {cfg.student})"),
+        summary_markdown(summary, f"Test volumes, {seg_cfg.method} (student A)"),
         *([summary_markdown(supervised, "Test volumes, supervised (student a)")] if supervised is not None else []),
         summary_markdown(baseline, "Test volumes, registration-only (learned backend, same atlases)"),
         "## Registration guidance during training",
@@ -391,7 +381,7 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
 
     plan = plan_for(dataset, split)
     # the registration front end (grid, pre-alignment, NCC window) from the data; the network and schedule are cfg.reg's
-    reg_cfg = reg_config(plan, base=cfg.reg) if cfg.plan_registration else cfg.reg
+    reg_cfg = reg_config(plan, base=cfg.reg)
     started, ran = time.perf_counter(), not registration_done(reg_cfg, paths.reg)
     reg_checkpoint = pretrain_registration(dataset, split, reg_cfg, paths.reg, cfg.labeled)
     if ran:
@@ -399,39 +389,36 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
 
     seg_cfg = segmentation_config(cfg, paths, reg_checkpoint)
     started, ran = time.perf_counter(), not segmentation_done(seg_cfg)
-    seg_checkpoint = train_segmentation(seg_cfg, dataset, split, progress)
+    seg_checkpoint = train_segmentation(seg_cfg, dataset, split, frontend(plan), progress)
     if ran:
         record_time(paths, f"{seg_cfg.method} training", time.perf_counter() - started, add=True)
 
-    sup_cfg = supervised_config(seg_cfg, paths) if cfg.supervised_baseline else None
-    sup_checkpoint = None
-    if sup_cfg is not None:
-        started, ran = time.perf_counter(), not segmentation_done(sup_cfg)
-        sup_checkpoint = train_segmentation(sup_cfg, dataset, split, progress)
-        if ran:
-            record_time(paths, "supervised training", time.perf_counter() - started, add=True)
+    sup_cfg = supervised_config(seg_cfg, paths)
+    started, ran = time.perf_counter(), not segmentation_done(sup_cfg)
+    sup_checkpoint = train_segmentation(sup_cfg, dataset, split, progress=progress)
+    if ran:
+        record_time(paths, "supervised training", time.perf_counter() - started, add=True)
 
     started = time.perf_counter()
     test_cases = [ref.load() for ref in dataset.of_patients(split.test)]
-    predictions = predict_cases(seg_checkpoint, test_cases, paths.predictions, cfg.student, progress)
+    predictions = predict_cases(seg_checkpoint, test_cases, paths.predictions, "a", progress)
     scores = score_cases(predictions, test_cases)
     summary = summarize(scores, dataset.class_names)
     write_scores_csv(paths.out / "scores.csv", scores, dataset.class_names)
-    supervised = None
-    if sup_checkpoint is not None:
-        sup_scores = score_cases(predict_cases(sup_checkpoint, test_cases, paths.baseline_predictions, "a", progress),
-                                 test_cases)
-        supervised = summarize(sup_scores, dataset.class_names)
-        write_scores_csv(paths.out / "supervised-scores.csv", sup_scores, dataset.class_names)
-    baseline = registration_baseline(seg_cfg, dataset, split, paths.registration_only, progress)
+    sup_scores = score_cases(predict_cases(sup_checkpoint, test_cases, paths.baseline_predictions, "a", progress),
+                             test_cases)
+    supervised = summarize(sup_scores, dataset.class_names)
+    write_scores_csv(paths.out / "supervised-scores.csv", sup_scores, dataset.class_names)
+    baseline = registration_baseline(seg_cfg, dataset, split, paths.registration_only, frontend(plan), progress)
     guidance = _read_json(paths.registration_dice)
     if not guidance:
-        guidance = guidance_dice(seg_cfg, dataset, split, (seg_cfg.oracle.backend, REFERENCE_BACKEND), progress)
+        guidance = guidance_dice(seg_cfg, dataset, split, (seg_cfg.oracle.backend, REFERENCE_BACKEND), frontend(plan),
+                                 progress)
         write_json(paths.registration_dice, guidance)
     warped = {cid: read_nifti(p)[0].astype(np.uint8) for cid, p in baseline.predictions.items()}
-    plot_overlays(paths.figures / "overlays.png", test_cases, predictions, warped, scores, cfg.overlay_rows,
-                  f"{seg_cfg.method} {cfg.student.upper()}")
-    plot_curves(paths.figures / "curves.png", paths.reg / "tb", paths.seg / "tb", cfg.student)
+    plot_overlays(paths.figures / "overlays.png", test_cases, predictions, warped, scores, OVERLAY_ROWS,
+                  f"{seg_cfg.method} A")
+    plot_curves(paths.figures / "curves.png", paths.reg / "tb", paths.seg / "tb", "a")
     record_time(paths, "evaluation and report", time.perf_counter() - started)
 
     seconds = _read_json(paths.timings)

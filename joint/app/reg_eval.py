@@ -84,7 +84,7 @@ def evaluate(
             warped = field.warp_labels(m.label, num_classes)
             reg = regularity(field)
             results.append(PairResult(
-                backend.spec, f.case_id, m.case_id, score_case(warped, f.label, f.spacing, num_classes),
+                str(backend.spec), f.case_id, m.case_id, score_case(warped, f.label, f.spacing, num_classes),
                 reg.folded_percent, reg.log_jac_std, per_pair,
             ))
     return results

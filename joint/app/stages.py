@@ -13,17 +13,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from cctr.joint.config import JointConfig, with_backend
-from cctr.joint.methods import PropagationResult, pair_dice, registration_only, train_joint
+from cctr.joint.methods import PropagationResult, pair_dice, registration_only, run_backend, train_joint
 from cctr.joint.oracle import RegistrationOracle
 from cctr.reg.checkpoint import read_checkpoint
 from cctr.reg.config import RegConfig
+from cctr.reg.placement import FrontEnd
 from cctr.reg.train import Volume
 from cctr.reg.train import train as train_registration
 from cctr.seg.data.case import Case, CaseError
@@ -87,13 +88,15 @@ def segmentation_done(cfg: JointConfig) -> bool:
     return last.is_file() and int(torch.load(last, map_location="cpu", weights_only=True)["step"]) >= cfg.iterations
 
 
-def train_segmentation(cfg: JointConfig, dataset: Dataset, split: Split, progress: bool = True) -> Path:
+def train_segmentation(cfg: JointConfig, dataset: Dataset, split: Split, frontend: Optional[FrontEnd] = None,
+                       progress: bool = True) -> Path:
     """Train ``cfg`` unless its run folder already holds the finished run (an interrupted one
-    resumes). Returns the checkpoint to predict with (``best.pt``, else ``last.pt``)."""
+    resumes); classical backends on ``frontend``. Returns the checkpoint to predict with
+    (``best.pt``, else ``last.pt``)."""
     out_dir = Path(cfg.out_dir)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     if not segmentation_done(cfg):
-        train_joint(cfg, dataset, split, resume=last.is_file(), progress=progress)
+        train_joint(cfg, dataset, split, frontend=frontend, resume=last.is_file(), progress=progress)
     return best if best.is_file() else last
 
 
@@ -126,7 +129,7 @@ def score_cases(predictions: Mapping[str, np.ndarray], cases: Sequence[Case]) ->
 
 
 def guidance_dice(cfg: JointConfig, dataset: Dataset, split: Split, specs: Sequence[str],
-                  progress: bool = True) -> dict[str, list[float]]:
+                  frontend: Optional[FrontEnd] = None, progress: bool = True) -> dict[str, list[float]]:
     """Per backend, the Dice of every (unlabeled training volume, atlas) pair that the run's atlas
     policy can use: how good the registration guidance of RSL and REPS was. Scored against
     the phantom's labels of those volumes, which training never saw."""
@@ -138,17 +141,18 @@ def guidance_dice(cfg: JointConfig, dataset: Dataset, split: Split, specs: Seque
         # identity is instant; caching its Fields on disk would only cost space
         cache = "" if spec == REFERENCE_BACKEND else cfg.oracle.cache
         run_cfg = with_backend(cfg, spec, cache)
-        oracle = RegistrationOracle(atlases, [t.with_label(None) for t in targets], run_cfg.oracle, seed=cfg.seed)
+        oracle = RegistrationOracle(atlases, [t.with_label(None) for t in targets], run_backend(run_cfg, frontend),
+                                    run_cfg.oracle, seed=cfg.seed)
         out[spec] = [round(d, 6) for d in pair_dice(oracle, references).values()]
     return out
 
 
 def registration_baseline(cfg: JointConfig, dataset: Dataset, split: Split, out_dir: Path,
-                          progress: bool = True) -> PropagationResult:
+                          frontend: Optional[FrontEnd] = None, progress: bool = True) -> PropagationResult:
     """The atlas baseline with the same backend, on the test volumes: labels of the labeled set
     propagated by registration alone (Fields come from the disk cache on a re-run)."""
     baseline = replace(cfg, method="registration-only", eval_subset="test", out_dir=str(out_dir))
-    return registration_only(baseline, dataset, split, progress=progress)
+    return registration_only(baseline, dataset, split, frontend=frontend, progress=progress)
 
 
 # -- figures ---------------------------------------------------------------------------------------

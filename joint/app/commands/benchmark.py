@@ -28,7 +28,7 @@ from cctr.joint.app.demo import DemoConfig
 from cctr.joint.app.stages import pretrain_registration
 from cctr.joint.config import build_config
 from cctr.joint.methods import METHODS, REGISTRATION_METHODS
-from cctr.joint.plan import joint_overrides, plan_for, reg_config
+from cctr.joint.plan import frontend, plan_for, reg_config, seg_overrides
 from cctr.seg.config import PRESETS
 from cctr.seg.data.case import CaseError
 from cctr.seg.data.phantom import write_phantom
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     split.check_patients(dataset.patient_ids, str(args.split or data))
     plan = plan_for(dataset, split)
     base = build_config(args.config, args.overrides, field_cache=str(out / "reg-cache"),
-                        planned=joint_overrides(plan) if args.config is None else None)
+                        planned=seg_overrides(plan) if args.config is None else None)
     if "learned" in backends:
         if args.reg_steps < 1:
             raise ValueError(f"--reg-steps must be >= 1, got {args.reg_steps}")
@@ -119,6 +119,6 @@ def run(args: argparse.Namespace) -> int:
         backends = [f"learned:{ckpt}" if b == "learned" else b for b in backends]
 
     runs = plan_runs(methods, backends, labeled, seeds)
-    results = run_grid(runs, base, dataset, split, out, progress=not args.no_progress)
+    results = run_grid(runs, base, dataset, split, out, frontend(plan), progress=not args.no_progress)
     _report(out, len(results))
     return 0

@@ -6,7 +6,7 @@
 Generates the phantom, pretrains the learned registration, trains ``cctr`` guided by it,
 predicts and scores the test volumes and writes ``DIR/report.md`` with figures. The options
 start from :class:`joint.app.demo.DemoConfig`'s defaults, then ``--config`` (a YAML file of its
-options: ``patients``, ``phantom``, ``reg``, ``seg``, ...), then every ``--set``
+options: ``patients``, ``seed``, ``labeled``, ``reg``, ``seg``), then every ``--set``
 (``--set seg.iterations=800 --set reg.train.steps=300``), then ``--patients`` and ``--seed``
 (which seeds the phantom, the registration and the segmentation). Re-running with the same
 options resumes and skips every stage already done. The process computes with ``--threads``
@@ -60,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)   # this command's process only
     result = run_demo(cfg, args.out, progress=not args.no_progress)
-    print(summary_markdown(result.summary, f"Test volumes, {cfg.seg.method} (student {cfg.student})"))
+    print(summary_markdown(result.summary, f"Test volumes, {cfg.seg.method} (student A)"))
     print(f"report: {result.paths.report}")
     return 0

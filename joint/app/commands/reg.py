@@ -5,7 +5,7 @@
   ``--labeled`` set are used only when the config's ``loss.dice_weight`` > 0), validating on
   the validation patients; see :mod:`reg.train`.
 - ``eval --data DIR --backend SPEC [--backend SPEC ...] --out DIR [--split FILE]
-  [--subset test|val|train] [--pairs N] [--seed S] [--intra]``: per-pair CSV and a markdown
+  [--subset test|val|train] [--pairs N] [--seed S] [--intra] [--device cpu|cuda]``: per-pair CSV and a markdown
   table, one row per backend; see :mod:`joint.app.reg_eval`.
 
 Without ``--split`` the split saved with the dataset (``split.json``) is used. Without
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from cctr.reg.backends import load_backend
+from cctr.reg.placement import FrontEnd
 from cctr.reg.config import RegConfig
 from cctr.joint.plan import plan_for, plan_path, reg_config
 from cctr.seg.atomic import write_json
@@ -60,6 +61,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--pairs", type=int, default=20, help="number of (fixed, moving) pairs (default 20)")
     ev.add_argument("--seed", type=int, default=0, help="seed drawing the pairs (default 0)")
     ev.add_argument("--intra", action="store_true", help="also pair the frames of one patient")
+    ev.add_argument("--device", default="cpu", help="torch device of learned backends (default cpu; e.g. cuda)")
     ev.add_argument("--config", type=Path, default=None,
                     help="YAML config whose grid and prealign the classical backends use (default: the dataset's plan)")
     _set_arg(ev)
@@ -141,7 +143,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.pairs < 1:
             raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
         front = _chosen_config(args)[0]
-        backends = [load_backend(spec, grid=front.grid, prealign=front.prealign) for spec in args.backend]
+        backends = [load_backend(spec, FrontEnd(front.grid, front.prealign), args.device) for spec in args.backend]
         dataset, split = open_data(args)
         patients = {"test": split.test, "val": split.val, "train": split.train}[args.subset]
         pairs = labeled_pairs(dataset, patients, args.pairs, args.seed, intra_patient=args.intra)

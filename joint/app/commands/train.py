@@ -3,14 +3,15 @@
     cctr train --data DIR --split FILE --labeled NAME --method M --out DIR
                [--config YAML_OR_PRESET] [--resume] [--set key=value ...]
 
-               [--reg-backend SPEC] [--atlas-policy random|similar|fused]
+               [--reg-backend SPEC]
 
 The configuration starts from the ``cpu-small`` preset with the dataset's planned student
 settings (input size, intensity normalisation: ``cctr plan``), or from ``--config`` (a preset
 name such as ``paper``, or a YAML file applied over ``cpu-small``) as given, then every ``--set`` (any option of
 :class:`joint.config.JointConfig`: the seg options plus the registration ones, nested ones
 with dots, e.g. ``oracle.policy=fused``), then the explicit flags (``--reg-backend`` sets
-``oracle.backend``, ``--atlas-policy`` sets ``oracle.policy``). The run folder gets ``config.yaml``, ``best.pt``,
+``oracle.backend``). Classical registration backends run on the dataset's planned grid and
+pre-alignment. The run folder gets ``config.yaml``, ``best.pt``,
 ``last.pt`` and TensorBoard logs in ``tb/``. ``registration-only`` trains nothing: it writes
 the propagated labels of the test split and their scores into the run folder.
 """
@@ -18,23 +19,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Mapping
 
 from cctr.joint.config import build_config
-from cctr.joint.plan import joint_overrides, plan_for
-from cctr.joint.methods import METHODS, REGISTRATION_ONLY, TRAINER_METHODS, registration_only
-from cctr.joint.oracle import POLICIES
+from cctr.joint.methods import METHODS, REGISTRATION_ONLY, registration_only, trainer_methods
+from cctr.joint.plan import frontend, plan_for, seg_overrides
 from cctr.seg.config import PRESETS
 from cctr.seg.data.case import CaseError
 from cctr.seg.data.readers import LAYOUTS, open_dataset
 from cctr.seg.data.split import load_split
 from cctr.seg.distributed import world_from_environment
-from cctr.seg.train import Method, train
-
-
-def available_methods() -> Mapping[str, Method]:
-    """The methods the seg trainer runs: the seg ones plus ``cctr-rsl`` and ``cctr``."""
-    return TRAINER_METHODS
+from cctr.seg.train import train
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -50,7 +44,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reg-backend", default=None, metavar="SPEC",
                    help="registration for cctr-rsl, cctr, cctr-coupled (learned only), registration-only: 'learned:CKPT', 'sitk-demons', "
                         "'ants-syn' or 'identity'")
-    p.add_argument("--atlas-policy", choices=POLICIES, default=None, help="which labeled volume guides each unlabeled one")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--layout", choices=LAYOUTS, default=None, help="force a dataset layout instead of detecting it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -65,19 +58,19 @@ def run_train(args: argparse.Namespace) -> int:
         split = dataset.default_split
     else:
         raise CaseError(f"{args.data}: the folder has no split.json; pass --split FILE")
-    planned = joint_overrides(plan_for(dataset, split)) if args.config is None else None
+    plan = plan_for(dataset, split)
     try:
         cfg = build_config(args.config, args.overrides, method=args.method, labeled=args.labeled, out_dir=args.out,
-                           reg_backend=args.reg_backend, atlas_policy=args.atlas_policy, planned=planned)
+                           reg_backend=args.reg_backend, planned=seg_overrides(plan) if args.config is None else None)
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
     if cfg.method == REGISTRATION_ONLY:
-        done = registration_only(cfg, dataset, split, progress=not args.no_progress)
+        done = registration_only(cfg, dataset, split, frontend=frontend(plan), progress=not args.no_progress)
         print(f"propagated labels to {len(done.predictions)} {cfg.eval_subset} volumes -> {done.out_dir}")
         print(f"mean foreground Dice {done.summary.overall['dice'].mean:.4f}; see {done.out_dir / 'summary.md'}")
         return 0
     try:
-        result = train(cfg, dataset, split, methods=available_methods(), resume=args.resume,
+        result = train(cfg, dataset, split, methods=trainer_methods(frontend(plan)), resume=args.resume,
                        progress=not args.no_progress)
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
@@ -85,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0   # under torchrun, rank 0 reports for all
     print(f"trained {cfg.method} ({cfg.iterations} iterations) in {result.seconds:.0f} s -> {result.out_dir}")
     if result.best_checkpoint is not None:
-        print(f"best validation Dice (student {cfg.select_student}): {result.best_score:.4f} "
+        print(f"best validation Dice (student a): {result.best_score:.4f} "
               f"at step {result.best_step} -> {result.best_checkpoint}")
     print(f"last checkpoint: {result.last_checkpoint}")
     return 0
