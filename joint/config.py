@@ -30,6 +30,7 @@ from cctr.joint.oracle import OracleConfig
 from cctr.joint.rsl import RSLConfig
 from cctr.joint.synth import SynthConfig
 from cctr.seg.config import PRESETS, TrainConfig, apply_overrides, load_config, preset
+from cctr.seg.options import option
 
 # the Field disk cache of command-line runs: shared by every run started in the same folder
 DEFAULT_FIELD_CACHE = "runs/reg-cache"
@@ -45,7 +46,7 @@ class JointConfig(TrainConfig):
     gate: GateConfig = GateConfig()
     bank: BankConfig = BankConfig()
     coupled: CoupledConfig = CoupledConfig()
-    eval_subset: str = "test"          # registration-only: which split part to predict, 'val' or 'test'
+    eval_subset: str = option("test", "registration-only: which split part to predict, 'val' or 'test'")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -61,6 +61,7 @@ from cctr.reg.train import mean_foreground_dice
 from cctr.seg.data.case import Case
 from cctr.seg.distributed import world_from_environment
 from cctr.seg.hooks import TrainerHook
+from cctr.seg.options import option
 from cctr.seg.progress import Progress
 from cctr.seg.slices import SliceBatch, resample_slice
 from cctr.seg.students import StudentOutput
@@ -81,15 +82,13 @@ VAL_PAIRS = 8               # pairs per validation diagnostic
 class CoupledConfig:
     """Coupled-training options; nested as ``coupled.*`` in :class:`joint.config.JointConfig`."""
 
-    # segmentation steps per registration step; 8 rather than 4 held validation Dice on both phantoms
-    # for a cheaper step (docs/RESULTS.md, option table)
-    every: int = 8
-    lr: float = 1e-3                # Adam learning rate of the registration net (constant)
-    refresh_every: int = 50         # segmentation steps between refreshes of the served Fields
-    # registration steps of the mid-run and closing phases, per segmentation iteration of the run
-    # (at 600 iterations: 798 and 1602; 800 mid-run steps won on validation on both phantoms)
-    mid_phase: float = 1.33
-    final_phase: float = 2.67
+    # 8 rather than 4 held validation Dice on both phantoms for a cheaper step (docs/RESULTS.md)
+    every: int = option(8, "segmentation steps per registration step")
+    lr: float = option(1e-3, "Adam learning rate of the registration net (constant)")
+    refresh_every: int = option(50, "segmentation steps between refreshes of the Fields RSL and REPS read")
+    # at 600 iterations: 798 and 1602 steps (800 mid-run steps won on validation on both phantoms)
+    mid_phase: float = option(1.33, "registration steps of the mid-run phase, per segmentation step of the run")
+    final_phase: float = option(2.67, "registration steps of the closing phase, per segmentation step of the run")
 
     def __post_init__(self) -> None:
         if min(self.every, self.refresh_every) < 1 or min(self.mid_phase, self.final_phase) < 0:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from cctr.seg.hooks import TrainerHook
+from cctr.seg.options import option
 
 GATE_MODES = ("none", "validation")
 
@@ -27,7 +28,7 @@ GATE_MODES = ("none", "validation")
 class GateConfig:
     """Gate options; nested as ``gate.*`` in :class:`joint.config.JointConfig`."""
 
-    mode: str = "validation"   # one of GATE_MODES; 'validation' needs validation volumes, else it is off
+    mode: str = option("validation", "'validation': RSL stops for a student that beats the registration there; 'none'")
 
     def __post_init__(self) -> None:
         if self.mode not in GATE_MODES:

@@ -20,11 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cctr.seg.options import option
+
 
 @dataclass(frozen=True)
 class BankConfig:
-    downsample: int = 4          # stored maps are (H / downsample, W / downsample)
-    max_slice_gap: float = 1.0   # farthest (in slices) a query may be from the stored slice it reads
+    downsample: int = option(4, "REPS bank: stored embedding maps are (H / downsample, W / downsample)")
+    max_slice_gap: float = option(1.0, "REPS bank: farthest (in slices) a query may be from the slice it reads")
 
     def __post_init__(self) -> None:
         if self.downsample < 1 or self.max_slice_gap < 0:

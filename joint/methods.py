@@ -114,7 +114,9 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
         write_json(Path(out_dir) / "registration.json", {
             "reg_backend": jcfg.oracle.backend,
             "atlas_policy": jcfg.oracle.policy,
-            "frontend": None if backend.spec.is_learned else to_dict(FrontEnd(backend.grid, backend.prealign)),  # type: ignore[attr-defined]
+            # classical backends (the kinds that do not run in process) register on the run's front end
+            "frontend": (None if backend.spec.runs_in_process
+                         else to_dict(FrontEnd(backend.grid, backend.prealign))),  # type: ignore[attr-defined]
             "pairs": pairs,
             "field_cache_bytes": oracle.fields.nbytes,
             "memory_bank_bytes": bank_bytes,

@@ -51,6 +51,7 @@ from cctr.reg.field import CanonicalField, Field, points_inside
 from cctr.reg.placement import FrontEnd
 from cctr.reg.spec import BackendSpec
 from cctr.seg.data.case import Case, CaseError
+from cctr.seg.options import option
 
 POLICIES = ("random", "similar", "fused")
 # canonical (Z, Y, X) grid on which 'similar' compares images
@@ -64,11 +65,11 @@ class OracleConfig:
     ``backend`` is the spec as written (YAML, ``--reg-backend``); it is parsed once, here, into
     :attr:`spec`, which is what everything else reads."""
 
-    backend: str = ""                      # a reg.spec.BackendSpec string; '' = none given
-    policy: str = "random"                 # one of POLICIES
-    cache: str = ""                        # folder of cached Fields, shared across runs; '' = no disk cache
-    field_memory_mb: float = 1024.0        # memory bound of the Field LRU
-    workers: int = 2                       # processes for classical backends; <= 1 = in process
+    backend: str = option("", "registration backend spec (learned:CKPT[?refine=N], sitk-demons, ants-syn, identity)")
+    policy: str = option("random", "atlas guiding each unlabeled volume: 'random' per step, 'similar' or 'fused'")
+    cache: str = option("", "folder of cached Fields, shared across runs; '' = no disk cache")
+    field_memory_mb: float = option(1024.0, "memory bound of the in-memory Field cache, MB")
+    workers: int = option(2, "processes computing classical backends' Fields; <= 1 = in process")
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

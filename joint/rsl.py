@@ -36,6 +36,7 @@ from cctr.joint.guidance import Guidance
 from cctr.seg.diagnostics import foreground_dice, hidden_labels_of
 from cctr.seg.hooks import TrainerHook
 from cctr.seg.losses import sigmoid_rampup
+from cctr.seg.options import option
 from cctr.seg.slices import SliceBatch
 from cctr.seg.students import StudentOutput
 
@@ -46,8 +47,8 @@ CONFIDENCE_MODES = ("none", "max-prob", "agreement")
 class RSLConfig:
     """RSL options; nested as ``rsl.*`` in :class:`joint.config.JointConfig`."""
 
-    weight: float = 0.1            # lambda_rs at full strength
-    confidence: str = "none"       # per-pixel weight, one of CONFIDENCE_MODES
+    weight: float = option(0.1, "RSL weight (lambda_rs) at full strength, ramped up like cross teaching")
+    confidence: str = option("none", "per-pixel weight: 'none', 'max-prob' or 'agreement' of the atlases")
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCE_MODES:

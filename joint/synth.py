@@ -23,6 +23,7 @@ import torch
 
 from cctr.joint.guidance import Guidance
 from cctr.seg.hooks import ExtraSamples, TrainerHook
+from cctr.seg.options import option
 from cctr.seg.slices import SliceBatch
 
 
@@ -33,8 +34,8 @@ class SynthConfig:
     Weight 1 and 2 samples per step were chosen on the validation split of both phantoms
     (docs/RESULTS.md, option table); 0 turns the term off (the paper's ``cctr``)."""
 
-    weight: float = 1.0   # factor of their supervised loss; 0 turns the term off
-    samples: int = 2      # per step, made at the first unlabeled samples of the batch (at most all of them)
+    weight: float = option(1.0, "weight of the synthesised samples' supervised loss; 0 turns them off")
+    samples: int = option(2, "synthesised samples per step, at the batch's first unlabeled samples")
 
     def __post_init__(self) -> None:
         if self.weight < 0:

@@ -23,6 +23,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from cctr.reg.options import option
+
 
 def _image(array_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> sitk.Image:
     img = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx, dtype=np.float32))
@@ -43,8 +45,8 @@ LEVELS = 2
 
 @dataclass(frozen=True)
 class DemonsParams:
-    iterations: int = 60  # per level
-    sigma_mm: float = 1.5  # Gaussian smoothing of the displacement field (best of 1.5 / 2 / 3 on the phantom)
+    iterations: int = option(60, "sitk-demons: iterations per pyramid level")
+    sigma_mm: float = option(1.5, "sitk-demons: Gaussian smoothing of the displacement field, mm")
 
     def __post_init__(self) -> None:
         # refused when the spec is read, before any pre-alignment or registration runs
@@ -79,8 +81,8 @@ def demons(fixed: np.ndarray, moving: np.ndarray, spacing_zyx: Sequence[float], 
 
 @dataclass(frozen=True)
 class BSplineParams:
-    mesh_mm: float = 20.0  # control point spacing in-plane; along z, one node per 2 slices
-    iterations: int = 50  # per level
+    mesh_mm: float = option(20.0, "sitk-bspline: control point spacing in-plane, mm (along z: one per 2 slices)")
+    iterations: int = option(50, "sitk-bspline: optimiser iterations per pyramid level")
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

@@ -17,19 +17,20 @@ import yaml
 from cctr.reg.grid import CanonicalGrid
 from cctr.reg.losses import LossConfig
 from cctr.reg.model import NetConfig
+from cctr.reg.options import option
 from cctr.reg.prealign import PrealignConfig
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1250
-    batch_size: int = 2
-    learning_rate: float = 2e-3
-    intra_patient_fraction: float = 0.25  # share of pairs that are ED/ES of one patient
-    val_every: int = 250  # validation, checkpoint and an image panel in TensorBoard
-    val_pairs: int = 12
-    seed: int = 0
-    device: str = "cpu"  # torch device for training; resuming is bit-identical on CPU
+    steps: int = option(1250, "pretraining steps")
+    batch_size: int = option(2, "pairs per step")
+    learning_rate: float = option(2e-3, "Adam learning rate")
+    intra_patient_fraction: float = option(0.25, "share of pairs that are two frames (ED/ES) of one patient")
+    val_every: int = option(250, "steps between validation, checkpoint and a TensorBoard image panel")
+    val_pairs: int = option(12, "validation pairs (labeled validation volumes of two patients)")
+    seed: int = option(0, "seed of initialisation and pair draws")
+    device: str = option("cpu", "torch device for training ('cuda' on a GPU); resuming is bit-identical on CPU")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.val_every < 1:

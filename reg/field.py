@@ -354,12 +354,6 @@ class CanonicalField:
         object.__setattr__(self, "_plausible", True)
         return self
 
-    def without_displacement(self) -> "CanonicalField":
-        """The same placements with a zero displacement: where the pair's placement and
-        pre-alignment alone put each fixed voxel, the deformable part dropped."""
-        return CanonicalField(np.zeros((3, 1, 1, 1), np.float16), self.fixed_to_native, self.fixed_shape,
-                              self.moving_to_native, self.moving_shape)
-
     @staticmethod
     def of_dense(field: Field) -> "CanonicalField":
         """A dense Field kept as it is: its own fixed grid is the canonical grid."""

@@ -24,13 +24,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cctr.reg.field import Field
+from cctr.reg.options import option
 
 
 @dataclass(frozen=True)
 class CanonicalGrid:
-    shape: tuple[int, int, int] = (16, 64, 64)  # (Z, Y, X) voxels
-    spacing: tuple[float, float, float] = (7.5, 2.2, 2.2)  # (z, y, x) mm
-    window: Optional[tuple[float, float]] = None  # raw (low, high) mapped to [0, 1]; None: per-volume 1-99th percentiles
+    shape: tuple[int, int, int] = option((16, 64, 64), "canonical grid (Z, Y, X) in voxels, each a multiple of 16; planned")
+    spacing: tuple[float, float, float] = option((7.5, 2.2, 2.2), "canonical grid spacing (z, y, x) in mm; planned")
+    window: Optional[tuple[float, float]] = option(None, "raw (low, high) intensities mapped to [0, 1] (CT); "
+                                                         "None: each volume's 1-99th percentiles; planned")
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(n) < 1 or int(n) % 16 for n in self.shape):

@@ -17,13 +17,15 @@ import neurite.nn.modules as nem
 import torch
 from torch import nn
 
+from cctr.reg.options import option
+
 
 @dataclass(frozen=True)
 class LossConfig:
-    similarity: str = "ncc"  # 'ncc' | 'mse'
-    ncc_window: tuple[int, int, int] = (3, 7, 7)  # (z, y, x) canonical voxels
-    smoothness_weight: float = 0.3
-    dice_weight: float = 0.0  # pretraining: > 0 adds Dice of warped labels on pairs where both are labeled
+    similarity: str = option("ncc", "image similarity: 'ncc' (local, windowed) or 'mse'")
+    ncc_window: tuple[int, int, int] = option((3, 7, 7), "local NCC window (z, y, x) in canonical voxels; planned")
+    smoothness_weight: float = option(0.3, "weight of the displacement's squared gradient; planned")
+    dice_weight: float = option(0.0, "pretraining: > 0 adds Dice of warped labels on pairs where both are labeled")
 
     def __post_init__(self) -> None:
         if self.similarity not in ("ncc", "mse"):

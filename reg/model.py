@@ -14,11 +14,13 @@ import torch
 import voxelmorph as vxm
 from torch import nn
 
+from cctr.reg.options import option
+
 
 @dataclass(frozen=True)
 class NetConfig:
-    nb_features: tuple[int, ...] = (16, 32, 32, 32)  # one U-Net level each; 4 levels halve by 16
-    integration_steps: int = 5  # scaling-and-squaring steps; 0 = plain displacement (not diffeomorphic)
+    nb_features: tuple[int, ...] = option((16, 32, 32, 32), "registration U-Net channels, one level each")
+    integration_steps: int = option(5, "scaling-and-squaring steps; 0 = plain displacement (not diffeomorphic)")
 
 
 class RegistrationNet(nn.Module):

@@ -25,12 +25,15 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from cctr.reg.options import option
+
 METHODS = ("none", "search", "moments")
 
 
 @dataclass(frozen=True)
 class PrealignConfig:
-    method: str = "search"  # 'none' (grids centred on each volume) | 'search' (+ rigid in-plane search) | 'moments' (+ 3D centre-of-mass shift)
+    method: str = option("search", "'none' (centred grids), 'search' (rigid in-plane search: stacks) or 'moments' "
+                                   "(3D centre-of-mass shift: isotropic volumes); planned")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

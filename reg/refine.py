@@ -28,6 +28,7 @@ from voxelmorph.nn import functional as vxm_fn
 
 from cctr.reg.losses import RegistrationLoss
 from cctr.reg.model import RegistrationNet
+from cctr.reg.options import option
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,10 @@ class RefineConfig:
     third of the cost of 16 canonical-grid steps (docs/RESULTS.md). ``steps=0``: the net alone,
     whatever the other fields say."""
 
-    steps: int = 16
-    scale: int = 2
-    fine_steps: int = 4
-    lr: float = 0.1   # canonical voxels per Adam step
+    steps: int = option(16, "spec 'refine': Adam steps per pair on the coarse grid; 0 = the net alone")
+    scale: int = option(2, "spec 'refine_scale': how many times coarser per axis the grid of those steps is")
+    fine_steps: int = option(4, "spec 'refine_fine': further steps on the canonical grid, on a composed map")
+    lr = 0.1   # canonical voxels per Adam step (not an option: it never changed)
 
     def __post_init__(self) -> None:
         if min(self.steps, self.fine_steps) < 0 or self.scale < 1 or not self.lr > 0:

@@ -15,44 +15,44 @@ import yaml
 
 from cctr.seg.atomic import write_text_atomic
 from cctr.seg.losses import ContrastConfig
+from cctr.seg.options import option
 from cctr.seg.slices import AugmentConfig
 from cctr.seg.students import StudentConfig
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = "cct"               # 'supervised', 'ct', 'cct' or a method the joint package adds
-    labeled: str = "1"                # labeled set name in the split (or 'all')
-    out_dir: str = "runs/seg"         # checkpoints, config.yaml and TensorBoard logs
-    seed: int = 0
+    method: str = option("cct", "training method: supervised, ct, cct, or a registration method (cctr ...)")
+    labeled: str = option("1", "labeled set of the split (patient ids listed there), or 'all'")
+    out_dir: str = option("runs/seg", "run folder: checkpoints, config.yaml, TensorBoard logs")
+    seed: int = option(0, "seed of initialisation, sampling and every random draw of the run")
     # data
-    image_size: tuple[int, int] = (64, 64)
-    labeled_batch: int = 4
-    unlabeled_batch: int = 4
-    normalization: str = "zscore"   # 'zscore', 'clip-zscore' (CT: clipped to intensity_window first) or 'none'
-    intensity_window: Optional[tuple[float, float]] = None   # (low, high) of 'clip-zscore'
+    image_size: tuple[int, int] = option((64, 64), "students' input (h, w) in pixels; planned from the data")
+    labeled_batch: int = option(4, "labeled samples per step (global batch under torchrun)")
+    unlabeled_batch: int = option(4, "unlabeled samples per step (global batch under torchrun)")
+    normalization: str = option("zscore", "'zscore', 'clip-zscore' (CT: clipped to intensity_window first) or 'none'")
+    intensity_window: Optional[tuple[float, float]] = option(None, "(low, high) raw window of 'clip-zscore'; planned")
     augment: AugmentConfig = AugmentConfig()
-    # students: A is the one 'supervised' trains and the one that predicts; both project to embedding_dim
+    # students: A is the one 'supervised' trains and the one that predicts
     student_a: StudentConfig = StudentConfig(kind="unet", widths=(16, 32, 64, 128, 256))
     student_b: StudentConfig = StudentConfig(kind="swin", feature_size=12)
-    embedding_dim: int = 128
+    embedding_dim: int = option(128, "size of both students' per-pixel projector embedding")
     # optimisation: poly learning rate (power 0.9) and weight decay 1e-4, as in SSL4MIS
-    iterations: int = 600
-    optimizer: str = "adamw"          # 'sgd' (momentum 0.9) or 'adamw'
-    lr: float = 2e-3
+    iterations: int = option(600, "training steps")
+    optimizer: str = option("adamw", "'sgd' (momentum 0.9) or 'adamw'")
+    lr: float = option(2e-3, "base learning rate (poly schedule)")
     # losses (METHOD.md parts 2-4, 8)
-    cps_weight: float = 0.1
-    cps_loss: str = "dice"            # 'dice', 'ce' or 'dice+ce'
-    rampup_fraction: float = 0.4      # sigmoid ramp-up of the unsupervised weights over this share of iterations
-    cl_weight: float = 0.1
+    cps_weight: float = option(0.1, "weight of cross teaching at full strength")
+    cps_loss: str = option("dice", "cross-teaching loss on the other student's hard label: 'dice', 'ce' or 'dice+ce'")
+    rampup_fraction: float = option(0.4, "sigmoid ramp-up of the unsupervised weights over this share of the steps")
+    cl_weight: float = option(0.1, "weight of the pixel contrastive loss at full strength")
     # pseudo_source 'agree' and confidence 0.9: chosen on the validation split (docs/RESULTS.md, option table)
     contrast: ContrastConfig = ContrastConfig(anchors_per_class=200, negatives_per_class=100, pseudo_source="agree",
                                               confidence=0.9)
-    # validation (student A's mean foreground Dice picks best.pt) and last.pt, every val_every steps and at the end
-    val_every: int = 100
-    device: str = "cpu"               # torch device of the students ('cuda' on a GPU); data and geometry stay on the CPU
-    diag_every: int = 10              # steps between diag/ scalars (seg/diagnostics.py); 0: off
-    skip_nonfinite: int = 0           # steps with a NaN/inf loss or gradient that may be skipped (0: stop at the first)
+    val_every: int = option(100, "steps between validations (student A's Dice picks best.pt) and last.pt writes")
+    device: str = option("cpu", "torch device of the students and the registration net ('cuda' on a GPU)")
+    diag_every: int = option(10, "steps between diag/ scalars (seg/diagnostics.py); 0: off")
+    skip_nonfinite: int = option(0, "steps with a NaN/inf loss or gradient that may be skipped (0: stop at the first)")
 
     def __post_init__(self) -> None:
         # refused when the config is built, not after the first training step
@@ -236,6 +236,30 @@ def apply_overrides(cfg: TrainConfig, assignments: Sequence[str]) -> TrainConfig
             nested = {part: nested}
         cfg = from_dict(nested, cfg, where="--set")
     return cfg
+
+
+@dataclass(frozen=True)
+class OptionRow:
+    """One option leaf of a configuration: dotted name, value, default and description."""
+
+    name: str
+    value: Any
+    default: Any
+    doc: str
+
+
+def option_rows(cfg: Any, default: Any, prefix: str = "") -> list[OptionRow]:
+    """Every leaf of the configuration dataclass ``cfg`` (nested sections walked, dotted names),
+    beside its value in ``default`` and the description its field carries (:mod:`seg.options`;
+    '' where none)."""
+    rows = []
+    for f in fields(cfg):
+        value, base = getattr(cfg, f.name), getattr(default, f.name)
+        if is_dataclass(value) and is_dataclass(base):
+            rows += option_rows(value, base, f"{prefix}{f.name}.")
+        else:
+            rows.append(OptionRow(prefix + f.name, to_dict(value), to_dict(base), f.metadata.get("doc", "")))
+    return rows
 
 
 def differences(a: TrainConfig, b: TrainConfig) -> list[str]:

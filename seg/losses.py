@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
+from cctr.seg.options import option
+
 
 def supervised_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """0.5 * (cross-entropy + soft Dice over all classes, background included), the Dice
@@ -60,11 +62,11 @@ class ContrastConfig:
     (each anchor contrasts against the O keys of every other class), temperature 0.1.
     ``pseudo_source`` (one of PSEUDO_SOURCES) picks the pseudo-label of unlabeled pixels."""
 
-    anchors_per_class: int = 1000
-    negatives_per_class: int = 500
-    temperature: float = 0.1
-    confidence: float = 0.8   # an unlabeled pixel may be an anchor when its top-1 probability is at least this
-    pseudo_source: str = "teacher"
+    anchors_per_class: int = option(1000, "anchors drawn per class present (the paper's N)")
+    negatives_per_class: int = option(500, "negative keys drawn per class (the paper's O)")
+    temperature: float = option(0.1, "InfoNCE temperature")
+    confidence: float = option(0.8, "an unlabeled pixel may be an anchor when its top-1 probability reaches this")
+    pseudo_source: str = option("teacher", "pseudo-label of unlabeled pixels: 'teacher', 'own' or 'agree' (both students)")
 
     def __post_init__(self) -> None:
         if self.pseudo_source not in PSEUDO_SOURCES:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cctr.seg.data.case import Case
+from cctr.seg.options import option
 
 Array = Union[np.ndarray, torch.Tensor]
 
@@ -33,11 +34,11 @@ NORMALIZATIONS = ("zscore", "clip-zscore", "none")
 class AugmentConfig:
     """Random augmentation of a training sample; ranges are uniform, flips are per axis."""
 
-    rotation_deg: float = 20.0       # angle drawn from [-rotation_deg, rotation_deg]
-    flip: bool = False               # flip rows and columns, each with probability 0.5
-    zoom: tuple[float, float] = (0.9, 1.1)        # content magnification
-    contrast: tuple[float, float] = (0.9, 1.1)    # intensity * a
-    brightness: tuple[float, float] = (-0.1, 0.1)  # intensity + b (normalised units)
+    rotation_deg: float = option(20.0, "in-plane rotation drawn from [-rotation_deg, rotation_deg] degrees")
+    flip: bool = option(False, "flip rows and columns, each with probability 0.5")
+    zoom: tuple[float, float] = option((0.9, 1.1), "range of the content magnification")
+    contrast: tuple[float, float] = option((0.9, 1.1), "range of the intensity factor a (image * a + b)")
+    brightness: tuple[float, float] = option((-0.1, 0.1), "range of the intensity offset b, normalised units")
 
 
 def augment_intensity(image: Array, augment: AugmentConfig, rng: np.random.Generator) -> Array:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cctr.seg.options import option
+
 
 @dataclass(frozen=True)
 class StudentOutput:
@@ -36,11 +38,11 @@ class StudentConfig:
     both 32). ``dropout`` applies to the U-Net's encoder blocks and to SwinUNETR's drop rate.
     """
 
-    kind: str = "unet"
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    feature_size: int = 12
-    window_size: int = 6
-    dropout: float = 0.0
+    kind: str = option("unet", "'unet' (2D U-Net) or 'swin' (MONAI SwinUNETR in 2D)")
+    widths: tuple[int, ...] = option((16, 32, 64, 128), "unet: channels per resolution level, finest first")
+    feature_size: int = option(12, "swin: feature size, a multiple of 12")
+    window_size: int = option(6, "swin: attention window size")
+    dropout: float = option(0.0, "dropout of the U-Net's encoder blocks / SwinUNETR's drop rate")
 
 
 # SwinUNETR's stages: the same four in the paper's configuration and the CPU one, so not an option

@@ -37,8 +37,8 @@ class Probe(TrainerHook):
 def main(out: str, method: str, lr: float) -> None:
     torch.set_num_threads(1)
     dataset, split = _dataset(Path(out).parent)
-    cfg = _cfg(Path(out), method=method, iterations=3, val_every=3, checkpoint_every=3, labeled_batch=2,
-               unlabeled_batch=2, overlays=False, optimizer="sgd", lr=lr)
+    cfg = _cfg(Path(out), method=method, iterations=3, val_every=3, labeled_batch=2,
+               unlabeled_batch=2, optimizer="sgd", lr=lr)
     probe = Probe()
     train(cfg, dataset, split, hooks=(probe,), progress=False)
     rank = os.environ.get("RANK", "0")

@@ -6,13 +6,16 @@ from typing import Sequence
 import numpy as np
 
 from cctr.reg.field import CanonicalField, Field
+from cctr.reg.spec import BackendSpec
 
 
 class ShiftBackend:
     """Fake backend: the moving point of fixed voxel p is p + shift (voxels, (z, y, x));
-    records the size of every ``register_many`` call in ``calls``."""
+    records the size of every ``register_many`` call in ``calls``. Its spec says it runs in
+    process and is not learned, as the identity backend's does (worker processes would rebuild
+    a backend from its spec, which a fake cannot be)."""
 
-    spec = "fake-shift"
+    spec = BackendSpec("fake-shift", "identity")
 
     def __init__(self, shift_zyx: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
         self.shift = np.asarray(shift_zyx, np.float32).reshape(3, 1, 1, 1)

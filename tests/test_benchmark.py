@@ -16,8 +16,8 @@ from cctr.seg.data.phantom import PhantomConfig, write_phantom
 from cctr.seg.metrics import ClassScore
 
 TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[32,32]", "--set", "labeled_batch=2",
-        "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8], embedding_dim: 8}",
-        "--set", "student_b={kind: unet, widths: [4, 8], embedding_dim: 8}"]
+        "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8]}",
+        "--set", "student_b={kind: unet, widths: [4, 8]}", "--set", "embedding_dim=8"]
 # --threads 0: leave the test process's torch threads as they are
 GRID = ["--methods", "supervised,cctr,registration-only", "--backends", "identity", "--labeled", "1", "--seeds", "1",
         "--threads", "0"]
@@ -43,6 +43,9 @@ def test_plan_crosses_backends_only_with_registration_methods():
     with pytest.raises(ValueError, match="need at least one --backends"):
         plan_runs(["cctr"], [], ["1"], [0])
     assert len(plan_runs(["supervised", "ct"], [], ["1"], [0])) == 2
+    # cctr-coupled fine-tunes a learned net: a classical backend has none to train
+    coupled = plan_runs(["cctr-coupled"], ["identity", "learned:/x/a.pt?refine=0"], ["1"], [0])
+    assert [r.backend for r in coupled] == ["learned:/x/a.pt?refine=0"]
 
 
 def test_backend_folders_are_distinct_and_readable():
@@ -50,6 +53,9 @@ def test_backend_folders_are_distinct_and_readable():
     a, b = backend_tag("learned:/x/a.pt"), backend_tag("learned:/x/b.pt")
     assert a.startswith("learned-") and b.startswith("learned-") and a != b
     assert backend_tag("sitk-demons?iterations=5").startswith("sitk-demons-")
+    assert backend_tag("sitk-demons?iterations=5") != backend_tag("sitk-demons?iterations=6")
+    with pytest.raises(ValueError, match="unknown registration backend"):
+        backend_tag("elastix")
 
 
 def test_grid_writes_one_csv_row_per_run_and_class_and_one_table_row_per_cell(grid):

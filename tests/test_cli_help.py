@@ -38,6 +38,20 @@ def test_every_verb_configures_its_options():
     assert build_parser("train").parse_args(["train", "--data", "d", "--method", "cctr", "--out", "o"]).method == "cctr"
 
 
+def test_the_atlas_policy_is_an_option_of_the_config_not_a_flag(capsys):
+    # --set oracle.policy=... is its one way in
+    with pytest.raises(SystemExit) as exc:
+        build_parser("train").parse_args(["train", "--data", "d", "--method", "cctr", "--out", "o",
+                                          "--atlas-policy", "fused"])
+    assert exc.value.code == 2 and "--atlas-policy" in capsys.readouterr().err
+
+
+def test_reg_eval_takes_the_device_of_learned_backends():
+    argv = ["reg", "eval", "--data", "d", "--backend", "identity", "--out", "o"]
+    assert build_parser("reg").parse_args(argv).device == "cpu"
+    assert build_parser("reg").parse_args([*argv, "--device", "cuda:1"]).device == "cuda:1"
+
+
 def test_a_verb_without_its_options_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train"])

@@ -18,9 +18,8 @@ from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (
 SPACING = (6.0, 1.6, 1.6)
 TINY_CONFIG = """\
 grid: {shape: [16, 32, 32], spacing: [4.0, 2.4, 2.4]}
-prealign: {bright_percentile: 80.0}
 net: {nb_features: [4, 4, 4, 4]}
-train: {steps: 2, batch_size: 1, val_every: 2, val_pairs: 2, log_every: 1, image_every: 2}
+train: {steps: 2, batch_size: 1, val_every: 2, val_pairs: 2}
 """
 
 

@@ -17,8 +17,7 @@ CASES = tuple(f"patient00{i}_{f}" for i in range(1, 6) for f in ("ED", "ES"))
 SPLIT = {"train": ["patient001", "patient002", "patient003"], "val": ["patient004"], "test": ["patient005"],
          "labeled_sets": {"1": ["patient001"]}}
 TINY = ["--set", "image_size=[32,64]", "--set", "labeled_batch=2", "--set", "unlabeled_batch=2",
-        "--set", "student_a.widths=[4,8]", "--set", "student_b.depths=[1,1,1,1]",
-        "--set", "student_b.num_heads=[3,3,3,3]", "--set", "iterations=2", "--set", "val_every=2"]
+        "--set", "student_a.widths=[4,8]", "--set", "iterations=2", "--set", "val_every=2"]
 
 
 @pytest.fixture(scope="module")

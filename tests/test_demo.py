@@ -4,6 +4,7 @@ made with other options refused, and the option order of the command line."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from dataclasses import replace
 
@@ -18,11 +19,10 @@ from cctr.joint.app.commands.demo import build_config
 from cctr.joint.gate import RegistrationGate
 from cctr.seg.config import apply_overrides, load_config
 from cctr.seg.data.case import Case, spacing_affine
+from cctr.seg.data.phantom import PhantomConfig, write_phantom
 
 TINY = [
     "patients=4",
-    "phantom.matrix=[40,48]",
-    "phantom.slices=[4,6]",
     "reg.train.steps=1",
     "reg.train.val_pairs=1",
     "seg.iterations=2",
@@ -30,9 +30,9 @@ TINY = [
     "seg.image_size=[32,32]",
     "seg.labeled_batch=2",
     "seg.unlabeled_batch=2",
-    "seg.student_a={kind: unet, widths: [4, 8], embedding_dim: 8}",
-    "seg.student_b={kind: unet, widths: [4, 8], embedding_dim: 8}",
-    "overlay_rows=3",
+    "seg.student_a={kind: unet, widths: [4, 8]}",
+    "seg.student_b={kind: unet, widths: [4, 8]}",
+    "seg.embedding_dim=8",
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,12 +44,16 @@ def tiny_cfg() -> demo.DemoConfig:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_cfg) -> demo.DemoResult:
-    return demo.run_demo(tiny_cfg, tmp_path_factory.mktemp("demo") / "out", progress=False)
+    # the phantom's size is no option of the demo: a small phantom keeps this run tiny
+    small = functools.partial(write_phantom, cfg=PhantomConfig(matrix=(40, 48), slices=(4, 6)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "write_phantom", small)
+        return demo.run_demo(tiny_cfg, tmp_path_factory.mktemp("demo") / "out", progress=False)
 
 
 def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(finished):
     text = finished.paths.report.read_text()
-    assert "## Test volumes, cctr (student a)" in text
+    assert "## Test volumes, cctr (student A)" in text
     assert "## Test volumes, supervised (student a)" in text
     assert "## Test volumes, registration-only (learned backend, same atlases)" in text
     # the data's plan is shown, and the registration net was pretrained on the planned grid
@@ -69,10 +73,10 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     assert sup is not None and sup.num_cases == finished.summary.num_cases
     sup_row = next(line for line in text.splitlines() if line.startswith("| `supervised` (student a) |"))
     assert f"| {sup.overall['dice'].mean:.4f} ± {sup.overall['dice'].std:.4f} |" in sup_row
-    assert any(line.startswith("| `cctr` (student a) |") and f"| {mean_dice:.4f} ±" in line for line in text.splitlines())
+    assert any(line.startswith("| `cctr` (student A) |") and f"| {mean_dice:.4f} ±" in line for line in text.splitlines())
     gain = mean_dice - sup.overall["dice"].mean
     assert f"scores {gain:+.4f} mean Dice against it" in text
-    assert "The validation gate (`gate.mode=validation`, gated terms: rsl): the registration scores" in text
+    assert "The validation gate (`gate.mode=validation`, gating RSL): the registration scores" in text
     # guidance: one row per backend, learned named relative to the report folder, pairs = 2 targets x 2 atlases
     assert "| `learned:reg/best.pt` | 4 |" in text and "| `identity` | 4 |" in text
     assert set(finished.guidance) == {f"learned:{finished.paths.reg / 'best.pt'}", "identity"}
@@ -158,6 +162,15 @@ def test_command_line_options_apply_in_order(tmp_path):
     assert not (tmp_path / "bad").exists()   # refused before anything was written
 
 
+@pytest.mark.parametrize("gone", ["phantom.matrix=[40,48]", "overlay_rows=3", "student=b", "supervised_baseline=false",
+                                  "plan_registration=false"])
+def test_options_the_demo_no_longer_has_are_refused_as_unknown(gone):
+    # the default phantom, four overlay rows, student A, the supervised baseline and the planned
+    # registration front end, always
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(demo.DemoConfig(), [gone])
+
+
 def test_the_saved_demo_config_round_trips(finished, tiny_cfg):
     assert load_config(finished.paths.config, demo.DemoConfig()) == tiny_cfg
 
@@ -178,7 +191,7 @@ def test_smooth_is_a_trailing_mean():
 
 
 def test_the_validation_panel_shows_the_students_and_the_registration_the_gate_scored():
-    gate = RegistrationGate(lambda: 0.6, ("rsl",))
+    gate = RegistrationGate(lambda: 0.6)
     logged = gate.validate(100, {"a": {"dice": 0.7}, "b": {"dice": 0.5}})
     steps = np.array([100, 200])
     seg = {"val_a/dice": (steps, np.array([0.7, 0.8])), "val_b/dice": (steps, np.array([0.5, 0.6])),
@@ -193,13 +206,13 @@ def test_the_validation_panel_shows_the_students_and_the_registration_the_gate_s
 
 def test_the_gate_sentence_says_when_rsl_closed(tmp_path):
     info = tmp_path / "registration.json"
-    info.write_text(json.dumps({"gate": {"mode": "validation", "terms": "rsl", "registration_val_dice": 0.57}}))
+    info.write_text(json.dumps({"gate": {"mode": "validation", "registration_val_dice": 0.57}}))
     history = [{"step": 100, "gate_open_a": 1.0}, {"step": 200, "gate_open_a": 0.0}, {"step": 300, "gate_open_a": 1.0},
                {"step": 400, "gate_open_a": 0.0}, {"step": 500, "gate_open_a": 0.0}]
     text = demo.gate_text(info, history, "a")
     assert "scores 0.5700 Dice" in text and "passed it at step 400 and trained without RSL from then on" in text
     assert "fell below again" in demo.gate_text(info, history[:3], "a")
     assert "stayed below it" in demo.gate_text(info, history[:1], "a")
-    info.write_text(json.dumps({"gate": {"mode": "none", "terms": "rsl", "why": "no validation volumes"}}))
+    info.write_text(json.dumps({"gate": {"mode": "none", "why": "no validation volumes"}}))
     assert demo.gate_text(info, [], "a") == ("The validation gate was off (no validation volumes): "
                                              "RSL and REPS taught both students throughout.")

@@ -24,7 +24,7 @@ from layouts import fake_volume, save_nifti_zyx, affine_zyx, write_acdc_raw, wri
 from cctr.seg.prediction_info import PREDICTION_INFO
 
 TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[32,32]", "--set", "labeled_batch=2",
-        "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8], embedding_dim: 8}"]
+        "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8]}", "--set", "embedding_dim=8"]
 # --threads 0: leave the test process's torch threads as they are
 BENCHMARK = ["benchmark", "--methods", "supervised", "--labeled", "1", "--seeds", "1", "--threads", "0",
              "--no-progress", *TINY]

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+import cctr.joint.coupled
 from cctr.joint.config import JointConfig, with_backend
-from cctr.joint.coupled import CoupledConfig, CoupledRegistration, PseudoLabels
+from cctr.joint.coupled import PAIRS, CoupledConfig, CoupledRegistration, PseudoLabels
 from cctr.joint.methods import METHODS, REGISTRATION_METHODS, TRAINER_METHODS, train_joint
-from cctr.reg.backends import load_backend
+from cctr.reg.backends import LEARNED_BATCH, load_backend
 from cctr.reg.checkpoint import save_checkpoint
 from cctr.reg.config import RegConfig
 from cctr.reg.model import RegistrationNet
+from cctr.reg.refine import RefineConfig
+from cctr.reg.spec import BackendSpec
 from cctr.seg.config import apply_overrides
 from cctr.seg.data.case import Case, CaseRef, spacing_affine
 from cctr.seg.data.dataset import Dataset
@@ -38,6 +41,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def trusting(monkeypatch):
+    """The tiny students of a few steps are never 0.9 sure (``coupled.CONFIDENCE``): trust every
+    voxel they agree on, so their labels reach the registration loss at this scale."""
+    monkeypatch.setattr(cctr.joint.coupled, "CONFIDENCE", 0.0)
 
 
 def anatomy(dy: int, dx: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -80,11 +90,11 @@ def reg_ckpt(tmp_path):
 
 
 def small_cfg(tmp_path, reg_ckpt, **coupled) -> JointConfig:
-    tiny = StudentConfig(kind="unet", widths=(4, 8), embedding_dim=8)
-    options = {"warmup_steps": 1, "every": 1, "refresh_every": 2, "pairs": 2, "lr": 1e-2, "confidence": 0.0,
-               "final_steps": 0, "mid_steps": 0, **coupled}
+    """Six iterations: one of warm-up (a sixth of the run), then a registration step after each."""
+    tiny = StudentConfig(kind="unet", widths=(4, 8))
+    options = {"every": 1, "refresh_every": 2, "lr": 1e-2, "final_phase": 0.0, "mid_phase": 0.0, **coupled}
     base = JointConfig(method="cctr-coupled", image_size=(32, 32), labeled_batch=2, unlabeled_batch=2, student_a=tiny,
-                       student_b=tiny, iterations=6, val_every=3, checkpoint_every=3, overlays=False,
+                       student_b=tiny, embedding_dim=8, iterations=6, val_every=3,
                        out_dir=str(tmp_path / "run"), coupled=CoupledConfig(**options))
     return with_backend(base, f"learned:{reg_ckpt}", str(tmp_path / "fields"))
 
@@ -104,12 +114,31 @@ def labeled_only_batch() -> SliceBatch:
 def test_the_method_is_listed_and_its_options_nest_under_coupled():
     assert "cctr-coupled" in METHODS and "cctr-coupled" in REGISTRATION_METHODS
     assert TRAINER_METHODS["cctr-coupled"].contrastive and TRAINER_METHODS["cctr-coupled"].cross_teaching
-    cfg = apply_overrides(JointConfig(), ["coupled.every=3", "coupled.pseudo_weight=0.5"])
-    assert (cfg.coupled.every, cfg.coupled.pseudo_weight) == (3, 0.5)
+    cfg = apply_overrides(JointConfig(), ["coupled.every=3", "coupled.mid_phase=0.5"])
+    assert (cfg.coupled.every, cfg.coupled.mid_phase) == (3, 0.5)
     with pytest.raises(ValueError, match="coupled"):
         apply_overrides(JointConfig(), ["coupled.every=0"])
-    with pytest.raises(ValueError, match="confidence"):
-        CoupledConfig(confidence=1.5)
+    for bad in ("mid_phase", "final_phase"):
+        with pytest.raises(ValueError, match="mid_phase and final_phase >= 0"):
+            CoupledConfig(**{bad: -1.0})
+
+
+@pytest.mark.parametrize("gone", ["warmup_steps=10", "pairs=2", "confidence=0.9", "final_steps=100", "mid_steps=100",
+                                  "mid_at=0.5", "refresh_pairs=all", "labeled_fraction=0.25", "atlas_fraction=0.5",
+                                  "dice_weight=1.0", "pseudo_weight=1.0", "val_pairs=8"])
+def test_coupled_options_that_became_constants_are_refused_as_unknown(gone):
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(JointConfig(), [f"coupled.{gone}"])
+
+
+def test_the_schedule_scales_with_the_run(reg_ckpt):
+    """Warm-up a sixth of the run, the mid-run phase half way, both phases per segmentation step."""
+    spec = BackendSpec.parse(f"learned:{reg_ckpt}?refine=0")
+    hook = CoupledRegistration.from_spec(spec, CoupledConfig(), [], [], [], 4, iterations=600)
+    assert (hook.warmup_steps, hook.mid_step, hook.mid_steps, hook.final_steps) == (100, 300, 798, 1602)
+    short = CoupledRegistration.from_spec(spec, CoupledConfig(mid_phase=0.5, final_phase=0.0), [], [], [], 4,
+                                          iterations=12)
+    assert (short.warmup_steps, short.mid_step, short.mid_steps, short.final_steps) == (2, 6, 6, 0)
 
 
 def test_pseudo_labels_keep_only_agreed_confident_voxels_of_covered_pixels():
@@ -137,14 +166,14 @@ def test_pseudo_labels_keep_only_agreed_confident_voxels_of_covered_pixels():
 
 def test_the_hook_takes_registration_steps_and_the_oracle_serves_the_new_net(dataset, reg_ckpt, tmp_path):
     ds, split = dataset
-    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=2, every=2, refresh_every=5)
+    cfg = replace(small_cfg(tmp_path, reg_ckpt, every=2, refresh_every=5), iterations=12)   # 2 steps of warm-up
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")
     assert [h.name for h in hooks] == ["rsl", "reps", "synth", "regnet", "gate"]   # the gate reads what regnet validated
     coupled = named(hooks, "regnet")
-    assert isinstance(coupled, CoupledRegistration)
-    oracle = hooks[0].oracle
+    assert isinstance(coupled, CoupledRegistration) and coupled.warmup_steps == 2
+    oracle = hooks[0].guidance.oracle
     assert oracle.cfg.cache == "" and oracle.backend is coupled.backend  # a changing net: no disk cache
     before_net = {k: v.clone() for k, v in coupled.net.state_dict().items()}
     before_field = oracle.field("p2_ED", "p1_ED").disp.copy()
@@ -178,47 +207,43 @@ def count_calls(coupled: CoupledRegistration) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("refresh_pairs", ["all", "asked"])
-def test_a_refresh_recomputes_every_pair_at_once_or_only_the_asked_ones(dataset, reg_ckpt, tmp_path, refresh_pairs):
+def test_a_refresh_recomputes_every_pair_at_once(dataset, reg_ckpt, tmp_path):
     ds, split = dataset
-    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=0, every=1, refresh_every=1, refresh_pairs=refresh_pairs)
+    cfg = small_cfg(tmp_path, reg_ckpt, every=1, refresh_every=1)
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / "run")
-    coupled, oracle = named(hooks, "regnet"), hooks[0].oracle
+    coupled, oracle = named(hooks, "regnet"), hooks[0].guidance.oracle
     needed = oracle.needed_pairs()
     assert len(needed) == 6 and all(pair in oracle.fields for pair in needed)   # the first warm
     before = oracle.field(*needed[0]).disp.copy()
     calls = count_calls(coupled)
-    coupled.after_step(0, labeled_only_batch(), {})
+    coupled.after_step(0, labeled_only_batch(), {})   # the warm-up step: nothing to serve
+    assert calls == [] and coupled.reg_steps == 0
+    coupled.after_step(1, labeled_only_batch(), {})
     assert coupled.served_steps == 1 and oracle.version == 1
-    if refresh_pairs == "all":   # in the oracle's calls of oracle.batch_pairs pairs
-        assert calls == [4, 2] and all(pair in oracle.fields for pair in needed)
-    else:
-        assert calls == [] and len(oracle.fields) == 0
-    assert np.abs(oracle.field(*needed[0]).disp - before).max() > 1e-4   # the new net's, computed or asked
-    with pytest.raises(ValueError, match="refresh_pairs"):
-        CoupledConfig(refresh_pairs="some")
+    # every pair the policy can ask for, in the oracle's calls of LEARNED_BATCH pairs
+    assert calls == [LEARNED_BATCH, 6 - LEARNED_BATCH] and all(pair in oracle.fields for pair in needed)
+    assert np.abs(oracle.field(*needed[0]).disp - before).max() > 1e-4   # the new net's
 
 
-@pytest.mark.parametrize("refresh_pairs", ["all", "asked"])
-def test_a_resumed_hook_recomputes_its_fields_in_the_calls_of_a_refresh(dataset, reg_ckpt, tmp_path, refresh_pairs):
+def test_a_resumed_hook_recomputes_its_fields_in_the_calls_of_a_refresh(dataset, reg_ckpt, tmp_path):
     """Batched Fields can differ in the last bits with the pairs batched together, so a resumed
     run must compute them in the calls the uninterrupted one did: all pairs in the oracle's
-    calls ('all'), none until a step asks ('asked'), and the first warm's as they are while the
-    served net is still the checkpoint's."""
+    calls, and the first warm's as they are while the served net is still the checkpoint's."""
     ds, split = dataset
-    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=0, every=1, refresh_every=1, refresh_pairs=refresh_pairs)
+    cfg = small_cfg(tmp_path, reg_ckpt, every=1, refresh_every=1)
     data = load_train_data(ds, split, "1")
 
     def hook_and_oracle(name: str):
         (tmp_path / name).mkdir()
         hooks = TRAINER_METHODS["cctr-coupled"].build_hooks(cfg, data, tmp_path / name)
-        return named(hooks, "regnet"), hooks[0].oracle
+        return named(hooks, "regnet"), hooks[0].guidance.oracle
 
     straight, _ = hook_and_oracle("straight")
     fresh = straight.state_dict()                 # served net = the checkpoint's
-    straight.after_step(0, labeled_only_batch(), {})
+    for step in (0, 1):                           # warm-up, then a registration step and a refresh
+        straight.after_step(step, labeled_only_batch(), {})
     refreshed = straight.state_dict()             # served net trained one step
     assert refreshed["served_steps"] == 1
     resumed, oracle = hook_and_oracle("resumed")
@@ -227,21 +252,29 @@ def test_a_resumed_hook_recomputes_its_fields_in_the_calls_of_a_refresh(dataset,
     assert calls == [] and oracle.version == 0 and len(oracle.fields) == 6   # the first warm's Fields stay
     resumed.load_state_dict(refreshed)
     assert oracle.version == 1
-    assert calls == ([4, 2] if refresh_pairs == "all" else [])
+    assert calls == [LEARNED_BATCH, 6 - LEARNED_BATCH]
 
 
-def test_labeled_pairs_add_a_dice_term_that_moves_the_net(dataset, reg_ckpt, tmp_path):
-    """With only labeled pairs, the loss has the truth Dice term; without its weight it differs."""
+def test_labeled_pairs_add_a_dice_term_that_moves_the_net(dataset, reg_ckpt, tmp_path, monkeypatch):
+    """Pairs of two labeled volumes add the truth Dice term to the image loss; pairs with an
+    unlabeled volume the students have not covered yet add none."""
     ds, split = dataset
     data = load_train_data(ds, split, "1")
+    spec = BackendSpec.parse(f"learned:{reg_ckpt}")
     losses = {}
-    for weight in (0.0, 1.0):
-        cfg = CoupledConfig(labeled_fraction=1.0, dice_weight=weight, pairs=1)
-        hook = CoupledRegistration.from_spec(f"learned:{reg_ckpt}", cfg, data.labeled, data.unlabeled, data.val, 4)
+    for labeled_fraction in (0.0, 1.0):
+        monkeypatch.setattr(cctr.joint.coupled, "LABELED_FRACTION", labeled_fraction)
+        hook = CoupledRegistration.from_spec(spec, CoupledConfig(), data.labeled, data.unlabeled, data.val, 4)
+        before = {k: v.clone() for k, v in hook.net.state_dict().items()}
         hook._registration_step()
-        losses[weight] = hook.metrics()
+        losses[labeled_fraction] = hook.metrics()
+        assert any(not torch.equal(before[k], v) for k, v in hook.net.state_dict().items())
+    weight = RegConfig.from_dict({}).loss.smoothness_weight
+    for logged in losses.values():
+        image = logged["similarity"] + weight * logged["smoothness"]
+        assert logged["loss"] == pytest.approx(image + logged.get("dice_loss", 0.0), rel=1e-5)
     assert "dice_loss" in losses[1.0] and "dice_loss" not in losses[0.0]
-    assert losses[1.0]["loss"] > losses[0.0]["loss"]
+    assert 0.0 < losses[1.0]["dice_loss"] <= 1.0 and PAIRS == 2
 
 
 def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_dice(dataset, reg_ckpt, tmp_path):
@@ -268,19 +301,21 @@ def test_coupled_training_writes_loadable_reg_checkpoints_and_logs_registration_
                             oracle=replace(small_cfg(tmp_path, reg_ckpt).oracle, backend="identity")),
                     ds, split, progress=False)
     # the served Fields are refined as the spec says, like cctr's: by default, or not at all
-    default = CoupledRegistration.from_spec(f"learned:{reg_ckpt}", CoupledConfig(), [], [], [], 4)
-    assert default.refine is not None and default.refine.steps == 16 and default.backend.params["refine"] == 16
-    alone = CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine=0", CoupledConfig(), [], [], [], 4)
-    assert alone.refine is None and "refine" not in alone.backend.params and alone.reg_steps == 0
+    default = CoupledRegistration.from_spec(BackendSpec.parse(f"learned:{reg_ckpt}"), CoupledConfig(), [], [], [], 4)
+    assert default.refine == RefineConfig() and default.backend.params["refine"]["steps"] == 16
+    assert str(default.backend.spec) == f"learned:{reg_ckpt}"
+    alone = CoupledRegistration.from_spec(BackendSpec.parse(f"learned:{reg_ckpt}?refine=0"), CoupledConfig(), [], [], [], 4)
+    assert not alone.refine.active and "refine" not in alone.backend.params and alone.reg_steps == 0
     with pytest.raises(ValueError, match="refine_scale=5 must divide"):
-        CoupledRegistration.from_spec(f"learned:{reg_ckpt}?refine_scale=5", CoupledConfig(), [], [], [], 4)
+        CoupledRegistration.from_spec(BackendSpec.parse(f"learned:{reg_ckpt}?refine_scale=5"), CoupledConfig(),
+                                      [], [], [], 4)
 
 
-# mid_steps 2: a mid-run phase after step 5, between the crash and the end
-@pytest.mark.parametrize("mid_steps,refresh_pairs", [(0, "all"), (2, "all"), (0, "asked")])
-def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path, mid_steps, refresh_pairs):
+# 10 iterations, mid_phase 0.2: a mid-run phase of 2 steps after step 5, between the crash and the end
+@pytest.mark.parametrize("iterations,mid_phase", [(6, 0.0), (10, 0.2)])
+def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_path, iterations, mid_phase):
     ds, split = dataset
-    straight = replace(small_cfg(tmp_path, reg_ckpt, mid_steps=mid_steps, mid_at=0.8, refresh_pairs=refresh_pairs),
+    straight = replace(small_cfg(tmp_path, reg_ckpt, mid_phase=mid_phase), iterations=iterations,
                        out_dir=str(tmp_path / "straight"))
     train_joint(straight, ds, split, progress=False)
 
@@ -312,33 +347,44 @@ def test_resume_is_exact_with_both_nets_and_optimisers(dataset, reg_ckpt, tmp_pa
     for k, state in w["optimizer"]["state"].items():
         assert torch.equal(g["optimizer"]["state"][k]["exp_avg"], state["exp_avg"])
     assert g["rng"] == w["rng"] and g["reg_steps"] == w["reg_steps"]
-    assert w["reg_steps"] == 5 + mid_steps   # one per step after the 1-step warm-up, and the phase
+    # one per step after the warm-up (a sixth of the run), and the phase
+    assert w["reg_steps"] == iterations - round(iterations / 6) + round(mid_phase * iterations)
     assert got["history"] == want["history"]
 
 
-def test_the_closing_phase_is_what_the_finish_script_adds_to_a_finished_run(dataset, reg_ckpt, tmp_path):
-    """``coupled.final_steps=N`` takes N registration steps after the students' last step;
-    ``scripts/finish_coupled.py`` on the same run without them ends with the same net, and
-    the students are those of the run without them."""
+def test_the_closing_phase_adds_its_steps_after_the_students_last_one(dataset, reg_ckpt, tmp_path):
+    """``coupled.final_phase * iterations`` registration steps after the students' last step: the
+    students are those of the run without them, the net has taken that many steps more."""
     ds, split = dataset
     plain = replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "plain"))
-    closed = replace(plain, out_dir=str(tmp_path / "closed"), coupled=replace(plain.coupled, final_steps=3))
+    closed = replace(plain, out_dir=str(tmp_path / "closed"), coupled=replace(plain.coupled, final_phase=0.5))
     train_joint(plain, ds, split, progress=False)
     train_joint(closed, ds, split, progress=False)
     p = torch.load(tmp_path / "plain" / "last.pt", map_location="cpu", weights_only=True)
     c = torch.load(tmp_path / "closed" / "last.pt", map_location="cpu", weights_only=True)
-    assert c["hooks"]["regnet"]["reg_steps"] == p["hooks"]["regnet"]["reg_steps"] + 3
+    assert c["hooks"]["regnet"]["reg_steps"] == p["hooks"]["regnet"]["reg_steps"] + 3   # 0.5 * 6 iterations
     for key, value in p["students"]["a"].items():
         assert torch.equal(c["students"]["a"][key], value)
+    ran = torch.load(tmp_path / "closed" / "reg" / "last.pt", map_location="cpu", weights_only=True)
+    assert ran["step"] == c["hooks"]["regnet"]["reg_steps"]
+    # the served copy took the finished net for the last validation
+    assert all(torch.equal(c["hooks"]["regnet"]["served"][k], v) for k, v in c["hooks"]["regnet"]["net"].items())
+
+
+def test_the_finish_script_adds_the_closing_phase_to_a_finished_run(dataset, reg_ckpt, tmp_path):
+    """``scripts/finish_coupled.py`` on a run without a closing phase ends with the net a run
+    with ``final_phase`` (3 steps) ends with."""
+    ds, split = dataset
+    plain = replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "plain"))
+    closed = replace(plain, out_dir=str(tmp_path / "closed"), coupled=replace(plain.coupled, final_phase=0.5))
+    train_joint(plain, ds, split, progress=False)
+    train_joint(closed, ds, split, progress=False)
+    c = torch.load(tmp_path / "closed" / "last.pt", map_location="cpu", weights_only=True)
     finish = load_script("finish_coupled")
     hook = finish.load_hook(ds, split, tmp_path / "plain")
     assert set(hook.finish(3, progress=False)) >= {"final_loss"}   # the phase's mean loss, logged
     for key, value in c["hooks"]["regnet"]["net"].items():
         assert torch.equal(hook.net.state_dict()[key], value), f"{key} differs from the in-run closing phase"
-    ran = torch.load(tmp_path / "closed" / "reg" / "last.pt", map_location="cpu", weights_only=True)
-    assert ran["step"] == hook.reg_steps
-    with pytest.raises(ValueError, match="final_steps"):
-        CoupledConfig(final_steps=-1)
     with pytest.raises(SystemExit, match="no last.pt"):
         finish.load_hook(ds, split, tmp_path / "nowhere")
     other = Split(train=("p1", "p2", "p3"), val=split.val, test=split.test, labeled_sets=split.labeled_sets)
@@ -350,14 +396,15 @@ def test_the_closing_phase_is_what_the_finish_script_adds_to_a_finished_run(data
 
 
 def test_the_mid_run_phase_takes_its_steps_once_and_serves_the_net_it_leaves(dataset, reg_ckpt, tmp_path):
-    """``coupled.mid_steps=N`` adds N registration steps in one go at step ``mid_at`` *
-    iterations, and the served copy takes that net at once (RSL and REPS read it from there)."""
+    """``coupled.mid_phase * iterations`` registration steps in one go half way through the run,
+    and the served copy takes that net at once (RSL and REPS read it from there)."""
     ds, split = dataset
-    cfg = small_cfg(tmp_path, reg_ckpt, warmup_steps=100, refresh_every=100, mid_steps=3, mid_at=0.5)
+    # every=100: no scheduled step in 8 iterations, so every step taken is the phase's
+    cfg = small_cfg(tmp_path, reg_ckpt, every=100, refresh_every=100, mid_phase=0.375)
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     coupled = named(TRAINER_METHODS["cctr-coupled"].build_hooks(replace(cfg, iterations=8), data, tmp_path / "run"), "regnet")
-    assert coupled.mid_step == 4
+    assert coupled.mid_step == 4 and coupled.mid_steps == 3
     before = {k: v.clone() for k, v in coupled.served.state_dict().items()}
     for step in range(3):
         coupled.after_step(step, labeled_only_batch(), {})
@@ -367,11 +414,7 @@ def test_the_mid_run_phase_takes_its_steps_once_and_serves_the_net_it_leaves(dat
     assert any(not torch.equal(before[k], v) for k, v in coupled.served.state_dict().items())
     for step in range(4, 8):
         coupled.after_step(step, labeled_only_batch(), {})
-    assert coupled.reg_steps == 3   # once, and no schedule before warm-up
-    with pytest.raises(ValueError, match="mid_at"):
-        CoupledConfig(mid_at=1.0)
-    with pytest.raises(ValueError, match="mid_steps"):
-        CoupledConfig(mid_steps=-1)
+    assert coupled.reg_steps == 3   # once
 
 
 def test_the_gate_reads_the_registration_as_served_refined_or_not(dataset, reg_ckpt, tmp_path):

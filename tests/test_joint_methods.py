@@ -9,14 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+import cctr.joint.methods
 from fakes import ShiftBackend
 from cctr.joint.config import JointConfig, as_joint_config, build_config, with_backend
 from cctr.joint.gate import GateConfig, RegistrationGate
-from cctr.joint.methods import METHODS, TRAINER_METHODS, pair_dice, registration_only, registration_val_dice, train_joint
+from cctr.joint.methods import (METHODS, TRAINER_METHODS, pair_dice, registration_only, registration_val_dice,
+                                run_backend, train_joint, trainer_methods)
 from cctr.joint.oracle import OracleConfig, RegistrationOracle
-from cctr.joint.reps import RegistrationPositives, RepsConfig
+from cctr.joint.reps import RegistrationPositives
 from cctr.joint.rsl import RegistrationSupervision
 from cctr.joint.synth import SynthConfig, WarpedAtlasSamples
+from cctr.reg.backends import load_backend
+from cctr.reg.placement import FrontEnd
 from cctr.seg.data.case import Case, CaseError, CaseRef, spacing_affine
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.split import Split
@@ -65,10 +69,9 @@ def dataset(tmp_path):
 
 
 def small_cfg(tmp_path, **changes) -> JointConfig:
-    tiny = StudentConfig(kind="unet", widths=(4, 8), embedding_dim=8)
+    tiny = StudentConfig(kind="unet", widths=(4, 8))
     base = JointConfig(method="cctr", image_size=(32, 32), labeled_batch=2, unlabeled_batch=2, student_a=tiny,
-                       student_b=tiny, iterations=3, val_every=1000, checkpoint_every=1000, overlays=False,
-                       out_dir=str(tmp_path / "run"))
+                       student_b=tiny, embedding_dim=8, iterations=3, val_every=1000, out_dir=str(tmp_path / "run"))
     return replace(with_backend(base, "identity", str(tmp_path / "fields")), **changes)
 
 
@@ -91,13 +94,19 @@ def test_one_builder_orders_preset_overrides_and_flags(tmp_path):
     assert (cfg.image_size, cfg.lr, cfg.method, cfg.out_dir) == ((224, 224), 0.5, "cctr", str(tmp_path / "run"))
     assert (cfg.oracle.backend, cfg.oracle.policy, cfg.oracle.cache) == ("identity", "fused", str(tmp_path / "cache"))
     # an explicit flag wins over an override of the same option
-    assert build_config(None, ["oracle.policy=fused"], atlas_policy="similar").oracle.policy == "similar"
+    assert build_config(None, ["oracle.backend=sitk-demons"], reg_backend="identity").oracle.backend == "identity"
+    assert build_config(None, ["oracle.policy=similar"]).oracle.policy == "similar"   # the policy's one way in
     assert build_config().oracle.cache == "runs/reg-cache"
+    # the dataset's planned student settings apply without a config, not over one
+    planned = {"image_size": (96, 96), "normalization": "clip-zscore", "intensity_window": (-100.0, 200.0)}
+    assert build_config(None, planned=planned).image_size == (96, 96)
+    assert build_config("paper", planned=planned).image_size == (224, 224)
 
 
 def test_every_method_of_the_table_is_known():
     assert METHODS == ("supervised", "ct", "cct", "cctr-rsl", "cctr", "cctr-coupled", "registration-only")
     assert TRAINER_METHODS["cctr"].contrastive and TRAINER_METHODS["cctr-rsl"].cross_teaching
+    assert tuple(trainer_methods(FrontEnd())) == tuple(TRAINER_METHODS)
 
 
 def test_cctr_hooks_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path):
@@ -113,6 +122,23 @@ def test_cctr_hooks_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path
     assert [type(h) for h in rsl_only] == [RegistrationSupervision, WarpedAtlasSamples, RegistrationGate]
     with pytest.raises(ValueError, match="registration backend"):
         TRAINER_METHODS["cctr"].build_hooks(with_backend(cfg, ""), data, tmp_path / "run")
+
+
+def test_the_run_records_the_front_end_its_classical_backend_registers_on(dataset, tmp_path):
+    from cctr.reg.grid import CanonicalGrid
+    from cctr.reg.prealign import PrealignConfig
+    from cctr.seg.config import to_dict
+
+    ds, split = dataset
+    front = FrontEnd(CanonicalGrid(shape=(16, 32, 32), spacing=(5.0, 5.0, 5.0)), PrealignConfig(method="none"))
+    cfg = with_backend(small_cfg(tmp_path, gate=GateConfig(mode="none")), "sitk-demons?iterations=5", "")
+    cfg = replace(cfg, oracle=replace(cfg.oracle, workers=1))
+    (tmp_path / "run").mkdir()
+    hooks = trainer_methods(front)["cctr-rsl"].build_hooks(cfg, load_train_data(ds, split, "1"), tmp_path / "run")
+    assert hooks[0].guidance.oracle.backend.params["grid"]["shape"] == (16, 32, 32)
+    info = json.loads((tmp_path / "run" / "registration.json").read_text())
+    assert info["frontend"] == json.loads(json.dumps(to_dict(front)))
+    assert info["reg_backend"] == "sitk-demons?iterations=5" and info["pairs"] == 2
 
 
 def test_cctr_trains_and_checkpoints_its_memory_bank(dataset, tmp_path):
@@ -159,24 +185,15 @@ def test_a_short_cctr_run_finds_registration_positives_that_change_the_loss(data
     assert 0.0 < events.Scalars("rsl/target_dice_hidden")[-1].value <= 1.0  # the hidden labels reached RSL's metric
     assert events.Scalars("diag/pool_acc_a") and events.Scalars("diag/grad_joint_cl_a_emb")
 
-    # Step 2 starts from the same weights in both runs (step 1 found no positive), so keeping only
-    # the positives whose atlas label agrees keeps exactly the logged share of them.
-    train(replace(cfg, method="cctr", out_dir=str(tmp_path / "agree"), reps=RepsConfig(positives="label-agree")),
-          ds, split, methods=TRAINER_METHODS, progress=False)
-    agree_events = EventAccumulator(str(tmp_path / "agree" / "tb"))
-    agree_events.Reload()
-    agreement = {e.step: e.value for e in events.Scalars("reps/label_agreement")}
-    kept = {e.step: e.value for e in agree_events.Scalars("reps/valid_fraction")}
-    assert 0.0 < agreement[2] < 1.0
-    assert kept[2] == pytest.approx(valid[2] * agreement[2], rel=1e-5)
 
-
-def test_registration_only_propagates_and_scores(dataset, tmp_path):
+def test_registration_only_propagates_and_scores(dataset, tmp_path, monkeypatch):
     ds, split = dataset
-    good = registration_only(small_cfg(tmp_path, method="registration-only", out_dir=str(tmp_path / "good")),
-                             ds, split, backend=ShiftBackend(SHIFT), progress=False)
     plain = registration_only(small_cfg(tmp_path, method="registration-only", out_dir=str(tmp_path / "plain")),
                               ds, split, progress=False)
+    # the run's backend is the one its spec names; here, one that knows the true shift
+    monkeypatch.setattr(cctr.joint.methods, "run_backend", lambda cfg, frontend=None: ShiftBackend(SHIFT))
+    good = registration_only(small_cfg(tmp_path, method="registration-only", out_dir=str(tmp_path / "good")),
+                             ds, split, progress=False)
     assert sorted(good.predictions) == ["p5_ED", "p6_ED"]
     assert all(p.is_file() for p in good.predictions.values())
     assert (tmp_path / "good" / "scores.csv").is_file() and (tmp_path / "good" / "summary.md").is_file()
@@ -190,7 +207,7 @@ def test_pair_dice_measures_the_guidance(dataset):
     atlas = ds.ref("p1_ED").load()
     targets = [ds.ref(f"{p}_ED").load() for p in ("p2", "p3")]
     refs = {t.case_id: t.label for t in targets}
-    oracle = RegistrationOracle([atlas], [t.with_label(None) for t in targets], OracleConfig(), backend=ShiftBackend(SHIFT))
+    oracle = RegistrationOracle([atlas], [t.with_label(None) for t in targets], ShiftBackend(SHIFT), OracleConfig())
     dice = pair_dice(oracle, refs)
     assert set(dice) == {("p2_ED", "p1_ED"), ("p3_ED", "p1_ED")} and min(dice.values()) > 0.99
 
@@ -202,23 +219,27 @@ def test_registration_only_refuses_an_empty_subset(dataset, tmp_path):
         registration_only(small_cfg(tmp_path, method="registration-only"), ds, no_test, progress=False)
 
 
-def test_the_plan_reaches_the_classical_backends_of_the_oracle(dataset, tmp_path):
+def test_the_plan_reaches_the_classical_backends_of_the_run(dataset, tmp_path):
     from cctr.reg.grid import CanonicalGrid
     from cctr.reg.prealign import PrealignConfig
-    from cctr.seg.config import load_config, save_config
 
     ds, _ = dataset
     grid, prealign = CanonicalGrid(shape=(16, 32, 32), spacing=(5.0, 5.0, 5.0)), PrealignConfig(method="none")
-    cfg = build_config(None, ["oracle.grid.spacing=[4.0,5.0,5.0]"], reg_backend="sitk-demons",
-                       planned={"oracle": {"grid": grid, "prealign": prealign}})
-    assert cfg.oracle.grid == replace(grid, spacing=(4.0, 5.0, 5.0)) and cfg.oracle.prealign == prealign
-    assert cfg.oracle.cache == "runs/reg-cache"   # the rest of the oracle's options keep their defaults
-    save_config(cfg, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml", JointConfig()) == cfg   # recorded and read back
-    oracle = RegistrationOracle([ds.ref("p1_ED").load()], [ds.ref("p2_ED").load().with_label(None)], cfg.oracle)
-    assert oracle.backend.params["grid"]["shape"] == (16, 32, 32) and oracle.backend.params["prealign"]["method"] == "none"
-    default = RegistrationOracle([ds.ref("p1_ED").load()], [], with_backend(JointConfig(), "sitk-demons").oracle)
-    assert default.backend.params["grid"]["shape"] == CanonicalGrid().shape
+    cfg = with_backend(JointConfig(), "sitk-demons")
+    backend = run_backend(cfg, FrontEnd(grid, prealign))
+    assert backend.params["grid"]["shape"] == (16, 32, 32) and backend.params["prealign"]["method"] == "none"
+    oracle = RegistrationOracle([ds.ref("p1_ED").load()], [ds.ref("p2_ED").load().with_label(None)], backend, cfg.oracle)
+    assert oracle.backend is backend
+    default = run_backend(cfg)
+    assert default.params["grid"]["shape"] == CanonicalGrid().shape
+    assert run_backend(with_backend(cfg, "sitk-demons?prealign=moments"), FrontEnd(grid, prealign)
+                       ).params["prealign"]["method"] == "moments"   # the spec's own prealign wins
+    with pytest.raises(ValueError, match="registration backend"):
+        run_backend(with_backend(cfg, ""))
+    # the grid and pre-alignment are the plan's, no longer options of the run
+    from cctr.seg.config import apply_overrides
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(cfg, ["oracle.grid.spacing=[4.0,5.0,5.0]"])
 
 
 def test_the_gate_scores_the_registration_on_validation_and_logs_its_decisions(dataset, tmp_path):
@@ -229,14 +250,14 @@ def test_the_gate_scores_the_registration_on_validation_and_logs_its_decisions(d
     cfg = small_cfg(tmp_path)
     # the validation volume is the atlas shifted by SHIFT: exact for the shift, off for identity
     assert registration_val_dice(cfg, data, ShiftBackend(SHIFT)) > 0.99
-    identity = registration_val_dice(cfg, data)
+    identity = registration_val_dice(cfg, data, load_backend("identity"))
     assert identity < 0.95
 
     gated = small_cfg(tmp_path, iterations=4, val_every=2)
-    assert gated.gate == GateConfig(mode="validation", terms="rsl")   # the default
+    assert gated.gate == GateConfig(mode="validation")   # the default
     train_joint(gated, ds, split, progress=False)
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
-    assert info["gate"] == {"mode": "validation", "terms": "rsl", "registration_val_dice": pytest.approx(identity)}
+    assert info["gate"] == {"mode": "validation", "registration_val_dice": pytest.approx(identity)}
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("val_gate/open_a")] == [2, 4]
@@ -251,14 +272,15 @@ def test_the_gate_is_off_without_validation_volumes_or_when_asked(dataset, tmp_p
     no_val = replace(split, val=(), train=(*split.train, *split.val))
     train_joint(small_cfg(tmp_path, iterations=2), ds, no_val, progress=False)
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
-    assert info["gate"] == {"mode": "none", "terms": "rsl", "why": "no validation volumes"}
+    assert info["gate"] == {"mode": "none", "why": "no validation volumes"}
     assert "no validation volumes" in capsys.readouterr().err
     off = small_cfg(tmp_path, iterations=2, gate=GateConfig(mode="none"), out_dir=str(tmp_path / "off"))
     hooks = TRAINER_METHODS["cctr"].build_hooks(off, load_train_data(ds, split, "1"), tmp_path / "off")
     assert [h.name for h in hooks] == ["rsl", "reps", "synth"]
     on = TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path, iterations=2), load_train_data(ds, split, "1"),
                                              tmp_path / "off")
-    assert [h.name for h in on] == ["rsl", "reps", "synth", "gate"] and on[0].gate is on[3] and on[1].gate is on[3]
+    assert [h.name for h in on] == ["rsl", "reps", "synth", "gate"] and on[0].gate is on[3]
+    assert getattr(on[1], "gate", None) is None   # the gate gates RSL only
 
 
 def test_cctr_trains_on_synthesised_samples_unless_their_weight_is_zero(dataset, tmp_path):

@@ -8,8 +8,10 @@ import pytest
 
 from fakes import ShiftBackend
 from cctr.joint.field_cache import ByteLRU, CorruptCacheEntry, load_field, save_field
-from cctr.joint.oracle import OracleConfig, RegistrationOracle
+from cctr.joint.oracle import OracleConfig, RegistrationOracle, vote
+from cctr.reg.backends import LEARNED_BATCH, load_backend
 from cctr.reg.field import CanonicalField, Field
+from cctr.reg.spec import BackendSpec
 from cctr.seg.data.case import Case, CaseError, spacing_affine
 
 CLASSES = ("background", "RV", "MYO", "LV")
@@ -57,20 +59,20 @@ def test_byte_lru_evicts_least_recently_used_and_refuses_oversize():
 def test_fields_are_batched_then_served_from_memory(cases):
     atlases, targets = cases
     backend = ShiftBackend((0, 1, 0))
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(batch_pairs=2), backend=backend)
-    pairs = [(t.case_id, a.case_id) for t in targets[:2] for a in atlases[:3]][:5]
+    oracle = RegistrationOracle(atlases, targets, backend, OracleConfig())
+    pairs = [(t.case_id, a.case_id) for t in targets[:3] for a in atlases[:3]][:LEARNED_BATCH + 1]
     fields = oracle.many_fields(pairs)
-    assert backend.calls == [2, 2, 1]
+    assert backend.calls == [LEARNED_BATCH, 1]   # in-process backends get LEARNED_BATCH pairs per call
     assert all(isinstance(f, CanonicalField) and f.fixed_shape == SHAPE for f in fields)
     np.testing.assert_allclose(fields[0].dense().coords[1], Field.identity(SHAPE).coords[1] + 1)
     oracle.many_fields(pairs)
-    assert backend.calls == [2, 2, 1]
+    assert backend.calls == [LEARNED_BATCH, 1]
 
 
 def test_memory_cache_stays_under_its_byte_bound(cases):
     atlases, targets = cases
     one_field = ShiftBackend().register(targets[0].image, (1, 1, 1), atlases[0].image, (1, 1, 1)).nbytes
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(field_memory_mb=2 * one_field / 2**20), backend=ShiftBackend())
+    oracle = RegistrationOracle(atlases, targets, ShiftBackend(), OracleConfig(field_memory_mb=2 * one_field / 2**20))
     assert oracle.warm(progress=False) == len(atlases) * len(targets)
     assert len(oracle.fields) == 2 and oracle.fields.nbytes <= 2 * one_field
 
@@ -78,20 +80,20 @@ def test_memory_cache_stays_under_its_byte_bound(cases):
 def test_disk_cache_is_reused_by_a_second_run_and_keyed_on_content(cases, tmp_path):
     atlases, targets = cases
     cfg = OracleConfig(cache=str(tmp_path / "fields"))
-    first = RegistrationOracle(atlases, targets, cfg, backend=ShiftBackend((0.5, -2.25, 1.0)))
+    first = RegistrationOracle(atlases, targets, ShiftBackend((0.5, -2.25, 1.0)), cfg)
     first.warm(progress=False)
     files = sorted((tmp_path / "fields").rglob("*"))
     npz = [p for p in files if p.suffix == ".npz"]
     assert len(npz) == len(atlases) * len(targets)
     assert not [p for p in files if p.name.startswith(".tmp-")]
 
-    second = RegistrationOracle(atlases, targets, cfg, backend=RefusingBackend())
+    second = RegistrationOracle(atlases, targets, RefusingBackend(), cfg)
     got = second.field("target1", "atlas2")
     np.testing.assert_allclose(got.dense().coords, first.field("target1", "atlas2").dense().coords, atol=1e-3)
 
     # Same id, other voxels: the key changes, so the refusing backend is asked.
     changed = [make_case("target1", targets[1].image + 1.0)]
-    third = RegistrationOracle(atlases, changed, cfg, backend=RefusingBackend())
+    third = RegistrationOracle(atlases, changed, RefusingBackend(), cfg)
     with pytest.raises(AssertionError, match="disk cache"):
         third.field("target1", "atlas2")
 
@@ -113,7 +115,7 @@ def test_corrupt_cached_field_names_the_file(tmp_path):
 def test_a_bad_cache_entry_is_quarantined_and_recomputed(cases, tmp_path, damage):
     atlases, targets = cases
     cfg = OracleConfig(cache=str(tmp_path / "fields"))
-    first = RegistrationOracle(atlases, targets, cfg, backend=ShiftBackend((0.5, -2.25, 1.0)))
+    first = RegistrationOracle(atlases, targets, ShiftBackend((0.5, -2.25, 1.0)), cfg)
     want = first.field("target0", "atlas1")
     (entry,) = (tmp_path / "fields").rglob("*.npz")
     if damage == "truncated":
@@ -127,7 +129,7 @@ def test_a_bad_cache_entry_is_quarantined_and_recomputed(cases, tmp_path, damage
         save_field(entry, CanonicalField(disp, want.fixed_to_native, want.fixed_shape, want.moving_to_native,
                                          want.moving_shape))
     backend = ShiftBackend((0.5, -2.25, 1.0))
-    second = RegistrationOracle(atlases, targets, cfg, backend=backend)
+    second = RegistrationOracle(atlases, targets, backend, cfg)
     with pytest.warns(UserWarning, match="recomputing"):
         got = second.field("target0", "atlas1")
     assert backend.calls == [1]  # computed again, not read from the damaged file
@@ -139,18 +141,18 @@ def test_a_bad_cache_entry_is_quarantined_and_recomputed(cases, tmp_path, damage
 def test_an_implausible_field_from_a_backend_is_refused(cases):
     atlases, targets = cases
     with pytest.raises(ValueError, match="NaN"):
-        RegistrationOracle(atlases, targets, OracleConfig(), backend=ShiftBackend((np.nan, 0, 0))).field("target0", "atlas1")
+        RegistrationOracle(atlases, targets, ShiftBackend((np.nan, 0, 0)), OracleConfig()).field("target0", "atlas1")
 
 
 def test_random_policy_is_seeded_per_step_and_shared_by_callers(cases):
     atlases, targets = cases
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(policy="random"), seed=3, backend=ShiftBackend())
-    again = RegistrationOracle(atlases, targets, OracleConfig(policy="random"), seed=3, backend=ShiftBackend())
+    oracle = RegistrationOracle(atlases, targets, ShiftBackend(), OracleConfig(policy="random"), seed=3)
+    again = RegistrationOracle(atlases, targets, ShiftBackend(), OracleConfig(policy="random"), seed=3)
     picks = [oracle.atlases_for("target0", step, 1) for step in range(60)]
     assert picks == [again.atlases_for("target0", step, 1) for step in range(60)]
     assert all(len(p) == 1 for p in picks)
     assert {p[0] for p in picks} == {a.case_id for a in atlases}
-    other_seed = RegistrationOracle(atlases, targets, OracleConfig(policy="random"), seed=4, backend=ShiftBackend())
+    other_seed = RegistrationOracle(atlases, targets, ShiftBackend(), OracleConfig(policy="random"), seed=4)
     assert picks != [other_seed.atlases_for("target0", step, 1) for step in range(60)]
 
 
@@ -158,17 +160,17 @@ def test_similar_policy_picks_the_most_alike_image_and_fused_takes_all(cases):
     atlases, targets = cases
     rng = np.random.default_rng(1)
     look_alike = make_case("target-like-1", atlases[1].image + 0.05 * rng.random(SHAPE))
-    oracle = RegistrationOracle(atlases, [look_alike], OracleConfig(policy="similar"), backend=ShiftBackend())
+    oracle = RegistrationOracle(atlases, [look_alike], ShiftBackend(), OracleConfig(policy="similar"))
     assert oracle.atlases_for("target-like-1", step=7) == ("atlas1",)
     assert oracle.needed_pairs() == [("target-like-1", "atlas1")]
-    fused = RegistrationOracle(atlases, targets, OracleConfig(policy="fused"), backend=ShiftBackend())
+    fused = RegistrationOracle(atlases, targets, ShiftBackend(), OracleConfig(policy="fused"))
     assert fused.atlases_for("target2", step=0) == ("atlas0", "atlas1", "atlas2")
 
 
 def test_warped_atlas_follows_the_field_and_votes(cases):
     atlases, targets = cases
     # Moving point of fixed (z, y, x) is (z, y + 1, x): the warped label is the atlas label moved up one row.
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(policy="fused"), backend=ShiftBackend((0, 1, 0)))
+    oracle = RegistrationOracle(atlases, targets, ShiftBackend((0, 1, 0)), OracleConfig(policy="fused"))
     expected = np.zeros(SHAPE, np.uint8)
     expected[:, :-1] = atlases[0].label[:, 1:]
     np.testing.assert_array_equal(oracle.warped_label("target0", ("atlas0",), slab_slices=2), expected)
@@ -177,6 +179,11 @@ def test_warped_atlas_follows_the_field_and_votes(cases):
     single = oracle.warped_points("target0", ("atlas0",), points)
     np.testing.assert_array_equal(single.hard_label().reshape(SHAPE[1:]), expected[1])
     assert single.probs.shape == (4, len(points)) and single.probs.dtype == np.float16
+    # the same answer from the pieces a training step uses: the pair's point Field, then the vote
+    on_target = np.ones(len(points), dtype=bool)
+    pieces = oracle.vote_at(("atlas0",), [oracle.points_field("target0", "atlas0", points)], on_target)
+    np.testing.assert_array_equal(pieces.probs, single.probs)
+    np.testing.assert_array_equal(pieces.agreement, single.agreement)
     # The last row maps to y = 12, outside [-0.5, 11.5]: no atlas covers it.
     last_row = single.probs.reshape(4, *SHAPE[1:])[:, -1]
     assert float(last_row.sum()) == 0.0 and float(single.agreement.reshape(SHAPE[1:])[-1].max()) == 0.0
@@ -193,13 +200,28 @@ def test_warped_atlas_follows_the_field_and_votes(cases):
     assert ((agree > 0.3) & (agree < 0.7)).any()
 
 
+def test_the_vote_averages_soft_labels_and_counts_who_agrees():
+    one = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])    # (C=2, N=3): class 0, class 1, nothing
+    two = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])    # class 0, class 0, nothing
+    warped = vote(("a", "b"), [one, two])
+    np.testing.assert_allclose(warped.probs.astype(np.float32), [[1.0, 0.5, 0.0], [0.0, 0.5, 0.0]])
+    assert warped.hard_label().tolist() == [0, 0, 0]   # a tie goes to the first class, as argmax
+    np.testing.assert_allclose(warped.agreement.astype(np.float32), [1.0, 0.5, 0.0])
+    assert warped.atlas_ids == ("a", "b")
+
+
 def test_bad_inputs_raise_clear_errors(cases):
     atlases, targets = cases
     with pytest.raises(ValueError, match="oracle.policy"):
         OracleConfig(policy="nearest")
+    with pytest.raises(ValueError, match="unknown registration backend"):
+        OracleConfig(backend="elastix")   # the spec is parsed when the config is built
+    for gone in ("batch_pairs", "similarity_shape", "grid", "prealign"):   # constants, or the caller's front end
+        with pytest.raises(TypeError, match=gone):
+            OracleConfig(**{gone: None})
     with pytest.raises(CaseError, match="target0.*no label"):
-        RegistrationOracle([targets[0]], targets[1:], OracleConfig(), backend=ShiftBackend())
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(), backend=ShiftBackend())
+        RegistrationOracle([targets[0]], targets[1:], ShiftBackend(), OracleConfig())
+    oracle = RegistrationOracle(atlases, targets, ShiftBackend(), OracleConfig())
     with pytest.raises(CaseError, match="unknown case 'nobody'"):
         oracle.field("nobody", "atlas0")
 
@@ -207,9 +229,16 @@ def test_bad_inputs_raise_clear_errors(cases):
         def register_many(self, pairs):
             return [CanonicalField.of_dense(Field.identity((2, 2, 2))) for _ in pairs]
 
-    wrong = RegistrationOracle(atlases, targets, OracleConfig(), backend=WrongShape())
+    wrong = RegistrationOracle(atlases, targets, WrongShape(), OracleConfig())
     with pytest.raises(ValueError, match="target0"):
         wrong.field("target0", "atlas0")
+
+
+def test_the_backend_spec_is_parsed_once_into_the_config():
+    cfg = OracleConfig(backend="sitk-demons?iterations=5&prealign=none")
+    assert cfg.spec == BackendSpec.parse("sitk-demons?iterations=5&prealign=none")
+    assert cfg.spec.params.iterations == 5 and cfg.spec.prealign == "none"
+    assert OracleConfig().spec is None
 
 
 def test_classical_pairs_run_in_worker_processes_then_come_from_disk(tmp_path, monkeypatch):
@@ -221,9 +250,9 @@ def test_classical_pairs_run_in_worker_processes_then_come_from_disk(tmp_path, m
     atlases = [make_case("atlas", disc(6, 7), (disc(6, 7) * 3).astype(np.uint8))]
     targets = [make_case(f"t{i}", disc(5 + i, 6 + i)) for i in range(3)]
     pairs = [(t.case_id, "atlas") for t in targets]
-    serial = RegistrationOracle(atlases, targets, OracleConfig(backend=spec, workers=1))
+    serial = RegistrationOracle(atlases, targets, load_backend(spec), OracleConfig(backend=spec, workers=1))
     cfg = OracleConfig(backend=spec, workers=2, cache=str(tmp_path / "cache"))
-    pooled = RegistrationOracle(atlases, targets, cfg)
+    pooled = RegistrationOracle(atlases, targets, load_backend(cfg.spec), cfg)
     assert pooled.warm(progress=False) == 3
     for pair in pairs:
         np.testing.assert_allclose(pooled.field(*pair).disp, serial.field(*pair).disp, atol=1e-3)
@@ -233,7 +262,7 @@ def test_classical_pairs_run_in_worker_processes_then_come_from_disk(tmp_path, m
         raise AssertionError("a second run must not register again")
 
     monkeypatch.setattr(cctr.joint.oracle, "ProcessPoolExecutor", no_pool)
-    again = RegistrationOracle(atlases, targets, cfg)
+    again = RegistrationOracle(atlases, targets, load_backend(cfg.spec), cfg)
     again.warm(progress=False)
     for pair in pairs:
         np.testing.assert_array_equal(again.field(*pair).disp, pooled.field(*pair).disp)

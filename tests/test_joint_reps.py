@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from fakes import ShiftBackend
-from cctr.joint.gate import RegistrationGate
+from cctr.joint.config import JointConfig
+from cctr.joint.guidance import Guidance
 from cctr.joint.memory_bank import BankConfig, MemoryBank
 from cctr.joint.oracle import OracleConfig, RegistrationOracle
-from cctr.joint.reps import RegistrationPositives, RepsConfig, label_at, registration_positives
+from cctr.joint.reps import RegistrationPositives, label_at, registration_positives
+from cctr.seg.config import apply_overrides
+from cctr.seg.losses import ExtraKeys, PartAnchors
 from cctr.seg.slices import pixel_voxels
 from cctr.seg.data.case import Case, spacing_affine
 from cctr.seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
@@ -111,23 +114,28 @@ def test_bank_memory_is_fixed_float16_and_shrinks_with_downsampling():
     assert small.nbytes < big.nbytes / 3.5
 
 
+def shifted_guidance(atlas, target, shift=SHIFT) -> Guidance:
+    """The registration guidance of a backend that shifts by ``shift``."""
+    return Guidance(RegistrationOracle([atlas], [target], ShiftBackend(shift), OracleConfig()))
+
+
 def shifted_lookup(world, anchor_seed: int):
-    """A registration oracle that shifts by SHIFT, a bank filled over 10 steps, the next batch
-    and 600 of its pixels drawn with ``anchor_seed``: what a registration positive is looked up from."""
+    """Guidance that shifts by SHIFT, a bank filled over 10 steps, the next batch and 600 of its
+    pixels drawn with ``anchor_seed``: what a registration positive is looked up from."""
     atlas, target, sampler = world
-    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
+    guidance = shifted_guidance(atlas, target)
     bank = filled_bank(sampler, steps=10)
     batch = sampler.next_batch()
     B, (H, W) = batch.image.shape[0], HW
     anchors = torch.randperm(B * H * W, generator=torch.Generator().manual_seed(anchor_seed))[:600]
-    return oracle, bank, batch, anchors
+    return guidance, bank, batch, anchors
 
 
 def test_registration_positive_is_the_embedding_at_the_registered_point(world):
     atlas, target, _ = world
-    oracle, bank, batch, anchors = shifted_lookup(world, anchor_seed=0)
+    guidance, bank, batch, anchors = shifted_lookup(world, anchor_seed=0)
     classes = torch.zeros(600, dtype=torch.long)
-    found = registration_positives(batch, anchors, classes, oracle, bank, step=0)
+    found = registration_positives(batch, PartAnchors(anchors, classes), guidance, bank, step=0)
     vec, valid = found.vectors, found.valid
     b, voxels = pixel_voxels(batch, anchors)
     labeled = batch.is_labeled[b]
@@ -140,16 +148,16 @@ def test_registration_positive_is_the_embedding_at_the_registered_point(world):
     expected = code(there[:, 0], there[:, 1], there[:, 2])
     assert (vec[valid] * expected[valid]).sum(dim=1).min() > 0.99
     # Control: an identity registration gives other positives.
-    wrong = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend((0, 0, 0)))
-    control = registration_positives(batch, anchors, classes, wrong, bank, step=0)
+    wrong = shifted_guidance(atlas, target, (0, 0, 0))
+    control = registration_positives(batch, PartAnchors(anchors, classes), wrong, bank, step=0)
     vec0, valid0 = control.vectors, control.valid
     both = valid & valid0
     assert (vec0[both] * expected[both]).sum(dim=1).mean() < 0.97
 
 
-def test_label_agree_keeps_the_positives_whose_atlas_label_is_the_anchors_class(world):
+def test_every_positive_counts_and_the_share_whose_atlas_label_is_the_anchors_class_is_counted(world):
     atlas = world[0]
-    oracle, bank, batch, anchors = shifted_lookup(world, anchor_seed=1)
+    guidance, bank, batch, anchors = shifted_lookup(world, anchor_seed=1)
     _, voxels = pixel_voxels(batch, anchors)
     there = (voxels + torch.tensor(SHIFT, dtype=torch.float32)).numpy()
     inside = ((there > -0.5) & (there < np.asarray(SHAPE) - 0.5)).all(axis=1)
@@ -157,18 +165,17 @@ def test_label_agree_keeps_the_positives_whose_atlas_label_is_the_anchors_class(
     right = torch.arange(600) % 2 == 0                  # even anchors: the atlas's class there; odd: the other one
     classes = torch.where(right, truth, 1 - truth)
 
-    every = registration_positives(batch, anchors, classes, oracle, bank, step=0, rule="all")
-    agreed = registration_positives(batch, anchors, classes, oracle, bank, step=0, rule="label-agree")
+    every = registration_positives(batch, PartAnchors(anchors, classes), guidance, bank, step=0)
     assert every.valid.sum() > 100
     assert every.found == int(every.valid.sum()) and every.agreeing == int((every.valid & right).sum())
-    assert (agreed.found, agreed.agreeing) == (every.found, every.agreeing)
-    assert torch.equal(agreed.valid, every.valid & right)
-    assert torch.equal(agreed.vectors[agreed.valid], every.vectors[agreed.valid])
-    assert not agreed.vectors[~agreed.valid].any()
-    with pytest.raises(ValueError, match="reps.positives"):
-        RepsConfig(positives="some")
-    with pytest.raises(ValueError, match="some"):
-        registration_positives(batch, anchors, classes, oracle, bank, step=0, rule="some")
+    assert 0 < every.agreeing < every.found   # the disagreeing positives are kept too
+    assert every.asked == int((~batch.is_labeled[anchors // (HW[0] * HW[1])]).sum())
+    # a positive does not depend on the class it is asked for
+    same = registration_positives(batch, PartAnchors(anchors, truth), guidance, bank, step=0)
+    assert torch.equal(same.valid, every.valid) and torch.equal(same.vectors, every.vectors)
+    # the option that dropped the disagreeing ones is gone
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(JointConfig(), ["reps.positives=label-agree"])
 
 
 def test_label_at_reads_the_nearest_voxel_up_to_the_volume_edges():
@@ -179,9 +186,9 @@ def test_label_at_reads_the_nearest_voxel_up_to_the_volume_edges():
 
 def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
     atlas, target, sampler = world
-    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
+    guidance = shifted_guidance(atlas, target)
     banks = {name: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for name in ("a", "b")}
-    reps = RegistrationPositives(oracle, banks)
+    reps = RegistrationPositives(guidance, banks)
     batch = sampler.next_batch()
     emb = embed(batch, code_volume(SHAPE)).requires_grad_(True)
     outputs = {"a": StudentOutput(emb, emb, emb), "b": StudentOutput(emb, emb, -emb)}
@@ -192,36 +199,27 @@ def test_positives_hook_refreshes_banks_per_student_and_serves_callbacks(world):
     assert reps.nbytes == banks["a"].nbytes * 2
     unl = int((~batch.is_labeled).nonzero()[0])
     anchors = unl * HW[0] * HW[1] + torch.arange(HW[0] * HW[1])
-    classes = torch.zeros(anchors.numel(), dtype=torch.long)
-    vec_a, ok_a = reps.extra_positive(0, batch, outputs, "a")(anchors, classes)
-    vec_b, ok_b = reps.extra_positive(0, batch, outputs, "b")(anchors, classes)
+    drawn = PartAnchors(anchors, torch.zeros(anchors.numel(), dtype=torch.long))
+    keys_a = reps.extra_positive(0, batch, outputs, "a", drawn)
+    keys_b = reps.extra_positive(0, batch, outputs, "b", drawn)
+    assert isinstance(keys_a, ExtraKeys)
+    vec_a, ok_a, vec_b, ok_b = keys_a.vectors, keys_a.valid, keys_b.vectors, keys_b.valid
     assert ok_a.any() and torch.equal(ok_a, ok_b)
     assert torch.allclose(vec_a[ok_a], -vec_b[ok_b], atol=1e-6)
     assert vec_a.shape == (HW[0] * HW[1], 6)
-    assert reps.extra_positive(0, batch, outputs, "c") is None
+    assert reps.extra_positive(0, batch, outputs, "c", drawn) is None
     assert reps.losses(0, batch, outputs) == {}
     logged = reps.metrics()   # the three lookups above
     assert logged["valid_fraction"] > 0.5 and 0.0 < logged["label_agreement"] < 1.0
     assert "label_agreement" not in reps.metrics()   # nothing looked up since: no share to log
 
     # A resumed run gets the banks back exactly.
-    fresh = RegistrationPositives(oracle, {n: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for n in ("a", "b")})
+    fresh = RegistrationPositives(guidance, {n: MemoryBank({"lab": SHAPE[0]}, dim=6, sample_hw=HW) for n in ("a", "b")})
     fresh.load_state_dict(reps.state_dict())
     assert torch.equal(fresh.banks["b"].embedding, banks["b"].embedding)
-    assert torch.equal(fresh.extra_positive(0, batch, outputs, "a")(anchors, classes)[0], vec_a)
+    assert torch.equal(fresh.extra_positive(0, batch, outputs, "a", drawn).vectors, vec_a)
     with pytest.raises(ValueError, match="shape"):
         MemoryBank({"lab": 2}, dim=6, sample_hw=HW).load_state_dict(banks["a"].state_dict())
-
-    # A gate over REPS takes the positive from a student it closes (pixel contrast as in cct)
-    # and keeps the banks filling; a gate over RSL alone leaves REPS alone.
-    gate = RegistrationGate(lambda: 0.5, ("rsl", "reps"))
-    gate.validate(10, {"a": {"dice": 0.9}, "b": {"dice": 0.1}})
-    gated = RegistrationPositives(oracle, banks, gate=gate)
-    assert gated.extra_positive(0, batch, outputs, "a") is None
-    assert torch.equal(gated.extra_positive(0, batch, outputs, "b")(anchors, classes)[0], vec_b)
-    rsl_only = RegistrationGate(lambda: 0.5, ("rsl",))
-    rsl_only.load_state_dict(gate.state_dict())
-    assert RegistrationPositives(oracle, banks, gate=rsl_only).extra_positive(0, batch, outputs, "a") is not None
 
 
 def test_repeated_slice_in_one_batch_keeps_the_last_sample_with_its_matrix():

@@ -10,10 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from fakes import ShiftBackend
+from cctr.joint.config import JointConfig
 from cctr.joint.gate import GateConfig, RegistrationGate
+from cctr.joint.guidance import Guidance
 from cctr.joint.oracle import OracleConfig, RegistrationOracle
-from cctr.joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice, rsl_weight
+from cctr.joint.rsl import RegistrationSupervision, RSLConfig, registration_targets, weighted_ce_dice
 from cctr.reg.field import CanonicalField, Field
+from cctr.reg.spec import BackendSpec
+from cctr.seg.config import apply_overrides
 from cctr.seg.data.case import Case, spacing_affine
 from cctr.seg.slices import AugmentConfig, SliceSampler, prepare_volume, resample_slice
 from cctr.seg.students import StudentOutput
@@ -54,15 +58,15 @@ def setup():
     atlas = make_case("lab", image, label)
     target_label = shifted(label)
     target = make_case("unl", shifted(image), None)
-    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(SHIFT))
+    guidance = Guidance(RegistrationOracle([atlas], [target], ShiftBackend(SHIFT), OracleConfig()))
     sampler = SliceSampler([prepare_volume(atlas)], [prepare_volume(target, with_label=False)],
                            labeled_batch=2, unlabeled_batch=4, out_hw=(24, 24),
                            augment=AugmentConfig(rotation_deg=30.0, flip=True, zoom=(0.8, 1.25)), seed=5)
-    return oracle, sampler, target_label
+    return guidance, sampler, target_label
 
 
 def test_warped_label_lines_up_with_the_images_own_label_after_augmentation(setup):
-    oracle, sampler, target_label = setup
+    guidance, sampler, target_label = setup
     num_classes = len(CLASSES)
     truth_onehot = np.stack([(target_label == c) for c in range(num_classes)]).astype(np.float32)
     # Target voxels whose corresponding atlas point is inside the atlas (the rest has no registration label).
@@ -70,7 +74,7 @@ def test_warped_label_lines_up_with_the_images_own_label_after_augmentation(setu
     checked = 0
     for _ in range(3):
         batch = sampler.next_batch()
-        targets = registration_targets(batch, oracle, step=0)
+        targets = registration_targets(batch, guidance, step=0)
         assert targets.index.tolist() == [2, 3, 4, 5]
         for k, b in enumerate(targets.index.tolist()):
             z, m = int(batch.slice_index[b]), batch.to_volume[b]
@@ -88,14 +92,15 @@ def test_warped_label_lines_up_with_the_images_own_label_after_augmentation(setu
 
 def test_alignment_needs_the_field_not_just_the_atlas_label(setup):
     """Control: without the registration the atlas label does NOT line up, so the test above can fail."""
-    oracle, sampler, target_label = setup
-    identity = RegistrationOracle(list(oracle.atlases.values()), list(oracle.targets.values()), OracleConfig(),
-                                  backend=type("Id", (), {"spec": "fake-identity",
-                                                          "register_many": lambda self, p: [CanonicalField.of_dense(Field.identity(f.shape))
-                                                                                            for f, *_ in p]})())
+    guidance, sampler, target_label = setup
+    oracle = guidance.oracle
+    backend = type("Id", (), {"spec": BackendSpec("fake-identity", "identity"),
+                              "register_many": lambda self, p: [CanonicalField.of_dense(Field.identity(f.shape))
+                                                                for f, *_ in p]})()
+    identity = RegistrationOracle(list(oracle.atlases.values()), list(oracle.targets.values()), backend, OracleConfig())
     batch = sampler.next_batch()
-    good = registration_targets(batch, oracle, 0)
-    bad = registration_targets(batch, identity, 0)
+    good = registration_targets(batch, guidance, 0)
+    bad = registration_targets(batch, Guidance(identity), 0)
     assert (good.label != bad.label).float().mean() > 0.05
 
 
@@ -119,10 +124,10 @@ def zero_students(batch) -> tuple[dict, dict]:
 
 
 def test_term_gives_each_student_a_ramped_loss_on_unlabeled_samples_only(setup):
-    oracle, sampler, _ = setup
+    guidance, sampler, _ = setup
     batch = sampler.next_batch()
     logits, outputs = zero_students(batch)
-    term = RegistrationSupervision(oracle, RSLConfig(weight=0.1), rampup_steps=40)
+    term = RegistrationSupervision(guidance, RSLConfig(weight=0.1), rampup_steps=40)
     early, mid, late = term.losses(0, batch, outputs), term.losses(20, batch, outputs), term.losses(60, batch, outputs)
     assert set(late) == {"a", "b"}
     value = {k: {n: float(t.detach()) for n, t in d.items()} for k, d in (("early", early), ("mid", mid), ("late", late))}
@@ -135,10 +140,10 @@ def test_term_gives_each_student_a_ramped_loss_on_unlabeled_samples_only(setup):
 
 
 def test_max_prob_confidence_dims_label_boundaries(setup):
-    oracle, sampler, _ = setup
+    guidance, sampler, _ = setup
     batch = sampler.next_batch()
-    plain = registration_targets(batch, oracle, 0, "none")
-    soft = registration_targets(batch, oracle, 0, "max-prob")
+    plain = registration_targets(batch, guidance, 0, "none")
+    soft = registration_targets(batch, guidance, 0, "max-prob")
     inside = plain.weight == 1.0
     assert torch.all(soft.weight[inside] <= 1.0)
     assert (soft.weight[inside] < 0.9).any() and (soft.weight[inside] == 1.0).any()
@@ -147,114 +152,62 @@ def test_max_prob_confidence_dims_label_boundaries(setup):
 
 
 def test_rsl_logs_the_dice_of_its_targets_against_hidden_labels_only_when_it_has_them(setup):
-    oracle, sampler, target_label = setup
+    guidance, sampler, target_label = setup
     batch = sampler.next_batch()
     logits = torch.zeros(batch.image.shape[0], len(CLASSES), 24, 24, requires_grad=True)
     outputs = {"a": StudentOutput(logits, logits, logits)}
-    exact = RegistrationSupervision(oracle, RSLConfig(), hidden_labels={"unl": target_label})
+    exact = RegistrationSupervision(guidance, RSLConfig(), hidden_labels={"unl": target_label})
     loss = exact.losses(0, batch, outputs)["a"]
     dice = exact.metrics()["target_dice_hidden"]
     assert dice > 0.97  # the fake backend's shift is the true one
     # the hidden label only feeds the metric: the loss is the same without it
-    blind = RegistrationSupervision(oracle, RSLConfig())
+    blind = RegistrationSupervision(guidance, RSLConfig())
     assert torch.equal(blind.losses(0, batch, outputs)["a"], loss) and blind.metrics() == {}
     image, label = anatomy()
     cases = [make_case("lab", image, label), make_case("unl", shifted(image), None)]
-    wrong = RegistrationOracle(cases[:1], cases[1:], OracleConfig(), backend=ShiftBackend((0, 0, 0)))
-    off = RegistrationSupervision(wrong, RSLConfig(), hidden_labels={"unl": target_label})
+    wrong = RegistrationOracle(cases[:1], cases[1:], ShiftBackend((0, 0, 0)), OracleConfig())
+    off = RegistrationSupervision(Guidance(wrong), RSLConfig(), hidden_labels={"unl": target_label})
     off.losses(0, batch, outputs)
     assert off.metrics()["target_dice_hidden"] < dice - 0.05
 
 
-def test_rsl_schedules_ramp_up_or_fade_out():
-    ramp = RSLConfig(weight=0.2)
-    assert rsl_weight(ramp, 0, rampup_steps=100, iterations=400) < 0.01
-    assert rsl_weight(ramp, 100, rampup_steps=100, iterations=400) == pytest.approx(0.2)
-    fade = RSLConfig(weight=0.2, schedule="fade-out", fade_fraction=0.5)
-    weights = [rsl_weight(fade, s, rampup_steps=100, iterations=400) for s in (0, 100, 200, 399)]
-    assert weights == pytest.approx([0.2, 0.1, 0.0, 0.0])
-    with pytest.raises(ValueError, match="rsl.schedule"):
-        RSLConfig(schedule="sometimes")
-    with pytest.raises(ValueError, match="fade_fraction"):
-        RSLConfig(schedule="fade-out", fade_fraction=0.0)
+@pytest.mark.parametrize("gone", ["rsl.schedule=fade-out", "rsl.fade_fraction=0.5", "rsl.pixels=disagree",
+                                  "gate.terms=rsl+reps"])
+def test_rsl_and_gate_options_that_were_dropped_are_refused_as_unknown(gone):
+    # RSL ramps up on every pixel, and the gate gates RSL only
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(JointConfig(), [gone])
 
 
 def test_the_validation_gate_keeps_rsl_from_a_student_that_beats_the_registration(setup):
-    oracle, sampler, _ = setup
+    guidance, sampler, _ = setup
     batch = sampler.next_batch()
     logits, outputs = zero_students(batch)
-    gate = RegistrationGate(lambda: 0.7, GateConfig(mode="validation").term_names)
-    term = RegistrationSupervision(oracle, RSLConfig(weight=0.1), gate=gate)
+    gate = RegistrationGate(lambda: 0.7)
+    assert gate.is_open("a") and gate.is_open("b")
+    term = RegistrationSupervision(guidance, RSLConfig(weight=0.1), gate=gate)
     before = term.losses(5, batch, outputs)
     assert float(before["a"].detach()) > 0 and float(before["b"].detach()) > 0   # no validation yet: both below the registration
 
     logged = gate.validate(100, {"a": {"dice": 0.8, "hd95": 3.0}, "b": {"dice": 0.6, "hd95": 5.0}})
     assert logged == {"registration_dice": 0.7, "open_a": 0.0, "open_b": 1.0}
+    assert not gate.is_open("a") and gate.is_open("b")
     after = term.losses(5, batch, outputs)
     assert float(after["a"].detach()) == 0.0 and float(after["b"].detach()) == pytest.approx(float(before["b"].detach()))
     after["a"].backward()
     assert not logits["a"].grad.any()
 
-    resumed = RegistrationGate(lambda: 0.7, ("rsl",))
+    resumed = RegistrationGate(lambda: 0.7)
     resumed.load_state_dict(gate.state_dict())
-    assert float(RegistrationSupervision(oracle, RSLConfig(weight=0.1), gate=resumed).losses(5, batch, outputs)["a"].detach()) == 0.0
+    assert float(RegistrationSupervision(guidance, RSLConfig(weight=0.1), gate=resumed).losses(5, batch, outputs)["a"].detach()) == 0.0
     gate.validate(200, {"a": {"dice": 0.65}, "b": {"dice": 0.7}})   # reaching the registration closes it too
     assert gate.closed == {"b"}
     all_closed = gate.validate(300, {"a": {"dice": 0.9}, "b": {"dice": 0.9}})
     assert not any(all_closed[k] for k in ("open_a", "open_b"))
     assert term.losses(5, batch, outputs).keys() == {"a", "b"} and term.last_targets is None   # nothing queried
-    # a gate over other terms leaves RSL alone
-    assert float(RegistrationSupervision(oracle, RSLConfig(weight=0.1), gate=RegistrationGate(lambda: 0.7, ("reps",))
-                                         ).losses(5, batch, outputs)["a"].detach()) > 0
 
 
 def test_gate_options_are_checked():
-    assert GateConfig().mode == "validation" and GateConfig().term_names == ("rsl",)
-    assert GateConfig(terms="rsl+reps").term_names == ("rsl", "reps")
+    assert GateConfig().mode == "validation" and GateConfig(mode="none").mode == "none"
     with pytest.raises(ValueError, match="gate.mode"):
         GateConfig(mode="sometimes")
-    with pytest.raises(ValueError, match="gate.terms"):
-        GateConfig(terms="reps")
-
-
-def test_disagree_mode_teaches_only_where_the_students_differ_and_logs_what_it_teaches(setup):
-    oracle, sampler, target_label = setup
-    batch = sampler.next_batch()
-    B = batch.image.shape[0]
-    agreed = torch.randint(0, 4, (B, 24, 24), generator=torch.Generator().manual_seed(1))
-    other = agreed.clone()
-    other[:, :, :8] = (agreed[:, :, :8] + 1) % 4     # student b differs on the left third only
-    differ = torch.zeros(B, 24, 24, dtype=torch.bool)
-    differ[:, :, :8] = True
-
-    def students():
-        logits = {"a": (3.0 * F.one_hot(agreed, 4).permute(0, 3, 1, 2).float()).requires_grad_(),
-                  "b": (3.0 * F.one_hot(other, 4).permute(0, 3, 1, 2).float()).requires_grad_()}
-        return logits, {n: StudentOutput(logits=t, features=t, embedding=t) for n, t in logits.items()}
-
-    grads, logged = {}, {}
-    for mode in ("all", "disagree"):
-        logits, outputs = students()
-        term = RegistrationSupervision(oracle, RSLConfig(weight=0.1, pixels=mode), hidden_labels={"unl": target_label})
-        term.losses(50, batch, outputs)["a"].backward()
-        grads[mode], logged[mode] = logits["a"].grad, term.metrics()
-    rows = slice(2, None)   # the unlabeled samples
-    unlabeled_agree = ~differ[rows]
-    assert not grads["disagree"][rows].permute(0, 2, 3, 1)[unlabeled_agree].any()
-    assert grads["disagree"][rows].permute(0, 2, 3, 1)[differ[rows]].abs().sum() > 0
-    assert not grads["disagree"][:2].any()
-    share = logged["disagree"]["pixel_share"]
-    assert 0.2 < share < 0.45 and "pixel_share" not in logged["all"]
-    # the registration is exact here, so where it teaches it knows more than the students
-    assert logged["disagree"]["target_acc_hidden"] > 0.97
-    assert logged["disagree"]["acc_hidden_a"] < 0.5 and logged["all"]["acc_hidden_a"] < 0.5
-
-
-def test_disagree_mode_needs_two_students_and_the_options_are_checked(setup):
-    oracle, sampler, _ = setup
-    batch = sampler.next_batch()
-    logits = torch.zeros(batch.image.shape[0], 4, 24, 24)
-    with pytest.raises(ValueError, match="two students"):
-        RegistrationSupervision(oracle, RSLConfig(pixels="disagree")).losses(5, batch, {"a": StudentOutput(logits, logits, logits)})
-    with pytest.raises(ValueError, match="rsl.pixels"):
-        RSLConfig(pixels="some")

@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from fakes import ShiftBackend
+from cctr.joint.config import JointConfig
+from cctr.joint.guidance import Guidance
 from cctr.joint.oracle import OracleConfig, RegistrationOracle
-from cctr.joint.synth import MIN_CLASS_PIXELS, SynthConfig, WarpedAtlasSamples, carry_appearance
+from cctr.joint.rsl import RegistrationSupervision, RSLConfig
+from cctr.joint.synth import SynthConfig, WarpedAtlasSamples
+from cctr.seg.config import apply_overrides
 from cctr.seg.slices import AugmentConfig, SliceSampler, normalize_intensity, prepare_volume, resample_slice, sample_voxels
-from test_joint_rsl import CLASSES, SHIFT, anatomy, make_case, shifted
+from test_joint_rsl import CLASSES, SHIFT, anatomy, make_case, shifted, zero_students
 
 C = len(CLASSES)
 
@@ -22,11 +26,12 @@ def _setup(registration_shift):
     image, label = anatomy()
     atlas = make_case("lab", image, label)
     target = make_case("unl", shifted(image), None)
-    oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(registration_shift))
+    oracle = RegistrationOracle([atlas], [target], ShiftBackend(registration_shift), OracleConfig())
     sampler = SliceSampler([prepare_volume(atlas, "none")], [prepare_volume(target, "none", with_label=False)],
                            labeled_batch=2, unlabeled_batch=4, out_hw=(24, 24),
                            augment=AugmentConfig(rotation_deg=30.0, flip=True, zoom=(0.8, 1.25)), seed=5)
-    hook = WarpedAtlasSamples(oracle, {"lab": normalize_intensity(image, "none")}, SynthConfig(weight=0.5, samples=3))
+    hook = WarpedAtlasSamples(Guidance(oracle), {"lab": normalize_intensity(image, "none")},
+                              SynthConfig(weight=0.5, samples=3))
     return hook, sampler, image, label
 
 
@@ -60,7 +65,7 @@ def test_a_wrong_registration_still_gives_pairs_in_register():
     wrong = 0
     for k, b in enumerate((2, 3, 4)):
         voxels = sample_voxels(batch, b)
-        fld = hook.oracle.points_field(batch.case_id[b], "lab", voxels.numpy())
+        fld = hook.guidance.oracle.points_field(batch.case_id[b], "lab", voxels.numpy())
         pure = torch.from_numpy(fld.warp_onehot(label, C)[:, 0, 0].max(axis=0) > 0.999).reshape(H, W)
         pure &= torch.from_numpy(fld.inside()[0, 0]).reshape(H, W)
         img, lab = extra.image[k, 0][pure], extra.label[k][pure].float()
@@ -71,21 +76,23 @@ def test_a_wrong_registration_still_gives_pairs_in_register():
     assert wrong > 50    # the labels are not the target's: the registration is off
 
 
-def test_without_the_deformation_the_samples_come_from_where_the_placement_alone_puts_them():
-    """The fake backend's shift is all displacement (its placements are the identity), so the
-    control synthesises the atlas at the unlabeled sample's own voxels: the atlas unshifted."""
-    deformed_hook, sampler, image, label = _setup(SHIFT)
-    bare_hook = WarpedAtlasSamples(deformed_hook.oracle, deformed_hook.images,
-                                   SynthConfig(weight=0.5, samples=3, deformation=False))
+def test_rsl_and_the_synthesised_samples_read_one_guidance_per_step():
+    """A step maps its samples and asks the oracle for their Fields once, whichever hook asks
+    first; the next step asks again (a coupled net changes its Fields between steps)."""
+    hook, sampler, _, _ = _setup(SHIFT)
+    guidance = hook.guidance
+    asked = []
+    real = guidance.oracle.points_field
+    guidance.oracle.points_field = lambda *a: asked.append(a[0]) or real(*a)
+    rsl = RegistrationSupervision(guidance, RSLConfig(weight=0.1))
     batch = sampler.next_batch()
-    extra, deformed = bare_hook.extra_samples(0, batch), deformed_hook.extra_samples(0, batch)
-    for k, b in enumerate((2, 3, 4)):
-        z, m = int(batch.slice_index[b]), batch.to_volume[b]
-        full = resample_slice(torch.from_numpy(np.ones_like(image)), z, m, (24, 24), "linear") > 0.999
-        want_image = resample_slice(torch.from_numpy(normalize_intensity(image, "none")), z, m, (24, 24), "linear")
-        assert full.sum() > 100
-        torch.testing.assert_close(extra.image[k, 0][full], want_image[full], atol=1e-4, rtol=0)
-    assert not torch.equal(extra.label, deformed.label)
+    _, outputs = zero_students(batch)
+    hook.extra_samples(3, batch)
+    rsl.losses(3, batch, outputs)
+    assert len(asked) == 4   # the batch's four unlabeled samples, one atlas each
+    assert sorted(guidance.of_batch(3, batch)) == [2, 3, 4, 5]
+    rsl.losses(4, batch, outputs)
+    assert len(asked) == 8
 
 
 def test_the_options_are_checked_and_every_atlas_needs_its_image():
@@ -93,91 +100,10 @@ def test_the_options_are_checked_and_every_atlas_needs_its_image():
         SynthConfig(weight=-1.0)
     with pytest.raises(ValueError, match="synth.samples"):
         SynthConfig(samples=0)
-    with pytest.raises(ValueError, match="synth.appearance"):
-        SynthConfig(appearance="mean")
+    # the atlas's own appearance, unaugmented and deformed, always: those options are gone
+    for gone in ("synth.appearance=target", "synth.augment=true", "synth.deformation=false"):
+        with pytest.raises(ValueError, match="unknown option"):
+            apply_overrides(JointConfig(), [gone])
     hook, *_ = _setup(SHIFT)
     with pytest.raises(ValueError, match=r"missing \['lab'\]"):
-        WarpedAtlasSamples(hook.oracle, {}, SynthConfig(weight=1.0))
-
-
-OFFSETS = np.array([0.0, 0.2, -0.15, 0.1], np.float32)   # the target's intensity per class minus the atlas's
-
-
-def test_carried_appearance_moves_each_class_to_the_target_and_leaves_a_class_too_small_to_measure():
-    image, label = anatomy()
-    atlas_image, lab = image[0].astype(np.float32), label[0]
-    target = atlas_image + OFFSETS[lab]
-    out = carry_appearance(atlas_image, lab, target, np.ones_like(lab, bool), C)
-    np.testing.assert_allclose(out, target, atol=1e-6)
-    # pixels where the target does not exist count for nothing: the RV (class 1) keeps too few
-    valid = np.ones_like(lab, bool)
-    rv = np.argwhere(lab == 1)
-    valid[tuple(rv[MIN_CLASS_PIXELS // 2:].T)] = False
-    out = carry_appearance(atlas_image, lab, np.where(valid, target, 5.0), valid, C)
-    np.testing.assert_allclose(out[lab == 1], atlas_image[lab == 1], atol=1e-6)
-    np.testing.assert_allclose(out[lab != 1], target[lab != 1], atol=1e-6)
-
-
-def test_with_the_targets_appearance_an_exact_registration_synthesises_the_target_and_a_wrong_one_keeps_the_label():
-    """The target is the shifted atlas with other intensities per class: with an exact
-    registration the synthesised image is the unlabeled sample itself (inside the label's
-    pure pixels), with a wrong one its label is still the atlas's and the image follows it.
-    The anatomy is doubled in plane so that the thin myocardium has enough pixels to measure."""
-    _, label = anatomy()
-    label = label.repeat(2, axis=1).repeat(2, axis=2)
-    image = label * 0.3 + 0.05 * np.random.default_rng(1).random(label.shape)
-    atlas = make_case("lab", image, label)
-    target_image = shifted(image + OFFSETS[label])
-    target = make_case("unl", target_image, None)
-    for shift, exact in ((SHIFT, True), ((0, 6, 3), False)):
-        oracle = RegistrationOracle([atlas], [target], OracleConfig(), backend=ShiftBackend(shift))
-        sampler = SliceSampler([prepare_volume(atlas, "none")], [prepare_volume(target, "none", with_label=False)],
-                               labeled_batch=2, unlabeled_batch=4, out_hw=(48, 48),
-                               augment=AugmentConfig(rotation_deg=30.0, contrast=(1.0, 1.0), brightness=(0.0, 0.0)), seed=3)
-        hook = WarpedAtlasSamples(oracle, {"lab": image.astype(np.float32)}, SynthConfig(samples=2, appearance="target"))
-        batch = sampler.next_batch()
-        extra = hook.extra_samples(0, batch)
-        H, W = batch.image.shape[-2:]
-        for k, b in enumerate((2, 3)):
-            voxels = sample_voxels(batch, b)
-            fld = oracle.points_field(batch.case_id[b], "lab", voxels.numpy())
-            pure = torch.from_numpy(fld.warp_onehot(label, C)[:, 0, 0].max(axis=0) > 0.999).reshape(H, W)
-            pure &= torch.from_numpy(fld.inside()[0, 0]).reshape(H, W)
-            img, lab = extra.image[k, 0][pure], extra.label[k][pure]
-            if exact:   # where the target's voxels all have an atlas point (its zero fill biases the median slightly)
-                z, m = int(batch.slice_index[b]), batch.to_volume[b]
-                full = resample_slice(torch.from_numpy(shifted(np.ones_like(image))), z, m, (H, W), "linear")[pure] > 0.999
-                torch.testing.assert_close(img[full], batch.image[b, 0][pure][full], atol=1e-3, rtol=0)
-            else:   # the atlas's image moved by the class offsets the target's medians gave
-                atlas_img = torch.from_numpy(fld.warp_image(image.astype(np.float32))[0, 0]).reshape(H, W)[pure]
-                moved = img - atlas_img
-                for c in lab.unique().tolist():
-                    assert float(moved[lab == c].std()) < 1e-5   # one shift per class: texture and edges kept
-                assert float((img - atlas_img).abs().max()) > 0.05
-
-
-def test_augmented_synthesised_images_take_the_trainers_intensity_ranges_the_same_again_at_the_same_step():
-    """``synth.augment``: each synthesised image is the unaugmented one times a contrast plus a
-    brightness from the trainer's ranges; the draw depends on (seed, step) only, so a resumed run
-    makes the same samples, and the labels do not move."""
-    plain, sampler, image, _ = _setup(SHIFT)
-    ranges = AugmentConfig(contrast=(0.5, 0.6), brightness=(2.0, 3.0))
-    images = {"lab": normalize_intensity(image, "none")}
-    hook = WarpedAtlasSamples(plain.oracle, images, SynthConfig(weight=0.5, samples=3, augment=True), ranges, seed=7)
-    off = WarpedAtlasSamples(plain.oracle, images, SynthConfig(weight=0.5, samples=3, augment=False), ranges, seed=7)
-    batch = sampler.next_batch()
-    base = plain.extra_samples(4, batch)
-    torch.testing.assert_close(off.extra_samples(4, batch).image, base.image, atol=0, rtol=0)
-    got = hook.extra_samples(4, batch)
-    assert torch.equal(got.label, base.label)
-    draws = set()
-    for k in range(3):
-        x, y = base.image[k, 0].flatten().double(), got.image[k, 0].flatten().double()
-        a = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
-        b = float(y.mean() - a * x.mean())
-        assert 0.5 <= a <= 0.6 and 2.0 <= b <= 3.0
-        torch.testing.assert_close(y, a * x + b, atol=1e-4, rtol=0)
-        draws.add(round(a, 6))
-    assert len(draws) == 3   # one draw per sample
-    torch.testing.assert_close(hook.extra_samples(4, batch).image, got.image, atol=0, rtol=0)
-    assert not torch.equal(hook.extra_samples(5, batch).image, got.image)
+        WarpedAtlasSamples(hook.guidance, {}, SynthConfig(weight=1.0))

@@ -14,7 +14,7 @@ import yaml
 
 from isotropic_set import IsoConfig, make_case, write_isotropic_set
 from cctr.joint.app.cli import main
-from cctr.joint.plan import (PLAN_FILENAME, load_plan, make_plan, plan_for, reg_config,
+from cctr.joint.plan import (PLAN_FILENAME, frontend, load_plan, make_plan, plan_for, reg_config,
                         seg_overrides)
 from cctr.reg.backends import load_backend
 from cctr.reg.config import RegConfig
@@ -96,7 +96,7 @@ def test_modality_from_values():
     assert mr.modality == "mr-like" and mr.intensity.percentiles["0.5"] >= 0
 
 
-def test_moments_prealignment_recovers_a_known_shift():
+def test_moments_prealignment_recovers_a_known_shift(monkeypatch):
     grid = CanonicalGrid((32, 32, 32), (3.0, 3.0, 3.0))
     shape, spacing = (40, 40, 40), (2.5, 2.5, 2.5)
     shift = (9.0, -12.0, 15.0)  # mm
@@ -105,8 +105,11 @@ def test_moments_prealignment_recovers_a_known_shift():
     m = align_moments(fixed.image, moving.image, grid.spacing, PrealignConfig(method="moments"))
     assert np.allclose(m[:3, 3] * np.asarray(grid.spacing), shift, atol=1.0)
     assert np.allclose(m[:3, :3], np.eye(3))
-    capped = align_moments(fixed.image, moving.image, grid.spacing, PrealignConfig(method="moments", max_shift_mm=5.0))
+    import cctr.reg.prealign
+    monkeypatch.setattr(cctr.reg.prealign, "MAX_SHIFT_MM", 5.0)   # a shift longer than the cap is shortened to it
+    capped = align_moments(fixed.image, moving.image, grid.spacing, PrealignConfig(method="moments"))
     assert np.linalg.norm(capped[:3, 3] * np.asarray(grid.spacing)) == pytest.approx(5.0)
+    monkeypatch.undo()
     # after re-placing, the moving canonical image lies on the fixed one
     placed = place_pair(fixed, moving, grid, PrealignConfig(method="moments"))
     before = np.abs(fixed.image - moving.image).mean()
@@ -130,7 +133,7 @@ def test_planned_registration_beats_identity_on_isotropic_volumes(iso_dir, tmp_p
     dataset = open_dataset(iso_dir)
     rules = PlanRules(voxel_budget=16 * 16 * 32)  # tiny grid: seconds
     config = reg_config(make_plan(dataset, None, rules))
-    config = config.with_overrides(steps=40, val_every=40, log_every=20, image_every=40, val_pairs=2, batch_size=2)
+    config = config.with_overrides(steps=40, val_every=40, val_pairs=2, batch_size=2)
     cases = [r.load() for r in dataset.refs]
     vols = [Volume(c.case_id, c.patient_id, c.image, c.spacing, c.label) for c in cases]
     ckpt = train(config, vols[:4], vols[4:], len(dataset.class_names), tmp_path / "reg")
@@ -168,6 +171,10 @@ def test_overrides_for_registration_and_students(iso_dir):
     seg = replace(TrainConfig(), **seg_overrides(plan))  # CT-like: clipped to the planned window, then z-scored
     assert seg.image_size == plan.student.image_size == (64, 64) and seg.normalization == "clip-zscore"
     assert seg.intensity_window == tuple(plan.student.window) and seg.intensity_window[0] < seg.intensity_window[1]
+    assert set(seg_overrides(plan)) == {"image_size", "normalization", "intensity_window"}   # students only
+    # the classical backends of a run register on the planned grid and pre-alignment
+    front = frontend(plan)
+    assert (front.grid, front.prealign) == (plan.reg.grid, plan.reg.prealign)
 
 
 def test_cli_plan_and_reg_train_use_the_plan(iso_dir, tmp_path, capsys):

@@ -17,10 +17,12 @@ import tempfile
 import numpy as np
 import pytest
 
-from cctr.reg.backends import backend_params, load_backend
-from cctr.reg.classical import SynParams, ants_syn
+import cctr.reg.classical
+from cctr.reg.backends import load_backend
+from cctr.reg.classical import SYN_PAD, ants_syn
 from cctr.reg.field import Field, voxel_grid
 from cctr.reg.grid import CanonicalGrid
+from cctr.reg.placement import FrontEnd
 from tests.reg_synthetic import Motion, one_torch_thread, true_map, volume  # noqa: F401 (autouse)
 
 HAVE_ANTS = importlib.util.find_spec("ants") is not None
@@ -35,17 +37,20 @@ def _hide_ants(monkeypatch) -> None:
 
 def test_missing_antspyx_names_the_extra_to_install(monkeypatch):
     _hide_ants(monkeypatch)
-    for call in (lambda: load_backend("ants-syn"), lambda: backend_params("ants-syn?seed=3"),
-                 lambda: ants_syn(np.zeros(SHAPE), np.zeros(SHAPE), SPACING, SynParams())):
+    for call in (lambda: load_backend("ants-syn"), lambda: load_backend("ants-syn?prealign=none"),
+                 lambda: ants_syn(np.zeros(SHAPE), np.zeros(SHAPE), SPACING)):
         with pytest.raises(ImportError) as info:
             call()
         message = str(info.value)
         assert "cctr[ants]" in message and "antspyx" in message and "ants-syn" in message
 
 
-def test_syn_params_reject_a_negative_margin():
-    with pytest.raises(ValueError, match="pad"):
-        SynParams(pad=-1)
+def test_syn_takes_no_options_but_prealign(monkeypatch):
+    # seed and margin are constants (SYN_SEED, SYN_PAD): the spec refuses them before any import
+    _hide_ants(monkeypatch)
+    for spec in ("ants-syn?seed=3", "ants-syn?pad=2"):
+        with pytest.raises(ValueError, match=r"unknown option\(s\)"):
+            load_backend(spec)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,7 +76,7 @@ needs_ants = pytest.mark.skipif(not HAVE_ANTS, reason="antspyx not installed: ne
 def test_translation_comes_back_in_field_convention():
     shift_mm = (4.0, 6.0, -6.0)  # (z, y, x): one slice down, three voxels along +y, three along -x
     f_img, f_lab, m_img, m_lab, truth = _shifted_pair(shift_mm)
-    disp = ants_syn(f_img, m_img, SPACING, SynParams())
+    disp = ants_syn(f_img, m_img, SPACING)
     assert disp.shape == (3, *SHAPE) and disp.dtype == np.float32
     field = Field(voxel_grid(SHAPE) + disp, SHAPE)
     where = f_lab > 0  # the image has structure there; the flat background carries no motion
@@ -89,8 +94,8 @@ def test_backend_beats_identity_end_to_end_and_is_deterministic():
     f_img, f_lab = volume(f_shape, f_sp)
     m_img, m_lab = volume(m_shape, m_sp, Motion(np.deg2rad(15.0), (0.0, 4.0, -3.0)))
     env = {k: os.environ.get(k) for k in ("ANTS_RANDOM_SEED", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")}
-    backend = load_backend("ants-syn?prealign=none&seed=7", grid=CanonicalGrid((16, 32, 32), (4.0, 2.4, 2.4)))
-    assert backend.params["seed"] == 7 and backend.params["pad"] == SynParams().pad
+    backend = load_backend("ants-syn?prealign=none", FrontEnd(CanonicalGrid((16, 32, 32), (4.0, 2.4, 2.4))))
+    assert backend.params["kind"] == "ants-syn" and backend.params["prealign"]["method"] == "none"
     first = backend.register(f_img, f_sp, m_img, m_sp)
     again = backend.register(f_img, f_sp, m_img, m_sp)
     assert np.array_equal(first.coords, again.coords)
@@ -109,11 +114,12 @@ def test_motion_is_kept_at_the_border_and_no_files_are_left(tmp_path, monkeypatc
     assert where.sum() > 50
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     errors = {}
-    for pad in (0, SynParams().pad):
-        field = Field(voxel_grid(SHAPE) + ants_syn(f_img, m_img, SPACING, SynParams(pad=pad)), SHAPE)
+    for pad in (0, SYN_PAD):
+        monkeypatch.setattr(cctr.reg.classical, "SYN_PAD", pad)
+        field = Field(voxel_grid(SHAPE) + ants_syn(f_img, m_img, SPACING), SHAPE)
         assert np.isfinite(field.coords).all()
         errors[pad] = float(np.linalg.norm(field.coords - truth.coords, axis=0)[where].mean())
     # SyN pins its displacement to zero on the image's outer voxels; the margin moves that
     # pin off the real grid, so the structure at the border follows the shift
-    assert errors[SynParams().pad] < 0.7 < errors[0]
+    assert errors[SYN_PAD] < 0.7 < errors[0]
     assert list(tmp_path.iterdir()) == []  # the transforms ANTs wrote are gone

@@ -3,17 +3,23 @@ from a checkpoint alone, and the clear errors for bad specs and bad checkpoints.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cctr.reg.backends import backend_params, load_backend, parse_spec
+import cctr.reg.backends
+from cctr.reg.backends import load_backend
 from cctr.reg.checkpoint import save_checkpoint
 from cctr.reg.config import RegConfig
 from cctr.reg.grid import CanonicalGrid
 from cctr.reg.losses import LocalNCCLoss, _clamped_local_ncc
 from cctr.reg.model import RegistrationNet
+from cctr.reg.placement import FrontEnd
+from cctr.reg.prealign import PrealignConfig
+from cctr.reg.refine import RefineConfig
+from cctr.reg.spec import BackendSpec
 from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (autouse)
 
 FIXED = ((8, 48, 40), (6.0, 1.5, 1.5))
@@ -55,8 +61,8 @@ def test_identity_overlays_volumes_centre_on_centre(pair):
 
 def test_demons_improves_on_identity_and_is_deterministic(pair):
     f_img, fsp, f_lab, m_img, msp, m_lab = pair
-    spec = "sitk-demons?iterations=20&levels=1"
-    backend = load_backend(spec, grid=SMALL)
+    spec = "sitk-demons?iterations=20"
+    backend = load_backend(spec, FrontEnd(SMALL))
     first = backend.register(f_img, fsp, m_img, msp)
     again = backend.register(f_img, fsp, m_img, msp)
     assert np.array_equal(first.disp, again.disp)
@@ -67,7 +73,7 @@ def test_demons_improves_on_identity_and_is_deterministic(pair):
 
 def test_bspline_returns_a_regular_field(pair):
     f_img, fsp, f_lab, m_img, msp, m_lab = pair
-    field = load_backend("sitk-bspline?iterations=5&levels=1&mesh_mm=30", grid=SMALL).register(f_img, fsp, m_img, msp)
+    field = load_backend("sitk-bspline?iterations=5&mesh_mm=30", FrontEnd(SMALL)).register(f_img, fsp, m_img, msp)
     assert field.fixed_shape == f_img.shape
     assert _dice(field.warp_labels(m_lab, 4), f_lab) > 0.5
 
@@ -80,15 +86,16 @@ def _equal_up_to_batch_noise(a: np.ndarray, b: np.ndarray) -> None:
     assert diff.max() < 0.05 and float(np.mean(diff > 5e-3)) < 1e-3, (diff.max(), float(np.mean(diff > 5e-3)))
 
 
-def test_learned_backend_runs_from_the_checkpoint_alone_and_batches(pair, checkpoint):
+def test_learned_backend_runs_from_the_checkpoint_alone_and_batches(pair, checkpoint, monkeypatch):
     f_img, fsp, _, m_img, msp, _ = pair
-    backend = load_backend(f"learned:{checkpoint}?batch=2")   # refined by default: per pair, whatever the batch
+    monkeypatch.setattr(cctr.reg.backends, "LEARNED_BATCH", 2)   # three pairs: a batch of two, then one
+    backend = load_backend(f"learned:{checkpoint}")   # refined by default: per pair, whatever the batch
     fields = backend.register_many([(f_img, fsp, m_img, msp), (m_img, msp, f_img, fsp), (f_img, fsp, m_img, msp)])
     assert [f.fixed_shape for f in fields] == [f_img.shape, m_img.shape, f_img.shape]
     _equal_up_to_batch_noise(fields[0].disp, fields[2].disp)
     single = backend.register(f_img, fsp, m_img, msp)
     _equal_up_to_batch_noise(single.dense().coords, fields[0].dense().coords)
-    params = backend_params(f"learned:{checkpoint}")
+    params = load_backend(f"learned:{checkpoint}").params
     assert params["kind"] == "learned" and len(params["checkpoint_sha256"]) == 64
     assert params["config"]["grid"]["shape"] == [16, 32, 32]
 
@@ -98,7 +105,6 @@ def test_a_backend_places_a_pair_once_and_gives_the_same_field_from_the_kept_pla
     a fresh one gives, and a budget too small for a pair keeps nothing."""
     import dataclasses
 
-    import cctr.reg.backends
     f_img, fsp, _, m_img, msp, _ = pair
     calls = []
     real = cctr.reg.backends.place_pair
@@ -120,10 +126,17 @@ def test_a_backend_places_a_pair_once_and_gives_the_same_field_from_the_kept_pla
 
 
 def test_backend_params_name_every_option():
-    params = backend_params("sitk-demons?iterations=7")
+    params = load_backend("sitk-demons?iterations=7").params
     assert params["iterations"] == 7 and params["sigma_mm"] > 0 and params["prealign"]["method"] == "search"
-    assert backend_params("sitk-demons?prealign=none")["prealign"]["method"] == "none"
-    assert backend_params("identity") == {"kind": "identity"}
+    assert tuple(params["grid"]["shape"]) == FrontEnd().grid.shape   # the project defaults without a front end
+    assert load_backend("sitk-demons?prealign=none").params["prealign"]["method"] == "none"
+    # the front end handed in (a dataset's plan) is the classical backends' grid and pre-alignment;
+    # the spec's prealign= wins over it
+    planned = FrontEnd(SMALL, PrealignConfig(method="moments"))
+    assert load_backend("sitk-demons", planned).params["prealign"]["method"] == "moments"
+    assert tuple(load_backend("sitk-demons", planned).params["grid"]["shape"]) == SMALL.shape
+    assert load_backend("sitk-demons?prealign=none", planned).params["prealign"]["method"] == "none"
+    assert load_backend("identity").params == {"kind": "identity"}
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -133,9 +146,17 @@ def test_backend_params_name_every_option():
     ("identity:foo", "only 'learned' takes a path"),
     ("sitk-demons?iterations", "not key=value"),
     ("sitk-demons?iterations=many", "not a valid int"),
-    ("sitk-demons?speed=3", "unknown option 'speed'"),
-    ("sitk-demons?prealign=magic", "unknown pre-alignment"),
+    ("sitk-demons?speed=3", r"unknown option\(s\) \['speed'\]"),
+    ("sitk-demons?prealign=magic", "prealign must be one of"),
     ("identity?x=1", "takes no options"),
+    # options of earlier versions are unknown now: the pyramid levels are a constant, the
+    # learned net batches LEARNED_BATCH pairs on the device load_backend is given
+    ("sitk-demons?levels=1", r"unknown option\(s\) \['levels'\]"),
+    ("sitk-demons?match_histograms=false", "unknown option"),
+    ("sitk-bspline?levels=1", "unknown option"),
+    ("ants-syn?seed=3", "unknown option"),
+    ("learned:net.pt?batch=2", r"unknown option\(s\) \['batch'\]"),
+    ("learned:net.pt?device=cpu", "unknown option"),
 ])
 def test_bad_specs_are_refused_clearly(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -143,8 +164,17 @@ def test_bad_specs_are_refused_clearly(spec, message):
 
 
 def test_spec_grammar():
-    s = parse_spec("learned:runs/a:b/best.pt?batch=4")
-    assert (s.kind, s.path, s.options) == ("learned", "runs/a:b/best.pt", {"batch": "4"})
+    s = BackendSpec.parse("learned:runs/a:b/best.pt?refine=4")
+    assert (s.kind, s.checkpoint, s.refine) == ("learned", Path("runs/a:b/best.pt"), RefineConfig(steps=4))
+    assert str(s) == s.text == "learned:runs/a:b/best.pt?refine=4" and s.is_learned and s.runs_in_process
+    assert s.params is None and s.prealign == ""
+    d = BackendSpec.parse("sitk-demons?iterations=7&prealign=none")
+    assert (d.kind, d.checkpoint, d.params.iterations, d.prealign) == ("sitk-demons", None, 7, "none")
+    assert not d.is_learned and not d.runs_in_process
+    assert BackendSpec.parse("ants-syn").params is None
+    # a short folder name: the kind alone, or with a hash of the whole spec when it has more
+    assert BackendSpec.parse("identity").tag == "identity"
+    assert s.tag.startswith("learned-") and s.tag != BackendSpec.parse("learned:runs/a:b/best.pt").tag
 
 
 def test_bad_checkpoints_are_refused_clearly(tmp_path, checkpoint):
@@ -175,7 +205,7 @@ def test_ants_without_antspyx_says_how_to_install(monkeypatch):
 def test_bad_volumes_are_named(pair):
     f_img, fsp, _, m_img, msp, _ = pair
     with pytest.raises(ValueError, match="moving volume: spacing"):
-        load_backend("sitk-demons", grid=SMALL).register(f_img, fsp, m_img, (0.0, 1.0, 1.0))
+        load_backend("sitk-demons", FrontEnd(SMALL)).register(f_img, fsp, m_img, (0.0, 1.0, 1.0))
     bad = f_img.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="fixed volume: image has NaN"):

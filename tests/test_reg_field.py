@@ -11,6 +11,7 @@ from cctr.reg.grid import CanonicalGrid, Pose, canonical_to_native, native_cente
 from cctr.reg.jacobian import jacobian_determinant, regularity
 from cctr.reg.model import RegistrationNet, NetConfig
 from cctr.reg.placement import field_of, place_pair, place_volume
+from cctr.reg import prealign
 from cctr.reg.prealign import PrealignConfig
 from tests.reg_synthetic import Motion, true_map, volume, one_torch_thread  # noqa: F401 (autouse)
 
@@ -83,16 +84,19 @@ def test_known_translation_through_canonical_grid_and_back(fixed_angle):
 
 
 @pytest.mark.parametrize("angle_deg, shift", [(0.0, (0.0, 7.0, -5.0)), (25.0, (0.0, -4.0, 6.0))])
-def test_known_rigid_motion_recovered_by_the_prealignment(angle_deg, shift):
+@pytest.mark.parametrize("downsample, min_dice", [(prealign.DOWNSAMPLE, 0.75), (1, 0.8)])
+def test_known_rigid_motion_recovered_by_the_prealignment(angle_deg, shift, downsample, min_dice, monkeypatch):
     """Translation and in-plane rotation (an affine map) between volumes of different
-    native grids, found by the rigid search and returned as a native Field."""
+    native grids, found by the rigid search and returned as a native Field: within about one
+    voxel as shipped (the search runs on images pooled by ``DOWNSAMPLE``), closer unpooled."""
+    monkeypatch.setattr(prealign, "DOWNSAMPLE", downsample)
     (fs, fsp), (ms, msp) = FIXED, MOVING
     motion = Motion(np.deg2rad(angle_deg), shift)
     f_img, f_lab = volume(fs, fsp)
     m_img, m_lab = volume(ms, msp, motion)
     grid = CanonicalGrid((16, 48, 48), (5.0, 1.5, 1.5))
     fixed = place_volume(f_img, fsp, grid)
-    moving = place_pair(fixed, place_volume(m_img, msp, grid), grid, PrealignConfig(bright_percentile=80.0, angle_step_deg=5.0, downsample=1))
+    moving = place_pair(fixed, place_volume(m_img, msp, grid), grid, PrealignConfig(method="search"))
     field = field_of(None, fixed, moving)
     expected = true_map(fs, fsp, ms, msp, motion)
     inner = np.array([[z, y, x] for z in (3.0, 6.0) for y in (12.0, 24.0, 36.0) for x in (10.0, 20.0, 30.0)])
@@ -101,7 +105,7 @@ def test_known_rigid_motion_recovered_by_the_prealignment(angle_deg, shift):
     warped = field.warp_labels(m_lab, 4)
     for c in (1, 2, 3):
         dice = 2 * ((warped == c) & (f_lab == c)).sum() / ((warped == c).sum() + (f_lab == c).sum())
-        assert dice > 0.8
+        assert dice > min_dice
 
 
 def test_canonical_and_native_warps_agree():

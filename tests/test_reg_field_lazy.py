@@ -146,25 +146,25 @@ def test_processes_share_the_warm_through_the_disk_cache(tmp_path):
     cfg = OracleConfig(cache=str(tmp_path / "cache"))
     backends = [ShiftBackend((0, 1, 0)), ShiftBackend((0, 1, 0))]
     for rank, backend in enumerate(backends):
-        oracle = RegistrationOracle(atlases, targets, cfg, backend=backend)
+        oracle = RegistrationOracle(atlases, targets, backend, cfg)
         assert oracle.warm(progress=False, shard=(rank, 2)) == 6
     assert [sum(b.calls) for b in backends] == [3, 3]   # 6 pairs, each computed once
     after = ShiftBackend((0, 1, 0))
-    reader = RegistrationOracle(atlases, targets, cfg, backend=after)
+    reader = RegistrationOracle(atlases, targets, after, cfg)
     reader.warm(progress=False)
     assert after.calls == [] and len(list((tmp_path / "cache").rglob("*.npz"))) == 6
     with pytest.raises(ValueError, match="shard"):
         reader.warm(progress=False, shard=(2, 2))
     # without a shared cache every process needs every pair itself
     alone = ShiftBackend((0, 1, 0))
-    RegistrationOracle(atlases, targets, OracleConfig(), backend=alone).warm(progress=False, shard=(1, 2))
+    RegistrationOracle(atlases, targets, alone, OracleConfig()).warm(progress=False, shard=(1, 2))
     assert sum(alone.calls) == 6
 
 
 def test_labels_at_points_equal_the_whole_warp_there():
     atlases = [_case("atlas", (5, 10, 12), True)]
     targets = [_case("target", (5, 10, 12), False)]
-    oracle = RegistrationOracle(atlases, targets, OracleConfig(), backend=ShiftBackend((0.3, 1.4, -0.6)))
+    oracle = RegistrationOracle(atlases, targets, ShiftBackend((0.3, 1.4, -0.6)), OracleConfig())
     whole = oracle.field("target", "atlas").dense().warp_onehot(atlases[0].label, 3)
     for z in range(5):
         points = np.stack(np.meshgrid([float(z)], np.arange(10), np.arange(12), indexing="ij"), -1).reshape(-1, 3)
@@ -189,13 +189,3 @@ def test_a_slab_reads_only_the_moving_slices_it_reaches_and_the_same_values():
             np.testing.assert_allclose(soft[c][inside], full[inside], atol=1e-6)
         full = ndimage.map_coordinates(image, slab.coords, order=1, mode="nearest", prefilter=False)
         np.testing.assert_allclose(slab.warp_image(image)[inside], full[inside], atol=1e-6)
-
-
-def test_without_its_displacement_a_field_is_its_placements_alone():
-    lazy, _ = compact(0.35)
-    bare = lazy.without_displacement()
-    placed_only = Field.from_canonical(np.zeros((3,) + GRID.shape, np.float32), lazy.fixed_to_native, lazy.fixed_shape,
-                                       lazy.moving_to_native, lazy.moving_shape)
-    np.testing.assert_allclose(bare.dense().coords, placed_only.coords, atol=1e-4)
-    assert np.abs(bare.dense().coords - lazy.dense().coords).max() > 0.5   # the displacement did move points
-    assert bare.moving_shape == lazy.moving_shape and bare.fixed_shape == lazy.fixed_shape

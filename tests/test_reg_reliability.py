@@ -26,7 +26,7 @@ def folder(tmp_path_factory) -> Path:
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "cfg.yaml"
-    path.write_text(TINY_CONFIG.replace("log_every: 1", "log_every: 1" + extra))
+    path.write_text(TINY_CONFIG.replace("val_pairs: 2", "val_pairs: 2" + extra))
     return path
 
 

@@ -16,9 +16,8 @@ from tests.reg_synthetic import Motion, volume, one_torch_thread  # noqa: F401 (
 
 TINY = {
     "grid": {"shape": [16, 32, 32], "spacing": [4.0, 2.4, 2.4]},
-    "prealign": {"bright_percentile": 80.0},
     "net": {"nb_features": [4, 4, 4, 4]},
-    "train": {"steps": 4, "batch_size": 2, "val_every": 2, "val_pairs": 2, "log_every": 1, "image_every": 2},
+    "train": {"steps": 4, "batch_size": 2, "val_every": 2, "val_pairs": 2},
 }
 
 
@@ -55,7 +54,9 @@ def test_training_writes_config_checkpoints_and_logs(tmp_path, data):
     assert list((run / "tb").glob("events.out.tfevents.*"))
 
 
-def test_resume_is_bit_identical(tmp_path, data):
+def test_resume_is_bit_identical(tmp_path, data, monkeypatch):
+    import cctr.reg.train
+    monkeypatch.setattr(cctr.reg.train, "LOG_EVERY", 1)   # loss scalars at every step: each must be logged once
     train_vols, val_vols = data
     train(_config(steps=4), train_vols, val_vols, 4, tmp_path / "straight")
     train(_config(steps=2), train_vols, val_vols, 4, tmp_path / "split")
@@ -143,4 +144,39 @@ def test_config_rejects_unknown_keys(tmp_path):
     bad.write_text("grid:\n  shape: [10, 64, 64]\n")
     with pytest.raises(ValueError, match="divisible by 16"):
         load_any_config(bad, RegConfig())
+    for gone in ("train:\n  log_every: 5\n", "train:\n  image_every: 50\n", "prealign:\n  downsample: 2\n"):
+        bad.write_text(gone)   # logging every LOG_EVERY steps, the image panel at val_every, the search's constants
+        with pytest.raises(ValueError, match="unknown option"):
+            load_any_config(bad, RegConfig())
     assert load_any_config(Path(__file__).parents[1] / "configs" / "reg_default.yaml", RegConfig()) == RegConfig()
+
+
+def test_a_checkpoint_of_an_earlier_version_loads_when_its_retired_options_had_the_fixed_value():
+    old = {**TINY, "prealign": {"method": "search", "bright_percentile": 90.0, "max_angle_deg": 60.0,
+                                "angle_step_deg": 5.0, "max_shift_mm": 40.0, "downsample": 2},
+           "train": {**TINY["train"], "log_every": 1, "image_every": 2}}
+    assert RegConfig.from_dict(old) == RegConfig.from_dict(TINY)   # logging options never changed the net
+    with pytest.raises(ValueError, match="bright_percentile=80.0 is no longer supported"):
+        RegConfig.from_dict({**TINY, "prealign": {"bright_percentile": 80.0}})
+
+
+def test_one_registration_loss_weighs_its_terms():
+    """Pretraining, coupled training and refinement share :class:`reg.losses.RegistrationLoss`:
+    similarity plus the weighted smoothness, and the Dice term of warped labels on the side."""
+    import cctr.reg.config
+    from cctr.reg.losses import LossConfig, RegistrationLoss
+
+    assert cctr.reg.config.LossConfig is LossConfig   # still importable where it lived
+    loss = RegistrationLoss(LossConfig(similarity="mse", smoothness_weight=0.5))
+    gen = torch.Generator().manual_seed(0)
+    warped, fixed = torch.rand(2, 1, 8, 16, 16, generator=gen), torch.rand(2, 1, 8, 16, 16, generator=gen)
+    disp = torch.randn(2, 3, 8, 16, 16, generator=gen)
+    terms = loss(warped, fixed, disp)
+    assert float(terms.similarity) == pytest.approx(float(((warped - fixed) ** 2).mean()), rel=1e-5)
+    assert float(terms.smoothness) > 0
+    assert float(terms.total) == pytest.approx(float(terms.similarity) + 0.5 * float(terms.smoothness), rel=1e-6)
+    assert float(loss(fixed, fixed, torch.zeros_like(disp)).total) == 0.0
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 3, (1, 8, 16, 16), generator=gen), 3)
+    onehot = onehot.permute(0, 4, 1, 2, 3).float()
+    assert float(loss.dice(onehot, onehot)) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss.dice(onehot, onehot.roll(1, dims=1))) == pytest.approx(1.0, abs=1e-6)   # every label wrong

@@ -23,9 +23,24 @@ def test_overrides_are_typed_nested_and_checked():
     assert differences(cfg, TrainConfig()) == ["labeled", "student_a.widths", "lr", "contrast.temperature"]
     for bad, message in [("iterations=1.5", "integer"), ("no_such=1", "unknown option"),
                          ("student_a.widthz=[1]", "student_a.widthz"), ("image_size=[64]", "2 values"),
-                         ("augment=3", "mapping"), ("overlays=maybe", "true or false"), ("lr", "key=value")]:
+                         ("augment=3", "mapping"), ("augment.flip=maybe", "true or false"), ("lr", "key=value")]:
         with pytest.raises(ValueError, match=message):
             apply_overrides(TrainConfig(), [bad])
+
+
+@pytest.mark.parametrize("gone", ["poly_power=0.9", "weight_decay=0.0001", "checkpoint_every=100",
+                                  "select_student=b", "infer_batch=8", "overlays=false", "elastic.weight=0.5",
+                                  "student_a.norm=batch", "student_a.embedding_dim=64", "student_b.depths=[2,2,2,2]",
+                                  "student_b.num_heads=[3,6,12,24]"])
+def test_options_that_became_constants_are_refused_as_unknown(gone):
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(TrainConfig(), [gone])
+
+
+def test_the_embedding_size_is_one_option_of_the_run():
+    assert apply_overrides(TrainConfig(), ["embedding_dim=64"]).embedding_dim == 64
+    with pytest.raises(ValueError, match="embedding_dim"):
+        TrainConfig(embedding_dim=0)
 
 
 def test_a_partial_yaml_file_applies_over_the_base(tmp_path):

@@ -106,9 +106,9 @@ def _cfg(out: Path) -> TrainConfig:
     return replace(
         TrainConfig(), method="cct", out_dir=str(out), image_size=(32, 64), labeled_batch=2, unlabeled_batch=2,
         augment=AugmentConfig(flip=True), student_a=StudentConfig(kind="unet", widths=(4, 8)),
-        student_b=StudentConfig(kind="swin", feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 3, 3, 3), window_size=4),
-        iterations=4, val_every=4, checkpoint_every=4, rampup_fraction=0.5, cl_weight=1.0, diag_every=1,
-        contrast=replace(TrainConfig().contrast, confidence=0.0), overlays=False,
+        student_b=StudentConfig(kind="swin", feature_size=12, window_size=4),
+        iterations=4, val_every=4, rampup_fraction=0.5, cl_weight=1.0, diag_every=1,
+        contrast=replace(TrainConfig().contrast, confidence=0.0),
     )
 
 

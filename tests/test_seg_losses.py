@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import pytest
 import torch
@@ -10,12 +11,19 @@ import torch.nn.functional as F
 from cctr.seg.losses import (
     ContrastConfig,
     ContrastPart,
+    ExtraKeys,
     cross_teaching_loss,
     dice_loss,
+    draw_anchors,
     pixel_contrastive_loss,
     sigmoid_rampup,
     supervised_loss,
 )
+
+
+def _contrast(parts, cfg=ContrastConfig(), extra=()):
+    """The pixel contrastive loss of ``parts`` at anchors drawn as ``cfg`` says."""
+    return pixel_contrastive_loss(parts, draw_anchors(parts, cfg), cfg.temperature, extra)
 
 
 def _uniform_supervised_value(label: torch.Tensor, num_classes: int) -> float:
@@ -89,19 +97,19 @@ def _two_class_part(b: int = 1, h: int = 4, w: int = 4):
 def test_contrastive_loss_matches_hand_value_for_separated_classes():
     emb, classes = _two_class_part()
     cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5)
-    loss = pixel_contrastive_loss([ContrastPart(emb, classes, torch.ones(classes.shape))], cfg)
+    loss = _contrast([ContrastPart(emb, classes, torch.ones(classes.shape))], cfg)
     # every anchor: a.p = 1, and 5 negatives with a.n = 0
     assert loss.item() == pytest.approx(math.log(math.exp(10.0) + 5) - 10.0, rel=1e-5)
     collapsed = torch.zeros_like(emb)
     collapsed[:, 0] = 1.0  # every pixel the same embedding: a.p = a.n = 1
-    bad = pixel_contrastive_loss([ContrastPart(collapsed, classes, torch.ones(classes.shape))], cfg)
+    bad = _contrast([ContrastPart(collapsed, classes, torch.ones(classes.shape))], cfg)
     assert bad.item() == pytest.approx(math.log(6.0), rel=1e-5)
 
 
 def test_contrastive_loss_of_mixed_embeddings_has_gradients():
     emb = F.normalize(torch.randn(2, 16, 6, 6), dim=1).requires_grad_(True)
     classes = torch.randint(0, 3, (2, 6, 6))
-    loss = pixel_contrastive_loss([ContrastPart(emb, classes, torch.ones(2, 6, 6))], ContrastConfig(10, 10, 0.1, 0.5))
+    loss = _contrast([ContrastPart(emb, classes, torch.ones(2, 6, 6))], ContrastConfig(10, 10, 0.1, 0.5))
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert emb.grad.abs().sum() > 0
@@ -111,29 +119,33 @@ def test_contrastive_loss_is_zero_not_nan_with_one_class_and_ignores_unconfident
     emb, classes = _two_class_part()
     confidence = torch.ones(classes.shape)
     confidence[classes == 1] = 0.3  # class 1 not confident: only class 0 left
-    loss = pixel_contrastive_loss([ContrastPart(emb, classes, confidence)], ContrastConfig(confidence=0.5))
+    parts = [ContrastPart(emb, classes, confidence)]
+    assert draw_anchors(parts, ContrastConfig(confidence=0.5)) is None   # nothing to contrast
+    loss = _contrast(parts, ContrastConfig(confidence=0.5))
     loss.backward()
     assert loss.item() == 0.0
     assert torch.isfinite(emb.grad).all()
     ignored = classes.clone()
     ignored[classes == 1] = -1
-    assert pixel_contrastive_loss([ContrastPart(emb, ignored, torch.ones(classes.shape))]).item() == 0.0
+    assert _contrast([ContrastPart(emb, ignored, torch.ones(classes.shape))]).item() == 0.0
 
 
 def test_contrastive_loss_samples_at_most_the_configured_number_of_anchors_per_class():
     emb, classes = _two_class_part(b=2, h=8, w=8)   # 64 pixels per class
-    seen = []
-
-    def extra(index: torch.Tensor, cls: torch.Tensor):
-        seen.append(index.clone())
-        return torch.zeros(index.numel(), 8), torch.zeros(index.numel(), dtype=torch.bool)
-
     cfg = ContrastConfig(anchors_per_class=7, negatives_per_class=3, confidence=0.5)
-    pixel_contrastive_loss([ContrastPart(emb, classes, torch.ones(classes.shape), extra)], cfg)
-    index = seen[0]
+    draw = draw_anchors([ContrastPart(emb, classes, torch.ones(classes.shape))], cfg, torch.Generator().manual_seed(0))
+    index = draw.anchors_of(0).flat_index
     assert index.numel() == 14 and index.unique().numel() == 14
     picked = classes.reshape(-1)[index]
     assert int((picked == 0).sum()) == 7 and int((picked == 1).sum()) == 7
+    assert draw.class_sizes == (7, 7) and draw.key_flat.numel() == 6
+    assert torch.equal(classes.reshape(-1)[draw.key_flat], draw.key_class)
+
+
+def _orthogonal_keys(n: int, valid: Optional[torch.Tensor] = None) -> ExtraKeys:
+    key = torch.zeros(n, 8)
+    key[:, 5] = 1.0  # orthogonal to every embedding: a.p = 0
+    return ExtraKeys(key, torch.ones(n, dtype=torch.bool) if valid is None else valid)
 
 
 def test_extra_positive_gets_flat_indices_of_its_own_part_and_changes_the_loss_by_hand_value():
@@ -141,61 +153,52 @@ def test_extra_positive_gets_flat_indices_of_its_own_part_and_changes_the_loss_b
     emb_b, _ = _two_class_part()
     conf = torch.ones(classes.shape)
     cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5)
-    calls = []
-
-    def orthogonal_key(index: torch.Tensor, cls: torch.Tensor):
-        calls.append((index.clone(), cls.clone()))
-        key = torch.zeros(index.numel(), 8)
-        key[:, 5] = 1.0  # orthogonal to every embedding: a.p = 0
-        return key, torch.ones(index.numel(), dtype=torch.bool)
-
-    loss = pixel_contrastive_loss(
-        [ContrastPart(emb_a, classes, conf, orthogonal_key), ContrastPart(emb_b, classes, conf)], cfg
-    )
-    assert len(calls) == 1
-    idx, cls = calls[0]
-    assert int(idx.min()) >= 0 and int(idx.max()) < classes.numel()
+    parts = [ContrastPart(emb_a, classes, conf), ContrastPart(emb_b, classes, conf)]
+    draw = draw_anchors(parts, cfg)
+    anchors = draw.anchors_of(0)
+    idx, cls = anchors.flat_index, anchors.classes
+    assert idx.numel() == 16 and int(idx.min()) >= 0 and int(idx.max()) < classes.numel()
     assert torch.equal(cls, classes.reshape(-1)[idx])   # each anchor comes with the class it was drawn for
+    assert draw.anchors_of(1).flat_index.numel() == 16
+    loss = pixel_contrastive_loss(parts, draw, cfg.temperature, [_orthogonal_keys(idx.numel()), None])
     # part A holds half the 32 anchors; those average their two InfoNCE terms
     base = math.log(math.exp(10.0) + 5) - 10.0
     extra = math.log(1 + 5)
     expected = (16 * base + 16 * 0.5 * (base + extra)) / 32
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(emb_a.grad).all() and emb_a.grad.abs().sum() > 0
+    # no extra keys, or none valid: the plain loss
+    plain = pixel_contrastive_loss(parts, draw, cfg.temperature)
+    assert plain.item() == pytest.approx(base, rel=1e-5)
+    none_valid = _orthogonal_keys(idx.numel(), torch.zeros(idx.numel(), dtype=torch.bool))
+    assert pixel_contrastive_loss(parts, draw, cfg.temperature, [none_valid]).item() == pytest.approx(base, rel=1e-5)
 
 
-def _orthogonal_key(index: torch.Tensor, cls: torch.Tensor):
-    key = torch.zeros(index.numel(), 8)
-    key[:, 5] = 1.0  # orthogonal to every embedding: a.p = 0
-    return key, torch.ones(index.numel(), dtype=torch.bool)
-
-
-@pytest.mark.parametrize("mode, per_extra_anchor", [
-    # two InfoNCE terms, one per positive, averaged
-    ("mean-of-two", 0.5 * ((math.log(math.exp(10.0) + 5) - 10.0) + math.log(1 + 5))),
-    # one InfoNCE, both positives in the denominator, their logits averaged (SupCon L_out)
-    ("multi-positive", math.log(math.exp(10.0) + 1 + 5) - 0.5 * (10.0 + 0.0)),
-    # one InfoNCE against normalise(centre + key): a.p = 1/sqrt(2)
-    ("averaged-key", math.log(math.exp(10.0 / math.sqrt(2)) + 5) - 10.0 / math.sqrt(2)),
-])
-def test_each_way_of_joining_the_registration_positive_has_its_hand_value(mode, per_extra_anchor):
+def test_only_the_anchors_with_a_valid_extra_key_take_the_second_term():
     emb_a, classes = _two_class_part()
     emb_b, _ = _two_class_part()
     conf = torch.ones(classes.shape)
-    cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5,
-                         extra_positive_mode=mode)
-    loss = pixel_contrastive_loss([ContrastPart(emb_a, classes, conf, _orthogonal_key), ContrastPart(emb_b, classes, conf)],
-                                  cfg)
-    base = math.log(math.exp(10.0) + 5) - 10.0   # the 16 anchors of part B keep the plain term
-    assert loss.item() == pytest.approx((16 * base + 16 * per_extra_anchor) / 32, rel=1e-5)
-    loss.backward()
-    assert torch.isfinite(emb_a.grad).all() and emb_a.grad.abs().sum() > 0
+    cfg = ContrastConfig(anchors_per_class=100, negatives_per_class=5, temperature=0.1, confidence=0.5)
+    parts = [ContrastPart(emb_a, classes, conf), ContrastPart(emb_b, classes, conf)]
+    draw = draw_anchors(parts, cfg)
+    anchors = draw.anchors_of(1)   # the keys go with part B's anchors, in their order
+    valid = anchors.classes == 1
+    loss = pixel_contrastive_loss(parts, draw, cfg.temperature, [None, _orthogonal_keys(valid.numel(), valid)])
+    base = math.log(math.exp(10.0) + 5) - 10.0
+    per_extra_anchor = 0.5 * (base + math.log(1 + 5))
+    assert int(valid.sum()) == 8
+    assert loss.item() == pytest.approx((24 * base + 8 * per_extra_anchor) / 32, rel=1e-5)
 
 
 def test_contrast_options_are_checked():
-    for bad, message in [({"pseudo_source": "mine"}, "pseudo_source"), ({"extra_positive_mode": "sum"}, "extra_positive_mode"),
-                         ({"temperature": 0.0}, "temperature")]:
+    for bad, message in [({"pseudo_source": "mine"}, "pseudo_source"), ({"temperature": 0.0}, "temperature")]:
         with pytest.raises(ValueError, match=message):
             ContrastConfig(**bad)
+    # only the mean of two InfoNCE terms remains: the option that chose among ways is gone
+    from cctr.seg.config import TrainConfig, apply_overrides
+    with pytest.raises(ValueError, match="unknown option"):
+        apply_overrides(TrainConfig(), ["contrast.extra_positive_mode=mean-of-two"])
 
 
 def test_pseudo_label_sources_teacher_own_and_agree():

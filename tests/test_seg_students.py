@@ -9,7 +9,7 @@ from cctr.seg.students import StudentConfig, StudentOutput, build_student
 
 SMALL = {
     "unet": StudentConfig(kind="unet", widths=(4, 8, 16)),
-    "swin": StudentConfig(kind="swin", feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 3, 3, 3), window_size=4),
+    "swin": StudentConfig(kind="swin", feature_size=12, window_size=4),
 }
 
 
@@ -39,6 +39,23 @@ def test_both_heads_train_the_shared_network(kind):
     model.zero_grad()
     model(torch.randn(2, 1, 32, 64)).logits.sum().backward()
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("projector"))
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL))
+def test_the_embedding_has_the_size_asked_for(kind):
+    out = build_student(SMALL[kind], num_classes=3, embedding_dim=8)(torch.randn(1, 1, 64, 64))
+    assert out.embedding.shape == (1, 8, 64, 64)
+    torch.testing.assert_close(out.embedding.norm(dim=1), torch.ones(1, 64, 64), atol=1e-5, rtol=0)
+
+
+def test_options_that_became_constants_are_refused():
+    # instance norm always; SwinUNETR's stages SWIN_DEPTHS / SWIN_HEADS; embedding_dim is the run's
+    for gone in ("norm", "depths", "num_heads", "embedding_dim"):
+        with pytest.raises(TypeError, match=gone):
+            StudentConfig(kind="unet", **{gone: 1})
+    unet = build_student(SMALL["unet"], 3)
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in unet.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in unet.modules())
 
 
 def test_the_two_students_are_different_networks():

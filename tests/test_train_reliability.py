@@ -34,7 +34,7 @@ class PoisonAt(TrainerHook):
 
 def test_a_nan_term_stops_training_naming_step_and_term_and_leaves_nothing(tmp_path):
     dataset, split = _dataset(tmp_path)
-    cfg = _cfg(tmp_path / "run", iterations=6, checkpoint_every=100, val_every=100)
+    cfg = _cfg(tmp_path / "run", iterations=6, val_every=100)   # no checkpoint before the end
     with pytest.raises(NonFiniteError, match=r"step 3.*a/poison") as info:
         train(cfg, dataset, split, hooks=(PoisonAt(2),), progress=False)
     assert isinstance(info.value, ValueError)  # the CLI shows it as one line, exit 2
@@ -44,7 +44,7 @@ def test_a_nan_term_stops_training_naming_step_and_term_and_leaves_nothing(tmp_p
 
 def test_a_nan_after_a_checkpoint_keeps_the_resumable_run_and_its_clean_weights(tmp_path):
     dataset, split = _dataset(tmp_path)
-    cfg = _cfg(tmp_path / "run", iterations=6, checkpoint_every=2, val_every=100)
+    cfg = _cfg(tmp_path / "run", iterations=6, val_every=2)   # last.pt at every validation
     with pytest.raises(NonFiniteError):
         train(cfg, dataset, split, hooks=(PoisonAt(4),), progress=False)
     state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
@@ -80,8 +80,8 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
     assert "validation Dice" in err and "ETA" in err
 
 
-@pytest.mark.parametrize("option", ["val_every=0", "iterations=0", "iterations=-5", "checkpoint_every=0",
-                                    "lr=0", "skip_nonfinite=-1"])
+@pytest.mark.parametrize("option", ["val_every=0", "iterations=0", "iterations=-5", "embedding_dim=0",
+                                    "labeled_batch=0", "lr=0", "skip_nonfinite=-1"])
 def test_out_of_range_options_are_refused_when_the_config_is_built(option):
     with pytest.raises(ValueError, match="out of range"):
         apply_overrides(TrainConfig(), [option])

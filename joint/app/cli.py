@@ -20,6 +20,7 @@ from cctr.seg.data.case import CaseError
 # verb -> (module, one-line help); the order is the order of the pipeline
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("cctr.joint.app.commands.data", "generate, inspect and split datasets"),
+    "config": ("cctr.joint.app.commands.config", "print the resolved options a run would use, with defaults and descriptions"),
     "plan": ("cctr.joint.app.commands.plan", "fingerprint a dataset and derive its registration and student plan"),
     "reg": ("cctr.joint.app.commands.reg", "pretrain the registration net; compare registration backends"),
     "train": ("cctr.joint.app.commands.train", "train segmentation students (supervised, cross teaching, ...)"),

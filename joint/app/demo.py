@@ -61,6 +61,7 @@ from cctr.seg.data.nifti import read_nifti
 from cctr.seg.data.phantom import write_phantom
 from cctr.seg.data.readers import open_dataset
 from cctr.seg.data.split import Split
+from cctr.seg.options import option
 from cctr.seg.report import Summary, summarize, summary_markdown, write_scores_csv
 
 DEMO_FILE = "demo.yaml"
@@ -74,9 +75,9 @@ class DemoConfig:
     ``seg.oracle.backend``, ``seg.oracle.cache`` and ``seg.labeled`` are set by the pipeline.
     Registration pretrains on the grid, pre-alignment and NCC window planned from the phantom."""
 
-    patients: int = 16
-    seed: int = 0                     # the phantom's; --seed also sets reg.train.seed and seg.seed
-    labeled: str = "1"                # labeled set of the phantom's split
+    patients: int = option(16, "phantom patients to generate")
+    seed: int = option(0, "seed of the phantom; --seed also sets reg.train.seed and seg.seed")
+    labeled: str = option("1", "labeled set of the phantom's split")
     # Sized for <= 15 minutes on this project's shared 2-core CPU with one torch thread (the
     # command's default): measured 6.3 min end to end at load average 0.0-1.5; training steps
     # ran only ~15% slower at load 3-4 (reg 0.6 s/step, cctr 0.65 s/step against 0.5 / 0.56).
