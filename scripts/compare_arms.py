@@ -21,11 +21,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cctr.joint.app.benchmark import MEAN_ROW, RunResult, backend_tag, collect_results, run_values  # noqa: E402
-from cctr.seg.data.case import CaseError  # noqa: E402
-from summarize_diagnostics import VAL, scalars  # noqa: E402
+from cctr.joint.app.benchmark import MEAN_ROW, RunResult, backend_tag, collect_results, run_values
+from cctr.joint.app.run_diagnostics import VAL
+from cctr.joint.app.run_diagnostics import run_scalars as scalars
+from cctr.seg.data.case import CaseError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from cctr.seg.slices import SliceBatch
 from cctr.seg.students import StudentConfig
 from cctr.seg.train import load_train_data, train
 
-from scripts_module import load_script
 
 CLASSES = ("background", "RV", "MYO", "LV")
 SHAPE = (3, 32, 32)
@@ -370,29 +369,6 @@ def test_the_closing_phase_adds_its_steps_after_the_students_last_one(dataset, r
     # the served copy took the finished net for the last validation
     assert all(torch.equal(c["hooks"]["regnet"]["served"][k], v) for k, v in c["hooks"]["regnet"]["net"].items())
 
-
-def test_the_finish_script_adds_the_closing_phase_to_a_finished_run(dataset, reg_ckpt, tmp_path):
-    """``scripts/finish_coupled.py`` on a run without a closing phase ends with the net a run
-    with ``final_phase`` (3 steps) ends with."""
-    ds, split = dataset
-    plain = replace(small_cfg(tmp_path, reg_ckpt), out_dir=str(tmp_path / "plain"))
-    closed = replace(plain, out_dir=str(tmp_path / "closed"), coupled=replace(plain.coupled, final_phase=0.5))
-    train_joint(plain, ds, split, progress=False)
-    train_joint(closed, ds, split, progress=False)
-    c = torch.load(tmp_path / "closed" / "last.pt", map_location="cpu", weights_only=True)
-    finish = load_script("finish_coupled")
-    hook = finish.load_hook(ds, split, tmp_path / "plain")
-    assert set(hook.finish(3, progress=False)) >= {"final_loss"}   # the phase's mean loss, logged
-    for key, value in c["hooks"]["regnet"]["net"].items():
-        assert torch.equal(hook.net.state_dict()[key], value), f"{key} differs from the in-run closing phase"
-    with pytest.raises(SystemExit, match="no last.pt"):
-        finish.load_hook(ds, split, tmp_path / "nowhere")
-    other = Split(train=("p1", "p2", "p3"), val=split.val, test=split.test, labeled_sets=split.labeled_sets)
-    with pytest.raises(SystemExit, match="does not fit"):   # p4's labels in the run, not in this split
-        finish.load_hook(ds, other, tmp_path / "plain")
-    assert finish.phase_lengths("200, 100") == [100, 200]
-    with pytest.raises(SystemExit, match="positive"):
-        finish.phase_lengths("0")
 
 
 def test_the_mid_run_phase_takes_its_steps_once_and_serves_the_net_it_leaves(dataset, reg_ckpt, tmp_path):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-from isotropic_set import IsoConfig, make_case, write_isotropic_set
 from cctr.joint.app.cli import main
 from cctr.joint.plan import (PLAN_FILENAME, frontend, load_plan, make_plan, plan_for, reg_config,
                         seg_overrides)
@@ -25,11 +24,12 @@ from cctr.reg.plan import DatasetGeometry, PlanRules, extent_to_cover, ncc_windo
 from cctr.reg.prealign import PrealignConfig, align_moments
 from reg_synthetic import Motion, volume
 from cctr.seg.config import TrainConfig
-from cctr.seg.data.case import Case, spacing_affine
+from cctr.seg.data.case import Case
 from cctr.seg.data.fingerprint import fingerprint, fingerprint_cases
+from cctr.seg.data.phantom_isotropic import IsotropicPhantomConfig, make_patient, write_isotropic_phantom
 from cctr.seg.data.readers import open_dataset
 
-SMALL_ISO = IsoConfig(shape_range=(44, 50), spacing=4.0)  # 176-200 mm a side: larger than the cardiac grid's 141 mm
+SMALL_ISO = IsotropicPhantomConfig(shape=(44, 50), spacing_mm=4.0)  # 176-200 mm a side: larger than the cardiac grid's 141 mm
 
 
 def covers(grid: CanonicalGrid, extent_mm) -> bool:
@@ -38,7 +38,11 @@ def covers(grid: CanonicalGrid, extent_mm) -> bool:
 
 @pytest.fixture(scope="module")
 def iso_dir(tmp_path_factory) -> Path:
-    return write_isotropic_set(tmp_path_factory.mktemp("iso") / "iso", patients=6, seed=1, cfg=SMALL_ISO, channel_name="image")
+    root = write_isotropic_phantom(tmp_path_factory.mktemp("iso") / "iso", patients=6, seed=1, cfg=SMALL_ISO, workers=1)
+    # a channel named 'CT' decides the modality by itself; a neutral name leaves it to the values
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "image"}}))
+    return root
 
 
 def test_isotropic_ct_plan_covers_the_field_of_view(iso_dir):
@@ -84,13 +88,11 @@ def test_ncc_window_in_mm_with_enough_voxels():
 
 
 def test_modality_from_values():
-    rng = np.random.default_rng(0)
-    names = ("background", "a", "b", "c")
-
     def case(modality: str) -> Case:
-        img, lab, sp = make_case(rng, replace(SMALL_ISO, shape_range=(24, 24), modality=modality))
-        return Case("c", "p", img, lab, sp, spacing_affine(sp), (), names)
+        # 24 voxels of 8 mm: the whole body in view, air around it
+        return make_patient(0, 1, replace(SMALL_ISO, shape=(24, 24), spacing_mm=8.0, modality=modality))
 
+    names = case("CT").class_names
     assert fingerprint_cases([case("CT")], names).modality == "ct-like"
     mr = fingerprint_cases([case("MR")], names)
     assert mr.modality == "mr-like" and mr.intensity.percentiles["0.5"] >= 0

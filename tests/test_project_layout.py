@@ -37,6 +37,15 @@ def test_no_module_imports_the_bare_folder_names():
     assert not {f: m for f, m in bare.items() if m}
 
 
+def test_nothing_outside_tests_imports_from_them():
+    """The packages and scripts/ run without the test folder: no import of ``tests`` or of a
+    module that lives there (a script could reach one by putting tests/ on sys.path)."""
+    test_modules = {"tests"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+    bad = {f: sorted(m for m in mods if m.split(".")[0] in test_modules)
+           for pkg in ("reg", "seg", "joint", "scripts") for f, mods in _imported_modules(pkg).items()}
+    assert not {f: m for f, m in bad.items() if m}
+
+
 def test_reg_does_not_import_seg_or_joint():
     bad = {f: n & {"seg", "joint"} for f, n in _imported_top_levels("reg").items() if n & {"seg", "joint"}}
     assert not bad, f"reg must stay independent of seg and joint: {bad}"

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cctr.joint.app.commands.demo", "the whole pipeline on the embedded phantom: registration, cctr, 3D report"),
     "benchmark": ("cctr.joint.app.commands.benchmark",
                   "run the methods x backends x labeled sets x seeds grid; CSV, table, plot"),
+    "inspect": ("cctr.joint.app.commands.inspect", "read back what runs logged: training curves, diagnostics tables"),
 }
 
 

@@ -1,10 +1,10 @@
-"""What the procedural phantoms share (the cardiac one, :mod:`seg.data.phantom`, and the
-abdominal one, :mod:`seg.data.phantom_abdomen`): uniform draws, 2D ellipse signed
-distances, fractal noise texture, the axis-aligned affine, the nnU-Net ``dataset.json`` a
-phantom writes, and building a phantom folder in parallel so it appears complete or not at
-all.
+"""What the procedural phantoms share (the cardiac one, :mod:`seg.data.phantom`, the
+abdominal one, :mod:`seg.data.phantom_abdomen`, and the isotropic one,
+:mod:`seg.data.phantom_isotropic`): uniform draws, 2D ellipse signed distances, fractal noise
+texture, the axis-aligned affine, the nnU-Net ``dataset.json`` a phantom writes, and building
+a phantom folder in parallel so it appears complete or not at all.
 
-Nothing here knows any anatomy; changing a function here changes both phantoms' output.
+Nothing here knows any anatomy; changing a function here changes every phantom that uses it.
 """
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """``cctr data``: make, look at and split datasets.
 
-- ``phantom --out DIR --patients N [--seed S] [--kind cardiac|abdomen] [--layout nnunet|synapse]
-  [--full-size]``: write a procedural phantom plus ``split.json``: the cardiac cine-MRI one
-  (default, nnU-Net layout, :mod:`seg.data.phantom`) or the abdominal CT one (nnU-Net or
-  TransUNet's Synapse layout, CPU-sized or 512 x 512, :mod:`seg.data.phantom_abdomen`);
+- ``phantom --out DIR --patients N [--seed S] [--kind cardiac|abdomen|isotropic]
+  [--layout nnunet|synapse] [--full-size]``: write a procedural phantom plus ``split.json``:
+  the cardiac cine-MRI one (default, nnU-Net layout, :mod:`seg.data.phantom`), the abdominal
+  CT one (nnU-Net or TransUNet's Synapse layout, CPU-sized or 512 x 512,
+  :mod:`seg.data.phantom_abdomen`) or the isotropic CT one (nnU-Net layout,
+  :mod:`seg.data.phantom_isotropic`);
 - ``show DIR [--out PNG] [--cases K] [--slices S]``: a PNG montage with label overlays;
 - ``summary DIR``: layout, case/patient counts, shapes, spacings, class fractions, split;
 - ``split DIR --seed S [--out FILE]``: draw a train/val/test split with nested labeled sets.
@@ -27,6 +29,7 @@ from cctr.seg.data.montage import write_montage
 from cctr.seg.data.phantom import write_phantom
 from cctr.seg.data.phantom_abdomen import LAYOUTS as PHANTOM_LAYOUTS
 from cctr.seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_phantom
+from cctr.seg.data.phantom_isotropic import write_isotropic_phantom
 from cctr.seg.data.known_splits import KNOWN_SPLITS, known_split
 from cctr.seg.data.readers import LAYOUTS, open_dataset
 from cctr.seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
@@ -36,14 +39,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
 
-    ph = actions.add_parser("phantom", help="generate a procedural phantom: cardiac cine-MRI (default) or abdominal CT")
+    ph = actions.add_parser("phantom", help="generate a procedural phantom: cardiac cine-MRI (default), abdominal "
+                                             "or isotropic CT")
     ph.add_argument("--out", type=Path, required=True, help="folder to create (an earlier phantom there is replaced)")
     ph.add_argument("--patients", type=_positive_int, required=True,
-                    help="number of patients (cardiac: two volumes each, ED and ES; abdomen: one CT each)")
+                    help="number of patients (cardiac: two volumes each, ED and ES; abdomen, isotropic: one CT each)")
     ph.add_argument("--seed", type=_seed, default=0, help="same seed, same phantom (default 0)")
     ph.add_argument("--workers", type=_positive_int, default=None, help="processes (default: one per CPU)")
-    ph.add_argument("--kind", choices=("cardiac", "abdomen"), default="cardiac",
-                    help="cardiac: ACDC-like cine MRI (default); abdomen: Synapse-like CT, 8 organs")
+    ph.add_argument("--kind", choices=("cardiac", "abdomen", "isotropic"), default="cardiac",
+                    help="cardiac: ACDC-like cine MRI (default); abdomen: Synapse-like CT, 8 organs; isotropic: "
+                         "CT of 2 mm cubic voxels, 80-100 per axis, 3 organs (a geometry the cardiac defaults "
+                         "were not made for)")
     ph.add_argument("--layout", choices=PHANTOM_LAYOUTS, default="nnunet",
                     help="abdomen only: nnunet (default) or synapse (TransUNet's release: npz slices, h5 volumes, lists)")
     ph.add_argument("--full-size", action="store_true",
@@ -111,11 +117,14 @@ _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 
 def run_phantom(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    if args.kind != "abdomen" and (args.layout != "nnunet" or args.full_size):
+        raise ValueError("cctr data phantom: --layout synapse and --full-size are for --kind abdomen")
     if args.kind == "cardiac":
-        if args.layout != "nnunet" or args.full_size:
-            raise ValueError("cctr data phantom: --layout synapse and --full-size are for --kind abdomen")
         out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
         volumes = 2 * args.patients
+    elif args.kind == "isotropic":
+        out = write_isotropic_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
+        volumes = args.patients
     else:
         cfg = AbdomenPhantomConfig.full_size() if args.full_size else AbdomenPhantomConfig()
         out = write_abdomen_phantom(args.out, args.patients, seed=args.seed, cfg=cfg, layout=args.layout,
