@@ -56,8 +56,21 @@ class Positives:
 
 
 def label_at(label_zyx: np.ndarray, points_zyx: np.ndarray) -> np.ndarray:
-    """The labels ``(N,)`` of the voxels nearest to ``points_zyx`` (N, 3), voxel coordinates of
-    ``label_zyx``'s grid inside the volume (:func:`reg.field.points_inside`)."""
+    """The labels of the voxels nearest to some points.
+
+    Parameters
+    ----------
+    label_zyx : numpy.ndarray
+        Integer ``(Z, Y, X)`` label volume.
+    points_zyx : numpy.ndarray
+        ``(N, 3)`` voxel coordinates ``(z, y, x)`` of ``label_zyx``'s grid, inside the volume
+        (:func:`reg.field.points_inside`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` labels, of ``label_zyx``'s dtype.
+    """
     upper = np.asarray(label_zyx.shape) - 1
     zyx = np.clip(np.rint(points_zyx), 0, upper).astype(np.int64)
     return label_zyx[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
@@ -78,6 +91,7 @@ def registration_positives(batch: SliceBatch, anchors: PartAnchors, guidance: Gu
     bank : MemoryBank
         That student's bank of labeled-volume embeddings ``D``.
     step : int
+        The training step (it picks the atlases).
 
     Returns
     -------
@@ -129,6 +143,13 @@ class RegistrationPositives(TrainerHook):
     the anchors on unlabeled samples that found a valid registration positive, so a run whose
     lookups all fail (silently plain ``cctr-rsl``) shows it, and the share of found positives
     whose atlas label is the anchor's class.
+
+    Parameters
+    ----------
+    guidance : Guidance
+        The run's registration guidance, shared with the other registration-guided hooks.
+    banks : mapping of str to MemoryBank
+        Student name -> that student's bank; a student without one gets no positives.
     """
 
     name = "reps"
@@ -146,7 +167,27 @@ class RegistrationPositives(TrainerHook):
 
     def extra_positive(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput], student: str,
                        anchors: PartAnchors) -> Optional[ExtraKeys]:
-        """The registration positives of ``student``'s anchors; None for a student without a bank."""
+        """The registration positives of ``student``'s anchors (:func:`registration_positives`).
+
+        Parameters
+        ----------
+        step : int
+            The training step.
+        batch : SliceBatch
+            The step's samples ``(B, 1, H, W)``, on the CPU.
+        outputs : mapping of str to StudentOutput
+            The students' outputs (not read).
+        student : str
+            Whose anchors these are.
+        anchors : PartAnchors
+            ``flat_index (A,)`` into the student's ``B*H*W`` pixels and the class each was drawn for.
+
+        Returns
+        -------
+        ExtraKeys or None
+            ``vectors`` float32 ``(A, D)`` unit (zero where not valid) and ``valid`` bool ``(A,)``,
+            on the anchors' device; None for a student without a bank.
+        """
         bank = self.banks.get(student)
         if bank is None:
             return None
@@ -156,11 +197,16 @@ class RegistrationPositives(TrainerHook):
         return ExtraKeys(found.vectors.to(device), found.valid.to(device))
 
     def metrics(self) -> dict[str, float]:
-        """Of the positives looked up since the last call: ``valid_fraction``, the share of
-        unlabeled-sample anchors with a registration positive; ``anchors``, how many were asked;
-        ``label_agreement``, the share of the positives found whose atlas voxel is labeled with
-        the anchor's class (left out when none was found, so that its curve and its means are
-        over positives only)."""
+        """Figures of the positives looked up since the last call, which it resets.
+
+        Returns
+        -------
+        dict of str to float
+            ``valid_fraction``, the share of unlabeled-sample anchors with a registration
+            positive; ``anchors``, how many were asked; ``label_agreement``, the share of the
+            positives found whose atlas voxel is labeled with the anchor's class (left out when
+            none was found, so that its curve and its means are over positives only).
+        """
         asked = sum(p.asked for p in self._found)
         valid = sum(int(p.valid.sum()) for p in self._found)
         found = sum(p.found for p in self._found)
@@ -171,6 +217,18 @@ class RegistrationPositives(TrainerHook):
         return out
 
     def after_step(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> None:
+        """Refresh every bank with its student's embeddings of the batch's labeled samples.
+
+        Parameters
+        ----------
+        step : int
+            The training step (not read).
+        batch : SliceBatch
+            The step's samples (the whole global batch under torchrun), on the CPU; their
+            ``slice_index (B,)`` and ``to_volume (B, 3, 3)`` place each sample in its volume.
+        outputs : mapping of str to StudentOutput
+            Student name -> its detached outputs, embedding ``(B, D, H, W)``.
+        """
         labeled = torch.nonzero(batch.is_labeled).flatten()
         if labeled.numel() == 0:
             return
@@ -180,8 +238,23 @@ class RegistrationPositives(TrainerHook):
                         outputs[name].embedding[labeled].detach())
 
     def state_dict(self) -> dict:
+        """Student name -> that bank's ``state_dict()``."""
         return {name: bank.state_dict() for name, bank in self.banks.items()}
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Restore every bank from :meth:`state_dict`'s output.
+
+        Parameters
+        ----------
+        state : mapping of str to mapping of str to torch.Tensor
+            Student name -> bank state, one for every student with a bank.
+
+        Raises
+        ------
+        KeyError
+            When a student with a bank is missing from ``state``.
+        ValueError
+            When a saved tensor's shape differs from the bank's.
+        """
         for name, bank in self.banks.items():
             bank.load_state_dict(state[name])

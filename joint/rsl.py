@@ -45,7 +45,13 @@ CONFIDENCE_MODES = ("none", "max-prob", "agreement")
 
 @dataclass(frozen=True)
 class RSLConfig:
-    """RSL options; nested as ``rsl.*`` in :class:`joint.config.JointConfig`."""
+    """RSL options; nested as ``rsl.*`` in :class:`joint.config.JointConfig`.
+
+    Raises
+    ------
+    ValueError
+        When ``confidence`` is not in CONFIDENCE_MODES or ``weight`` is negative.
+    """
 
     weight: float = option(0.1, "RSL weight (lambda_rs) at full strength, ramped up like cross teaching")
     confidence: str = option("none", "per-pixel weight: 'none', 'max-prob' or 'agreement' of the atlases")
@@ -84,14 +90,16 @@ def registration_targets(batch: SliceBatch, guidance: Guidance, step: int, confi
     guidance : Guidance
         The step's registration guidance (atlases and point Fields of each unlabeled row).
     step : int
+        The training step (it picks the atlases).
     confidence : str
         One of :data:`CONFIDENCE_MODES`.
 
     Returns
     -------
     RegistrationTargets
-        ``probs (U, C, H, W)``, ``label (U, H, W)`` and ``weight (U, H, W)`` of the U unlabeled rows
-        (C classes, background included).
+        ``index (U,)`` of the U unlabeled rows, ascending, and their ``probs (U, C, H, W)``,
+        ``label (U, H, W)`` and ``weight (U, H, W)`` in sample pixels (C classes, background
+        included).
     """
     H, W = batch.image.shape[-2:]
     guides = guidance.of_batch(step, batch)
@@ -117,10 +125,24 @@ def registration_targets(batch: SliceBatch, guidance: Guidance, step: int, confi
 
 
 def weighted_ce_dice(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``0.5 * (CE + Dice)`` of ``logits (U, C, H, W)`` against ``label (U, H, W)``, per-pixel ``weight``.
+    """``0.5 * (CE + Dice)`` of logits against a hard label, with a per-pixel weight.
 
     Both terms ignore weight-0 pixels; Dice is the soft Dice averaged over all C classes
     (background included), as in the supervised loss.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(U, C, H, W)`` float, before softmax.
+    label : torch.Tensor
+        int64 ``(U, H, W)`` class indices ``0 .. C - 1``.
+    weight : torch.Tensor
+        ``(U, H, W)`` non-negative per-pixel weight, on the device of ``logits``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar; 0 (with a graph) when ``U`` is 0 or every weight is 0.
     """
     if logits.shape[0] == 0 or float(weight.sum()) <= 0:
         return logits.sum() * 0.0
@@ -136,8 +158,21 @@ def weighted_ce_dice(logits: torch.Tensor, label: torch.Tensor, weight: torch.Te
 
 
 def student_labels(outputs: Mapping[str, StudentOutput], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each student's argmax at batch rows ``rows`` (R,): int64 ``(R, H, W)`` on the CPU, from
-    detached logits (nothing read from them takes a gradient)."""
+    """Each student's argmax at some batch rows, from detached logits (nothing read from them
+    takes a gradient).
+
+    Parameters
+    ----------
+    outputs : mapping of str to StudentOutput
+        Student name -> its outputs, logits ``(B, C, H, W)``.
+    rows : torch.Tensor
+        int64 ``(R,)`` batch rows.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Student name -> int64 ``(R, H, W)`` class indices, on the CPU.
+    """
     return {name: out.logits.detach()[rows.to(out.logits.device)].argmax(dim=1).cpu() for name, out in outputs.items()}
 
 
@@ -146,8 +181,25 @@ class RegistrationSupervision(TrainerHook):
     weighted ``cfg.weight`` times the sigmoid ramp-up over ``rampup_steps``.
 
     ``last_targets`` keeps the most recent step's targets (detached) for logging and figures.
-    ``hidden_labels`` (case id -> uint8 ``(Z, Y, X)``) are read for ``metrics()`` only.
-    ``gate``: when given, a student it closes gets no RSL (:mod:`joint.gate`).
+
+    Parameters
+    ----------
+    guidance : Guidance
+        The run's registration guidance, shared with the other registration-guided hooks.
+    cfg : RSLConfig
+        RSL options.
+    rampup_steps : float
+        Length of the sigmoid ramp-up in steps; 0 for full weight from the start.
+    hidden_labels : mapping of str to numpy.ndarray
+        Case id -> uint8 ``(Z, Y, X)`` hidden label of the case's volume, read for
+        ``metrics()`` only; may be empty.
+    gate : RegistrationGate, optional
+        When given, a student it closes gets no RSL (:mod:`joint.gate`).
+
+    Raises
+    ------
+    ValueError
+        When ``rampup_steps`` is negative.
     """
 
     name = "rsl"
@@ -167,6 +219,24 @@ class RegistrationSupervision(TrainerHook):
         self.gate = gate
 
     def losses(self, step: int, batch: SliceBatch, outputs: Mapping[str, StudentOutput]) -> dict[str, torch.Tensor]:
+        """Each student's RSL term of this step: ``lambda_rs`` ramped up times
+        :func:`weighted_ce_dice` of its logits at the unlabeled rows against the registration
+        targets.
+
+        Parameters
+        ----------
+        step : int
+            The training step.
+        batch : SliceBatch
+            The step's samples ``(B, 1, H, W)``, on the CPU.
+        outputs : mapping of str to StudentOutput
+            Student name -> its outputs on the batch, logits ``(B, C, H, W)``.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Student name -> weighted scalar; 0 (with a graph) for a student the gate closes.
+        """
         open_to = [n for n in outputs if self.gate is None or self.gate.is_open(n)]
         # a zero term keeps the logged curve continuous; no registration query when no student takes it
         losses = {n: out.logits.sum() * 0.0 for n, out in outputs.items() if n not in open_to}
@@ -202,5 +272,12 @@ class RegistrationSupervision(TrainerHook):
         return out
 
     def metrics(self) -> dict[str, float]:
-        """Where hidden labels exist, the last step's figures of :meth:`_against_hidden`."""
+        """The last step's figures against hidden labels.
+
+        Returns
+        -------
+        dict of str to float
+            ``target_dice_hidden``, ``target_acc_hidden`` and ``acc_hidden_<student>`` of
+            :meth:`_against_hidden`; empty without hidden labels on the step's RSL pixels.
+        """
         return dict(self._metrics)

@@ -32,7 +32,13 @@ class SynthConfig:
     """Options of the synthesised samples; nested as ``synth.*`` in :class:`joint.config.JointConfig`.
 
     Weight 1 and 2 samples per step were chosen on the validation split of both phantoms
-    (docs/RESULTS.md, option table); 0 turns the term off (the paper's ``cctr``)."""
+    (docs/RESULTS.md, option table); 0 turns the term off (the paper's ``cctr``).
+
+    Raises
+    ------
+    ValueError
+        When ``weight`` is negative or ``samples`` is below 1.
+    """
 
     weight: float = option(1.0, "weight of the synthesised samples' supervised loss; 0 turns them off")
     samples: int = option(2, "synthesised samples per step, at the batch's first unlabeled samples")
@@ -47,8 +53,20 @@ class SynthConfig:
 class WarpedAtlasSamples(TrainerHook):
     """Adds ``cfg.samples`` atlas-image/atlas-label pairs per step, carried onto unlabeled samples.
 
-    ``atlas_images``: atlas case id -> float32 ``(Z, Y, X)``, normalised as the trainer
-    normalises its volumes, on the atlas's native grid (the labels come from the oracle's cases).
+    Parameters
+    ----------
+    guidance : Guidance
+        The run's registration guidance, shared with the other registration-guided hooks.
+    atlas_images : mapping of str to numpy.ndarray
+        Atlas case id -> float32 ``(Z, Y, X)``, normalised as the trainer normalises its
+        volumes, on the atlas's native grid (the labels come from the oracle's cases).
+    cfg : SynthConfig
+        Weight and number of the samples.
+
+    Raises
+    ------
+    ValueError
+        When an atlas of the oracle has no image in ``atlas_images``.
     """
 
     name = "synth"
@@ -64,8 +82,24 @@ class WarpedAtlasSamples(TrainerHook):
         self._metrics: dict[str, float] = {}
 
     def extra_samples(self, step: int, batch: SliceBatch) -> ExtraSamples:
-        """Images ``(S, 1, H, W)`` and labels ``(S, H, W)`` of the atlas carried onto the first
-        ``cfg.samples`` unlabeled samples (0 outside the atlas, as the sampler pads)."""
+        """The atlas image and label carried onto the first ``cfg.samples`` unlabeled samples.
+
+        Sample ``k`` takes atlas ``(step + k) mod n`` of its ``n`` atlases.
+
+        Parameters
+        ----------
+        step : int
+            The training step.
+        batch : SliceBatch
+            The step's samples ``(B, 1, H, W)``, on the CPU.
+
+        Returns
+        -------
+        ExtraSamples
+            ``image`` float32 ``(S, 1, H, W)`` and ``label`` int64 ``(S, H, W)`` in sample pixels,
+            ``S = min(cfg.samples, unlabeled rows)`` (possibly 0); 0 (image) and background
+            (label) outside the atlas, as the sampler pads; ``weight`` = ``cfg.weight``.
+        """
         H, W = batch.image.shape[-2:]
         oracle = self.guidance.oracle
         guides = self.guidance.of_batch(step, batch)
@@ -85,6 +119,13 @@ class WarpedAtlasSamples(TrainerHook):
                             weight=self.cfg.weight)
 
     def metrics(self) -> dict[str, float]:
-        """``inside``: the share of the synthesised pixels whose point falls inside the atlas
-        (the rest is padding, image 0 and background, as the sampler pads)."""
+        """Figures of the last :meth:`extra_samples`.
+
+        Returns
+        -------
+        dict of str to float
+            ``inside``: the share of the synthesised pixels whose point falls inside the atlas
+            (the rest is padding, image 0 and background, as the sampler pads); empty when no
+            sample was made.
+        """
         return dict(self._metrics)

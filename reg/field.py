@@ -43,20 +43,60 @@ from scipy import ndimage
 
 
 def voxel_grid(shape_zyx: Sequence[int]) -> np.ndarray:
-    """Voxel index of every voxel: float32 ``(3, Z, Y, X)``, channel order (z, y, x)."""
+    """Voxel index of every voxel of a grid.
+
+    Parameters
+    ----------
+    shape_zyx : sequence of int
+        The grid's shape ``(Z, Y, X)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(3, Z, Y, X)``, channel order ``(z, y, x)``: ``out[:, z, y, x] = (z, y, x)``.
+    """
     axes = [np.arange(n, dtype=np.float32) for n in shape_zyx]
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=0)
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 homogeneous map to ``(..., 3)`` points in (z, y, x) order."""
+    """Apply a 4x4 homogeneous map to points.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        ``(4, 4)`` homogeneous map acting on ``(z, y, x, 1)``.
+    points : numpy.ndarray
+        ``(..., 3)`` points in ``(z, y, x)`` order, in the map's input coordinates.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., 3)`` mapped points in ``(z, y, x)`` order (float64 for float32 or float64 input).
+    """
     m = np.asarray(matrix, dtype=np.float64)
     return points @ m[:3, :3].T + m[:3, 3]
 
 
 def affine_grid(matrix: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
-    """``matrix`` applied to every voxel index of ``shape``: float32 (3, Z, Y, X), built by
-    broadcasting one axis at a time (no (Z, Y, X, 3) intermediate)."""
+    """A 4x4 homogeneous map applied to every voxel index of a grid.
+
+    Built by broadcasting one axis at a time, so no ``(Z, Y, X, 3)`` intermediate exists.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        ``(4, 4)`` homogeneous map from the grid's voxel index ``(z, y, x, 1)`` to the output
+        coordinates.
+    shape_zyx : sequence of int
+        The grid's shape ``(Z, Y, X)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(3, Z, Y, X)``, channel order ``(z, y, x)``: ``out[:, z, y, x]`` is ``matrix``
+        applied to ``(z, y, x)``; equal to :func:`apply_affine` on :func:`voxel_grid`.
+    """
     m = np.asarray(matrix, dtype=np.float64)
     axes = [np.arange(n, dtype=np.float64) for n in shape_zyx]
     out = np.empty((3, *shape_zyx), dtype=np.float32)
@@ -85,8 +125,21 @@ def _sample(volume_zyx: np.ndarray, coords: np.ndarray, order: int) -> np.ndarra
 
 
 def points_inside(points_zyx: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
-    """bool (N,): which points (N, 3) lie within a volume of ``shape``, i.e. in [-0.5, n - 0.5]
-    on every axis (the sampling policy of the module docstring)."""
+    """Which points lie within a volume, i.e. in ``[-0.5, n - 0.5]`` on every axis of size ``n``
+    (the sampling policy of the module docstring).
+
+    Parameters
+    ----------
+    points_zyx : numpy.ndarray
+        ``(N, 3)`` voxel coordinates ``(z, y, x)`` of the volume's grid, any real values.
+    shape_zyx : sequence of int
+        The volume's shape ``(Z, Y, X)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``(N,)``: True where the point is inside on every axis.
+    """
     n = np.asarray(shape_zyx, dtype=np.float64)
     return ((np.asarray(points_zyx) >= -0.5) & (np.asarray(points_zyx) <= n - 0.5)).all(axis=1)
 
@@ -106,7 +159,22 @@ def _reach(coords: np.ndarray, shape_zyx: Sequence[int]) -> tuple[tuple[slice, .
 @dataclass(frozen=True)
 class Field:
     """Dense map from every voxel of the FIXED volume's native grid to a point in the MOVING
-    volume's native voxel coordinates (z, y, x), whatever grid the backend worked on."""
+    volume's native voxel coordinates (z, y, x), whatever grid the backend worked on.
+
+    Parameters
+    ----------
+    coords : numpy.ndarray
+        ``(3, Z, Y, X)`` on the fixed native grid, channel order ``(z, y, x)``: the moving native
+        voxel point of every fixed native voxel. Stored as float32.
+    moving_shape : tuple of int
+        The moving volume's native shape ``(Z', Y', X')``.
+
+    Raises
+    ------
+    ValueError
+        When ``coords`` is not an array ``(3, Z, Y, X)`` or ``moving_shape`` is not three
+        positive sizes.
+    """
 
     coords: np.ndarray  # float32 (3, Z, Y, X) on the fixed native grid
     moving_shape: tuple[int, int, int]
@@ -123,16 +191,30 @@ class Field:
 
     @property
     def fixed_shape(self) -> tuple[int, int, int]:
+        """The fixed native grid's shape ``(Z, Y, X)``."""
         return tuple(self.coords.shape[1:])  # type: ignore[return-value]
 
     @property
     def displacement(self) -> np.ndarray:
-        """``coords`` minus the fixed voxel index: float32 (3, Z, Y, X), voxels (meaningful
-        as a displacement only when fixed and moving share a grid)."""
+        """``coords`` minus the fixed voxel index.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(3, Z, Y, X)`` on the fixed native grid, channel order ``(z, y, x)``, in
+            voxels; meaningful as a displacement only when fixed and moving share a grid.
+        """
         return self.coords - voxel_grid(self.fixed_shape)
 
     def inside(self) -> np.ndarray:
-        """Bool (Z, Y, X): fixed voxels whose corresponding point lies inside the moving volume."""
+        """The fixed voxels whose corresponding point lies inside the moving volume.
+
+        Returns
+        -------
+        numpy.ndarray
+            bool ``(Z, Y, X)`` on the fixed native grid: True where ``coords`` lies in
+            ``[-0.5, n - 0.5]`` on every axis of the moving volume.
+        """
         ok = np.ones(self.fixed_shape, dtype=bool)
         for axis, n in enumerate(self.moving_shape):
             ok &= (self.coords[axis] >= -0.5) & (self.coords[axis] <= n - 0.5)
@@ -143,7 +225,25 @@ class Field:
             raise ValueError(f"{what} has shape {tuple(shape)}, but this field maps into a moving volume of shape {self.moving_shape}")
 
     def warp_image(self, moving_zyx: np.ndarray) -> np.ndarray:
-        """The moving image resampled on the fixed grid: float32 (Z, Y, X), linear, 0 outside."""
+        """The moving image resampled on the fixed grid.
+
+        Parameters
+        ----------
+        moving_zyx : numpy.ndarray
+            ``(Z', Y', X')`` = ``moving_shape``, on the moving native grid, any real dtype.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(Z, Y, X)`` on the fixed native grid: ``warped[z, y, x] =
+            moving(coords[:, z, y, x])``, linear with edge values held inside the moving
+            volume, 0 outside it.
+
+        Raises
+        ------
+        ValueError
+            When ``moving_zyx`` does not have shape ``moving_shape``.
+        """
         self._check_moving(np.shape(moving_zyx), "moving image")
         box, coords = _reach(self.coords, self.moving_shape)
         out = _sample(np.asarray(moving_zyx)[box].astype(np.float32), coords, order=1)
@@ -151,8 +251,28 @@ class Field:
         return out.astype(np.float32, copy=False)
 
     def warp_onehot(self, moving_label_zyx: np.ndarray, num_classes: int) -> np.ndarray:
-        """Soft warped labels: float32 (C, Z, Y, X), each class's indicator interpolated
-        linearly; sums to 1 inside the moving volume and to 0 outside it."""
+        """Soft warped labels: each class's indicator interpolated linearly.
+
+        Parameters
+        ----------
+        moving_label_zyx : numpy.ndarray
+            Integer ``(Z', Y', X')`` = ``moving_shape`` class indices ``0 .. C - 1``, on the
+            moving native grid.
+        num_classes : int
+            ``C``, background included.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(C, Z, Y, X)`` on the fixed native grid; sums to 1 over C inside the
+            moving volume and to 0 outside it.
+
+        Raises
+        ------
+        ValueError
+            When ``moving_label_zyx`` does not have shape ``moving_shape``, or holds values
+            outside ``0 .. C - 1`` where this field reads it.
+        """
         self._check_moving(np.shape(moving_label_zyx), "moving label map")
         box, coords = _reach(self.coords, self.moving_shape)
         lab = np.asarray(moving_label_zyx)[box]
@@ -166,15 +286,50 @@ class Field:
         return out
 
     def warp_labels(self, moving_label_zyx: np.ndarray, num_classes: int) -> np.ndarray:
-        """Hard warped labels: uint8 (Z, Y, X), one-hot linear interpolation then argmax;
-        background (0) outside the moving volume."""
+        """Hard warped labels: one-hot linear interpolation (:meth:`warp_onehot`), then argmax.
+
+        Parameters
+        ----------
+        moving_label_zyx : numpy.ndarray
+            Integer ``(Z', Y', X')`` = ``moving_shape`` class indices ``0 .. C - 1``, on the
+            moving native grid.
+        num_classes : int
+            ``C``, background included.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint8 ``(Z, Y, X)`` on the fixed native grid; background (0) outside the moving
+            volume.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`warp_onehot`.
+        """
         return self.warp_onehot(moving_label_zyx, num_classes).argmax(axis=0).astype(np.uint8)
 
     def map_points(self, points_zyx: np.ndarray) -> np.ndarray:
-        """Fixed voxel points (N, 3), any real values, to moving voxel points (N, 3).
+        """Map fixed native voxel points to moving native voxel points.
 
         The map is interpolated linearly; beyond the fixed grid its displacement is held at
-        the value of the nearest border voxel."""
+        the value of the nearest border voxel.
+
+        Parameters
+        ----------
+        points_zyx : numpy.ndarray
+            ``(N, 3)`` fixed native voxel coordinates ``(z, y, x)``, any real values.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(N, 3)`` moving native voxel coordinates ``(z, y, x)``.
+
+        Raises
+        ------
+        ValueError
+            When ``points_zyx`` is not ``(N, 3)``.
+        """
         pts = np.asarray(points_zyx, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise ValueError(f"points must be an array (N, 3) in (z, y, x), got shape {pts.shape}")
@@ -184,18 +339,62 @@ class Field:
         return (pts + moved).astype(np.float32)
 
     def check(self, where: str) -> "Field":
-        """``self`` when it is plausible (see :func:`validate_field`), else ValueError naming ``where``."""
+        """``self`` when it is plausible (see :func:`validate_field`).
+
+        Parameters
+        ----------
+        where : str
+            What the field is, named in the error.
+
+        Returns
+        -------
+        Field
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            Naming ``where``, when :func:`validate_field` rejects the field.
+        """
         validate_field(self, where)
         return self
 
     @staticmethod
     def identity(shape_zyx: Sequence[int]) -> "Field":
+        """The identity map of a grid onto itself.
+
+        Parameters
+        ----------
+        shape_zyx : sequence of int
+            ``(Z, Y, X)``, both the fixed and the moving native shape.
+
+        Returns
+        -------
+        Field
+            ``coords`` = :func:`voxel_grid` of the shape.
+        """
         shape = tuple(int(n) for n in shape_zyx)
         return Field(voxel_grid(shape), shape)  # type: ignore[arg-type]
 
     @staticmethod
     def from_affine(matrix: np.ndarray, fixed_shape: Sequence[int], moving_shape: Sequence[int]) -> "Field":
-        """The field of a 4x4 homogeneous map from fixed native voxel to moving native voxel."""
+        """The field of an affine map.
+
+        Parameters
+        ----------
+        matrix : numpy.ndarray
+            ``(4, 4)`` homogeneous map from fixed native voxel ``(z, y, x, 1)`` to moving native
+            voxel.
+        fixed_shape : sequence of int
+            The fixed native shape ``(Z, Y, X)``.
+        moving_shape : sequence of int
+            The moving native shape ``(Z', Y', X')``.
+
+        Returns
+        -------
+        Field
+            ``coords`` float32 ``(3, Z, Y, X)``: ``matrix`` applied to every fixed voxel.
+        """
         return Field(affine_grid(matrix, fixed_shape), tuple(moving_shape))  # type: ignore[arg-type]
 
     @staticmethod
@@ -208,9 +407,35 @@ class Field:
     ) -> "Field":
         """Bring a canonical-grid displacement back to native grids (see the module docstring).
 
-        ``disp_canonical``: float (3, Zc, Yc, Xc), canonical voxels, defined on the FIXED
-        canonical grid and pointing into the MOVING canonical grid. Fixed voxels outside the
-        canonical crop get the displacement of the nearest canonical border voxel."""
+        Fixed voxels outside the canonical crop get the displacement of the nearest canonical
+        border voxel.
+
+        Parameters
+        ----------
+        disp_canonical : numpy.ndarray
+            float ``(3, Zc, Yc, Xc)``, channel order ``(z, y, x)``, in canonical voxels, defined on
+            the FIXED canonical grid and pointing into the MOVING canonical grid:
+            ``warped(c) = moving(c + disp(c))``.
+        fixed_to_native : numpy.ndarray
+            ``(4, 4)`` homogeneous map from fixed canonical voxel to fixed native voxel.
+        fixed_shape : sequence of int
+            The fixed native shape ``(Z, Y, X)``.
+        moving_to_native : numpy.ndarray
+            ``(4, 4)`` homogeneous map from moving canonical voxel to moving native voxel.
+        moving_shape : sequence of int
+            The moving native shape ``(Z', Y', X')``.
+
+        Returns
+        -------
+        Field
+            ``coords`` float32 ``(3, Z, Y, X)`` on the fixed native grid, in moving native voxels.
+
+        Raises
+        ------
+        ValueError
+            When ``disp_canonical`` is not ``(3, Zc, Yc, Xc)`` or ``moving_shape`` is not three
+            positive sizes.
+        """
         disp = _check_disp(disp_canonical)
         fixed_shape = tuple(int(n) for n in fixed_shape)
         coords = _native_coords(disp, np.linalg.inv(np.asarray(fixed_to_native, dtype=np.float64)),
@@ -265,12 +490,29 @@ class CanonicalField:
     is evaluated lazily, slab by slab or point by point, so its cost follows what a caller
     reads, not the native grid.
 
-    ``disp``: float16 (3, Zc, Yc, Xc), canonical voxels, on the FIXED canonical grid, pointing
-    into the MOVING canonical grid. ``fixed_to_native`` / ``moving_to_native``: float64 4x4,
-    canonical voxel -> native voxel of each volume (the moving one includes the pair's
-    pre-alignment). A dense Field is the special case canonical grid = fixed native grid
-    (:meth:`of_dense`), an affine map the case of a constant zero displacement
-    (:meth:`from_affine`).
+    A dense Field is the special case canonical grid = fixed native grid (:meth:`of_dense`), an
+    affine map the case of a constant zero displacement (:meth:`from_affine`).
+
+    Parameters
+    ----------
+    disp : numpy.ndarray
+        ``(3, Zc, Yc, Xc)``, channel order ``(z, y, x)``, in canonical voxels, on the FIXED
+        canonical grid, pointing into the MOVING canonical grid. Stored as float16.
+    fixed_to_native : numpy.ndarray
+        ``(4, 4)`` homogeneous map, fixed canonical voxel -> fixed native voxel. Stored as float64.
+    fixed_shape : tuple of int
+        The fixed native shape ``(Z, Y, X)``.
+    moving_to_native : numpy.ndarray
+        ``(4, 4)`` homogeneous map, moving canonical voxel -> moving native voxel (including the
+        pair's pre-alignment). Stored as float64.
+    moving_shape : tuple of int
+        The moving native shape ``(Z', Y', X')``.
+
+    Raises
+    ------
+    ValueError
+        When ``disp`` is not ``(3, Zc, Yc, Xc)``, a map is not a finite 4x4 matrix, or a shape
+        is not three positive sizes.
     """
 
     disp: np.ndarray
@@ -297,11 +539,28 @@ class CanonicalField:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held: the float16 displacement plus the two float64 4x4 maps."""
         return int(self.disp.nbytes + 2 * 16 * 8)
 
     def slab(self, start: int, stop: int) -> Field:
-        """The dense Field of fixed slices ``start .. stop - 1``: coords (3, stop - start, Y, X),
-        equal to ``dense().coords[:, start:stop]``. Its fixed voxel indices count from ``start``."""
+        """The dense Field of fixed slices ``start .. stop - 1``.
+
+        Parameters
+        ----------
+        start, stop : int
+            Fixed native slice range, ``0 <= start < stop <= Z``.
+
+        Returns
+        -------
+        Field
+            ``coords`` float32 ``(3, stop - start, Y, X)`` in moving native voxels, equal to
+            ``dense().coords[:, start:stop]``. Its fixed voxel indices count from ``start``.
+
+        Raises
+        ------
+        ValueError
+            When ``[start, stop)`` is empty or not within the fixed slices.
+        """
         if not 0 <= start < stop <= self.fixed_shape[0]:
             raise ValueError(f"slab [{start}, {stop}) is not within the {self.fixed_shape[0]} fixed slices")
         coords = _native_coords(self.disp, self._to_canon, self.moving_to_native,  # type: ignore[attr-defined]
@@ -309,14 +568,38 @@ class CanonicalField:
         return Field(coords, self.moving_shape)
 
     def dense(self) -> Field:
-        """The whole Field on the fixed native grid."""
+        """The whole Field on the fixed native grid.
+
+        Returns
+        -------
+        Field
+            ``coords`` float32 ``(3, Z, Y, X)`` in moving native voxels; :meth:`slab` of all slices.
+        """
         return self.slab(0, self.fixed_shape[0])
 
     def map_points(self, points_zyx: np.ndarray) -> np.ndarray:
-        """Fixed native voxel points (N, 3), any real values, to moving native voxel points
-        (N, 3), float32: the map itself evaluated at each point. At voxel centres this equals
-        the dense Field; between them it is the exact map, where :meth:`Field.map_points`
-        interpolates the dense one linearly (they differ by the map's curvature within a voxel)."""
+        """Map fixed native voxel points to moving native voxel points: the map itself
+        evaluated at each point.
+
+        At voxel centres this equals the dense Field; between them it is the exact map, where
+        :meth:`Field.map_points` interpolates the dense one linearly (they differ by the map's
+        curvature within a voxel).
+
+        Parameters
+        ----------
+        points_zyx : numpy.ndarray
+            ``(N, 3)`` fixed native voxel coordinates ``(z, y, x)``, any real values.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(N, 3)`` moving native voxel coordinates ``(z, y, x)``.
+
+        Raises
+        ------
+        ValueError
+            When ``points_zyx`` is not ``(N, 3)``.
+        """
         pts = np.asarray(points_zyx, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise ValueError(f"points must be an array (N, 3) in (z, y, x), got shape {pts.shape}")
@@ -327,17 +610,56 @@ class CanonicalField:
 
     def warp_labels(self, moving_label_zyx: np.ndarray, num_classes: int, slab_slices: int = 8) -> np.ndarray:
         """:meth:`Field.warp_labels` of the whole fixed volume, computed ``slab_slices`` slices
-        at a time so the soft one-hot of the whole volume never exists at once."""
+        at a time so the soft one-hot of the whole volume never exists at once.
+
+        Parameters
+        ----------
+        moving_label_zyx : numpy.ndarray
+            Integer ``(Z', Y', X')`` = ``moving_shape`` class indices ``0 .. C - 1``, on the
+            moving native grid.
+        num_classes : int
+            ``C``, background included.
+        slab_slices : int
+            Fixed slices evaluated at a time.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint8 ``(Z, Y, X)`` on the fixed native grid; background (0) outside the moving
+            volume.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`Field.warp_onehot`.
+        """
         Z = self.fixed_shape[0]
         return np.concatenate([self.slab(z, min(z + slab_slices, Z)).warp_labels(moving_label_zyx, num_classes)
                                for z in range(0, Z, slab_slices)])
 
     def check(self, where: str) -> "CanonicalField":
-        """``self`` when plausible (:func:`validate_field` on its slices: every slice up to
-        FULL_CHECK_VOXELS fixed voxels, CHECK_SLICES evenly spaced ones beyond), else
-        ValueError naming ``where``. Once found plausible it is not checked again: a backend checks
-        what it computes, and the oracle checks what it is handed (the same object, or one read from
-        a cache)."""
+        """``self`` when plausible: :func:`validate_field` on its slices (every slice up to
+        FULL_CHECK_VOXELS fixed voxels, CHECK_SLICES evenly spaced ones beyond).
+
+        Once found plausible it is not checked again: a backend checks what it computes, and the
+        oracle checks what it is handed (the same object, or one read from a cache).
+
+        Parameters
+        ----------
+        where : str
+            What the field is, named in the error.
+
+        Returns
+        -------
+        CanonicalField
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            Naming ``where``, when ``disp`` holds NaN or inf or :func:`validate_field` rejects
+            a checked slab.
+        """
         if self._plausible:
             return self
         if not np.isfinite(self.disp).all():
@@ -356,12 +678,45 @@ class CanonicalField:
 
     @staticmethod
     def of_dense(field: Field) -> "CanonicalField":
-        """A dense Field kept as it is: its own fixed grid is the canonical grid."""
+        """A dense Field kept as it is: its own fixed grid is the canonical grid.
+
+        Parameters
+        ----------
+        field : Field
+            ``coords (3, Z, Y, X)`` on the fixed native grid.
+
+        Returns
+        -------
+        CanonicalField
+            ``disp`` = ``field.displacement`` (stored float16), both maps the identity.
+        """
         return CanonicalField(field.displacement, np.eye(4), field.fixed_shape, np.eye(4), field.moving_shape)
 
     @staticmethod
     def from_affine(matrix: np.ndarray, fixed_shape: Sequence[int], moving_shape: Sequence[int]) -> "CanonicalField":
-        """A 4x4 homogeneous map from fixed native voxel to moving native voxel."""
+        """The CanonicalField of an affine map: a constant zero displacement on a one-voxel
+        canonical grid.
+
+        Parameters
+        ----------
+        matrix : numpy.ndarray
+            ``(4, 4)`` homogeneous map from fixed native voxel ``(z, y, x, 1)`` to moving native
+            voxel.
+        fixed_shape : sequence of int
+            The fixed native shape ``(Z, Y, X)``.
+        moving_shape : sequence of int
+            The moving native shape ``(Z', Y', X')``.
+
+        Returns
+        -------
+        CanonicalField
+            ``fixed_to_native`` the identity, ``moving_to_native`` = ``matrix``.
+
+        Raises
+        ------
+        ValueError
+            When ``matrix`` is not a finite 4x4 matrix or a shape is not three positive sizes.
+        """
         return CanonicalField(np.zeros((3, 1, 1, 1), np.float16), np.eye(4), tuple(fixed_shape),
                               matrix, tuple(moving_shape))
 
@@ -374,10 +729,23 @@ MAX_MEAN_ROUGHNESS = 1.0  # voxels: mean |second difference| of coords along y a
 
 
 def validate_field(field: Field, where: str) -> None:
-    """Raise ValueError naming ``where`` when ``field`` holds NaN or inf, maps a fixed voxel
-    more than one moving-volume extent outside the moving volume, or is rough like noise on any
-    of its fixed slices.
-    Used on every Field a backend computes and every Field read from a cache."""
+    """Check that a Field is plausible. Used on every Field a backend computes and every Field
+    read from a cache.
+
+    Parameters
+    ----------
+    field : Field
+        ``coords (3, Z, Y, X)`` on the fixed native grid, in moving native voxels.
+    where : str
+        What the field is, named in the error.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where``, when ``field`` holds NaN or inf, maps a fixed voxel more than one
+        moving-volume extent outside the moving volume, or is rough like noise (mean in-plane
+        second difference above MAX_MEAN_ROUGHNESS voxels) on any of its fixed slices.
+    """
     c = field.coords
     if not np.isfinite(c).all():
         bad = int((~np.isfinite(c)).any(axis=0).sum())

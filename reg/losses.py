@@ -22,6 +22,14 @@ from cctr.reg.options import option
 
 @dataclass(frozen=True)
 class LossConfig:
+    """Options of :class:`RegistrationLoss`.
+
+    Raises
+    ------
+    ValueError
+        When ``similarity`` is not ``'ncc'`` or ``'mse'``, or a weight is negative.
+    """
+
     similarity: str = option("ncc", "image similarity: 'ncc' (local, windowed) or 'mse'")
     ncc_window: tuple[int, int, int] = option((3, 7, 7), "local NCC window (z, y, x) in canonical voxels; planned")
     smoothness_weight: float = option(0.3, "weight of the displacement's squared gradient; planned")
@@ -53,7 +61,15 @@ class LocalNCCLoss(nn.Module):
 
     neurite asserts that every local coefficient lies in [0, 1]; float rounding on flat or
     far-offset regions can break that during training. When it does, the same quantity is
-    recomputed with clamped variances instead of stopping the run."""
+    recomputed with clamped variances instead of stopping the run.
+
+    Parameters
+    ----------
+    window : int or sequence of int
+        Window size in canonical voxels, one for all axes or one per axis ``(z, y, x)``.
+    eps : float
+        Added to the variance product in the denominator.
+    """
 
     def __init__(self, window: Union[int, Sequence[int]] = (3, 9, 9), eps: float = 1e-5) -> None:
         super().__init__()
@@ -62,6 +78,19 @@ class LocalNCCLoss(nn.Module):
         self._ncc = nem.NCC(window_size=self.window, eps=eps)
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """1 - mean squared local correlation of two images.
+
+        Parameters
+        ----------
+        warped, fixed : torch.Tensor
+            ``(B, C, Z, Y, X)`` on the fixed canonical grid: the moving image warped onto it,
+            and the fixed image.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar in [0, 1], 0 for perfectly correlated images.
+        """
         try:
             score = self._ncc(warped, fixed).mean()
         except AssertionError:
@@ -70,22 +99,55 @@ class LocalNCCLoss(nn.Module):
 
 
 class MSELoss(nn.Module):
+    """Mean squared difference of two images (neurite's MSE)."""
+
     def __init__(self) -> None:
         super().__init__()
         self._mse = nem.MSE()
 
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """Mean squared difference of two images.
+
+        Parameters
+        ----------
+        warped, fixed : torch.Tensor
+            ``(B, C, Z, Y, X)`` on the fixed canonical grid: the moving image warped onto it,
+            and the fixed image.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar, in squared intensity units.
+        """
         return self._mse(warped, fixed)
 
 
 class SmoothnessLoss(nn.Module):
-    """Mean squared spatial gradient of a field (B, 3, Z, Y, X), neurite's SpatialGradient."""
+    """Mean squared spatial gradient of a field (B, 3, Z, Y, X), neurite's SpatialGradient.
+
+    Parameters
+    ----------
+    penalty : str
+        ``'l2'`` (squared differences) or ``'l1'`` (absolute differences).
+    """
 
     def __init__(self, penalty: str = "l2") -> None:
         super().__init__()
         self._grad = nem.SpatialGradient(penalty=penalty)
 
     def forward(self, field: torch.Tensor) -> torch.Tensor:
+        """Mean penalty of the field's finite differences along each spatial axis.
+
+        Parameters
+        ----------
+        field : torch.Tensor
+            ``(B, 3, Z, Y, X)`` displacement in canonical voxels, channel order ``(z, y, x)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar; in squared canonical voxels for ``'l2'``.
+        """
         return self._grad(field)
 
 
@@ -97,12 +159,44 @@ class SoftDiceLoss(nn.Module):
         self._dice = nem.Dice(reduction=None)
 
     def forward(self, warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor) -> torch.Tensor:
+        """1 - soft Dice averaged over the batch and the foreground classes ``1 .. C - 1``.
+
+        Parameters
+        ----------
+        warped_onehot, fixed_onehot : torch.Tensor
+            ``(B, C, Z, Y, X)`` one-hot (or soft) maps on the fixed canonical grid, channel 0 the
+            background; clamped to [0, 1] here.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar in [0, 1].
+        """
         dice = self._dice(warped_onehot.clamp(0.0, 1.0), fixed_onehot.clamp(0.0, 1.0))  # (B, C)
         return 1.0 - dice[:, 1:].mean()
 
 
 def similarity_loss(name: str, ncc_window: Sequence[int]) -> nn.Module:
-    """``'ncc'`` or ``'mse'``."""
+    """The image similarity loss named ``name``.
+
+    Parameters
+    ----------
+    name : str
+        ``'ncc'`` or ``'mse'``.
+    ncc_window : sequence of int
+        Local NCC window ``(z, y, x)`` in canonical voxels; unused for ``'mse'``.
+
+    Returns
+    -------
+    torch.nn.Module
+        :class:`LocalNCCLoss` or :class:`MSELoss`, called as ``loss(warped, fixed)`` on
+        ``(B, C, Z, Y, X)`` tensors.
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is neither.
+    """
     if name == "ncc":
         return LocalNCCLoss(ncc_window)
     if name == "mse":
@@ -155,6 +249,18 @@ class RegistrationLoss(nn.Module):
         return ImageTerms(sim, smooth, sim + self.cfg.smoothness_weight * smooth)
 
     def dice(self, warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor) -> torch.Tensor:
-        """1 - mean foreground soft Dice of one-hot maps ``(B, C, Z, Y, X)`` in [0, 1] (multiply
-        both by a mask beforehand to leave voxels out)."""
+        """1 - mean foreground soft Dice of warped labels.
+
+        Parameters
+        ----------
+        warped_onehot, fixed_onehot : torch.Tensor
+            ``(B, C, Z, Y, X)`` one-hot maps in [0, 1] on the fixed canonical grid: the moving
+            labels warped onto it, and the fixed labels. Multiply both by a mask beforehand to
+            leave voxels out.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar to minimise, weighted by the callers.
+        """
         return self.soft_dice(warped_onehot, fixed_onehot)

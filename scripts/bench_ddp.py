@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([*CCTR, "data", "phantom", "--out", str(data), "--patients", str(args.patients)], check=True)
     common = ["train", "--data", str(data), "--labeled", "1", "--method", args.method, "--no-progress",
               "--set", f"iterations={args.iterations}", "--set", f"val_every={10 ** 6}",
-              "--set", f"checkpoint_every={10 ** 6}", "--set", "overlays=false",
+              "--set", f"val_every={10 ** 6}",
               "--set", f"labeled_batch={args.batch // 2}", "--set", f"unlabeled_batch={args.batch // 2}"]
     rates = {}
     for procs in (1, args.procs):

@@ -85,8 +85,10 @@ import SimpleITK as sitk
 import torch
 
 from cctr.joint.oracle import OracleConfig, RegistrationOracle
-from cctr.joint.plan import joint_overrides, plan_for, reg_config
-from cctr.reg.backends import load_backend
+from cctr.joint.plan import frontend, plan_for, reg_config, seg_overrides
+from cctr.reg.backends import LEARNED_BATCH, load_backend
+from cctr.reg.placement import FrontEnd
+from cctr.reg.spec import BackendSpec
 from cctr.seg.atomic import write_json
 from cctr.seg.data.case import Case
 from cctr.seg.data.nifti import read_nifti_geometry
@@ -352,9 +354,10 @@ def pretrain_split(split: Split) -> Split:
 
 
 def warm(cfg: OracleConfig, atlases: Sequence[Case], targets: Sequence[Case], seed: int,
-         progress: bool) -> tuple[int, float, int]:
-    """Warm a fresh oracle: pairs, seconds, bytes its Field memory cache holds afterwards."""
-    oracle = RegistrationOracle(atlases, targets, cfg, seed=seed)
+         progress: bool, front: Optional[FrontEnd] = None) -> tuple[int, float, int]:
+    """Warm a fresh oracle (classical backends on ``front``): pairs, seconds, bytes its Field
+    memory cache holds afterwards."""
+    oracle = RegistrationOracle(atlases, targets, load_backend(cfg.spec, front), cfg, seed=seed)
     started = time.perf_counter()
     pairs = oracle.warm(progress=progress)
     seconds = time.perf_counter() - started
@@ -370,7 +373,8 @@ def sample_pairs(targets: Sequence[Case], atlases: Sequence[Case], k: int) -> li
     return [(targets[i], atlases[n % len(atlases)]) for n, i in enumerate(picks)]
 
 
-def time_backend(spec: str, cfg: OracleConfig, pairs: Sequence[tuple[Case, Case]], scratch: Path) -> dict[str, Any]:
+def time_backend(spec: str, cfg: OracleConfig, pairs: Sequence[tuple[Case, Case]], scratch: Path,
+                 front: Optional[FrontEnd] = None) -> dict[str, Any]:
     """Warm ``spec`` on each pair alone, in this process with one thread (what one worker of
     ``oracle.workers`` does), writing to a scratch disk cache as the real warm does."""
     threads = torch.get_num_threads()
@@ -382,7 +386,7 @@ def time_backend(spec: str, cfg: OracleConfig, pairs: Sequence[tuple[Case, Case]
     seconds = []
     try:
         for target, atlas in pairs:
-            seconds.append(warm(one, [atlas], [target], 0, progress=False)[1])
+            seconds.append(warm(one, [atlas], [target], 0, progress=False, front=front)[1])
         disk = disk_usage(cache)
     finally:
         torch.set_num_threads(threads)
@@ -396,7 +400,7 @@ def time_backend(spec: str, cfg: OracleConfig, pairs: Sequence[tuple[Case, Case]
 # the old address space's high-water mark over the exec), and this parent is large by then.
 _CCTR_REPORTING_PEAK = (
     "import sys\n"
-    "from joint.app.cli import main\n"
+    "from cctr.joint.app.cli import main\n"
     "try:\n"
     "    rc = main(sys.argv[2:])\n"
     "finally:\n"
@@ -515,7 +519,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def measure_oracle(phases: Phases, cfg: OracleConfig, data: TrainData, seed: int, others: Sequence[str],
-                   sample_size: int, scratch: Path) -> dict[str, dict[str, Any]]:
+                   sample_size: int, scratch: Path, front: Optional[FrontEnd] = None) -> dict[str, dict[str, Any]]:
     """Phases 4 and 5: the learned warm from an empty disk cache ``cfg.cache``, its reload, and
     each backend of ``others`` on a sample; the figures per backend."""
     show = sys.stderr.isatty()
@@ -530,11 +534,11 @@ def measure_oracle(phases: Phases, cfg: OracleConfig, data: TrainData, seed: int
     out = {LEARNED: {"spec": cfg.backend, "pairs": pairs, "warm_seconds": warm_seconds,
                      "pairs_per_s": pairs / warm_seconds, "reload_seconds": reload_seconds,
                      "field_memory_bytes": field_bytes, "cache_disk": cache_disk,
-                     "batch_pairs": cfg.batch_pairs, "policy": cfg.policy}}
+                     "batch_pairs": LEARNED_BATCH, "policy": cfg.policy}}
     sample = sample_pairs(data.unlabeled, data.labeled, sample_size)
     for spec in others:
         with phases.phase(f"sample-{spec}"):
-            timed = time_backend(spec, cfg, sample, scratch)
+            timed = time_backend(spec, cfg, sample, scratch, front)
         out[spec] = {"spec": spec, **timed, "extrapolated_warm_seconds": pairs / timed["pairs_per_s"]}
     return out
 
@@ -575,7 +579,7 @@ def other_backends(specs: str) -> list[str]:
     """The non-learned specs of ``--backends``, each checked now rather than after hours of work."""
     out = []
     for spec in (s.strip() for s in specs.split(",")):
-        if not spec or spec.partition(":")[0] == LEARNED:
+        if not spec or BackendSpec.parse(spec).is_learned:
             continue
         try:
             load_backend(spec)
@@ -611,7 +615,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with phases.phase("plan"):
         plan = plan_for(dataset, split)
-    planned = joint_overrides(plan)
+    planned = seg_overrides(plan)
     cache = out / "reg-cache"
     base = steptime.timing_base(args.overrides, labeled, cache, args.steps, args.warmup, planned=planned)
 
@@ -623,7 +627,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     oracle_cfg = replace(base.oracle, backend=f"{LEARNED}:{reg_ckpt}", cache=str(cache))
 
     oracle = measure_oracle(phases, oracle_cfg, load_train_data(dataset, steptime.without_validation(split), labeled),
-                            base.seed, others, args.pairs_sample, out)
+                            base.seed, others, args.pairs_sample, out, frontend(plan))
 
     with phases.phase("steps"):
         clocks, wall = steptime.time_steps(steptime.timed_configs(base, reg_ckpt), dataset, split, out)

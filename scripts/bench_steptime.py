@@ -1,17 +1,18 @@
 """Seconds per training step of ``cct`` and of ``cctr`` (learned backend, warm cache) on the same
 batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct). With
-``--coupled`` also ``cctr-coupled`` (its registration steps and Field refreshes from step 0),
-with the ratio of means too, since those costs come every few steps (issue 12 target: <= 2.0x).
-Each refresh of its served Fields is paid for in the step after it (``coupled.refresh_pairs=all``)
-or the steps after it (``asked``), so with ``--coupled`` the warm-up and the timed window are
-rounded up to whole refresh cycles (:func:`whole_cycles`): the window starts just after a
-refresh and holds as many refreshes as cycles, the rate of a run.
+``--coupled`` also ``cctr-coupled`` (its registration steps and Field refreshes, without the
+once-per-run mid-run and closing phases), with the ratio of means too, since those costs come
+every few steps (issue 12 target: <= 2.0x). Each refresh of its served Fields is paid for in
+the step after it, so with ``--coupled`` the warm-up and the timed window are rounded up to
+whole refresh cycles (:func:`whole_cycles`): the window starts just after a refresh and holds as
+many refreshes as cycles, the rate of a run; the warm-up also covers the coupled run's own
+(the first sixth of its steps take no registration step).
 
     python scripts/bench_steptime.py [--out runs/bench_steptime] [--data DIR] [--patients 16]
         [--reg-ckpt CKPT] [--reg-steps 3] [--steps 30] [--warmup 5] [--threads 1] [--coupled] [--set key=value ...]
 
 The two trainings run in two threads of this process through the ordinary trainer
-(:func:`seg.train.train` with :data:`joint.methods.TRAINER_METHODS`) and take turns one step at a time, so a change of load on
+(:func:`seg.train.train` with :func:`joint.methods.trainer_methods`) and take turns one step at a time, so a change of load on
 the machine hits both alike. A clock is added to each run as an extra trainer term: the time
 between two of its calls is one whole step (sampling, forward, every loss, backward,
 optimiser, memory-bank refresh, logging), measured only while that run holds the turn. Both
@@ -154,7 +155,7 @@ def tiny_registration_net(dataset, split: Split, out: Path, steps: int, labeled:
                           base: RegConfig = RegConfig()) -> Path:
     """The checkpoint of a registration net trained ``steps`` steps from ``base`` in
     ``OUT/reg-<steps>steps`` (reused when finished): a step's cost does not depend on its quality."""
-    cfg = base.with_overrides(steps=steps, val_every=steps, image_every=steps, log_every=steps)
+    cfg = base.with_overrides(steps=steps, val_every=steps)
     return pretrain_registration(dataset, split, cfg, out / f"reg-{steps}steps", labeled)
 
 
@@ -163,7 +164,7 @@ def timing_base(overrides: Sequence[str], labeled: str, cache: Path, steps: int,
     """The config both timed runs share: long enough for ``warmup + steps`` timed intervals,
     never validating or checkpointing, the Field cache in ``cache``."""
     cfg = build_config(None, overrides, labeled=labeled, field_cache=str(cache), planned=planned)
-    return sized(replace(cfg, val_every=10 ** 9, checkpoint_every=10 ** 9, overlays=False), warmup, steps)
+    return sized(replace(cfg, val_every=10 ** 9), warmup, steps)
 
 
 def sized(cfg: JointConfig, warmup: int, steps: int) -> JointConfig:
@@ -178,10 +179,9 @@ def timed_configs(base: JointConfig, reg_ckpt: Path, coupled: bool = False) -> d
         "cctr": replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr"),
     }
     if coupled:
-        # no warm-up: the timed steps include registration steps and refreshes at their share; no
-        # mid-run or closing phase: each comes once per run, not with every step (the run's time
-        # reports them)
-        once = replace(base.coupled, warmup_steps=0, final_steps=0, mid_steps=0)
+        # no mid-run or closing phase: each comes once per run, not with every step (the run's
+        # time reports them)
+        once = replace(base.coupled, final_phase=0.0, mid_phase=0.0)
         configs["cctr-coupled"] = replace(with_backend(base, f"learned:{reg_ckpt}"), method="cctr-coupled",
                                           coupled=once)
     return configs
@@ -259,6 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.coupled:
         cycle = base.coupled.refresh_every
         warmup, steps = whole_cycles(warmup, steps, cycle)
+        warmup = whole_cycles(max(warmup, -(-(warmup + steps) // 5)), steps, cycle)[0]   # past the coupled warm-up
         base = sized(base, warmup, steps)
         print(f"--coupled: warm-up {warmup} and {steps} timed steps, whole cycles of coupled.refresh_every={cycle}",
               flush=True)

@@ -19,19 +19,65 @@ from cctr.seg.options import option
 
 def supervised_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """0.5 * (cross-entropy + soft Dice over all classes, background included), the Dice
-    pooled over the batch so a class absent from one slice does not count as a miss there."""
+    pooled over the batch so a class absent from one slice does not count as a miss there.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, H, W)`` float, before softmax.
+    label : torch.Tensor
+        int64 ``(B, H, W)`` class indices ``0 .. C - 1``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
     loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=0.5, lambda_ce=0.5)
     return loss(logits, label[:, None])
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice (softmax of ``logits`` against the hard ``target``), pooled over the batch."""
+    """Soft Dice (softmax of ``logits`` against the hard ``target``), pooled over the batch.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, H, W)`` float, before softmax.
+    target : torch.Tensor
+        int64 ``(B, H, W)`` class indices ``0 .. C - 1``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar: 1 - soft Dice averaged over all C classes, background included.
+    """
     return DiceLoss(to_onehot_y=True, softmax=True, batch=True)(logits, target[:, None])
 
 
 def cross_teaching_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "dice") -> torch.Tensor:
     """A student's loss on the other student's hard pseudo-label (argmax, no gradient to the
-    teacher). ``kind``: ``'dice'``, ``'ce'`` or ``'dice+ce'`` (0.5 each)."""
+    teacher).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, H, W)``: the student's logits.
+    teacher_logits : torch.Tensor
+        ``(B, C, H, W)``: the other student's logits on the same samples.
+    kind : str
+        ``'dice'`` (:func:`dice_loss`), ``'ce'`` (cross-entropy) or ``'dice+ce'`` (0.5 each).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+
+    Raises
+    ------
+    ValueError
+        When ``kind`` is none of these.
+    """
     pseudo = teacher_logits.detach().argmax(dim=1)
     if kind == "dice":
         return dice_loss(logits, pseudo)
@@ -43,7 +89,20 @@ def cross_teaching_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, kind
 
 
 def sigmoid_rampup(step: int, rampup_steps: float) -> float:
-    """``exp(-5 (1 - t)^2)`` with ``t = step / rampup_steps`` clipped to [0, 1]; 1 without a ramp."""
+    """The sigmoid ramp-up factor ``exp(-5 (1 - t)^2)``, ``t = step / rampup_steps`` clipped to [0, 1].
+
+    Parameters
+    ----------
+    step : int
+        The training step.
+    rampup_steps : float
+        Length of the ramp in steps; ``<= 0`` means no ramp.
+
+    Returns
+    -------
+    float
+        In ``[exp(-5), 1]``, 1 from ``rampup_steps`` on; 1 without a ramp.
+    """
     if rampup_steps <= 0:
         return 1.0
     t = min(max(step / rampup_steps, 0.0), 1.0)
@@ -60,7 +119,13 @@ class ContrastConfig:
     """Anchor sampling of the pixel contrastive loss. The paper gives N = 1000 and O = 500 without
     code; this project reads N as anchors per class and O as negative keys drawn per class
     (each anchor contrasts against the O keys of every other class), temperature 0.1.
-    ``pseudo_source`` (one of PSEUDO_SOURCES) picks the pseudo-label of unlabeled pixels."""
+    ``pseudo_source`` (one of PSEUDO_SOURCES) picks the pseudo-label of unlabeled pixels.
+
+    Raises
+    ------
+    ValueError
+        When ``pseudo_source`` is not in PSEUDO_SOURCES or ``temperature`` is not positive.
+    """
 
     anchors_per_class: int = option(1000, "anchors drawn per class present (the paper's N)")
     negatives_per_class: int = option(500, "negative keys drawn per class (the paper's O)")
@@ -117,10 +182,33 @@ class ContrastDraw:
     class_sizes: tuple[int, ...]
 
     def rows_of(self, part: int) -> torch.Tensor:
-        """int64 ``(A_p,)``: the anchor rows that belong to ``part``."""
+        """The anchor rows that belong to ``part``.
+
+        Parameters
+        ----------
+        part : int
+            Index of the part (student) in the ``parts`` the draw was made from.
+
+        Returns
+        -------
+        torch.Tensor
+            int64 ``(A_p,)`` rows into the draw's ``(A,)`` anchor tensors, ascending.
+        """
         return (self.anchor_part == part).nonzero()[:, 0]
 
     def anchors_of(self, part: int) -> PartAnchors:
+        """The anchors drawn in ``part``, in anchor order.
+
+        Parameters
+        ----------
+        part : int
+            Index of the part (student) in the ``parts`` the draw was made from.
+
+        Returns
+        -------
+        PartAnchors
+            ``flat_index`` and ``classes``, int64 ``(A_p,)`` each, at the rows :meth:`rows_of` gives.
+        """
         rows = self.rows_of(part)
         return PartAnchors(self.anchor_flat[rows], self.anchor_class[rows])
 
@@ -161,8 +249,25 @@ def draw_anchors(parts: Sequence[ContrastPart], cfg: ContrastConfig = ContrastCo
     """The anchors and negative keys of one step (METHOD.md part 4): for every class present
     among the confident pixels (confidence >= ``cfg.confidence``) of all ``parts`` pooled, at
     most ``anchors_per_class`` anchors and ``negatives_per_class`` keys drawn uniformly from
-    that class, so background is kept but cannot dominate. None when fewer than two classes
-    are present: there is nothing to contrast."""
+    that class, so background is kept but cannot dominate.
+
+    Parameters
+    ----------
+    parts : sequence of ContrastPart
+        Each student's embeddings ``(B, D, H, W)``, classes and confidences ``(B, H, W)``;
+        pixels of class -1 are never drawn.
+    cfg : ContrastConfig
+        Sampling options.
+    generator : torch.Generator, optional
+        Source of the uniform draws.
+
+    Returns
+    -------
+    ContrastDraw or None
+        Anchors ``(A,)`` and keys ``(K,)`` by part, flat pixel index into that part's ``B*H*W``
+        pixels and class, grouped by class in ascending class order; None when fewer than two
+        classes are present: there is nothing to contrast.
+    """
     classes, part_of, flat_of = [], [], []
     for p, part in enumerate(parts):
         usable = (part.classes >= 0) & (part.confidence >= cfg.confidence)
@@ -193,7 +298,26 @@ def pixel_contrastive_loss(parts: Sequence[ContrastPart], draw: Optional[Contras
     are the drawn keys of every other class. ``extra[p]``, where given, is a second positive per
     anchor of part ``p`` (REPS, METHOD.md part 7): a valid one makes that anchor's loss the mean
     of two InfoNCE terms, one per positive. Keys carry no gradient (they are targets); anchors
-    do. Returns a scalar, 0 (with a graph) when ``draw`` is None."""
+    do.
+
+    Parameters
+    ----------
+    parts : sequence of ContrastPart
+        Each student's embeddings ``(B, D, H, W)``, unit norm over D, with classes and
+        confidences ``(B, H, W)``.
+    draw : ContrastDraw or None
+        The anchors and keys of :func:`draw_anchors` on the same ``parts``.
+    temperature : float
+        InfoNCE temperature.
+    extra : sequence of ExtraKeys or None
+        Per part, in ``parts`` order, a second positive for each of its anchors (vectors
+        ``(A_p, D)``, valid ``(A_p,)``) or None; may be shorter than ``parts``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar: the mean per-anchor loss; 0 (with a graph) when ``draw`` is None.
+    """
     if draw is None:
         return sum(part.embedding.sum() for part in parts) * 0.0
     # gather only the sampled pixels: copying every pixel's embedding costs more than the loss
