@@ -24,8 +24,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (with the format tag added) to ``path`` atomically; a payload holding
     NaN or inf (a diverged run) is refused with :class:`reg.guard.NonFiniteError`."""
     check_state_finite(payload, str(path))
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # through a Python file, so a full disk surfaces as OSError (ENOSPC), not a torch RuntimeError
+        torch.save({"format": FORMAT, **payload}, f)
     return Path(path)
 
 

@@ -37,6 +37,7 @@ from cctr.seg.distributed import (World, check_batch, check_losses_everywhere, g
 from cctr.seg.distributed import start as start_group
 from cctr.seg.distributed import stop as stop_group
 from cctr.seg.elastic import ElasticSamples
+from cctr.seg.feasibility import check_image_size, check_training_memory
 from cctr.seg.geometry_check import geometry_stats
 from cctr.seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
 from cctr.seg.hooks import ExtraSamples, TrainerHook, check_names
@@ -104,11 +105,12 @@ def training_device(name: str) -> torch.device:
 def _atomic_save(obj: dict, path: Path) -> None:
     """Write a checkpoint atomically; one holding NaN or inf is refused, never written."""
     check_state_finite(obj, str(path))
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)   # through a Python file, so a full disk surfaces as OSError (ENOSPC), not a torch RuntimeError
 
 
 def _check_sizes(cfg: TrainConfig, students: Sequence[str]) -> None:
+    check_image_size(cfg.image_size)
     h, w = cfg.image_size
     for name in students:
         sc = cfg.student_a if name == "a" else cfg.student_b
@@ -146,6 +148,10 @@ def train(
     device = training_device(cfg.device)
     if world.active and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)   # one GPU per process
+    # a batch that cannot fit is refused before any data is read (seg.feasibility)
+    check_training_memory([cfg.student_a if n == "a" else cfg.student_b for n in method.students],
+                          len(dataset.class_names), cfg.image_size, cfg.labeled_batch // world.size,
+                          (cfg.unlabeled_batch if method.unlabeled else 0) // world.size, str(device))
     out_dir = Path(cfg.out_dir)
     last_path = out_dir / "last.pt"
     checkpoint = None
