@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from cctr.seg.atomic import atomic_path, discard_on_failure
-from cctr.seg.config import TrainConfig, differences, from_dict, save_config, to_dict
+from cctr.seg.config import TrainConfig, from_dict, save_config, to_dict
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.split import Split
 from cctr.seg.diagnostics import DiagnosticsHook
@@ -45,6 +45,7 @@ from cctr.seg.inference import read_checkpoint_dict
 from cctr.seg.losses import ExtraPositive, sigmoid_rampup
 from cctr.seg.objective import base_losses, extra_sample_losses, first_rows
 from cctr.seg.progress import Progress
+from cctr.seg.run_identity import config_changes
 from cctr.seg.runlock import run_lock
 from cctr.seg.slices import SliceBatch, SliceSampler, prepare_volume
 from cctr.seg.students import StudentOutput, build_student
@@ -160,11 +161,11 @@ def train(
             raise FileNotFoundError(f"{last_path}: nothing to resume")
         checkpoint = read_checkpoint_dict(last_path, RESUME_KEYS)
         saved = from_dict(checkpoint["config"], type(cfg)(), where=str(last_path))
-        changed = differences(saved, cfg)
+        changed = config_changes(saved, cfg)   # not its location: a moved or copied run folder resumes
         if changed:
             raise ValueError(f"{last_path}: cannot resume with a different configuration; changed: {changed}")
     elif last_path.exists():
-        raise ValueError(f"{out_dir}: already holds a checkpoint; pass resume to continue it or choose another folder")
+        raise ValueError(f"{out_dir}: already holds a checkpoint; continue it with --resume or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         if world.is_main:   # the one writer
