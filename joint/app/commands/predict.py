@@ -1,6 +1,6 @@
 """``cctr predict``: segment NIfTI volumes with a trained student.
 
-    cctr predict --ckpt CKPT_OR_RUN_DIR --in FILE_OR_DIR --out DIR [--student a|b]
+    cctr predict --ckpt CKPT_OR_RUN_DIR --in FILE_OR_DIR --out DIR [--student a|b] [--overwrite]
 
 ``--in`` is one ``.nii``/``.nii.gz`` volume or a folder of them (its top level only). Each
 output ``DIR/<case>.nii.gz`` is a uint8 label map with the input's affine and header, so it
@@ -9,6 +9,12 @@ and without an nnU-Net channel suffix ``_0000``. A run folder as ``--ckpt`` mean
 ``best.pt`` (or ``last.pt`` when there is no best). ``DIR/predictions.json`` records the
 checkpoint, its class names and the student (:mod:`seg.prediction_info`); ``cctr eval``
 takes the class names from it when the references do not name them.
+
+``--out`` is never an input's own folder nor a folder of a dataset (``imagesTr``,
+``labelsTr``, ... beside a ``dataset.json``, or a dataset's top level), even with
+``--overwrite``: a label map there would replace a scan or its ground truth. A file already at
+an output path is replaced only when an earlier ``cctr predict`` wrote it (its
+``predictions.json`` lists it) or with ``--overwrite``.
 
 Every input is read and checked (3D, finite voxels, geometry) before any label map is
 written, so a bad input anywhere writes nothing. When the checkpoint holds the training
@@ -27,7 +33,8 @@ from cctr.seg.data.case import CaseError
 from cctr.seg.data.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
 from cctr.seg.geometry_check import geometry_warnings
 from cctr.seg.inference import TrainedStudents, load_students
-from cctr.seg.prediction_info import write_prediction_info
+from cctr.seg.overwrite import refuse_foreign
+from cctr.seg.prediction_info import PREDICTION_INFO, read_prediction_info, write_prediction_info
 from cctr.seg.progress import Progress
 
 
@@ -39,8 +46,40 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", choices=("a", "b"), default="a", help="which student predicts (default a)")
     p.add_argument("--strict-geometry", action="store_true",
                    help="refuse inputs whose spacing / field of view / axes are far from the training data (default: warn)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files at the output paths that an earlier cctr predict did not write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=run_predict)
+
+
+# the folders of a dataset (nnU-Net's layout) that hold scans or ground truth
+DATASET_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled")
+DATASET_MARKERS = ("dataset.json", "split.json")
+
+
+def check_output_folder(out: Path, files: list[Path], outputs: list[str], overwrite: bool) -> tuple[str, ...]:
+    """Refuse an ``--out`` where the label maps ``outputs`` would replace data: an input's own
+    folder or a dataset's folder (always), or files an earlier ``cctr predict`` did not write
+    there (unless ``overwrite``). Returns the label maps earlier predictions wrote there."""
+    target = out.resolve()
+    if any(f.resolve().parent == target for f in files):
+        raise CaseError(f"{out}: is the folder of the input volumes; label maps there could replace them "
+                        "(choose another --out)")
+    dataset_root = next((d for d in (target, target.parent) if any((d / m).is_file() for m in DATASET_MARKERS)), None)
+    if dataset_root is not None and (target == dataset_root or target.name in DATASET_FOLDERS):
+        raise CaseError(f"{out}: is a folder of the dataset {dataset_root}; label maps there could replace its "
+                        "scans or ground truth (choose another --out)")
+    try:
+        info = read_prediction_info(out)
+    except CaseError:   # not a predictions.json: the user's file, like any other in the way
+        info = None
+    ours = set(info.files) if info is not None else set()
+    if not overwrite:
+        taken = [name for name in outputs if (out / name).exists() and name not in ours]
+        if (out / PREDICTION_INFO).exists() and info is None:
+            taken.append(PREDICTION_INFO)
+        refuse_foreign(out, taken)
+    return tuple(sorted(n for n in ours if (out / n).is_file()))
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -98,13 +137,16 @@ def run_predict(args: argparse.Namespace) -> int:
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise CaseError(f"{args.inputs}: several inputs would write the same output: {clash}")
+    outputs = [f"{name}.nii.gz" for name in names]
+    earlier = check_output_folder(args.out, files, outputs, args.overwrite)
     check_inputs(files, trained, args.strict_geometry)
     with Progress(len(files), "predict", unit="volume", every_s=10.0, enabled=not args.no_progress) as bar:
-        for path, name in zip(files, names):
+        for path, output in zip(files, outputs):
             image, _, affine, header = read_nifti(path)
             labels = trained.predict(image.astype(np.float32), args.student)
-            write_nifti(args.out / f"{name}.nii.gz", labels, affine, header)
+            write_nifti(args.out / output, labels, affine, header)
             bar.update(1)
-    write_prediction_info(args.out, checkpoint_path(args.ckpt), trained.class_names, args.student, trained.step)
+    write_prediction_info(args.out, checkpoint_path(args.ckpt), trained.class_names, args.student, trained.step,
+                          files=[*earlier, *outputs])
     print(f"wrote {len(files)} label map(s) with student {args.student} to {args.out}", file=sys.stdout)
     return 0
