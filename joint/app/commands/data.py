@@ -37,7 +37,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     actions.required = True
 
     ph = actions.add_parser("phantom", help="generate a procedural phantom: cardiac cine-MRI (default) or abdominal CT")
-    ph.add_argument("--out", type=Path, required=True, help="folder to create (an earlier phantom there is replaced)")
+    ph.add_argument("--out", type=Path, required=True,
+                    help="folder to create (an earlier phantom there is replaced, unless it holds files the phantom did not write)")
+    ph.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier phantom folder even though it holds files no phantom wrote (they are deleted)")
     ph.add_argument("--patients", type=_positive_int, required=True,
                     help="number of patients (cardiac: two volumes each, ED and ES; abdomen: one CT each)")
     ph.add_argument("--seed", type=_seed, default=0, help="same seed, same phantom (default 0)")
@@ -114,12 +117,12 @@ def run_phantom(args: argparse.Namespace) -> int:
     if args.kind == "cardiac":
         if args.layout != "nnunet" or args.full_size:
             raise ValueError("cctr data phantom: --layout synapse and --full-size are for --kind abdomen")
-        out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
+        out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers, overwrite=args.overwrite)
         volumes = 2 * args.patients
     else:
         cfg = AbdomenPhantomConfig.full_size() if args.full_size else AbdomenPhantomConfig()
         out = write_abdomen_phantom(args.out, args.patients, seed=args.seed, cfg=cfg, layout=args.layout,
-                                    workers=args.workers)
+                                    workers=args.workers, overwrite=args.overwrite)
         volumes = args.patients
     print(f"wrote {args.patients} patients ({volumes} volumes) to {out} "
           f"in {time.perf_counter() - start:.1f} s")
