@@ -30,6 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cctr.seg.atomic import atomic_path, discard_on_failure
 from cctr.seg.config import TrainConfig, from_dict, save_config, to_dict
 from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.orientation import obliquity_deg
 from cctr.seg.data.split import Split
 from cctr.seg.diagnostics import DiagnosticsHook
 from cctr.seg.distributed import (World, check_batch, check_losses_everywhere, gather_outputs, rows_of_rank,
@@ -194,6 +195,8 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
     # the training volumes' spacing / field of view, so predict can warn about inputs far outside them
     geometry = geometry_stats([c.spacing for c in data.labeled + data.unlabeled],
                               [c.shape for c in data.labeled + data.unlabeled])
+    # and how oblique they are, so predict can tell an input turned far from all of them
+    geometry["oblique_deg_max"] = max(obliquity_deg(c.affine) for c in data.labeled + data.unlabeled)
     own = method.build_hooks(cfg, data, out_dir) if method.build_hooks else ()
     diag = DiagnosticsHook(cfg.diag_every, cfg.contrast, num_classes, data.diagnostic_labels)
     elastic = (ElasticSamples(cfg.elastic, cfg.seed),) if cfg.elastic.weight > 0 else ()

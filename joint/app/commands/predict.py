@@ -16,10 +16,18 @@ takes the class names from it when the references do not name them.
 an output path is replaced only when an earlier ``cctr predict`` wrote it (its
 ``predictions.json`` lists it) or with ``--overwrite``.
 
+Every input is read in the closest canonical orientation, as training read its volumes
+(:mod:`seg.data.orientation`), and its label map is written back in the input's own
+orientation and affine: a scan stored flipped or with its axes permuted gets the same labels
+in world space.
+
 Every input is read and checked (3D, finite voxels, geometry) before any label map is
 written, so a bad input anywhere writes nothing. When the checkpoint holds the training
 geometry (:mod:`seg.geometry_check`), an input whose spacing, field of view or axis order is
-far from it gets a warning on stderr; ``--strict-geometry`` refuses it instead.
+far from it, or whose axes are turned far further from the world axes than any training
+volume's (an oblique scan), gets a warning on stderr; ``--strict-geometry`` refuses it
+instead. A constant image (every voxel the same) has nothing to segment: it gets a warning
+and an all-background label map, not the student's guess.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import numpy as np
 
 from cctr.seg.data.case import CaseError
 from cctr.seg.data.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
+from cctr.seg.data.orientation import obliquity_deg
 from cctr.seg.geometry_check import geometry_warnings
 from cctr.seg.inference import TrainedStudents, load_students
 from cctr.seg.overwrite import refuse_foreign
@@ -112,16 +121,36 @@ def case_name(path: Path) -> str:
     return name[:-5] if name.endswith("_0000") else name
 
 
+# an input's axes may turn this much further from the world axes than the most oblique training volume's
+OBLIQUE_MARGIN_DEG = 20.0
+
+
+def orientation_warnings(geometry: dict, affine: np.ndarray) -> list[str]:
+    """A warning when the input is far more oblique than the training volumes: reading it in
+    the closest canonical orientation cannot make its slices cut the anatomy as training's did."""
+    turned, trained = obliquity_deg(affine), float(geometry.get("oblique_deg_max", 0.0))
+    if turned <= trained + OBLIQUE_MARGIN_DEG:
+        return []
+    return [f"its axes are turned {turned:.0f} degrees from the nearest world axes (training volumes: up to "
+            f"{trained:.0f}); its slices cut the anatomy unlike training's"]
+
+
 def check_inputs(files: list[Path], trained: TrainedStudents, strict: bool) -> None:
     """Read every input once before anything is written: CaseError for an unreadable, non-3D
-    or non-finite volume, and geometry warnings on stderr (CaseError with ``strict``)."""
+    or non-finite volume, and geometry and orientation warnings on stderr (CaseError with
+    ``strict``)."""
     for path in files:
-        image, spacing, _, _ = read_nifti(path)
+        image, spacing, affine, _ = read_nifti(path)
         if not np.isfinite(image).all():
             raise CaseError(f"{path}: image has NaN or inf voxels")
+        if image.size and image.min() == image.max():
+            print(f"cctr: warning: {path}: every voxel is {image.flat[0]:g}: nothing to segment; "
+                  "its label map is all background", file=sys.stderr)
+            continue
         if trained.geometry is None:
             continue  # an older checkpoint without training geometry: nothing to compare with
-        warnings = geometry_warnings(trained.geometry, spacing, image.shape)
+        warnings = (geometry_warnings(trained.geometry, spacing, image.shape)
+                    + orientation_warnings(trained.geometry, affine))
         if warnings and strict:
             raise CaseError(f"{path}: unlike the training data: {'; '.join(warnings)} (drop --strict-geometry to predict anyway)")
         for text in warnings:
@@ -143,7 +172,10 @@ def run_predict(args: argparse.Namespace) -> int:
     with Progress(len(files), "predict", unit="volume", every_s=10.0, enabled=not args.no_progress) as bar:
         for path, output in zip(files, outputs):
             image, _, affine, header = read_nifti(path)
-            labels = trained.predict(image.astype(np.float32), args.student)
+            if image.min() == image.max():    # warned about above: a student's guess on no signal is noise
+                labels = np.zeros(image.shape, np.uint8)
+            else:
+                labels = trained.predict(image.astype(np.float32), args.student)
             write_nifti(args.out / output, labels, affine, header)
             bar.update(1)
     write_prediction_info(args.out, checkpoint_path(args.ckpt), trained.class_names, args.student, trained.step,
