@@ -15,6 +15,7 @@ TensorBoard logs (``tb/``) sit next to them.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from contextlib import ExitStack
@@ -50,7 +51,8 @@ from cctr.seg.run_identity import config_changes
 from cctr.seg.runlock import run_lock
 from cctr.seg.slices import SliceBatch, SliceSampler, prepare_volume
 from cctr.seg.students import StudentOutput, build_student
-from cctr.seg.train_data import TrainData, load_train_data
+from cctr.seg.spacing_outliers import spacing_outliers
+from cctr.seg.train_data import TrainData, load_train_data, pool_note, unlisted_labeled
 from cctr.seg.validation import validate, write_overlays
 
 
@@ -191,6 +193,11 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
 
     torch.manual_seed(cfg.seed)
     data = load_train_data(dataset, split, cfg.labeled, with_unlabeled=method.unlabeled)
+    if world.is_main:
+        note = pool_note(data.unlisted, unlisted_labeled(dataset, split))
+        for line in ([f"note: {note}"] if note else []) + [f"warning: {w}" for w in
+                                                           spacing_outliers(data.labeled + data.unlabeled + data.val)]:
+            print(f"cctr: {line}", file=sys.stderr)
     num_classes = len(data.class_names)
     # the training volumes' spacing / field of view, so predict can warn about inputs far outside them
     geometry = geometry_stats([c.spacing for c in data.labeled + data.unlabeled],

@@ -6,7 +6,9 @@
   TransUNet's Synapse layout, CPU-sized or 512 x 512, :mod:`seg.data.phantom_abdomen`);
 - ``show DIR [--out PNG] [--cases K] [--slices S]``: a PNG montage with label overlays;
 - ``summary DIR``: layout, case/patient counts, shapes, spacings, class fractions, split;
-- ``split DIR --seed S [--out FILE]``: draw a train/val/test split with nested labeled sets.
+- ``split DIR --seed S [--out FILE]``: draw a train/val/test split with nested labeled sets
+  from the labeled patients; patients without labels (``imagesUnlabeled/``) join train,
+  outside every labeled set, and a split with nothing to train on is refused.
 
 Every action reads folders with :func:`seg.data.readers.open_dataset` (``--layout`` forces one).
 """
@@ -30,6 +32,7 @@ from cctr.seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_ph
 from cctr.seg.data.known_splits import KNOWN_SPLITS, known_split
 from cctr.seg.data.readers import LAYOUTS, open_dataset
 from cctr.seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
+from cctr.seg.train_data import TEST_SUBSETS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -222,8 +225,13 @@ def run_split(args: argparse.Namespace) -> int:
         split = known_split(args.known)
         split.check_patients(dataset.patient_ids, str(args.dir))
     else:
-        split = draw_split(dataset.patient_ids, args.seed, val_fraction=args.val_fraction,
-                           test_fraction=args.test_fraction, labeled_sizes=args.labeled)
+        labeled = {r.patient_id for r in dataset.refs if r.has_label}
+        # unlabeled scans train (the unlabeled pool), except a release's own test scans, which no split names
+        pool = [p for p in dataset.patient_ids if p not in labeled
+                and not any(r.meta.get("subset") in TEST_SUBSETS for r in dataset.of_patients([p]))]
+        split = draw_split([p for p in dataset.patient_ids if p in labeled], args.seed,
+                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                           labeled_sizes=args.labeled, unlabeled_ids=pool)
     out = args.out if args.out is not None else args.dir / SPLIT_FILENAME
     save_split(split, out)
     print(f"wrote {out}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)} patients; "
