@@ -64,6 +64,16 @@ def test_a_read_only_run_folder(data, tmp_path, monkeypatch, capsys):
     assert "ro/run: read-only file system; move it away or choose another place" in one_line(capsys)
 
 
+def test_a_file_where_the_field_cache_goes(data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    code = train(data, tmp_path / "run", "--method", "cctr-rsl", "--reg-backend", "identity",
+                 "--set", f"oracle.cache={cache}")
+    assert code == exits.CANNOT_WRITE
+    assert f"{cache}/" in (line := one_line(capsys)) and "a file where a folder is needed" in line
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_a_full_disk_at_a_checkpoint_names_it_and_leaves_no_half_file(data, tmp_path, monkeypatch, capsys):
     # /dev/full answers every write with ENOSPC, as a full disk does
     real_open = builtins.open
