@@ -53,20 +53,41 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[str]:
     """A temporary name beside ``path``, renamed onto it when the block succeeds, removed
-    otherwise: a crash never leaves half a file."""
+    otherwise: a crash never leaves half a file. A fault of the file system (read-only, disk
+    full, a file where the folder should be) is raised as an ``OSError`` naming ``path``,
+    also where the writer wrapped it in another error (torch does)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
-    while True:
-        tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{path.suffix}"
+    with _naming_target(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        while True:
+            tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{path.suffix}"
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+                break
+            except FileExistsError:
+                continue
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
-            break
-        except FileExistsError:
-            continue
+            yield str(tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+@contextmanager
+def _naming_target(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block, or one a writer wrapped, as the same error naming ``path``."""
     try:
-        yield str(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        yield
+    except OSError as exc:
+        if not exc.errno:
+            raise
+        # a folder on the way keeps its own name; a temporary file is named by its target
+        named = exc.filename if exc.filename and not Path(exc.filename).name.startswith(TEMP_PREFIX) else path
+        raise OSError(exc.errno, exc.strerror, str(named)) from exc
+    except RuntimeError as exc:   # torch.save reports a failed write as RuntimeError, the OSError in its context
+        cause = exc.__cause__ or exc.__context__
+        if not (isinstance(cause, OSError) and cause.errno):
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from exc

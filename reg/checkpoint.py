@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -24,8 +24,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (with the format tag added) to ``path`` atomically; a payload holding
     NaN or inf (a diverged run) is refused with :class:`reg.guard.NonFiniteError`."""
     check_state_finite(payload, str(path))
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # through a Python file, so a full disk surfaces as OSError (ENOSPC), not a torch RuntimeError
+        torch.save({"format": FORMAT, **payload}, f)
     return Path(path)
 
 
@@ -34,6 +35,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: registration checkpoint not found")
+    wrong = _not_torch_file(path)
+    if wrong is not None:
+        raise ValueError(f"{path}: {wrong}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
@@ -44,6 +48,27 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         if key not in data:
             raise ValueError(f"{path}: checkpoint has no {key!r} entry")
     return data
+
+
+def _not_torch_file(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be a torch checkpoint, judged by its first bytes (torch writes a zip
+    archive, older versions a pickle); ``None`` when it may be one. torch's own error for a
+    text file reads ``KeyError: 101``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None   # torch.load reports it
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if not head:
+        return "an empty file, not a checkpoint"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a checkpoint (neither the zip archive torch writes nor a pickle)"
+    first = text.splitlines()[0][:40] if text.strip() else ""
+    return f"a text file, not a checkpoint (it begins {first!r})"
 
 
 def load_model(path: Path) -> tuple[RegistrationNet, RegConfig]:

@@ -95,7 +95,7 @@ def affine_grid(matrix: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
     -------
     numpy.ndarray
         float32 ``(3, Z, Y, X)``, channel order ``(z, y, x)``: ``out[:, z, y, x]`` is ``matrix``
-        applied to ``(z, y, x)``; equal to :func:`apply_affine` on :func:`voxel_grid`.
+        applied to ``(z, y, x)``.
     """
     m = np.asarray(matrix, dtype=np.float64)
     axes = [np.arange(n, dtype=np.float64) for n in shape_zyx]

@@ -83,18 +83,40 @@ def _create_temporary(folder: Path, suffix: str) -> Path:
 def atomic_path(path: Path) -> Iterator[str]:
     """Yield a temporary file name beside ``path`` (same extension, so writers that pick a
     format by name still do); when the block ends without error it is renamed onto ``path``,
-    otherwise removed."""
+    otherwise removed. A fault of the file system (read-only, disk full, a file where the
+    folder should be) is raised as an ``OSError`` naming ``path``, not the temporary file,
+    even where the writer wrapped it in another error (torch does)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = _create_temporary(path.parent, suffix)
+    with naming_target(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+        tmp = _create_temporary(path.parent, suffix)
+        try:
+            yield str(tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+@contextmanager
+def naming_target(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block, or one a writer wrapped (``raise ... from`` or
+    one torch.save hides in a RuntimeError), as the same error naming ``path``."""
     try:
-        yield str(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        yield
+    except OSError as exc:
+        if not exc.errno:
+            raise
+        # a folder on the way keeps its own name; a temporary file is named by its target
+        named = exc.filename if exc.filename and not Path(exc.filename).name.startswith(TEMP_PREFIX) else path
+        raise OSError(exc.errno, exc.strerror, str(named)) from exc
+    except RuntimeError as exc:   # torch.save reports a failed write as RuntimeError, the OSError in its context
+        cause = exc.__cause__ or exc.__context__
+        if not (isinstance(cause, OSError) and cause.errno):
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from exc
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

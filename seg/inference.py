@@ -99,6 +99,9 @@ def read_checkpoint_dict(path: Path, required: tuple[str, ...] = ("config", "cla
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    wrong = _not_torch_file(path)
+    if wrong is not None:
+        raise CaseError(f"{path}: {wrong}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for text, truncated or foreign files
@@ -109,6 +112,27 @@ def read_checkpoint_dict(path: Path, required: tuple[str, ...] = ("config", "cla
     if missing:
         raise CaseError(f"{path}: not a cctr segmentation checkpoint (no {missing} entries)")
     return ckpt
+
+
+def _not_torch_file(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be a torch checkpoint, judged by its first bytes (torch writes a zip
+    archive, older versions a pickle); ``None`` when it may be one. torch's own error for a
+    text file reads ``KeyError: 101``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None   # torch.load reports it
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if not head:
+        return "an empty file, not a checkpoint"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a checkpoint (neither the zip archive torch writes nor a pickle)"
+    first = text.splitlines()[0][:40] if text.strip() else ""
+    return f"a text file, not a checkpoint (it begins {first!r})"
 
 
 def load_students(path: Path) -> TrainedStudents:

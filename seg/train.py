@@ -16,6 +16,7 @@ TensorBoard logs (``tb/``) sit next to them.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from contextlib import ExitStack
@@ -29,14 +30,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from cctr.seg.atomic import atomic_path, discard_on_failure
-from cctr.seg.config import TrainConfig, differences, from_dict, save_config, to_dict
+from cctr.seg.config import TrainConfig, from_dict, save_config, to_dict
 from cctr.seg.data.dataset import Dataset
+from cctr.seg.data.orientation import obliquity_deg
 from cctr.seg.data.split import Split
 from cctr.seg.diagnostics import DiagnosticsHook
 from cctr.seg.distributed import (World, check_batch, check_losses_everywhere, gather_outputs, rows_of_rank,
                              world_from_environment)
 from cctr.seg.distributed import start as start_group
 from cctr.seg.distributed import stop as stop_group
+from cctr.seg.feasibility import check_image_size, check_training_memory
 from cctr.seg.geometry_check import geometry_stats
 from cctr.seg.guard import BadStepBudget, NonFiniteError, check_gradients, check_state_finite
 from cctr.seg.hooks import ExtraSamples, TrainerHook, check_names
@@ -44,10 +47,12 @@ from cctr.seg.inference import read_checkpoint_dict
 from cctr.seg.losses import ExtraKeys, PartAnchors, sigmoid_rampup
 from cctr.seg.objective import base_losses, extra_sample_losses, first_rows
 from cctr.seg.progress import Progress
+from cctr.seg.run_identity import config_changes
 from cctr.seg.runlock import run_lock
 from cctr.seg.slices import SliceBatch, SliceSampler, prepare_volume
 from cctr.seg.students import StudentOutput, build_student
-from cctr.seg.train_data import TrainData, load_train_data
+from cctr.seg.spacing_outliers import spacing_outliers
+from cctr.seg.train_data import TrainData, load_train_data, pool_note, unlisted_labeled
 from cctr.seg.validation import validate, write_overlays
 
 
@@ -111,11 +116,12 @@ def training_device(name: str) -> torch.device:
 def _atomic_save(obj: dict, path: Path) -> None:
     """Write a checkpoint atomically; one holding NaN or inf is refused, never written."""
     check_state_finite(obj, str(path))
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)   # through a Python file, so a full disk surfaces as OSError (ENOSPC), not a torch RuntimeError
 
 
 def _check_sizes(cfg: TrainConfig, students: Sequence[str]) -> None:
+    check_image_size(cfg.image_size)
     h, w = cfg.image_size
     for name in students:
         sc = cfg.student_a if name == "a" else cfg.student_b
@@ -151,6 +157,10 @@ def train(
     device = training_device(cfg.device)
     if world.active and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)   # one GPU per process
+    # a batch that cannot fit is refused before any data is read (seg.feasibility)
+    check_training_memory([cfg.student_a if n == "a" else cfg.student_b for n in method.students],
+                          len(dataset.class_names), cfg.embedding_dim, cfg.image_size, cfg.labeled_batch // world.size,
+                          (cfg.unlabeled_batch if method.unlabeled else 0) // world.size, str(device))
     out_dir = Path(cfg.out_dir)
     last_path = out_dir / "last.pt"
     checkpoint = None
@@ -159,11 +169,11 @@ def train(
             raise FileNotFoundError(f"{last_path}: nothing to resume")
         checkpoint = read_checkpoint_dict(last_path, RESUME_KEYS)
         saved = from_dict(checkpoint["config"], type(cfg)(), where=str(last_path))
-        changed = differences(saved, cfg)
+        changed = config_changes(saved, cfg)   # not its location: a moved or copied run folder resumes
         if changed:
             raise ValueError(f"{last_path}: cannot resume with a different configuration; changed: {changed}")
     elif last_path.exists():
-        raise ValueError(f"{out_dir}: already holds a checkpoint; pass resume to continue it or choose another folder")
+        raise ValueError(f"{out_dir}: already holds a checkpoint; continue it with --resume or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         if world.is_main:   # the one writer
@@ -188,10 +198,17 @@ def _train_locked(cfg: TrainConfig, dataset: Dataset, split: Split, method: Meth
 
     torch.manual_seed(cfg.seed)
     data = load_train_data(dataset, split, cfg.labeled, with_unlabeled=method.unlabeled)
+    if world.is_main:
+        note = pool_note(data.unlisted, unlisted_labeled(dataset, split))
+        for line in ([f"note: {note}"] if note else []) + [f"warning: {w}" for w in
+                                                           spacing_outliers(data.labeled + data.unlabeled + data.val)]:
+            print(f"cctr: {line}", file=sys.stderr)
     num_classes = len(data.class_names)
     # the training volumes' spacing / field of view, so predict can warn about inputs far outside them
     geometry = geometry_stats([c.spacing for c in data.labeled + data.unlabeled],
                               [c.shape for c in data.labeled + data.unlabeled])
+    # and how oblique they are, so predict can tell an input turned far from all of them
+    geometry["oblique_deg_max"] = max(obliquity_deg(c.affine) for c in data.labeled + data.unlabeled)
     own = method.build_hooks(cfg, data, out_dir) if method.build_hooks else ()
     diag = DiagnosticsHook(cfg.diag_every, cfg.contrast, num_classes, data.diagnostic_labels)
     all_hooks: tuple[TrainerHook, ...] = (*own, *hooks, diag)

@@ -92,6 +92,20 @@ def test_a_rerun_skips_finished_runs_and_refuses_other_options(grid, monkeypatch
     assert main(["benchmark", "--data", str(data), "--out", str(out), "--no-progress", *GRID, *changed]) == 2
 
 
+def test_a_moved_benchmark_folder_keeps_its_finished_runs(grid, tmp_path, monkeypatch):
+    data, out = grid
+    moved = tmp_path / "elsewhere" / "bench"
+    shutil.copytree(out, moved)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run ran again")
+
+    monkeypatch.setattr(bench, "train_segmentation", refuse)
+    monkeypatch.setattr(bench, "registration_only", refuse)
+    assert main(["benchmark", "--data", str(data), "--out", str(moved), "--no-progress", *GRID, *TINY]) == 0
+    assert (moved / "results.csv").read_text() == (out / "results.csv").read_text()
+
+
 def test_table_cells_are_mean_and_population_std_over_seeds():
     names = ("background", "A", "B")
 
@@ -116,6 +130,7 @@ def test_tabulate_joins_grids_run_by_separate_commands(grid, tmp_path, capsys):
     assert "| supervised |" not in (joined / "results.md").read_text()   # a grid's own table: its runs only
 
     assert main(["benchmark", "--out", str(joined), "--tabulate"]) == 0
+    assert f"Data: `{data.resolve()}`" in (joined / "results.md").read_text()   # where the runs ran, not joined/data
     table = [line for line in (joined / "results.md").read_text().splitlines() if line.startswith("| ")][2:]
     assert [row.split(" | ")[0].lstrip("| ") for row in table] == ["supervised", "ct", "cctr", "registration-only"]
     with open(joined / "results.csv") as f:

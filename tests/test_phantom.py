@@ -150,6 +150,23 @@ def test_refuses_a_folder_it_did_not_write_and_replaces_its_own(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ph"]
 
 
+def test_a_phantom_folder_with_files_no_phantom_wrote_is_replaced_only_with_overwrite(tmp_path):
+    own = write_phantom(tmp_path / "ph", patients=3, seed=1, cfg=TINY, workers=1)
+    (own / "cctr_plan.json").write_text("{}")             # derived from the data: replaced with it
+    write_phantom(own, patients=3, seed=2, cfg=TINY, workers=1)
+    (own / "notes.txt").write_text("mine")
+    (own / "imagesUnlabeled").mkdir()
+    (own / "imagesUnlabeled" / "u1_0000.nii.gz").write_bytes(b"scan")
+    (own / "pred").mkdir()                                # an empty folder of the user's counts too
+    with pytest.raises(CaseError, match=r"would delete 3 file\(s\) and folder\(s\) that cctr did not write there "
+                                        r"\(imagesUnlabeled/, notes.txt, pred/\); pass --overwrite"):
+        write_phantom(own, patients=4, seed=1, cfg=TINY, workers=1)
+    assert (own / "notes.txt").read_text() == "mine" and (own / "imagesUnlabeled" / "u1_0000.nii.gz").is_file()
+    write_phantom(own, patients=4, seed=1, cfg=TINY, workers=1, overwrite=True)
+    assert not (own / "notes.txt").exists() and not (own / "imagesUnlabeled").exists()
+    assert json.loads((own / "dataset.json").read_text())["numTraining"] == 8
+
+
 def test_needs_three_patients_for_a_split(tmp_path):
     with pytest.raises(CaseError, match="at least 3 patients"):
         write_phantom(tmp_path / "ph", patients=2, workers=1)

@@ -4,6 +4,7 @@ from the training geometry gets a warning (refused with --strict-geometry); prog
 reach a log that is not a terminal."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def test_a_text_file_as_ckpt_is_one_line(tmp_path, capsys):
     assert main(["predict", "--ckpt", str(tmp_path / "notes.txt"), "--in", str(tmp_path / "in.nii.gz"),
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "notes.txt: not a readable checkpoint" in err and "Traceback" not in err
+    assert "notes.txt: a text file, not a checkpoint (it begins 'not a checkpoint')" in err and "KeyError" not in err
+    assert "Traceback" not in err
     torch.save({"hello": 1}, tmp_path / "other.pt")
     assert main(["predict", "--ckpt", str(tmp_path / "other.pt"), "--in", str(tmp_path / "in.nii.gz"),
                  "--out", str(tmp_path / "out")]) == 2
@@ -117,3 +119,42 @@ def test_predict_and_eval_print_progress_lines_off_a_terminal(ckpt, tmp_path, ca
     assert "eval: case 3/3 " in capsys.readouterr().err
     assert main(["predict", "--ckpt", str(ckpt), "--in", str(inputs), "--out", str(out), "--no-progress"]) == 0
     assert "predict:" not in capsys.readouterr().err
+
+
+def test_predict_never_writes_among_its_inputs_or_into_a_dataset(ckpt, tmp_path, capsys):
+    scans = tmp_path / "scans"                       # inputs named without _0000: outputs would take their names
+    for name in ("c1", "c2"):
+        _volume(scans / f"{name}.nii.gz")
+    before = {p.name: p.read_bytes() for p in scans.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        assert main(["predict", "--ckpt", str(ckpt), "--in", str(scans), "--out", str(scans), *extra]) == 2
+        assert "is the folder of the input volumes" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in scans.iterdir()} == before
+
+    data = tmp_path / "data"                         # a dataset: its ground truth must survive
+    (data / "labelsTr").mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+    write_nifti(data / "labelsTr" / "c1.nii.gz", np.ones(SHAPE, np.uint8), spacing_affine(SPACING))
+    truth = (data / "labelsTr" / "c1.nii.gz").read_bytes()
+    for out in (data / "labelsTr", data):
+        assert main(["predict", "--ckpt", str(ckpt), "--in", str(scans), "--out", str(out), "--overwrite"]) == 2
+        assert f"is a folder of the dataset {data}" in capsys.readouterr().err
+    assert (data / "labelsTr" / "c1.nii.gz").read_bytes() == truth
+
+
+def test_predict_replaces_only_its_own_label_maps_unless_overwrite(ckpt, tmp_path, capsys):
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    for name in ("c1", "c2"):
+        _volume(scans / f"{name}.nii.gz")
+    assert main(["predict", "--ckpt", str(ckpt), "--in", str(scans), "--out", str(out)]) == 0
+    assert main(["predict", "--ckpt", str(ckpt), "--in", str(scans), "--out", str(out)]) == 0   # its own: replaced
+    capsys.readouterr()
+    (out / "c2.nii.gz").unlink()
+    (out / "c2.nii.gz").write_text("a file of the user's")
+    (out / "predictions.json").unlink()               # no record: nothing there is known to be ours
+    assert main(["predict", "--ckpt", str(ckpt), "--in", str(scans), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "would replace 2 file(s) that cctr did not write there (c1.nii.gz, c2.nii.gz)" in err and "--overwrite" in err
+    assert (out / "c2.nii.gz").read_text() == "a file of the user's"
+    assert main(["predict", "--ckpt", str(ckpt), "--in", str(scans), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "predictions.json").read_text())["files"] == ["c1.nii.gz", "c2.nii.gz"]

@@ -152,3 +152,15 @@ def test_nifti_round_trip_keeps_affine_header_and_values(tmp_path: Path):
     assert lab.dtype == np.uint8 and lab_header.get_slope_inter() == (None, None)
     np.testing.assert_array_equal(lab, array > 100)
     np.testing.assert_allclose(aff3, affine, atol=1e-5)
+
+
+def test_mixed_nii_and_nii_gz_endings_are_named_not_counted(tmp_path: Path):
+    root = write_nnunet(tmp_path / "nn").root
+    plain = root / "imagesTr" / "patient002_ES_0000.nii"
+    nib.save(nib.load(str(root / "imagesTr" / "patient002_ES_0000.nii.gz")), str(plain))
+    (root / "imagesTr" / "patient002_ES_0000.nii.gz").unlink()
+    with pytest.raises(CaseError) as info:
+        open_dataset(root)
+    message = str(info.value)
+    assert message.startswith(f"{plain}: ends in .nii but ") and "file_ending '.nii.gz'" in message
+    assert "imagesTr/ mixes .nii and .nii.gz files" in message and "numTraining" not in message

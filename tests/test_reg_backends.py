@@ -182,7 +182,7 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path, checkpoint):
         load_backend(f"learned:{tmp_path / 'missing.pt'}")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"junk.pt: a text file, not a checkpoint \(it begins .not a checkpoint.\)"):
         load_backend(f"learned:{junk}")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)

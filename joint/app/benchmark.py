@@ -33,13 +33,14 @@ from cctr.joint.config import JointConfig, with_backend
 from cctr.joint.methods import COUPLED, METHODS, REGISTRATION_METHODS, REGISTRATION_ONLY, registration_only
 from cctr.reg.placement import FrontEnd
 from cctr.reg.spec import BackendSpec
-from cctr.seg.config import differences, from_dict, to_dict
+from cctr.seg.config import from_dict, to_dict
 from cctr.seg.data.case import Case, CaseError
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.split import Split
 from cctr.seg.metrics import ClassScore
 from cctr.seg.atomic import write_json, write_text_atomic
 from cctr.seg.report import Summary, summarize, write_scores_csv
+from cctr.seg.run_identity import config_changes
 
 RESULT_FILE = "result.json"
 PREDICTIONS = "predictions"   # a run's test predictions (NIfTI), so `cctr eval` can re-score them
@@ -65,6 +66,7 @@ class RunResult:
     run: Run
     class_names: tuple[str, ...]
     scores: dict[str, dict[int, ClassScore]]   # test case id -> foreground class -> score
+    data: str = ""   # the dataset folder it ran on (absolute; '' in markers of older versions)
 
     @property
     def summary(self) -> Summary:
@@ -120,7 +122,8 @@ def _load_result(path: Path) -> tuple[dict, RunResult]:
         data = json.loads(path.read_text())
         spec = data["run"]
         run = Run(spec["method"], spec["backend"], str(spec["labeled"]), int(spec["seed"]))
-        return data, RunResult(run, tuple(data["class_names"]), _scores_from_json(data["scores"]))
+        return data, RunResult(run, tuple(data["class_names"]), _scores_from_json(data["scores"]),
+                               str(data.get("data", "")))
     except (KeyError, TypeError, ValueError) as exc:
         raise CaseError(f"{path}: not a benchmark result ({type(exc).__name__}: {exc}); delete it to redo the run") from exc
 
@@ -136,7 +139,7 @@ def read_result(folder: Path, run: Run, cfg: JointConfig) -> Optional[RunResult]
         saved = from_dict(data["config"], JointConfig(), where=str(path))
     except (KeyError, TypeError) as exc:
         raise CaseError(f"{path}: not a benchmark result ({type(exc).__name__}: {exc}); delete it to redo the run") from exc
-    changed = differences(saved, cfg)
+    changed = config_changes(saved, cfg)   # not the location: a moved benchmark folder carries on
     if changed:
         raise ValueError(f"{path}: this run finished with other options (changed: {changed}); "
                          "use another --out or the same options")
@@ -160,8 +163,9 @@ def execute_run(run: Run, cfg: JointConfig, dataset: Dataset, split: Split, test
         "class_names": list(class_names),
         "config": to_dict(cfg),
         "scores": _scores_to_json(scores),
+        "data": str(Path(dataset.root).resolve()),
     })
-    return RunResult(run, class_names, scores)
+    return RunResult(run, class_names, scores, str(Path(dataset.root).resolve()))
 
 
 def run_grid(runs: Sequence[Run], base: JointConfig, dataset: Dataset, split: Split, out_dir: Path,
@@ -206,7 +210,14 @@ def collect_results(out_dir: Path) -> list[RunResult]:
     return results
 
 
-def write_tables(results: Sequence[RunResult], data_root: Path, out_dir: Path) -> None:
+def data_of(results: Sequence[RunResult]) -> str:
+    """The dataset folder the runs of ``results`` ran on, as their markers say: one folder, the
+    folders joined by ', ' when they differ, or 'unknown' when no marker says."""
+    folders = sorted({r.data for r in results if r.data})
+    return ", ".join(folders) if folders else "unknown"
+
+
+def write_tables(results: Sequence[RunResult], data_root: Path | str, out_dir: Path) -> None:
     """``results.csv``, ``results.md`` and ``results.png`` in ``out_dir``."""
     write_text_atomic(out_dir / "results.csv", results_csv(results))
     write_text_atomic(out_dir / "results.md", results_markdown(results, data_root, relative_to=out_dir))

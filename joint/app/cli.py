@@ -2,10 +2,11 @@
 
 Each command module exposes ``configure(parser)``; it adds the verb's options and sets
 ``func(args) -> int`` as the parser default. Only the module of the verb being run is
-imported, so ``cctr --help`` and a mistyped verb answer without loading torch. Bad input
-surfaces as a one-line error
-(``CaseError``, ``FileNotFoundError``, ``ValueError``) and exit status 2, no traceback;
-set ``CCTR_DEBUG=1`` to see the traceback instead.
+imported, so ``cctr --help`` and a mistyped verb answer without loading torch. Every
+failure a user can cause or meet (bad input, an OS fault such as a read-only folder or a full
+disk, a missing optional extra, an impossible configuration, Ctrl-C) is one line on stderr
+and the exit status :mod:`joint.app.exits` gives it, no traceback; set ``CCTR_DEBUG=1`` to
+see the traceback instead.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from cctr.seg.data.case import CaseError
+from cctr.joint.app.exits import INTERRUPTED, describe, exit_status
 
 # verb -> (module, one-line help); the order is the order of the pipeline
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,16 +55,37 @@ def _verb(argv: Sequence[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
 
+# what to do after Ctrl-C, by verb: a trainer resumes from its last checkpoint, the pipelines
+# skip what is finished, everything else simply runs again (its outputs are written whole or not at all)
+_AFTER_INTERRUPT = {
+    "train": "add --resume to the same command to continue from the run's last.pt",
+    "reg train": "add --resume to the same command to continue from the run's last.pt",
+    "benchmark": "run the same command again: finished runs are kept and the interrupted one resumes",
+    "demo": "run the same command again: finished stages are kept and the interrupted one resumes",
+}
+
+
+def _action(args: argparse.Namespace) -> str:
+    """``'reg train'``, ``'train'``, ...: the verb and, for verbs with actions, the action."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_verb(argv)).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CaseError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        if os.environ.get("CCTR_DEBUG"):
+    except (Exception, KeyboardInterrupt) as exc:
+        status = exit_status(exc)
+        if status is None or os.environ.get("CCTR_DEBUG"):
             raise
-        print(f"cctr: error: {exc}", file=sys.stderr)
-        return 2
+        if status == INTERRUPTED:
+            after = _AFTER_INTERRUPT.get(_action(args), "run the same command again")
+            print(f"cctr: interrupted; every file written so far is complete; {after}", file=sys.stderr)
+        else:
+            print(f"cctr: error: {describe(exc)}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def predict_cases(checkpoint: Path, cases: Sequence[Case], out_dir: Path, studen
         out[case.case_id] = trained.predict(case.image, student)
         write_nifti(path, out[case.case_id], case.affine, case.header)
     if trained is not None:
-        write_prediction_info(out_dir, checkpoint, trained.class_names, student, trained.step)
+        write_prediction_info(out_dir, checkpoint, trained.class_names, student, trained.step,
+                              files=[f"{case.case_id}.nii.gz" for case in cases])
     return out
 
 

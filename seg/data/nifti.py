@@ -1,6 +1,11 @@
 """NIfTI read/write that keeps the affine and header, converting between NIfTI ``(X, Y, Z)``
 arrays and the case model's ``(Z, Y, X)`` arrays (see :mod:`seg.data.case`), and the one way
-an image/label pair of NIfTI files becomes a :class:`~seg.data.case.Case`."""
+an image/label pair of NIfTI files becomes a :class:`~seg.data.case.Case`.
+
+Every volume is read in the closest canonical orientation (:mod:`seg.data.orientation`): the
+array, spacing and affine returned describe the same world grid as the file, reoriented; the
+header returned is the file's own, so :func:`write_nifti` puts a label map computed on the
+canonical array back into the file's storage and affine."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +16,7 @@ import numpy as np
 
 from cctr.seg.atomic import atomic_path
 from cctr.seg.data.case import Case, CaseError, label_to_uint8
+from cctr.seg.data.orientation import canonical, stored_orientation
 
 # Image and label affines may differ by float noise from the writer, not by geometry.
 # the file endings read as NIfTI, longest first so a stem strips cleanly
@@ -53,11 +59,12 @@ def _shape_3d(shape: Sequence[int], path: Path) -> tuple[int, int, int]:
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, nib.Nifti1Header]:
-    """Read a 3D NIfTI volume.
+    """Read a 3D NIfTI volume in the closest canonical orientation.
 
     Returns ``(array (Z, Y, X) in the file's dtype (float64 when the header scales it),
-    spacing (z, y, x) mm, affine 4x4, header)``. Raises :class:`CaseError` naming ``path``
-    for a missing, corrupt or non-3D file, or one whose voxel spacing is not positive.
+    spacing (z, y, x) mm, affine 4x4, header)``: array, spacing and affine reoriented to
+    canonical, the header the file's own. Raises :class:`CaseError` naming ``path`` for a
+    missing, corrupt or non-3D file, or one whose voxel spacing is not positive.
     """
     path = Path(path)
     img = _load(path)
@@ -69,11 +76,14 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
         raise CaseError(f"{path}: cannot read voxel data ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 4:
         data = data[..., 0]
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, np.asarray(img.affine, dtype=float), img.header
+    data, affine, zooms = canonical(data, np.asarray(img.affine, dtype=float), spacing[::-1])
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0]), affine, img.header
 
 
 def read_nifti_geometry(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray, nib.Nifti1Header]:
-    """``(shape (Z, Y, X), spacing (z, y, x) mm, affine, header)`` of a 3D NIfTI, without reading its voxels."""
+    """``(shape (Z, Y, X), spacing (z, y, x) mm, affine, header)`` of a 3D NIfTI as stored (not
+    reoriented: for arrays released in the file's own storage, such as SSL4MIS's h5 volumes),
+    without reading its voxels."""
     path = Path(path)
     img = _load(path)
     return _shape_3d(img.shape, path), _spacing_zyx(img, path), np.asarray(img.affine, dtype=float), img.header
@@ -135,7 +145,9 @@ def write_nifti(
 ) -> Path:
     """Write a ``(Z, Y, X)`` array as NIfTI with ``affine`` (and ``header`` if given), atomically.
 
-    The file appears complete or not at all: it is written next to its target and renamed.
+    When ``header`` is that of a file :func:`read_nifti` reoriented and ``array_zyx`` lies on
+    its canonical grid, the array is written back in the file's own storage and affine. The
+    file appears complete or not at all: it is written next to its target and renamed.
     """
     path = Path(path)
     array = np.asarray(array_zyx)
@@ -143,6 +155,11 @@ def write_nifti(
         raise ValueError(f"{path}: write_nifti takes a 3D (Z, Y, X) array, got shape {array.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(array.transpose(2, 1, 0))
+    if header is not None:
+        back = stored_orientation(data, np.asarray(affine, dtype=float), header.get_best_affine(),
+                                  header.get_data_shape())
+        if back is not None:
+            data, affine = back
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(data, affine, header=hdr)
     img.set_data_dtype(data.dtype)

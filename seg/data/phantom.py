@@ -461,16 +461,18 @@ def write_phantom(
     cfg: PhantomConfig = PhantomConfig(),
     workers: Optional[int] = None,
     progress: Optional[bool] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Generate ``patients`` patients into ``out`` in the nnU-Net raw layout, plus a split.
 
     The folder appears complete or not at all: it is built next to ``out`` and renamed.
-    An existing ``out`` must be empty or a phantom folder written earlier (then replaced).
+    An existing ``out`` must be empty or a phantom folder written earlier (then replaced);
+    anything in it that no phantom wrote is deleted only with ``overwrite``.
     ``workers`` processes share the patients (default: one per CPU); ``progress`` shows a
     bar (default: when stderr is a terminal).
     """
     out = Path(out)
-    check_phantom_target(out, patients, seed)
+    check_phantom_target(out, patients, seed, overwrite)
     pids = [patient_id(n, patients) for n in range(1, patients + 1)]
 
     def finish(folder: Path, done: list[list[str]]) -> None:

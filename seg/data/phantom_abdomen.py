@@ -583,18 +583,20 @@ def write_abdomen_phantom(
     layout: str = "nnunet",
     workers: Optional[int] = None,
     progress: Optional[bool] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Generate ``patients`` abdominal CT volumes into ``out`` in ``layout`` (``'nnunet'`` or
     ``'synapse'``, see the module docstring), with a split drawn from ``seed``.
 
     As for the cardiac phantom: the folder appears complete or not at all; an existing
-    ``out`` must be empty or a phantom folder (then replaced); ``workers`` processes share
+    ``out`` must be empty or a phantom folder (then replaced; what no phantom wrote there
+    only with ``overwrite``); ``workers`` processes share
     the patients (default: one per CPU); ``progress`` shows a bar.
     """
     out = Path(out)
     if layout not in LAYOUTS:
         raise ValueError(f"abdomen phantom: unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    check_phantom_target(out, patients, seed)
+    check_phantom_target(out, patients, seed, overwrite)
     pids = [case_name(n) for n in range(1, patients + 1)]
     split = draw_split(pids, seed)
     if layout == "nnunet":

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cctr.seg.data.case import CaseError
+from cctr.seg.overwrite import refuse_foreign
 
 Range = tuple[float, float]
 
@@ -31,6 +32,12 @@ PHANTOM_KEY = "cctr_phantom"  # dataset.json key marking a folder a phantom wrot
 # Layouts without a dataset.json (TransUNet's Synapse) carry their provenance in this file;
 # hidden, so that layout detection does not see it.
 MARKER_FILE = ".cctr_phantom.json"
+# Every file a phantom wrote, relative to its folder: what a new phantom may delete there.
+MANIFEST_FILE = ".cctr_phantom_files.json"
+# Files cctr derives from a dataset folder (``cctr plan``'s cctr_plan.json) and stale
+# temporaries of killed writers: replacing the data makes them stale, so they go with it.
+DERIVED_FILES = ("cctr_plan.json",)
+TEMP_PREFIX = ".tmp-cctr-"
 
 
 def uniform(rng: np.random.Generator, r: Range) -> float:
@@ -128,8 +135,45 @@ def is_phantom_folder(path: Path) -> bool:
         return False
 
 
-def check_phantom_target(out: Path, patients: int, seed: int) -> None:
-    """:class:`CaseError` unless ``out`` may receive a phantom of ``patients`` from ``seed``."""
+def _phantom_files(path: Path) -> Optional[set[str]]:
+    """The files the phantom in ``path`` wrote (its manifest); ``None`` when it has none (a
+    phantom of an older cctr, or the manifest was removed)."""
+    try:
+        listed = json.loads((path / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return set(listed) if isinstance(listed, list) and all(isinstance(f, str) for f in listed) else None
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What is in the phantom folder ``path`` that no phantom wrote: files outside its manifest
+    (every file, without one) and folders holding none of its files, relative to ``path``."""
+    own = _phantom_files(path) or set()
+    own_dirs = {str(parent) for f in own for parent in Path(f).parents if str(parent) != "."}
+    foreign = []
+    for entry in sorted(path.rglob("*")):
+        rel = entry.relative_to(path)
+        name = str(rel)
+        if name in own or name == MANIFEST_FILE or name in DERIVED_FILES or rel.name.startswith(TEMP_PREFIX):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if name not in own_dirs and not any(str(p) in foreign for p in rel.parents):
+                foreign.append(f"{name}/")
+        elif not any(f"{p}/" in foreign for p in rel.parents):
+            foreign.append(name)
+    return foreign
+
+
+def write_manifest(folder: Path) -> None:
+    """List every file of the finished phantom ``folder`` in its manifest."""
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    (folder / MANIFEST_FILE).write_text(json.dumps(files, indent=1) + "\n")
+
+
+def check_phantom_target(out: Path, patients: int, seed: int, overwrite: bool = False) -> None:
+    """:class:`CaseError` unless ``out`` may receive a phantom of ``patients`` from ``seed``: it
+    is new, empty, or a phantom folder holding nothing but what a phantom wrote (anything else
+    is deleted only with ``overwrite``; a folder no phantom wrote is never replaced)."""
     if seed < 0:
         raise CaseError(f"{out}: the seed must be a non-negative integer, got {seed}")
     if patients < 3:
@@ -138,6 +182,8 @@ def check_phantom_target(out: Path, patients: int, seed: int) -> None:
         raise CaseError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not is_phantom_folder(out):
         raise CaseError(f"{out}: folder is not empty and is not a phantom folder; refusing to overwrite it")
+    if out.is_dir() and not overwrite:
+        refuse_foreign(out, foreign_entries(out), action="delete")
 
 
 class _Inline:
@@ -181,6 +227,7 @@ def build_phantom_folder(
                 bar.update(1)
         bar.close()
         finish(tmp, done)
+        write_manifest(tmp)
         _swap_in(tmp, out)
     finally:
         if tmp.exists():

@@ -165,13 +165,15 @@ def write_isotropic_phantom(
     cfg: IsotropicPhantomConfig = IsotropicPhantomConfig(),
     workers: Optional[int] = None,
     progress: Optional[bool] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Generate ``patients`` isotropic volumes into ``out`` in the nnU-Net raw layout, with a
     split drawn from ``seed``. As for the other phantoms: the folder appears complete or not
-    at all; an existing ``out`` must be empty or a phantom folder (then replaced); ``workers``
-    processes share the patients (default: one per CPU); ``progress`` shows a bar."""
+    at all; an existing ``out`` must be empty or a phantom folder (then replaced; anything in it
+    no phantom wrote is deleted only with ``overwrite``); ``workers`` processes share the
+    patients (default: one per CPU); ``progress`` shows a bar."""
     out = Path(out)
-    check_phantom_target(out, patients, seed)
+    check_phantom_target(out, patients, seed, overwrite)
 
     def finish(folder: Path, case_ids: list[str]) -> None:
         (folder / "dataset.json").write_text(phantom_dataset_json(

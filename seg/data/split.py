@@ -131,22 +131,34 @@ def draw_split(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     labeled_sizes: Sequence[int] = (1, 3, 7),
+    unlabeled_ids: Sequence[str] = (),
 ) -> Split:
     """A random split of ``patient_ids`` drawn from ``seed`` (same seed, same split).
 
     Labeled sets are nested (the 1-patient set is inside the 3-patient set, and so on),
     as in the field's ACDC protocol; sizes larger than the training set are left out.
+    ``unlabeled_ids`` (patients without any label) cannot validate or test: they join the
+    training patients after the draw, outside every labeled set. A split that would leave
+    no labeled patient to train on is refused.
     """
     import numpy as np
 
-    ids = sorted(dict.fromkeys(patient_ids))
+    pool = set(unlabeled_ids)
+    ids = sorted(p for p in dict.fromkeys(patient_ids) if p not in pool)
     if len(ids) < 3:
-        raise CaseError(f"split: need at least 3 patients to draw train/val/test, got {len(ids)}")
+        raise CaseError(f"split: need at least 3 labeled patients to draw train/val/test, got {len(ids)}")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     n_test = max(1, round(test_fraction * len(ids)))
     n_val = max(1, round(val_fraction * len(ids)))
+    if n_test + n_val >= len(ids):
+        raise CaseError(f"split: {len(ids)} labeled patients with val fraction {val_fraction:g} ({n_val}) and test "
+                        f"fraction {test_fraction:g} ({n_test}) leave no patient to train on; lower the fractions")
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     labeled = {str(n): tuple(train[:n]) for n in labeled_sizes if 0 < n <= len(train)}
+    if not labeled:
+        raise CaseError(f"split: no labeled set size {tuple(labeled_sizes)} fits the {len(train)} training patient(s); "
+                        f"ask for {len(train)} or fewer")
+    train += sorted(pool)
     return Split(train=tuple(train), val=tuple(sorted(val)), test=tuple(sorted(test)), labeled_sets=labeled)
 
 

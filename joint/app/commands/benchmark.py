@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cctr.joint.app.benchmark import collect_results, plan_runs, run_grid, write_tables
+from cctr.joint.app.benchmark import collect_results, data_of, plan_runs, run_grid, write_tables
 from cctr.joint.app.demo import DemoConfig
 from cctr.joint.app.stages import pretrain_registration
 from cctr.joint.config import build_config
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if args.tabulate:
         results = collect_results(out)
-        write_tables(results, args.data or out / "data", out)
+        # where the runs ran, as their markers say: --data is not needed and out/data need not be it
+        write_tables(results, args.data.resolve() if args.data is not None else data_of(results), out)
         _report(out, len(results))
         return 0
     if args.seeds < 1 or args.first_seed < 0:

@@ -8,7 +8,9 @@
   :mod:`seg.data.phantom_isotropic`);
 - ``show DIR [--out PNG] [--cases K] [--slices S]``: a PNG montage with label overlays;
 - ``summary DIR``: layout, case/patient counts, shapes, spacings, class fractions, split;
-- ``split DIR --seed S [--out FILE]``: draw a train/val/test split with nested labeled sets.
+- ``split DIR --seed S [--out FILE]``: draw a train/val/test split with nested labeled sets
+  from the labeled patients; patients without labels (``imagesUnlabeled/``) join train,
+  outside every labeled set, and a split with nothing to train on is refused.
 
 Every action reads folders with :func:`seg.data.readers.open_dataset` (``--layout`` forces one).
 """
@@ -33,6 +35,7 @@ from cctr.seg.data.phantom_isotropic import write_isotropic_phantom
 from cctr.seg.data.known_splits import KNOWN_SPLITS, known_split
 from cctr.seg.data.readers import LAYOUTS, open_dataset
 from cctr.seg.data.split import SPLIT_FILENAME, Split, draw_split, save_split
+from cctr.seg.train_data import TEST_SUBSETS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -41,7 +44,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     ph = actions.add_parser("phantom", help="generate a procedural phantom: cardiac cine-MRI (default), abdominal "
                                              "or isotropic CT")
-    ph.add_argument("--out", type=Path, required=True, help="folder to create (an earlier phantom there is replaced)")
+    ph.add_argument("--out", type=Path, required=True,
+                    help="folder to create (an earlier phantom there is replaced, unless it holds files the phantom did not write)")
+    ph.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier phantom folder even though it holds files no phantom wrote (they are deleted)")
     ph.add_argument("--patients", type=_positive_int, required=True,
                     help="number of patients (cardiac: two volumes each, ED and ES; abdomen, isotropic: one CT each)")
     ph.add_argument("--seed", type=_seed, default=0, help="same seed, same phantom (default 0)")
@@ -120,15 +126,16 @@ def run_phantom(args: argparse.Namespace) -> int:
     if args.kind != "abdomen" and (args.layout != "nnunet" or args.full_size):
         raise ValueError("cctr data phantom: --layout synapse and --full-size are for --kind abdomen")
     if args.kind == "cardiac":
-        out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
+        out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers, overwrite=args.overwrite)
         volumes = 2 * args.patients
     elif args.kind == "isotropic":
-        out = write_isotropic_phantom(args.out, args.patients, seed=args.seed, workers=args.workers)
+        out = write_isotropic_phantom(args.out, args.patients, seed=args.seed, workers=args.workers,
+                                      overwrite=args.overwrite)
         volumes = args.patients
     else:
         cfg = AbdomenPhantomConfig.full_size() if args.full_size else AbdomenPhantomConfig()
         out = write_abdomen_phantom(args.out, args.patients, seed=args.seed, cfg=cfg, layout=args.layout,
-                                    workers=args.workers)
+                                    workers=args.workers, overwrite=args.overwrite)
         volumes = args.patients
     print(f"wrote {args.patients} patients ({volumes} volumes) to {out} "
           f"in {time.perf_counter() - start:.1f} s")
@@ -228,8 +235,13 @@ def run_split(args: argparse.Namespace) -> int:
         split = known_split(args.known)
         split.check_patients(dataset.patient_ids, str(args.dir))
     else:
-        split = draw_split(dataset.patient_ids, args.seed, val_fraction=args.val_fraction,
-                           test_fraction=args.test_fraction, labeled_sizes=args.labeled)
+        labeled = {r.patient_id for r in dataset.refs if r.has_label}
+        # unlabeled scans train (the unlabeled pool), except a release's own test scans, which no split names
+        pool = [p for p in dataset.patient_ids if p not in labeled
+                and not any(r.meta.get("subset") in TEST_SUBSETS for r in dataset.of_patients([p]))]
+        split = draw_split([p for p in dataset.patient_ids if p in labeled], args.seed,
+                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                           labeled_sizes=args.labeled, unlabeled_ids=pool)
     out = args.out if args.out is not None else args.dir / SPLIT_FILENAME
     save_split(split, out)
     print(f"wrote {out}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)} patients; "

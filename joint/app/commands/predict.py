@@ -1,6 +1,6 @@
 """``cctr predict``: segment NIfTI volumes with a trained student.
 
-    cctr predict --ckpt CKPT_OR_RUN_DIR --in FILE_OR_DIR --out DIR [--student a|b]
+    cctr predict --ckpt CKPT_OR_RUN_DIR --in FILE_OR_DIR --out DIR [--student a|b] [--overwrite]
 
 ``--in`` is one ``.nii``/``.nii.gz`` volume or a folder of them (its top level only). Each
 output ``DIR/<case>.nii.gz`` is a uint8 label map with the input's affine and header, so it
@@ -10,10 +10,24 @@ and without an nnU-Net channel suffix ``_0000``. A run folder as ``--ckpt`` mean
 checkpoint, its class names and the student (:mod:`seg.prediction_info`); ``cctr eval``
 takes the class names from it when the references do not name them.
 
+``--out`` is never an input's own folder nor a folder of a dataset (``imagesTr``,
+``labelsTr``, ... beside a ``dataset.json``, or a dataset's top level), even with
+``--overwrite``: a label map there would replace a scan or its ground truth. A file already at
+an output path is replaced only when an earlier ``cctr predict`` wrote it (its
+``predictions.json`` lists it) or with ``--overwrite``.
+
+Every input is read in the closest canonical orientation, as training read its volumes
+(:mod:`seg.data.orientation`), and its label map is written back in the input's own
+orientation and affine: a scan stored flipped or with its axes permuted gets the same labels
+in world space.
+
 Every input is read and checked (3D, finite voxels, geometry) before any label map is
 written, so a bad input anywhere writes nothing. When the checkpoint holds the training
 geometry (:mod:`seg.geometry_check`), an input whose spacing, field of view or axis order is
-far from it gets a warning on stderr; ``--strict-geometry`` refuses it instead.
+far from it, or whose axes are turned far further from the world axes than any training
+volume's (an oblique scan), gets a warning on stderr; ``--strict-geometry`` refuses it
+instead. A constant image (every voxel the same) has nothing to segment: it gets a warning
+and an all-background label map, not the student's guess.
 """
 from __future__ import annotations
 
@@ -25,9 +39,11 @@ import numpy as np
 
 from cctr.seg.data.case import CaseError
 from cctr.seg.data.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
+from cctr.seg.data.orientation import obliquity_deg
 from cctr.seg.geometry_check import geometry_warnings
 from cctr.seg.inference import TrainedStudents, load_students
-from cctr.seg.prediction_info import write_prediction_info
+from cctr.seg.overwrite import refuse_foreign
+from cctr.seg.prediction_info import PREDICTION_INFO, read_prediction_info, write_prediction_info
 from cctr.seg.progress import Progress
 
 
@@ -39,8 +55,40 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", choices=("a", "b"), default="a", help="which student predicts (default a)")
     p.add_argument("--strict-geometry", action="store_true",
                    help="refuse inputs whose spacing / field of view / axes are far from the training data (default: warn)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files at the output paths that an earlier cctr predict did not write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=run_predict)
+
+
+# the folders of a dataset (nnU-Net's layout) that hold scans or ground truth
+DATASET_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled")
+DATASET_MARKERS = ("dataset.json", "split.json")
+
+
+def check_output_folder(out: Path, files: list[Path], outputs: list[str], overwrite: bool) -> tuple[str, ...]:
+    """Refuse an ``--out`` where the label maps ``outputs`` would replace data: an input's own
+    folder or a dataset's folder (always), or files an earlier ``cctr predict`` did not write
+    there (unless ``overwrite``). Returns the label maps earlier predictions wrote there."""
+    target = out.resolve()
+    if any(f.resolve().parent == target for f in files):
+        raise CaseError(f"{out}: is the folder of the input volumes; label maps there could replace them "
+                        "(choose another --out)")
+    dataset_root = next((d for d in (target, target.parent) if any((d / m).is_file() for m in DATASET_MARKERS)), None)
+    if dataset_root is not None and (target == dataset_root or target.name in DATASET_FOLDERS):
+        raise CaseError(f"{out}: is a folder of the dataset {dataset_root}; label maps there could replace its "
+                        "scans or ground truth (choose another --out)")
+    try:
+        info = read_prediction_info(out)
+    except CaseError:   # not a predictions.json: the user's file, like any other in the way
+        info = None
+    ours = set(info.files) if info is not None else set()
+    if not overwrite:
+        taken = [name for name in outputs if (out / name).exists() and name not in ours]
+        if (out / PREDICTION_INFO).exists() and info is None:
+            taken.append(PREDICTION_INFO)
+        refuse_foreign(out, taken)
+    return tuple(sorted(n for n in ours if (out / n).is_file()))
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -73,16 +121,36 @@ def case_name(path: Path) -> str:
     return name[:-5] if name.endswith("_0000") else name
 
 
+# an input's axes may turn this much further from the world axes than the most oblique training volume's
+OBLIQUE_MARGIN_DEG = 20.0
+
+
+def orientation_warnings(geometry: dict, affine: np.ndarray) -> list[str]:
+    """A warning when the input is far more oblique than the training volumes: reading it in
+    the closest canonical orientation cannot make its slices cut the anatomy as training's did."""
+    turned, trained = obliquity_deg(affine), float(geometry.get("oblique_deg_max", 0.0))
+    if turned <= trained + OBLIQUE_MARGIN_DEG:
+        return []
+    return [f"its axes are turned {turned:.0f} degrees from the nearest world axes (training volumes: up to "
+            f"{trained:.0f}); its slices cut the anatomy unlike training's"]
+
+
 def check_inputs(files: list[Path], trained: TrainedStudents, strict: bool) -> None:
     """Read every input once before anything is written: CaseError for an unreadable, non-3D
-    or non-finite volume, and geometry warnings on stderr (CaseError with ``strict``)."""
+    or non-finite volume, and geometry and orientation warnings on stderr (CaseError with
+    ``strict``)."""
     for path in files:
-        image, spacing, _, _ = read_nifti(path)
+        image, spacing, affine, _ = read_nifti(path)
         if not np.isfinite(image).all():
             raise CaseError(f"{path}: image has NaN or inf voxels")
+        if image.size and image.min() == image.max():
+            print(f"cctr: warning: {path}: every voxel is {image.flat[0]:g}: nothing to segment; "
+                  "its label map is all background", file=sys.stderr)
+            continue
         if trained.geometry is None:
             continue  # an older checkpoint without training geometry: nothing to compare with
-        warnings = geometry_warnings(trained.geometry, spacing, image.shape)
+        warnings = (geometry_warnings(trained.geometry, spacing, image.shape)
+                    + orientation_warnings(trained.geometry, affine))
         if warnings and strict:
             raise CaseError(f"{path}: unlike the training data: {'; '.join(warnings)} (drop --strict-geometry to predict anyway)")
         for text in warnings:
@@ -98,13 +166,19 @@ def run_predict(args: argparse.Namespace) -> int:
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise CaseError(f"{args.inputs}: several inputs would write the same output: {clash}")
+    outputs = [f"{name}.nii.gz" for name in names]
+    earlier = check_output_folder(args.out, files, outputs, args.overwrite)
     check_inputs(files, trained, args.strict_geometry)
     with Progress(len(files), "predict", unit="volume", every_s=10.0, enabled=not args.no_progress) as bar:
-        for path, name in zip(files, names):
+        for path, output in zip(files, outputs):
             image, _, affine, header = read_nifti(path)
-            labels = trained.predict(image.astype(np.float32), args.student)
-            write_nifti(args.out / f"{name}.nii.gz", labels, affine, header)
+            if image.min() == image.max():    # warned about above: a student's guess on no signal is noise
+                labels = np.zeros(image.shape, np.uint8)
+            else:
+                labels = trained.predict(image.astype(np.float32), args.student)
+            write_nifti(args.out / output, labels, affine, header)
             bar.update(1)
-    write_prediction_info(args.out, checkpoint_path(args.ckpt), trained.class_names, args.student, trained.step)
+    write_prediction_info(args.out, checkpoint_path(args.ckpt), trained.class_names, args.student, trained.step,
+                          files=[*earlier, *outputs])
     print(f"wrote {len(files)} label map(s) with student {args.student} to {args.out}", file=sys.stdout)
     return 0

@@ -31,6 +31,7 @@ from cctr.seg.data.case import CaseError
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.readers import open_dataset
 from cctr.seg.data.split import Split, load_split
+from cctr.seg.train import training_device
 from cctr.joint.app.stages import run_registration_training
 from cctr.joint.app.reg_eval import evaluate, labeled_pairs, summarize_backends, table_markdown, write_report
 
@@ -117,13 +118,14 @@ def run_train(args: argparse.Namespace) -> int:
             config = apply_overrides(load_config(args.out / "config.yaml", RegConfig()), args.reg_overrides)
         else:
             config, source = _chosen_config(args)
-            if not (args.out / "last.pt").exists():  # an existing run refuses below; keep its record
-                args.out.mkdir(parents=True, exist_ok=True)
-                write_json(args.out / "config_origin.json",
-                           {"source": source, "overrides": list(args.reg_overrides), "steps": args.steps})
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         config = config.with_overrides(steps=args.steps)
+        training_device(config.train.device)   # a CUDA device this machine lacks is refused before any work
+        if not resuming_stored and not (args.out / "last.pt").exists():  # an existing run refuses below; keep its record
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_json(args.out / "config_origin.json",
+                       {"source": source, "overrides": list(args.reg_overrides), "steps": args.steps})
         dataset, split = open_data(args)
         if config.loss.dice_weight > 0 and args.labeled is None:
             raise ValueError("the config asks for Dice supervision (loss.dice_weight > 0): name the labeled set with --labeled")
@@ -132,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
         val_volumes = _volumes(dataset, split.val, set(split.val))
         best = run_registration_training(config, train_volumes, val_volumes, len(dataset.class_names), args.out,
                                          resume=args.resume, max_bad_steps=args.skip_nonfinite)
-    except (ValueError, ImportError) as exc:
+    except ValueError as exc:
         raise CaseError(str(exc)) from exc
     print(f"registration net: {best}")
     return 0
@@ -150,7 +152,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if not pairs:
             raise ValueError(f"no labeled pairs among the {args.subset} patients {list(patients)}; try --intra or another --subset")
         results = evaluate(backends, pairs, dataset.class_names, show_progress=sys.stderr.isatty())
-    except (ValueError, ImportError) as exc:
+    except ValueError as exc:
         raise CaseError(str(exc)) from exc
     csv_path, md_path = write_report(args.out, results, dataset.class_names)
     print(table_markdown(summarize_backends(results, dataset.class_names), dataset.class_names), end="")

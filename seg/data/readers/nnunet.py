@@ -87,6 +87,20 @@ def _refuse_orphan_labels(labels_dir: Path, images: Mapping[str, Path], ending: 
                         f"{orphans[0][: -len(ending)]}_{channel:04d}{ending} in {images_dir}/")
 
 
+def _refuse_mixed_endings(root: Path, ending: str, meta_path: Path) -> None:
+    """CaseError naming the first NIfTI file whose ending is not dataset.json's ``file_ending``
+    (it would be skipped, and only a count mismatch would show)."""
+    other = next(e for e in SUPPORTED_ENDINGS if e != ending)
+    for folder in ("imagesTr", "labelsTr", *(d for pair in _UNLABELED_DIRS for d in pair if d)):
+        if not (root / folder).is_dir():
+            continue
+        odd = sorted(p.name for p in (root / folder).iterdir() if p.name.endswith(other))
+        if odd:
+            raise CaseError(f"{root / folder / odd[0]}: ends in {other} but {meta_path} says file_ending {ending!r}; "
+                            f"{folder}/ mixes {other} and {ending} files ({len(odd)} file(s) end in {other}): "
+                            "give every file one ending")
+
+
 def read_nnunet(root: Path, *, channel: int = 0) -> Dataset:
     """Index an nnU-Net raw folder without reading any volume.
 
@@ -106,6 +120,7 @@ def read_nnunet(root: Path, *, channel: int = 0) -> Dataset:
     if not isinstance(patient_of, Mapping) or not all(isinstance(v, str) for v in patient_of.values()):
         raise CaseError(f"{meta_path}: 'patient_of' must map case ids to patient id strings")
 
+    _refuse_mixed_endings(root, ending, meta_path)
     entries: list[tuple[str, Path, Optional[Path], str]] = []
     labeled = _images(root / "imagesTr", ending, channel)
     labels_dir = root / "labelsTr"
