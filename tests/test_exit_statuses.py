@@ -22,7 +22,7 @@ SPLIT = {"train": ["patient001", "patient002", "patient003"], "val": ["patient00
          "labeled_sets": {"1": ["patient001"]}}
 TINY = ["--set", "image_size=[32,32]", "--set", "labeled_batch=2", "--set", "unlabeled_batch=2",
         "--set", "student_a.widths=[4,8]", "--set", "student_b.kind=unet", "--set", "student_b.widths=[4,8]",
-        "--set", "iterations=4", "--set", "val_every=2", "--set", "checkpoint_every=2", "--no-progress"]
+        "--set", "iterations=4", "--set", "val_every=2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

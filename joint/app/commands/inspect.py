@@ -46,7 +46,7 @@ def run_curves(args: argparse.Namespace) -> int:
     if not (args.run / "tb").is_dir():
         raise FileNotFoundError(f"{args.run}: no tb/ folder here; --run takes a cctr train output folder")
     if args.reg_log is not None and not args.reg_log.is_dir():
-        raise NotADirectoryError(f"--reg-log {args.reg_log}: not a folder")
+        raise FileNotFoundError(f"--reg-log {args.reg_log}: not a folder")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(plot_curves(args.out, args.reg_log, args.run / "tb", args.student))
     return 0
