@@ -1,8 +1,11 @@
 """The registration-aware methods of METHOD.md's table, on top of the seg trainer.
 
 - ``cctr-rsl``: cct + RSL (:mod:`joint.rsl`);
-- ``cctr``: cct + RSL + REPS (:mod:`joint.reps`, :mod:`joint.memory_bank`), the paper's method;
-- ``cctr-coupled``: cctr + the registration net fine-tuned alongside the students, RSL and
+- ``cctr``: cct + RSL + REPS (:mod:`joint.reps`, :mod:`joint.memory_bank`), the paper's method
+  as published;
+- ``cctr+``: cctr + what this project adds that earned its place: the registration-synthesised
+  labeled samples (:mod:`joint.synth`) and the validation gate of RSL (:mod:`joint.gate`);
+- ``cctr-coupled``: cctr+ + the registration net fine-tuned alongside the students, RSL and
   REPS reading its current Fields (:mod:`joint.coupled`, METHOD.md part 9);
 - ``registration-only``: no network; each evaluated volume gets the label of the atlas(es)
   warped onto it by registration alone (the atlas baseline).
@@ -53,6 +56,7 @@ from cctr.seg.train_data import TrainData
 
 REGISTRATION_ONLY = "registration-only"
 COUPLED = "cctr-coupled"
+PLUS = "cctr+"
 
 
 def _joint_cfg(cfg: TrainConfig) -> JointConfig:
@@ -78,11 +82,12 @@ def build_banks(cfg: JointConfig, labeled: Sequence[Case], students: Sequence[st
 
 
 def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_reps: bool, backend: Backend,
-                       live: Optional[CoupledRegistration] = None) -> tuple[TrainerHook, ...]:
-    """The RSL hook (and with ``with_reps`` the REPS hook) of one run over ``backend``, the
-    synthesised samples' hook when ``synth.weight > 0``, then ``live`` (the hook training the
-    served net, if any) and the validation gate when ``gate.mode`` turns it on. All
-    registration-guided hooks read one :class:`joint.guidance.Guidance` per step.
+                       additions: bool = False, live: Optional[CoupledRegistration] = None) -> tuple[TrainerHook, ...]:
+    """The RSL hook (and with ``with_reps`` the REPS hook) of one run over ``backend``; with
+    ``additions`` (``cctr+``), the synthesised samples' hook when ``synth.weight > 0``, then
+    ``live`` (the hook training the served net, if any) and the validation gate when
+    ``gate.mode`` turns it on. All registration-guided hooks read one
+    :class:`joint.guidance.Guidance` per step.
 
     Warms the oracle over every (unlabeled, labeled) pair the atlas policy can ask for and
     writes ``registration.json`` in ``out_dir`` (backend, policy, pairs, cache and bank bytes,
@@ -93,7 +98,7 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     world = world_from_environment()
     pairs = oracle.warm(progress=world.is_main, shard=(world.rank, world.size))
     barrier(world)   # every process's share of the pairs is in the disk cache before any step
-    gate, gate_record = _gate(jcfg, data, backend, live, world.is_main)
+    gate, gate_record = _gate(jcfg, data, backend, live, world.is_main) if additions else (None, {"mode": "none"})
     guidance = Guidance(oracle)
     hooks: tuple[TrainerHook, ...] = (
         RegistrationSupervision(guidance, jcfg.rsl, rampup_steps=jcfg.rampup_fraction * jcfg.iterations,
@@ -102,7 +107,7 @@ def registration_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path, with_re
     if with_reps:
         reps = RegistrationPositives(guidance, build_banks(jcfg, data.labeled))
         hooks, bank_bytes = (*hooks, reps), reps.nbytes
-    if jcfg.synth.weight > 0:
+    if additions and jcfg.synth.weight > 0:
         images = {c.case_id: normalize_intensity(c.image, jcfg.normalization, jcfg.intensity_window) for c in data.labeled}
         hooks = (*hooks, WarpedAtlasSamples(guidance, images, jcfg.synth))
     if live is not None:
@@ -163,15 +168,16 @@ def _coupled_hooks(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[Tr
                                             data.val, len(data.class_names), seed=jcfg.seed, device=jcfg.device,
                                             diagnostic_labels=data.diagnostic_labels, iterations=cfg.iterations)
     uncached = replace(jcfg, oracle=replace(jcfg.oracle, cache=""))
-    return registration_hooks(uncached, data, out_dir, with_reps=True, backend=coupled.backend, live=coupled)
+    return registration_hooks(uncached, data, out_dir, with_reps=True, backend=coupled.backend, additions=True,
+                              live=coupled)
 
 
 def trainer_methods(frontend: Optional[FrontEnd] = None) -> Mapping[str, Method]:
     """The seg methods plus the registration ones, whose classical backends register on
     ``frontend`` (None: the project defaults; a dataset's plan gives its own, :func:`joint.plan.frontend`)."""
-    def guided(with_reps: bool) -> Callable[[TrainConfig, TrainData, Path], tuple[TrainerHook, ...]]:
+    def guided(with_reps: bool, additions: bool = False) -> Callable[[TrainConfig, TrainData, Path], tuple[TrainerHook, ...]]:
         def build(cfg: TrainConfig, data: TrainData, out_dir: Path) -> tuple[TrainerHook, ...]:
-            return registration_hooks(cfg, data, out_dir, with_reps, run_backend(_joint_cfg(cfg), frontend))
+            return registration_hooks(cfg, data, out_dir, with_reps, run_backend(_joint_cfg(cfg), frontend), additions)
         return build
 
     two = dict(students=("a", "b"), cross_teaching=True, contrastive=True, unlabeled=True)
@@ -179,6 +185,7 @@ def trainer_methods(frontend: Optional[FrontEnd] = None) -> Mapping[str, Method]
         **SEG_METHODS,
         "cctr-rsl": Method(**two, build_hooks=guided(with_reps=False)),
         "cctr": Method(**two, build_hooks=guided(with_reps=True)),
+        PLUS: Method(**two, build_hooks=guided(with_reps=True, additions=True)),
         COUPLED: Method(**two, build_hooks=_coupled_hooks),
     })
 
@@ -188,7 +195,7 @@ TRAINER_METHODS: Mapping[str, Method] = trainer_methods()
 # Every method of METHOD.md's table, in its order.
 METHODS: tuple[str, ...] = (*TRAINER_METHODS, REGISTRATION_ONLY)
 # The methods that query a registration backend.
-REGISTRATION_METHODS: tuple[str, ...] = ("cctr-rsl", "cctr", COUPLED, REGISTRATION_ONLY)
+REGISTRATION_METHODS: tuple[str, ...] = ("cctr-rsl", "cctr", PLUS, COUPLED, REGISTRATION_ONLY)
 
 
 def train_joint(cfg: TrainConfig, dataset: Dataset, split: Split, *, frontend: Optional[FrontEnd] = None,

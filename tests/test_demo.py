@@ -53,7 +53,7 @@ def finished(tmp_path_factory, tiny_cfg) -> demo.DemoResult:
 
 def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(finished):
     text = finished.paths.report.read_text()
-    assert "## Test volumes, cctr (student A)" in text
+    assert "## Test volumes, cctr+ (student A)" in text
     assert "## Test volumes, supervised (student a)" in text
     assert "## Test volumes, registration-only (learned backend, same atlases)" in text
     # the data's plan is shown, and the registration net was pretrained on the planned grid
@@ -73,7 +73,7 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     assert sup is not None and sup.num_cases == finished.summary.num_cases
     sup_row = next(line for line in text.splitlines() if line.startswith("| `supervised` (student a) |"))
     assert f"| {sup.overall['dice'].mean:.4f} ± {sup.overall['dice'].std:.4f} |" in sup_row
-    assert any(line.startswith("| `cctr` (student A) |") and f"| {mean_dice:.4f} ±" in line for line in text.splitlines())
+    assert any(line.startswith("| `cctr+` (student A) |") and f"| {mean_dice:.4f} ±" in line for line in text.splitlines())
     gain = mean_dice - sup.overall["dice"].mean
     assert f"scores {gain:+.4f} mean Dice against it" in text
     assert "The validation gate (`gate.mode=validation`, gating RSL): the registration scores" in text

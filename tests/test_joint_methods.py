@@ -104,22 +104,27 @@ def test_one_builder_orders_preset_overrides_and_flags(tmp_path):
 
 
 def test_every_method_of_the_table_is_known():
-    assert METHODS == ("supervised", "ct", "cct", "cctr-rsl", "cctr", "cctr-coupled", "registration-only")
+    assert METHODS == ("supervised", "ct", "cct", "cctr-rsl", "cctr", "cctr+", "cctr-coupled", "registration-only")
     assert TRAINER_METHODS["cctr"].contrastive and TRAINER_METHODS["cctr-rsl"].cross_teaching
     assert tuple(trainer_methods(FrontEnd())) == tuple(TRAINER_METHODS)
 
 
-def test_cctr_hooks_are_rsl_and_reps_and_rsl_only_for_cctr_rsl(dataset, tmp_path):
+def test_cctr_is_the_papers_rsl_and_reps_and_cctr_plus_adds_the_synthesised_samples_and_the_gate(dataset, tmp_path):
     ds, split = dataset
     cfg = small_cfg(tmp_path)
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
     hooks = TRAINER_METHODS["cctr"].build_hooks(cfg, data, tmp_path / "run")
-    assert [type(h) for h in hooks] == [RegistrationSupervision, RegistrationPositives, WarpedAtlasSamples, RegistrationGate]
+    assert [type(h) for h in hooks] == [RegistrationSupervision, RegistrationPositives]
+    assert hooks[0].gate is None
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
-    assert info["pairs"] == 2 and info["memory_bank_bytes"] == hooks[1].nbytes > 0
+    assert info["pairs"] == 2 and info["memory_bank_bytes"] == hooks[1].nbytes > 0 and info["gate"]["mode"] == "none"
     rsl_only = TRAINER_METHODS["cctr-rsl"].build_hooks(cfg, data, tmp_path / "run")
-    assert [type(h) for h in rsl_only] == [RegistrationSupervision, WarpedAtlasSamples, RegistrationGate]
+    assert [type(h) for h in rsl_only] == [RegistrationSupervision]
+    plus = TRAINER_METHODS["cctr+"].build_hooks(replace(cfg, method="cctr+"), data, tmp_path / "run")
+    assert [type(h) for h in plus] == [RegistrationSupervision, RegistrationPositives, WarpedAtlasSamples,
+                                       RegistrationGate]
+    assert plus[0].gate is plus[3]
     with pytest.raises(ValueError, match="registration backend"):
         TRAINER_METHODS["cctr"].build_hooks(with_backend(cfg, ""), data, tmp_path / "run")
 
@@ -253,7 +258,7 @@ def test_the_gate_scores_the_registration_on_validation_and_logs_its_decisions(d
     identity = registration_val_dice(cfg, data, load_backend("identity"))
     assert identity < 0.95
 
-    gated = small_cfg(tmp_path, iterations=4, val_every=2)
+    gated = small_cfg(tmp_path, method="cctr+", iterations=4, val_every=2)
     assert gated.gate == GateConfig(mode="validation")   # the default
     train_joint(gated, ds, split, progress=False)
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
@@ -270,28 +275,31 @@ def test_the_gate_scores_the_registration_on_validation_and_logs_its_decisions(d
 def test_the_gate_is_off_without_validation_volumes_or_when_asked(dataset, tmp_path, capsys):
     ds, split = dataset
     no_val = replace(split, val=(), train=(*split.train, *split.val))
-    train_joint(small_cfg(tmp_path, iterations=2), ds, no_val, progress=False)
+    train_joint(small_cfg(tmp_path, method="cctr+", iterations=2), ds, no_val, progress=False)
     info = json.loads((tmp_path / "run" / "registration.json").read_text())
     assert info["gate"] == {"mode": "none", "why": "no validation volumes"}
     assert "no validation volumes" in capsys.readouterr().err
-    off = small_cfg(tmp_path, iterations=2, gate=GateConfig(mode="none"), out_dir=str(tmp_path / "off"))
-    hooks = TRAINER_METHODS["cctr"].build_hooks(off, load_train_data(ds, split, "1"), tmp_path / "off")
+    off = small_cfg(tmp_path, method="cctr+", iterations=2, gate=GateConfig(mode="none"), out_dir=str(tmp_path / "off"))
+    hooks = TRAINER_METHODS["cctr+"].build_hooks(off, load_train_data(ds, split, "1"), tmp_path / "off")
     assert [h.name for h in hooks] == ["rsl", "reps", "synth"]
-    on = TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path, iterations=2), load_train_data(ds, split, "1"),
-                                             tmp_path / "off")
+    on = TRAINER_METHODS["cctr+"].build_hooks(small_cfg(tmp_path, method="cctr+", iterations=2),
+                                              load_train_data(ds, split, "1"), tmp_path / "off")
     assert [h.name for h in on] == ["rsl", "reps", "synth", "gate"] and on[0].gate is on[3]
     assert getattr(on[1], "gate", None) is None   # the gate gates RSL only
 
 
-def test_cctr_trains_on_synthesised_samples_unless_their_weight_is_zero(dataset, tmp_path):
+def test_cctr_plus_trains_on_synthesised_samples_unless_their_weight_is_zero(dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ds, split = dataset
     data = load_train_data(ds, split, "1")
     (tmp_path / "run").mkdir()
-    off = small_cfg(tmp_path, synth=SynthConfig(weight=0.0))
-    assert "synth" not in [h.name for h in TRAINER_METHODS["cctr"].build_hooks(off, data, tmp_path / "run")]
-    cfg = small_cfg(tmp_path, synth=SynthConfig(samples=1), out_dir=str(tmp_path / "synth"), diag_every=0, iterations=2)
+    off = small_cfg(tmp_path, method="cctr+", synth=SynthConfig(weight=0.0))
+    assert "synth" not in [h.name for h in TRAINER_METHODS["cctr+"].build_hooks(off, data, tmp_path / "run")]
+    assert "synth" not in [h.name for h in TRAINER_METHODS["cctr"].build_hooks(small_cfg(tmp_path), data,
+                                                                               tmp_path / "run")]
+    cfg = small_cfg(tmp_path, method="cctr+", synth=SynthConfig(samples=1), out_dir=str(tmp_path / "synth"),
+                    diag_every=0, iterations=2)
     train_joint(cfg, ds, split, progress=False)
     events = EventAccumulator(str(tmp_path / "synth" / "tb"))
     events.Reload()

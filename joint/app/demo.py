@@ -82,7 +82,7 @@ class DemoConfig:
     # command's default): measured 6.3 min end to end at load average 0.0-1.5; training steps
     # ran only ~15% slower at load 3-4 (reg 0.6 s/step, cctr 0.65 s/step against 0.5 / 0.56).
     reg: RegConfig = RegConfig(train=RegTrainConfig(steps=150, val_every=50, val_pairs=8))
-    seg: JointConfig = replace(as_joint_config(preset("cpu-small")), method="cctr", iterations=500, val_every=100)
+    seg: JointConfig = replace(as_joint_config(preset("cpu-small")), method="cctr+", iterations=500, val_every=100)
 
 
 # test slices in the qualitative figure
