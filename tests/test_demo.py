@@ -81,7 +81,7 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     assert "| `learned:reg/best.pt` | 4 |" in text and "| `identity` | 4 |" in text
     assert set(finished.guidance) == {f"learned:{finished.paths.reg / 'best.pt'}", "identity"}
     assert all(0.0 <= d <= 1.0 for values in finished.guidance.values() for d in values)
-    for stage in ("phantom", "registration pretraining", "cctr training", "supervised training",
+    for stage in ("phantom", "registration pretraining", "cctr+ training", "supervised training",
                   "evaluation and report"):
         assert f"| {stage} |" in text and finished.seconds[stage] >= 0
 
