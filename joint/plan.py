@@ -3,8 +3,9 @@ from it for registration (:mod:`reg.plan`) and for the students, stored once per
 
 File: ``DATA/cctr_plan.json`` (next to ``split.json``), written atomically::
 
-    {"version": 1,
+    {"version": 2,
      "patients": [...],            training patients it was measured on (sorted)
+     "labeled": [...],             the labeled patients whose labels it read (sorted; none: [])
      "rules": {...},               reg.plan.PlanRules used
      "fingerprint": {...},         seg.data.fingerprint.Fingerprint
      "reg": {"grid": {...}, "prealign": {...}, "ncc_window": [z, y, x], "smoothness_weight": w,
@@ -12,10 +13,13 @@ File: ``DATA/cctr_plan.json`` (next to ``split.json``), written atomically::
      "student": {"slice_axis": 0, "slice_axis_name": "...", "image_size": [h, w],
                  "normalization": "zscore" | "clip-zscore", "window": [lo, hi] | null}}
 
-:func:`plan_for` reuses the file when it was measured on the same training patients with the
-same rules and version, and otherwise measures again and rewrites it; when the folder cannot be
-written the plan is still returned. Commands apply it only where the user gave no
-configuration, and every planned value stays overridable (``--set``, YAML).
+:func:`plan_for` reads the images of every training patient and the labels of the run's labeled
+set only (the labelled-anatomy box, class sizes and the CT window come from those): the labels
+of the volumes a run treats as unlabeled never reach it. It reuses the file when it was
+measured on the same training and labeled patients with the same rules and version, and
+otherwise measures again and rewrites it; when the folder cannot be written the plan is still
+returned. Commands apply it only where the user gave no configuration, and every planned value
+stays overridable (``--set``, YAML).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from cctr.seg.data.fingerprint import Fingerprint, fingerprint
 from cctr.seg.data.split import Split
 
 PLAN_FILENAME = "cctr_plan.json"
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 AXIS_NAMES = ("Z (array axis 0)", "Y (array axis 1)", "X (array axis 2)")
 STUDENT_MIN_SIZE = 64   # the smallest input both students take (Swin: multiples of 32, more than 32x32)
 STUDENT_MAX_SIZE = 64  # students' input side on the CPU preset ('cpu-small': 64 x 64)
@@ -55,6 +59,7 @@ class StudentPlan:
 @dataclass(frozen=True)
 class Plan:
     patients: tuple[str, ...]
+    labeled: tuple[str, ...]
     rules: PlanRules
     fingerprint: Fingerprint
     reg: RegPlan
@@ -64,7 +69,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         reg = asdict(self.reg)
         return to_dict({
-            "version": self.version, "patients": list(self.patients), "rules": asdict(self.rules),
+            "version": self.version, "patients": list(self.patients), "labeled": list(self.labeled),
+            "rules": asdict(self.rules),
             "fingerprint": self.fingerprint.to_dict(), "reg": reg, "student": asdict(self.student),
         })
 
@@ -84,8 +90,8 @@ class Plan:
         s = dict(d["student"])
         student = StudentPlan(int(s["slice_axis"]), str(s["slice_axis_name"]), tuple(s["image_size"]),  # type: ignore[arg-type]
                               str(s["normalization"]), tuple(s["window"]) if s.get("window") is not None else None)
-        return Plan(tuple(d["patients"]), PlanRules(**d["rules"]), Fingerprint.from_dict(d["fingerprint"]), reg, student,
-                    int(d["version"]))
+        return Plan(tuple(d["patients"]), tuple(d["labeled"]), PlanRules(**d["rules"]),
+                    Fingerprint.from_dict(d["fingerprint"]), reg, student, int(d["version"]))
 
 
 def registration_window(fp: Fingerprint) -> Optional[tuple[float, float]]:
@@ -123,11 +129,14 @@ def plan_students(fp: Fingerprint, rules: PlanRules = PlanRules(), max_size: int
     return StudentPlan(axis, AXIS_NAMES[axis], size, "zscore", None)  # type: ignore[arg-type]
 
 
-def make_plan(dataset: Dataset, patients: Optional[Iterable[str]], rules: PlanRules = PlanRules()) -> Plan:
-    """Measure the cases of ``patients`` (None: every case) and derive the plan."""
+def make_plan(dataset: Dataset, patients: Optional[Iterable[str]], labeled: Iterable[str] = (),
+              rules: PlanRules = PlanRules()) -> Plan:
+    """Measure the cases of ``patients`` (None: every case), the labels of ``labeled`` only, and
+    derive the plan."""
     chosen = tuple(sorted(patients)) if patients is not None else tuple(sorted(dataset.patient_ids))
-    fp = fingerprint(dataset, chosen)
-    return Plan(chosen, rules, fp, plan_registration(geometry_of(fp), rules), plan_students(fp, rules))
+    known = tuple(sorted(set(labeled) & set(chosen)))
+    fp = fingerprint(dataset, chosen, known)
+    return Plan(chosen, known, rules, fp, plan_registration(geometry_of(fp), rules), plan_students(fp, rules))
 
 
 def plan_path(dataset: Dataset) -> Path:
@@ -146,24 +155,35 @@ def load_plan(path: Path) -> Plan:
         raise ValueError(f"{path}: not a readable cctr plan ({exc})") from exc
 
 
-def plan_for(dataset: Dataset, split: Optional[Split], rules: PlanRules = PlanRules(), force: bool = False) -> Plan:
+def plan_for(dataset: Dataset, split: Optional[Split], labeled: Optional[str], rules: PlanRules = PlanRules(),
+             force: bool = False) -> Plan:
     """The plan of ``dataset`` measured on the split's training patients (no split: every
-    patient), read from ``DATA/cctr_plan.json`` when it matches, otherwise computed and saved."""
+    patient) and the labels of its labeled set ``labeled`` (None: no label), read from
+    ``DATA/cctr_plan.json`` when it matches, otherwise computed and saved."""
     patients = tuple(sorted(split.train)) if split is not None else tuple(sorted(dataset.patient_ids))
+    known = tuple(sorted(split.labeled(labeled))) if split is not None and labeled is not None else ()
     path = plan_path(dataset)
     if not force and path.is_file():
         try:
             stored = load_plan(path)
-            if stored.version == PLAN_VERSION and stored.patients == patients and stored.rules == rules:
+            if (stored.version, stored.patients, stored.labeled, stored.rules) == (PLAN_VERSION, patients, known, rules):
                 return stored
-        except ValueError:
+        except (ValueError, KeyError):
             pass  # unreadable or from another version: measured again below
-    plan = make_plan(dataset, patients, rules)
+    plan = make_plan(dataset, patients, known, rules)
     try:
         save_plan(plan, path)
     except OSError as exc:
         print(f"cctr: note: could not save the plan to {path} ({exc}); it is recomputed next time", file=sys.stderr)
     return plan
+
+
+def labeled_or_default(split: Optional[Split], name: Optional[str]) -> Optional[str]:
+    """The labeled set a command that names none plans with: ``name``, else the split's set
+    ``'1'`` when it has one (the labels a user of this tool has at least), else none."""
+    if name is not None or split is None:
+        return name
+    return "1" if "1" in split.labeled_sets else None
 
 
 def reg_config(plan: Plan, base: RegConfig = RegConfig()) -> RegConfig:
@@ -196,7 +216,8 @@ def format_plan(plan: Plan) -> str:
 
     fg = fp.foreground_intensity
     lines = [
-        f"plan ({len(plan.patients)} training patients, {fp.cases} cases measured in {fp.seconds:.1f} s):",
+        f"plan ({len(plan.patients)} training patients, labels of {len(plan.labeled)}; {fp.cases} cases measured in "
+        f"{fp.seconds:.1f} s):",
         f"  spacing median (z, y, x) mm:  {t(fp.spacing_median, '.2f')}  (anisotropy {fp.anisotropy:.1f}, "
         f"low-resolution axis {AXIS_NAMES[fp.low_res_axis]})",
         f"  shape median (Z, Y, X):       {t(fp.shape_median, '.0f')}",

@@ -614,7 +614,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dataset = open_dataset(data_dir)  # with the split just written
 
     with phases.phase("plan"):
-        plan = plan_for(dataset, split)
+        plan = plan_for(dataset, split, labeled)
     planned = seg_overrides(plan)
     cache = out / "reg-cache"
     base = steptime.timing_base(args.overrides, labeled, cache, args.steps, args.warmup, planned=planned)

@@ -47,7 +47,9 @@ def _stat(values: Sequence[float]) -> Stat:
     kept = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     if kept.size == 0:
         return Stat(mean=math.nan, std=math.nan, n=0)
-    return Stat(mean=float(kept.mean()), std=float(kept.std()), n=int(kept.size))
+    # the sample standard deviation (ddof 1), the project's one convention; undefined for one value
+    std = float(kept.std(ddof=1)) if kept.size > 1 else math.nan
+    return Stat(mean=float(kept.mean()), std=std, n=int(kept.size))
 
 
 def _foreground(class_names: Sequence[str], scores: CaseScores) -> dict[int, str]:
@@ -88,7 +90,7 @@ def summarize(scores: CaseScores, class_names: Sequence[str]) -> Summary:
 def _cell(stat: Stat, digits: int, num_cases: int) -> str:
     if stat.n == 0:
         return "n/a"
-    text = f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+    text = f"{stat.mean:.{digits}f}" + ("" if math.isnan(stat.std) else f" ± {stat.std:.{digits}f}")
     return text if stat.n == num_cases else f"{text} (n={stat.n})"
 
 
@@ -98,7 +100,7 @@ def summary_markdown(summary: Summary, title: str = "Scores") -> str:
     lines = [
         f"## {title}",
         "",
-        f"{summary.num_cases} case(s); mean ± std over cases; HD95 and ASD in mm.",
+        f"{summary.num_cases} case(s); mean ± sample std over cases; HD95 and ASD in mm.",
         "",
         "| class | Dice | HD95 (mm) | ASD (mm) |",
         "| --- | ---: | ---: | ---: |",

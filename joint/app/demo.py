@@ -27,6 +27,7 @@ The defaults finish end to end well within 15 minutes on a shared 2-core CPU (on
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -222,14 +223,15 @@ def guidance_table(guidance: Mapping[str, Sequence[float]]) -> str:
     lines = ["| backend | pairs | mean Dice ± std | min | max |", "| --- | ---: | ---: | ---: | ---: |"]
     for spec, values in guidance.items():
         v = np.asarray(values, dtype=float)
-        cells = (f"{v.mean():.4f} ± {v.std():.4f} | {v.min():.4f} | {v.max():.4f}" if v.size else "n/a | n/a | n/a")
+        std = f" ± {v.std(ddof=1):.4f}" if v.size > 1 else ""
+        cells = (f"{v.mean():.4f}{std} | {v.min():.4f} | {v.max():.4f}" if v.size else "n/a | n/a | n/a")
         lines.append(f"| `{spec}` | {v.size} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
 def _overall(summary: Summary, metric: str, digits: int) -> str:
     stat = summary.overall[metric]
-    return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+    return f"{stat.mean:.{digits}f}" + ("" if math.isnan(stat.std) else f" ± {stat.std:.{digits}f}")
 
 
 def comparison_table(rows: Sequence[tuple[str, str, Summary]]) -> str:
@@ -380,7 +382,7 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
     if split is None:
         raise CaseError(f"{paths.data}: the phantom folder has no split.json")
 
-    plan = plan_for(dataset, split)
+    plan = plan_for(dataset, split, cfg.labeled)
     # the registration front end (grid, pre-alignment, NCC window) from the data; the network and schedule are cfg.reg's
     reg_cfg = reg_config(plan, base=cfg.reg)
     started, ran = time.perf_counter(), not registration_done(reg_cfg, paths.reg)

@@ -146,25 +146,33 @@ def plot_curves(path: Path, reg_log: Optional[Path], seg_log: Path, student: str
     return save_figure(fig, path)
 
 
-def plot_dice_bars(path: Path, groups: Mapping[str, Mapping[str, Sequence[float]]]) -> Path:
-    """One panel per labeled set (``groups``: panel title -> row label -> Dice of each seed):
-    bar = mean over seeds, whisker = std, dots = the seeds."""
+def plot_paired_differences(path: Path, panels: Mapping[str, Mapping[str, tuple[float, float, float, Sequence[float]]]]
+                            ) -> Path:
+    """One panel per title (``panels``: title -> row label -> (mean difference, interval low,
+    interval high, each run's difference)): a bar at the mean, the 95 % interval as a whisker,
+    each (draw, seed) run's mean difference as a dot, and the zero line. Empty panels: a note."""
     from matplotlib.figure import Figure
 
-    rows = list(dict.fromkeys(r for panel in groups.values() for r in panel))
-    fig = Figure(figsize=(max(6.0, 1.3 * len(rows)) * len(groups), 4.5))
-    axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0])
-    for ax, (title, panel) in zip(axes, groups.items()):
+    titles = list(panels) or ["no comparison: the control has no runs"]
+    rows = list(dict.fromkeys(r for panel in panels.values() for r in panel))
+    fig = Figure(figsize=(max(6.0, 1.3 * max(len(rows), 1)) * min(len(titles), 2), 4.5 * -(-len(titles) // 2)))
+    axes = np.atleast_1d(fig.subplots(-(-len(titles) // 2), min(len(titles), 2), squeeze=False).ravel())
+    for ax, title in zip(axes, titles):
+        panel = panels.get(title, {})
         for x, row in enumerate(rows):
-            dice = np.asarray(panel.get(row, ()), dtype=float)
-            if dice.size == 0:
+            if row not in panel:
                 continue
-            ax.bar(x, dice.mean(), yerr=dice.std(), capsize=4, color=f"C{x % 10}", alpha=0.7)
-            ax.plot(np.full(dice.size, x), dice, "k.", markersize=6)
+            mean, low, high, units = panel[row]
+            color = "C2" if low > 0 else "C3" if high < 0 else "C7"
+            ax.bar(x, mean, color=color, alpha=0.6)
+            ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], color="k", capsize=4)
+            ax.plot(np.full(len(units), x), units, "k.", markersize=5)
+        ax.axhline(0.0, color="k", linewidth=0.8)
         ax.set_xticks(range(len(rows)), rows, fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("3D Dice, mean over classes")
-        ax.set_title(title)
+        ax.set_ylabel("paired difference of 3D Dice")
+        ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(titles):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return save_figure(fig, path)

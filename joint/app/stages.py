@@ -100,23 +100,24 @@ def train_segmentation(cfg: JointConfig, dataset: Dataset, split: Split, fronten
     return best if best.is_file() else last
 
 
-def predict_cases(checkpoint: Path, cases: Sequence[Case], out_dir: Path, student: str = "a",
+def predict_cases(checkpoint: Path, cases: Sequence[Case], out_dir: Optional[Path], student: str = "a",
                   progress: bool = True) -> dict[str, np.ndarray]:
     """uint8 ``(Z, Y, X)`` prediction of each case, written to ``out_dir/<case>.nii.gz`` with
-    the case's affine and header; a file already there is read back instead of recomputed.
-    When anything was predicted, ``out_dir/predictions.json`` names the checkpoint and its
-    classes (:mod:`seg.prediction_info`), so ``cctr eval`` knows them."""
+    the case's affine and header (``out_dir`` None: kept in memory only); a file already there
+    is read back instead of recomputed. When anything was written, ``out_dir/predictions.json``
+    names the checkpoint and its classes (:mod:`seg.prediction_info`), so ``cctr eval`` knows them."""
     trained = None
     out = {}
     for case in tqdm(cases, desc="predict", unit="volume", disable=None if progress else True):
-        path = Path(out_dir) / f"{case.case_id}.nii.gz"
-        if path.is_file():
+        path = None if out_dir is None else Path(out_dir) / f"{case.case_id}.nii.gz"
+        if path is not None and path.is_file():
             out[case.case_id] = read_nifti(path)[0].astype(np.uint8)
             continue
         trained = trained or load_students(checkpoint)
         out[case.case_id] = trained.predict(case.image, student)
-        write_nifti(path, out[case.case_id], case.affine, case.header)
-    if trained is not None:
+        if path is not None:
+            write_nifti(path, out[case.case_id], case.affine, case.header)
+    if trained is not None and out_dir is not None:
         write_prediction_info(out_dir, checkpoint, trained.class_names, student, trained.step,
                               files=[f"{case.case_id}.nii.gz" for case in cases])
     return out

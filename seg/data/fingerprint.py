@@ -182,7 +182,16 @@ def fingerprint_cases(cases: Iterable[Case], class_names: Sequence[str], hint: O
     )
 
 
-def fingerprint(dataset: Dataset, patients: Optional[Iterable[str]] = None) -> Fingerprint:
-    """The fingerprint of the cases of ``patients`` (None: every case), each read once."""
+def fingerprint(dataset: Dataset, patients: Optional[Iterable[str]] = None,
+                labeled: Iterable[str] = ()) -> Fingerprint:
+    """The fingerprint of the cases of ``patients`` (None: every case), each read once; the
+    labels of the ``labeled`` patients only are looked at (a user who labeled those has nothing
+    else: the labels of the other volumes never reach the plan)."""
     refs: Sequence[CaseRef] = dataset.refs if patients is None else dataset.of_patients(patients)
-    return fingerprint_cases((r.load() for r in refs), dataset.class_names, channel_hint(dataset))
+    known = set(labeled)
+
+    def load(ref: CaseRef) -> Case:
+        case = ref.load()
+        return case if ref.patient_id in known else case.with_label(None)
+
+    return fingerprint_cases((load(r) for r in refs), dataset.class_names, channel_hint(dataset))

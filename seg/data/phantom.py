@@ -33,7 +33,8 @@ from scipy import ndimage
 
 from cctr.seg.data.case import Case
 from cctr.seg.data.nifti import write_nifti
-from cctr.seg.data.phantom_common import PHANTOM_KEY, Range, axis_affine, build_phantom_folder, check_phantom_target
+from cctr.seg.data.phantom_common import (PHANTOM_KEY, Range, axis_affine, build_phantom_folder, check_level,
+                                          check_phantom_target)
 from cctr.seg.data.phantom_common import ellipse_sd as _ellipse_sd
 from cctr.seg.data.phantom_common import phantom_dataset_json, upsampled_noise
 from cctr.seg.data.phantom_common import uniform as _u
@@ -77,6 +78,32 @@ class PhantomConfig:
     bias_strength: Range = (0.1, 0.3)  # std of the log bias field
     gamma: Range = (0.75, 1.3)  # per-patient contrast
     intensity_scale: Range = (150.0, 900.0)
+
+    @classmethod
+    def at_level(cls, level: int) -> "PhantomConfig":
+        """The phantom at difficulty ``level``: 1 is the default; 2 and 3 widen how subjects
+        differ, in anatomy (heart size, wall, RV, length, pose: rotation, position, axis tilt),
+        field of view and appearance (contrast curve, bias field, noise), towards the spread
+        of real scanners and patients, where one labeled subject teaches a network far less."""
+        check_level(level)
+        if level == 1:
+            return cls()
+        wide = level == 3
+        return cls(
+            fov_mm=(160.0, 300.0) if wide else (170.0, 280.0),
+            lv_length_mm=(60.0, 120.0) if wide else (68.0, 112.0),
+            lv_radius_mm=(14.0, 35.0) if wide else (16.0, 33.0),
+            lv_eccentricity=(0.0, 0.3) if wide else (0.0, 0.22),
+            wall_mm=(4.5, 14.0) if wide else (5.0, 13.0),
+            rv_thickness_mm=(9.0, 33.0) if wide else (11.0, 31.0),
+            rv_wrap=(1.0, 1.8) if wide else (1.05, 1.7),
+            rotation_deg=90.0 if wide else 60.0,
+            heart_offset_mm=30.0 if wide else 24.0,
+            axis_tilt_mm=18.0 if wide else 13.0,
+            noise_fraction=(0.03, 0.12) if wide else (0.025, 0.08),
+            bias_strength=(0.2, 0.6) if wide else (0.15, 0.45),
+            gamma=(0.45, 2.1) if wide else (0.6, 1.7),
+        )
 
     def __post_init__(self) -> None:
         if len(self.class_names) != 4:

@@ -43,7 +43,7 @@ from its own seed sequence, so it does not depend on how many patients are made.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -54,7 +54,8 @@ from scipy import ndimage
 from cctr.seg.data.case import Case, CaseError
 from cctr.seg.data.nifti import write_nifti
 from cctr.seg.data.phantom_common import (
-    MARKER_FILE, Range, axis_affine, build_phantom_folder, check_phantom_target, ellipse_sd, phantom_dataset_json,
+    MARKER_FILE, Range, axis_affine, build_phantom_folder, check_level, check_phantom_target, ellipse_sd,
+    phantom_dataset_json,
     uniform, upsampled_noise,
 )
 from cctr.seg.data.readers.synapse import SYNAPSE_CLASSES
@@ -94,6 +95,26 @@ class AbdomenPhantomConfig:
         for name, value in asdict(self).items():
             if isinstance(value, tuple) and value[0] > value[1]:
                 raise ValueError(f"AbdomenPhantomConfig.{name}: low {value[0]} > high {value[1]}")
+
+    def at_level(self, level: int) -> "AbdomenPhantomConfig":
+        """This phantom at difficulty ``level``: 1 is itself; 2 and 3 widen how subjects differ,
+        in anatomy (body, organ sizes and places, pose, the smooth warp), field of view and
+        image noise, with the grid (``matrix``, slice spacing) kept."""
+        check_level(level)
+        if level == 1:
+            return self
+        wide = level == 3
+        return replace(
+            self,
+            fov_mm=(300.0, 480.0) if wide else (310.0, 460.0),
+            body_width_mm=(220.0, 360.0) if wide else (235.0, 345.0),
+            patient_scale=(0.8, 1.2) if wide else (0.85, 1.15),
+            organ_scale=(0.7, 1.3) if wide else (0.78, 1.22),
+            organ_shift_mm=18.0 if wide else 12.0,
+            rotation_deg=25.0 if wide else 15.0,
+            warp_mm=(4.0, 10.0) if wide else (3.0, 7.5),
+            noise_hu=(15.0, 45.0) if wide else (12.0, 30.0),
+        )
 
     @classmethod
     def full_size(cls) -> "AbdomenPhantomConfig":

@@ -170,6 +170,15 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps(files, indent=1) + "\n")
 
 
+LEVELS = (1, 2, 3)
+
+
+def check_level(level: int) -> None:
+    """ValueError unless ``level`` is a phantom difficulty level (:data:`LEVELS`)."""
+    if level not in LEVELS:
+        raise ValueError(f"phantom difficulty must be one of {LEVELS} (1: the default), got {level!r}")
+
+
 def check_phantom_target(out: Path, patients: int, seed: int, overwrite: bool = False) -> None:
     """:class:`CaseError` unless ``out`` may receive a phantom of ``patients`` from ``seed``: it
     is new, empty, or a phantom folder holding nothing but what a phantom wrote (anything else

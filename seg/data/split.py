@@ -13,9 +13,10 @@ as ``split.json`` at its top level (:data:`SPLIT_FILENAME`); readers then attach
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from cctr.seg.atomic import write_text_atomic
 from cctr.seg.data.case import CaseError
@@ -132,8 +133,10 @@ def draw_split(
     test_fraction: float = 0.2,
     labeled_sizes: Sequence[int] = (1, 3, 7),
     unlabeled_ids: Sequence[str] = (),
+    counts: Optional[tuple[int, int]] = None,
 ) -> Split:
-    """A random split of ``patient_ids`` drawn from ``seed`` (same seed, same split).
+    """A random split of ``patient_ids`` drawn from ``seed`` (same seed, same split); ``counts``
+    = (validation, test) patients instead of the fractions.
 
     Labeled sets are nested (the 1-patient set is inside the 3-patient set, and so on),
     as in the field's ACDC protocol; sizes larger than the training set are left out.
@@ -148,8 +151,7 @@ def draw_split(
     if len(ids) < 3:
         raise CaseError(f"split: need at least 3 labeled patients to draw train/val/test, got {len(ids)}")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    n_test = max(1, round(test_fraction * len(ids)))
-    n_val = max(1, round(val_fraction * len(ids)))
+    n_val, n_test = counts or (max(1, round(val_fraction * len(ids))), max(1, round(test_fraction * len(ids))))
     if n_test + n_val >= len(ids):
         raise CaseError(f"split: {len(ids)} labeled patients with val fraction {val_fraction:g} ({n_val}) and test "
                         f"fraction {test_fraction:g} ({n_test}) leave no patient to train on; lower the fractions")
@@ -160,6 +162,38 @@ def draw_split(
                         f"ask for {len(train)} or fewer")
     train += sorted(pool)
     return Split(train=tuple(train), val=tuple(sorted(val)), test=tuple(sorted(test)), labeled_sets=labeled)
+
+
+def with_drawn_sets(split: Split, name: str, draws: int) -> tuple[Split, tuple[str, ...]]:
+    """``split`` with ``draws - 1`` more labeled sets the size of set ``name``, and the names of
+    all ``draws`` sets, ``name`` first: a benchmark's labeled draws.
+
+    Draw 0 is ``name`` itself (the split's own set: for ACDC the field's); draw ``d >= 1``,
+    named ``f"{name}~{d}"``, is drawn from the training patients from the seed ``(d, size)``,
+    uniformly among the sets no earlier draw took, so the same split gives the same draws and
+    asking for more draws keeps the earlier ones. ``'all'`` has one draw only.
+    """
+    import numpy as np
+
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    if name == "all" or draws == 1:
+        return split, (name,)
+    own = tuple(split.labeled(name))
+    size, pool = len(own), sorted(split.train)
+    if math.comb(len(pool), size) < draws:
+        raise ValueError(f"split: {len(pool)} training patients have only {math.comb(len(pool), size)} distinct labeled "
+                         f"set(s) of {size}; ask for fewer draws")
+    taken, sets = {frozenset(own)}, dict(split.labeled_sets)
+    for d in range(1, draws):
+        rng = np.random.default_rng((d, size))
+        while True:
+            pick = tuple(str(p) for p in rng.choice(pool, size=size, replace=False))
+            if frozenset(pick) not in taken:
+                break
+        taken.add(frozenset(pick))
+        sets[f"{name}~{d}"] = pick
+    return replace(split, labeled_sets=sets), (name, *(f"{name}~{d}" for d in range(1, draws)))
 
 
 def split_with_prefix_sets(

@@ -92,14 +92,15 @@ def _text(value: object) -> str:
 def run_show(args: argparse.Namespace) -> int:
     seg_sets = [o for o in args.overrides if not o.startswith("reg.")]
     reg_sets = [o[len("reg."):] for o in args.overrides if o.startswith("reg.")]
-    planned, reg = None, RegConfig()
+    seg, reg = build_config(args.config, seg_sets, method=args.method, reg_backend=args.reg_backend), RegConfig()
     if args.data is not None:
         dataset = open_dataset(args.data)
         split = load_split(args.split) if args.split is not None else dataset.default_split
-        plan = plan_for(dataset, split)
-        planned = seg_overrides(plan) if args.config is None else None
+        plan = plan_for(dataset, split, seg.labeled)
+        if args.config is None:
+            seg = build_config(None, seg_sets, method=args.method, reg_backend=args.reg_backend,
+                               planned=seg_overrides(plan))
         reg = reg_config(plan)
-    seg = build_config(args.config, seg_sets, method=args.method, reg_backend=args.reg_backend, planned=planned)
     reg = apply_overrides(reg, reg_sets)
     print(format_rows(all_rows(seg, reg, seg.oracle.spec)), end="")
     return 0

@@ -1,6 +1,6 @@
 """``cctr data``: make, look at and split datasets.
 
-- ``phantom --out DIR --patients N [--seed S] [--kind cardiac|abdomen|isotropic]
+- ``phantom --out DIR --patients N [--seed S] [--kind cardiac|abdomen|isotropic] [--difficulty 1|2|3]
   [--layout nnunet|synapse] [--full-size]``: write a procedural phantom plus ``split.json``:
   the cardiac cine-MRI one (default, nnU-Net layout, :mod:`seg.data.phantom`), the abdominal
   CT one (nnU-Net or TransUNet's Synapse layout, CPU-sized or 512 x 512,
@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.montage import write_montage
-from cctr.seg.data.phantom import write_phantom
+from cctr.seg.data.phantom import PhantomConfig, write_phantom
 from cctr.seg.data.phantom_abdomen import LAYOUTS as PHANTOM_LAYOUTS
 from cctr.seg.data.phantom_abdomen import AbdomenPhantomConfig, write_abdomen_phantom
+from cctr.seg.data.phantom_common import LEVELS
 from cctr.seg.data.phantom_isotropic import write_isotropic_phantom
 from cctr.seg.data.known_splits import KNOWN_SPLITS, known_split
 from cctr.seg.data.readers import LAYOUTS, open_dataset
@@ -52,6 +53,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                     help="number of patients (cardiac: two volumes each, ED and ES; abdomen, isotropic: one CT each)")
     ph.add_argument("--seed", type=_seed, default=0, help="same seed, same phantom (default 0)")
     ph.add_argument("--workers", type=_positive_int, default=None, help="processes (default: one per CPU)")
+    ph.add_argument("--difficulty", type=int, choices=LEVELS, default=1,
+                    help="cardiac and abdomen: how much subjects differ in anatomy, pose, field of view and "
+                         "appearance; 1 (default) to 3")
     ph.add_argument("--kind", choices=("cardiac", "abdomen", "isotropic"), default="cardiac",
                     help="cardiac: ACDC-like cine MRI (default); abdomen: Synapse-like CT, 8 organs; isotropic: "
                          "CT of 2 mm cubic voxels, 80-100 per axis, 3 organs (a geometry the cardiac defaults "
@@ -125,15 +129,18 @@ def run_phantom(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.kind != "abdomen" and (args.layout != "nnunet" or args.full_size):
         raise ValueError("cctr data phantom: --layout synapse and --full-size are for --kind abdomen")
+    if args.kind == "isotropic" and args.difficulty != 1:
+        raise ValueError("cctr data phantom: --difficulty is for --kind cardiac and abdomen")
     if args.kind == "cardiac":
-        out = write_phantom(args.out, args.patients, seed=args.seed, workers=args.workers, overwrite=args.overwrite)
+        out = write_phantom(args.out, args.patients, seed=args.seed, cfg=PhantomConfig.at_level(args.difficulty),
+                            workers=args.workers, overwrite=args.overwrite)
         volumes = 2 * args.patients
     elif args.kind == "isotropic":
         out = write_isotropic_phantom(args.out, args.patients, seed=args.seed, workers=args.workers,
                                       overwrite=args.overwrite)
         volumes = args.patients
     else:
-        cfg = AbdomenPhantomConfig.full_size() if args.full_size else AbdomenPhantomConfig()
+        cfg = (AbdomenPhantomConfig.full_size() if args.full_size else AbdomenPhantomConfig()).at_level(args.difficulty)
         out = write_abdomen_phantom(args.out, args.patients, seed=args.seed, cfg=cfg, layout=args.layout,
                                     workers=args.workers, overwrite=args.overwrite)
         volumes = args.patients
@@ -219,11 +226,13 @@ def format_summary(s: DatasetSummary) -> str:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from cctr.joint.plan import format_plan, plan_for  # the plan is measured once and saved (DATA/cctr_plan.json)
+    # the plan is measured once and saved (DATA/cctr_plan.json)
+    from cctr.joint.plan import format_plan, labeled_or_default, plan_for
 
     dataset = open_dataset(args.dir, args.layout)
     print(format_summary(summarize(dataset)))
-    print(format_plan(plan_for(dataset, dataset.default_split)))
+    split = dataset.default_split
+    print(format_plan(plan_for(dataset, split, labeled_or_default(split, None))))
     return 0
 
 

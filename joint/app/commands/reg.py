@@ -2,8 +2,8 @@
 
 - ``train --data DIR --out DIR [--split FILE] [--config YAML] [--steps N] [--resume]
   [--labeled NAME]``: pretrain on the TRAINING patients of the split (labels of the
-  ``--labeled`` set are used only when the config's ``loss.dice_weight`` > 0), validating on
-  the validation patients; see :mod:`reg.train`.
+  ``--labeled`` set are read by the plan, and by the loss only when the config's
+  ``loss.dice_weight`` > 0), validating on the validation patients; see :mod:`reg.train`.
 - ``eval --data DIR --backend SPEC [--backend SPEC ...] --out DIR [--split FILE]
   [--subset test|val|train] [--pairs N] [--seed S] [--intra] [--device cpu|cuda]``: per-pair CSV and a markdown
   table, one row per backend; see :mod:`joint.app.reg_eval`.
@@ -23,7 +23,7 @@ from pathlib import Path
 from cctr.reg.backends import load_backend
 from cctr.reg.placement import FrontEnd
 from cctr.reg.config import RegConfig
-from cctr.joint.plan import plan_for, plan_path, reg_config
+from cctr.joint.plan import labeled_or_default, plan_for, plan_path, reg_config
 from cctr.seg.atomic import write_json
 from cctr.seg.config import apply_overrides, load_config
 from cctr.reg.train import Volume
@@ -48,7 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     _set_arg(tr)
     tr.add_argument("--steps", type=int, default=None, help="override train.steps")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    tr.add_argument("--labeled", default=None, help="labeled set of the split whose labels Dice supervision may use")
+    tr.add_argument("--labeled", default=None,
+                    help="labeled set of the split whose labels the plan reads (default: '1' when the split has it) "
+                         "and Dice supervision may use")
     tr.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
                     help="skip up to N steps whose loss or gradient is NaN/inf, with a warning (default 0: stop at the first)")
     tr.set_defaults(func=run_train)
@@ -62,6 +64,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--pairs", type=int, default=20, help="number of (fixed, moving) pairs (default 20)")
     ev.add_argument("--seed", type=int, default=0, help="seed drawing the pairs (default 0)")
     ev.add_argument("--intra", action="store_true", help="also pair the frames of one patient")
+    ev.add_argument("--labeled", default=None,
+                    help="labeled set whose labels the plan of the classical backends' front end reads (default: '1')")
     ev.add_argument("--device", default="cpu", help="torch device of learned backends (default cpu; e.g. cuda)")
     ev.add_argument("--config", type=Path, default=None,
                     help="YAML config whose grid and prealign the classical backends use (default: the dataset's plan)")
@@ -81,7 +85,8 @@ def _chosen_config(args: argparse.Namespace) -> tuple[RegConfig, str]:
         config, source = load_config(args.config, RegConfig()), str(args.config)
     else:
         dataset, split = open_data(args)
-        config, source = reg_config(plan_for(dataset, split)), f"plan {plan_path(dataset)}"
+        plan = plan_for(dataset, split, labeled_or_default(split, args.labeled))
+        config, source = reg_config(plan), f"plan {plan_path(dataset)}"
     return apply_overrides(config, args.reg_overrides), source
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
-from cctr.joint.config import build_config
+from cctr.joint.config import JointConfig, build_config
 from cctr.joint.methods import METHODS, REGISTRATION_ONLY, registration_only, trainer_methods
 from cctr.joint.plan import frontend, plan_for, seg_overrides
 from cctr.seg.config import PRESETS
@@ -58,10 +59,13 @@ def run_train(args: argparse.Namespace) -> int:
         split = dataset.default_split
     else:
         raise CaseError(f"{args.data}: the folder has no split.json; pass --split FILE")
-    plan = plan_for(dataset, split)
     try:
-        cfg = build_config(args.config, args.overrides, method=args.method, labeled=args.labeled, out_dir=args.out,
-                           reg_backend=args.reg_backend, planned=seg_overrides(plan) if args.config is None else None)
+        def config(planned: Optional[dict]) -> JointConfig:
+            return build_config(args.config, args.overrides, method=args.method, labeled=args.labeled, out_dir=args.out,
+                                reg_backend=args.reg_backend, planned=planned)
+        # the plan reads the labels of the run's labeled set only, so that set is known first
+        plan = plan_for(dataset, split, config(None).labeled)
+        cfg = config(seg_overrides(plan) if args.config is None else None)
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
     if cfg.method == REGISTRATION_ONLY:
