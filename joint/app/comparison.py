@@ -185,6 +185,31 @@ def comparisons_csv(found: Sequence[Comparison]) -> str:
     return buf.getvalue()
 
 
+def arms_markdown(arms: Sequence[tuple[str, Sequence[RunResult]]]) -> str:
+    """Arms of an experiment (name, runs), the first the control: each arm's Dice, and each
+    other arm minus the control, paired over the draws, seeds and volumes both ran, on the
+    validation volumes (where an option is chosen) and the test volumes, both checkpoint rules."""
+    head = ["| arm | draws x seeds | val, best | val vs first | verdict | test, best | test vs first | verdict | "
+            "test, last | test vs first | verdict |",
+            "| --- | --- | ---: | --- | --- | ---: | --- | --- | ---: | --- | --- |"]
+    (_, control), lines = arms[0], []
+    for name, runs in arms:
+        draws = len({r.run.draw for r in runs})
+        row = [name, f"{draws} x {len(runs) // max(draws, 1)}"]
+        for subset, rule in (("val", "best"), ("test", "best"), ("test", "last")):
+            row.append(_fmt(*sample_mean_std(run_means(runs, subset, rule))))
+            if runs is control:
+                row += ["control", ""]
+                continue
+            try:
+                d = paired_difference(cells(runs, subset, rule), cells(control, subset, rule))
+                row += [f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]", d.verdict]
+            except ValueError:
+                row += ["no common run", ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(head + lines) + "\n"
+
+
 def write_tables(results: Sequence[RunResult], data_root: Path | str, out_dir: Path,
                  control: str = DEFAULT_CONTROL) -> None:
     """``results.md``, ``results.csv``, ``comparisons.csv`` and ``results.png`` in ``out_dir``."""
