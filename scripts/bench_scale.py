@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 13): what ``cctr`` costs on generated data of the real datasets' sizes,
+"""Scale benchmark: what ``cctr`` costs on generated data of the real datasets' sizes,
 on this machine: oracle warm time and pairs/s per registration backend, the Field cache on
 disk, seconds per training step of ``cct`` and ``cctr``, and peak resident memory.
 

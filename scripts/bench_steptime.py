@@ -1,8 +1,8 @@
 """Seconds per training step of ``cct`` and of ``cctr`` (learned backend, warm cache) on the same
-batches, in one run; prints the medians and their ratio (issue 5 target: cctr <= 1.3x cct). With
+batches, in one run; prints the medians and their ratio (target: cctr <= 1.3x cct). With
 ``--coupled`` also ``cctr-coupled`` (its registration steps and Field refreshes, without the
 once-per-run mid-run and closing phases), with the ratio of means too, since those costs come
-every few steps (issue 12 target: <= 2.0x). Each refresh of its served Fields is paid for in
+every few steps (target: <= 2.0x). Each refresh of its served Fields is paid for in
 the step after it, so with ``--coupled`` the warm-up and the timed window are rounded up to
 whole refresh cycles (:func:`whole_cycles`): the window starts just after a refresh and holds as
 many refreshes as cycles, the rate of a run; the warm-up also covers the coupled run's own
@@ -121,7 +121,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1, as cctr demo / benchmark; 0 keeps torch's default)")
     p.add_argument("--coupled", action="store_true",
-                   help="also time cctr-coupled (issue 12 target: <= 2.0x cct), registration steps from step 0")
+                   help="also time cctr-coupled (target: <= 2.0x cct), registration steps from step 0")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="segmentation option for both runs (cpu-small preset otherwise)")
     return p.parse_args(argv)

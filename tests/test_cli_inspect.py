@@ -61,12 +61,13 @@ def test_closed_from_is_the_step_after_which_the_gate_stays_shut():
 
 def test_diagnostics_read_best_validation_and_gate_decisions_per_seed(tmp_path, capsys):
     runs = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1"
-    write_run(runs / "seed-0", [0.5, 0.7, 0.6], [1.0, 0.0, 0.0], "val_gate/open_a")
-    write_run(runs / "seed-1", [0.4, 0.5, 0.8], [1.0, 1.0, 1.0], "val_rsl/open_a")   # the older tag
+    write_run(runs / "draw-0" / "seed-0", [0.5, 0.7, 0.6], [1.0, 0.0, 0.0], "val_gate/open_a")
+    write_run(runs / "draw-1" / "seed-0", [0.4, 0.5, 0.8], [1.0, 1.0, 1.0], "val_rsl/open_a")   # the older tag
     lines = diagnostics(capsys, tmp_path, "--out", str(tmp_path / "tables" / "diag.md"))
     mean_row = next(line for line in lines if line.startswith("| cctr | learned-x | 2 |"))
-    assert "0.7500 ± 0.0500" in mean_row and mean_row.rstrip(" |").endswith("200 / -")
-    seed0 = next(line for line in lines if line.startswith("| cctr | learned-x | 0 |"))
+    # the sample std of 0.7 and 0.8
+    assert "0.7500 ± 0.0707" in mean_row and mean_row.rstrip(" |").endswith("200 / -")
+    seed0 = next(line for line in lines if line.startswith("| cctr | learned-x | 0/0 |"))
     assert "| 0.7000 | 200 | 0.6000 |" in seed0
     assert (tmp_path / "tables" / "diag.md").read_text().splitlines() == lines
 
@@ -78,7 +79,7 @@ def test_quarter_means_split_a_run_in_four_and_leave_empty_quarters_out():
 
 
 def test_quarters_show_only_the_rsl_figures_a_run_logged(tmp_path, capsys):
-    run = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "seed-0"
+    run = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "draw-0" / "seed-0"
     with SummaryWriter(str(run / "tb")) as writer:
         for step in range(0, 400, 10):
             writer.add_scalar("rsl/target_acc_hidden", 0.9 if step < 100 else 0.5, step)
@@ -94,20 +95,21 @@ def test_quarters_show_only_the_rsl_figures_a_run_logged(tmp_path, capsys):
 
 
 def test_the_synthesised_samples_share_inside_the_atlas_is_a_column(tmp_path, capsys):
-    run = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "seed-0"
+    run = tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "draw-0" / "seed-0"
     with SummaryWriter(str(run / "tb")) as writer:
         for step in range(0, 400, 10):
             writer.add_scalar("synth/inside", 0.5 if step < 200 else 0.75, step)   # the second half counts
         writer.add_scalar("val_a/dice", 0.8, 400)
     lines = diagnostics(capsys, tmp_path)
-    header = next(line for line in lines if line.startswith("| method | backend | seed |"))
-    seed0 = next(line for line in lines if line.startswith("| cctr | learned-x | 0 |"))
+    header = next(line for line in lines if line.startswith("| method | backend | draw/seed |"))
+    seed0 = next(line for line in lines if line.startswith("| cctr | learned-x | 0/0 |"))
     assert header.endswith("| synth inside | A closed from |") and seed0.endswith("| 0.7500 | - |")
 
 
 def test_diagnostics_of_a_folder_without_runs_of_that_labeled_set_is_an_error_naming_it(tmp_path, capsys):
-    write_run(tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "seed-0", [0.5], [1.0], "val_gate/open_a")
+    write_run(tmp_path / "runs" / "cctr" / "learned-x" / "labeled-1" / "draw-0" / "seed-0", [0.5], [1.0],
+              "val_gate/open_a")
     assert main(["inspect", "diagnostics", str(tmp_path), "--labeled", "3", "--out", str(tmp_path / "d.md")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"cctr: error: {tmp_path}: no runs of labeled set '3'") and "labeled-3/seed-N/tb" in err
+    assert err.startswith(f"cctr: error: {tmp_path}: no runs of labeled set '3'") and "labeled-3/draw-D/seed-N/tb" in err
     assert not (tmp_path / "d.md").exists()

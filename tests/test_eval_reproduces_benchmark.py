@@ -6,7 +6,8 @@ SSL4MIS ``.h5`` and TransUNet Synapse.
 One tiny model is trained once, by a real ``cctr benchmark`` on the ``labelsTs`` dataset. The
 other layouts run ``cctr benchmark`` too, with that checkpoint already in the run folder: the
 benchmark resumes a finished training by skipping it, then predicts and scores the layout's
-test cases itself, so every layout goes through the command end to end in seconds.
+validation and test cases itself, so every layout goes through the command end to end in
+seconds. The benchmark scores validation volumes too, so every layout's split has one.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ from cctr.seg.prediction_info import PREDICTION_INFO
 TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[32,32]", "--set", "labeled_batch=2",
         "--set", "unlabeled_batch=2", "--set", "student_a={kind: unet, widths: [4, 8]}", "--set", "embedding_dim=8"]
 # --threads 0: leave the test process's torch threads as they are
-BENCHMARK = ["benchmark", "--methods", "supervised", "--labeled", "1", "--seeds", "1", "--threads", "0",
-             "--no-progress", *TINY]
-RUN_FOLDER = Run("supervised", "", "1", 0).folder
+BENCHMARK = ["benchmark", "--methods", "supervised", "--labeled", "1", "--draws", "1", "--seeds", "1",
+             "--threads", "0", "--no-progress", *TINY]
+RUN_FOLDER = Run("supervised", "", "1", 0, 0).folder
 NNUNET_CASES = [f"case_{i:03d}" for i in range(6)]
 NNUNET_SPLIT = {"train": NNUNET_CASES[:3], "val": NNUNET_CASES[3:4], "test": NNUNET_CASES[4:],
                 "labeled_sets": {"1": NNUNET_CASES[:1]}}
@@ -57,7 +58,7 @@ def nnunet_labels_ts(root: Path) -> Path:
 
 def acdc_raw(root: Path) -> Path:
     write_acdc_raw(root, patients=(1, 2, 3, 4))
-    split = {"train": ["patient001", "patient002"], "val": [], "test": ["patient003", "patient004"],
+    split = {"train": ["patient001", "patient002"], "val": ["patient003"], "test": ["patient004"],
              "labeled_sets": {"1": ["patient001"]}}
     (root / "split.json").write_text(json.dumps(split))
     return root
@@ -69,7 +70,12 @@ def ssl4mis(root: Path) -> Path:
 
 
 def synapse(root: Path) -> Path:
+    # TransUNet's split has no validation case: the benchmark gets one from --split (SPLIT_ARGS)
     return write_synapse(root, train_cases=(5, 6), test_cases=(1, 2)).root
+
+
+SYNAPSE_SPLIT = {"train": ["case0005"], "val": ["case0006"], "test": ["case0001", "case0002"],
+                 "labeled_sets": {"1": ["case0005"]}}
 
 
 LAYOUTS: dict[str, Callable[[Path], Path]] = {
@@ -97,7 +103,11 @@ def benchmark_on(layout: str, trained: tuple[Path, Path], root: Path) -> tuple[P
     data, out = LAYOUTS[layout](root / "data"), root / "bench"
     (out / RUN_FOLDER).mkdir(parents=True)
     shutil.copy(trained[1] / RUN_FOLDER / "last.pt", out / RUN_FOLDER / "last.pt")  # training is done: skipped
-    assert main([*BENCHMARK, "--data", str(data), "--out", str(out)]) == 0
+    split = []
+    if layout == "synapse":
+        (root / "split.json").write_text(json.dumps(SYNAPSE_SPLIT))
+        split = ["--split", str(root / "split.json")]
+    assert main([*BENCHMARK, "--data", str(data), "--out", str(out), *split]) == 0
     return data, out
 
 
@@ -110,8 +120,9 @@ def eval_scores(report: Path) -> dict[str, dict[int, tuple[float, float, float]]
     return out
 
 
-def benchmark_scores(run: Path) -> dict[str, dict[int, tuple[float, float, float]]]:
-    scores = json.loads((run / RESULT_FILE).read_text())["scores"]
+def benchmark_scores(run: Path, checkpoint: str = "best") -> dict[str, dict[int, tuple[float, float, float]]]:
+    """The benchmark's test scores of ``run`` under the checkpoint rule ``checkpoint``."""
+    scores = json.loads((run / RESULT_FILE).read_text())["scores"]["test"][checkpoint]
     return {case: {int(c): (s["dice"], s["hd95"], s["asd"]) for c, s in per.items()} for case, per in scores.items()}
 
 
@@ -143,6 +154,12 @@ def test_the_issue_command_on_test_labels_in_labels_ts(trained, tmp_path):
                  "--subset", "test", "--out", str(report)]) == 0
     assert eval_scores(report) == benchmark_scores(run)
     assert set(eval_scores(report)) == {"case_004", "case_005"}
+    # the predictions by last.pt reproduce the benchmark's scores under the 'last' rule
+    info = json.loads((run / f"{PREDICTIONS}-last" / PREDICTION_INFO).read_text())
+    assert Path(info["checkpoint"]) == run / "last.pt"
+    assert main(["eval", "--pred", str(run / f"{PREDICTIONS}-last"), "--ref", str(data), "--subset", "test",
+                 "--out", str(tmp_path / "eval-last")]) == 0
+    assert eval_scores(tmp_path / "eval-last") == benchmark_scores(run, "last")
 
 
 def test_cctr_predict_then_eval_against_the_labels_ts_folder(trained, tmp_path):

@@ -47,7 +47,9 @@ def iso_dir(tmp_path_factory) -> Path:
 
 def test_isotropic_ct_plan_covers_the_field_of_view(iso_dir):
     dataset = open_dataset(iso_dir)
-    plan = make_plan(dataset, dataset.default_split.train)
+    train = dataset.default_split.train
+    plan = make_plan(dataset, train, labeled=train)   # every training patient labeled
+    assert plan.labeled == tuple(sorted(train))
     fp = plan.fingerprint
     assert fp.spacing_median == (4.0, 4.0, 4.0) and fp.anisotropy == 1.0
     assert fp.modality == "ct-like" and "below" in fp.modality_reason  # decided from the values, not the name
@@ -134,7 +136,7 @@ def test_planned_registration_beats_identity_on_isotropic_volumes(iso_dir, tmp_p
 
     dataset = open_dataset(iso_dir)
     rules = PlanRules(voxel_budget=16 * 16 * 32)  # tiny grid: seconds
-    config = reg_config(make_plan(dataset, None, rules))
+    config = reg_config(make_plan(dataset, None, labeled=dataset.patient_ids, rules=rules))
     config = config.with_overrides(steps=40, val_every=40, val_pairs=2, batch_size=2)
     cases = [r.load() for r in dataset.refs]
     vols = [Volume(c.case_id, c.patient_id, c.image, c.spacing, c.label) for c in cases]
@@ -146,22 +148,28 @@ def test_planned_registration_beats_identity_on_isotropic_volumes(iso_dir, tmp_p
 
 def test_plan_file_is_reused_and_remeasured_when_the_patients_change(iso_dir, monkeypatch):
     dataset = open_dataset(iso_dir)
+    split = dataset.default_split
     (iso_dir / PLAN_FILENAME).unlink(missing_ok=True)
-    first = plan_for(dataset, dataset.default_split)
+    first = plan_for(dataset, split, "1")
     assert (iso_dir / PLAN_FILENAME).is_file() and load_plan(iso_dir / PLAN_FILENAME) == first
+    assert first.labeled == split.labeled("1") and first.fingerprint.labeled == 1
 
     def boom(*a, **k):
         raise AssertionError("measured again")
 
     monkeypatch.setattr("cctr.joint.plan.fingerprint", boom)
-    assert plan_for(dataset, dataset.default_split) == first
+    assert plan_for(dataset, split, "1") == first
     with pytest.raises(AssertionError):
-        plan_for(dataset, None)  # every patient, not the split's training ones: measured again
+        plan_for(dataset, None, None)  # every patient, not the split's training ones: measured again
+    with pytest.raises(AssertionError):
+        plan_for(dataset, split, "3")  # the labels of another labeled set: measured again
+    with pytest.raises(AssertionError):
+        plan_for(dataset, split, None)  # no label at all: measured again
 
 
 def test_overrides_for_registration_and_students(iso_dir):
     dataset = open_dataset(iso_dir)
-    plan = plan_for(dataset, dataset.default_split)
+    plan = plan_for(dataset, dataset.default_split, "1")
     config = reg_config(plan)
     assert config.grid == plan.reg.grid and config.prealign == plan.reg.prealign
     assert config.net == RegConfig().net and config.train == RegConfig().train
@@ -192,8 +200,15 @@ def test_cli_plan_and_reg_train_use_the_plan(iso_dir, tmp_path, capsys):
     assert stored["grid"]["spacing"] == list(plan.reg.grid.spacing) and stored["prealign"]["method"] == "moments"
     origin = json.loads((run / "config_origin.json").read_text())
     assert origin["source"].startswith("plan") and "grid.shape=[16,32,32]" in origin["overrides"]
+    split = open_dataset(iso_dir).default_split
+    assert load_plan(iso_dir / PLAN_FILENAME).labeled == split.labeled("1")   # the default labeled set
+    # --labeled: the plan reads that set's labels
+    assert main(["reg", "train", "--data", str(iso_dir), "--out", str(tmp_path / "run3"), "--steps", "2",
+                 "--labeled", "3", "--set", "train.val_every=2", "--set", "grid.shape=[16,32,32]"]) == 0
+    assert load_plan(iso_dir / PLAN_FILENAME).labeled == tuple(sorted(split.labeled("3")))
     assert main(["data", "summary", str(iso_dir)]) == 0
     assert "pre-alignment:" in capsys.readouterr().out
+    assert load_plan(iso_dir / PLAN_FILENAME).labeled == split.labeled("1")
 
 
 def test_fingerprint_reads_every_case_once(iso_dir, monkeypatch):

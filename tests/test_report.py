@@ -1,4 +1,4 @@
-"""seg.report: per-case CSV, mean ± std summary per class and overall, markdown table."""
+"""seg.report: per-case CSV, mean ± sample std (ddof 1) summary per class and overall, markdown table."""
 from __future__ import annotations
 
 import csv
@@ -22,12 +22,16 @@ SCORES = {
 }
 
 
-def test_summary_is_mean_and_population_std_per_class():
+ROOT2 = math.sqrt(2.0)   # the sample std of two values a, b is |a - b| / sqrt(2)
+
+
+def test_summary_is_mean_and_sample_std_per_class():
     s = summarize(SCORES, NAMES)
     assert s.num_cases == 2
     rv = s.per_class["RV"]
-    assert (rv["dice"].mean, rv["dice"].std, rv["dice"].n) == (pytest.approx(0.6), pytest.approx(0.2), 2)
-    assert (rv["hd95"].mean, rv["hd95"].std) == (pytest.approx(3.0), pytest.approx(1.0))
+    assert (rv["dice"].mean, rv["dice"].std, rv["dice"].n) == (pytest.approx(0.6), pytest.approx(0.4 / ROOT2), 2)
+    assert (rv["hd95"].mean, rv["hd95"].std) == (pytest.approx(3.0), pytest.approx(2.0 / ROOT2))
+    assert rv["dice"].std != pytest.approx(0.2)   # not the population std
     assert s.per_class["LV"]["asd"].mean == pytest.approx(1.5)
 
 
@@ -35,7 +39,7 @@ def test_overall_averages_classes_first_then_cases():
     overall = summarize(SCORES, NAMES).overall
     # case means: dice 0.7 and 0.7; hd95 6.0 and 1.0
     assert (overall["dice"].mean, overall["dice"].std) == (pytest.approx(0.7), pytest.approx(0.0))
-    assert (overall["hd95"].mean, overall["hd95"].std) == (pytest.approx(3.5), pytest.approx(2.5))
+    assert (overall["hd95"].mean, overall["hd95"].std) == (pytest.approx(3.5), pytest.approx(5.0 / ROOT2))
 
 
 def test_nan_values_are_left_out_and_counted():
@@ -45,11 +49,13 @@ def test_nan_values_are_left_out_and_counted():
     }
     s = summarize(scores, NAMES)
     assert (s.per_class["RV"]["dice"].mean, s.per_class["RV"]["dice"].n) == (0.5, 1)
+    assert math.isnan(s.per_class["RV"]["dice"].std)   # one value: no sample std
     assert s.per_class["RV"]["hd95"].n == 0 and math.isnan(s.per_class["RV"]["hd95"].mean)
     # case a: dice mean(0.5, 0.9) = 0.7; case b: only LV, 0.7
     assert (s.overall["dice"].mean, s.overall["dice"].n) == (pytest.approx(0.7), 2)
     table = summary_markdown(s)
-    assert "| RV | 0.5000 ± 0.0000 (n=1) | n/a | n/a |" in table
+    assert "| RV | 0.5000 (n=1) | n/a | n/a |" in table   # one value: shown without '±'
+    assert "sample std" in table
 
 
 def test_markdown_has_one_row_per_class_and_the_mean():
@@ -57,9 +63,9 @@ def test_markdown_has_one_row_per_class_and_the_mean():
     lines = table.splitlines()
     assert lines[0] == "## Test split"
     assert "2 case(s)" in table
-    assert "| RV | 0.6000 ± 0.2000 | 3.00 ± 1.00 | 0.75 ± 0.25 |" in lines
-    assert "| LV | 0.8000 ± 0.2000 | 4.00 ± 4.00 | 1.50 ± 1.50 |" in lines
-    assert lines[-1].startswith("| **mean** | 0.7000 ± 0.0000 | 3.50 ± 2.50 |")
+    assert "| RV | 0.6000 ± 0.2828 | 3.00 ± 1.41 | 0.75 ± 0.35 |" in lines
+    assert "| LV | 0.8000 ± 0.2828 | 4.00 ± 5.66 | 1.50 ± 2.12 |" in lines
+    assert lines[-1].startswith("| **mean** | 0.7000 ± 0.0000 | 3.50 ± 3.54 |")
 
 
 def test_csv_has_one_row_per_case_and_class_at_full_precision(tmp_path):

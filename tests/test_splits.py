@@ -105,3 +105,59 @@ def test_split_json_overrides_the_release_split(tmp_path: Path):
 def test_folder_without_split_has_none(tmp_path: Path):
     write_nnunet(tmp_path, shape=(2, 4, 4))
     assert open_dataset(tmp_path).default_split is None
+
+
+def test_draw_split_by_counts_takes_that_many_validation_and_test_patients():
+    ids = [f"p{i:02d}" for i in range(20)]
+    split = draw_split(ids, seed=0, counts=(4, 12))
+    assert (len(split.val), len(split.test), len(split.train)) == (4, 12, 4)
+    assert sorted((*split.train, *split.val, *split.test)) == ids
+    assert split == draw_split(list(reversed(ids)), seed=0, counts=(4, 12))   # seeded, order-free
+    assert set(split.labeled_sets) == {"1", "3"}   # the 7-patient set does not fit 4 training patients
+    with pytest.raises(CaseError, match="no patient to train on"):
+        draw_split(ids, seed=0, counts=(8, 12))
+
+
+def _split_of(train: int) -> Split:
+    ids = tuple(f"t{i:02d}" for i in range(train))
+    return Split(train=ids, val=("v0",), test=("s0", "s1"), labeled_sets={"1": ids[-1:], "2": ids[:2]})
+
+
+def test_with_drawn_sets_draw_0_is_the_splits_own_set_and_the_others_are_new_ones_of_its_size():
+    from cctr.seg.data.split import with_drawn_sets
+
+    split = _split_of(8)
+    drawn, names = with_drawn_sets(split, "1", 4)
+    assert names == ("1", "1~1", "1~2", "1~3")
+    assert drawn.labeled("1") == split.labeled("1") and drawn.labeled("2") == split.labeled("2")  # kept as they were
+    sets = [frozenset(drawn.labeled(n)) for n in names]
+    assert all(len(s) == 1 for s in sets) and len(set(sets)) == 4   # the same size, all distinct
+    assert all(s <= set(split.train) for s in sets)
+    assert (drawn.train, drawn.val, drawn.test) == (split.train, split.val, split.test)
+    # deterministic, and asking for more draws keeps the earlier ones
+    assert with_drawn_sets(split, "1", 4) == (drawn, names)
+    more, more_names = with_drawn_sets(split, "1", 6)
+    assert more_names[:4] == names and all(more.labeled(n) == drawn.labeled(n) for n in names)
+    assert len({frozenset(more.labeled(n)) for n in more_names}) == 6
+    # a bigger set: draws of its size, distinct as sets
+    two, two_names = with_drawn_sets(split, "2", 3)
+    assert two_names == ("2", "2~1", "2~2")
+    assert [len(two.labeled(n)) for n in two_names] == [2, 2, 2]
+    assert len({frozenset(two.labeled(n)) for n in two_names}) == 3
+    # a drawn split survives the JSON round trip a benchmark writes (OUT/split.json)
+    assert Split.from_dict(json.loads(json.dumps(drawn.to_dict()))) == drawn
+
+
+def test_with_drawn_sets_one_draw_or_all_is_the_split_itself_and_too_many_draws_are_refused():
+    from cctr.seg.data.split import with_drawn_sets
+
+    split = _split_of(3)
+    assert with_drawn_sets(split, "1", 1) == (split, ("1",))
+    assert with_drawn_sets(split, "all", 5) == (split, ("all",))
+    assert len(with_drawn_sets(split, "1", 3)[1]) == 3   # 3 training patients: 3 distinct sets of 1
+    with pytest.raises(ValueError, match="fewer draws"):
+        with_drawn_sets(split, "1", 4)
+    with pytest.raises(ValueError, match="fewer draws"):
+        with_drawn_sets(split, "2", 4)   # C(3, 2) = 3 sets of 2
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        with_drawn_sets(split, "1", 0)

@@ -99,9 +99,11 @@ def _fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" + ("" if np.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def _diff_cells(c: Optional[Comparison]) -> list[str]:
-    if c is None:
+def _diff_cells(c: Optional[Comparison], is_control: bool) -> list[str]:
+    if is_control:
         return ["control", ""]
+    if c is None:
+        return ["n/a", "no common run with the control"]
     d = c.difference
     return [f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]", d.verdict]
 
@@ -140,12 +142,13 @@ def results_markdown(results: Sequence[RunResult], data_root: Path | str, contro
                       f"| method | backend | draws x seeds | best | best vs {control} | verdict | last | "
                       f"last vs {control} | verdict |",
                       "| --- | --- | --- | ---: | --- | --- | ---: | --- | --- |"]
+            ctl = control_group(list(mine), control, labeled)
             for g, runs in mine.items():
                 draws = len({r.run.draw for r in runs})
                 row = [g[0], _shown(g[1], prefix), f"{draws} x {len(runs) // max(draws, 1)}"]
                 for rule in CHECKPOINTS:
                     row += [_fmt(*sample_mean_std(run_means(runs, subset, rule))),
-                            *_diff_cells(found.get((g, subset, rule)))]
+                            *_diff_cells(found.get((g, subset, rule)), g == ctl)]
                 lines.append("| " + " | ".join(row) + " |")
         names = [str(n) for n in first.class_names[1:]]
         lines += ["", f"## Dice per class, test volumes, best checkpoint, labeled set {labeled}", "",

@@ -1,5 +1,5 @@
 """Paired comparisons of two methods over what varies in a benchmark: labeled draws, seeds and
-test cases (docs/RESULTS.md, "How to read a comparison").
+test cases (docs/USAGE.md, "Benchmarks and evidence").
 
 Two methods are compared on the cells both ran: the same labeled draw, the same seed, the same
 test case. The difference of their Dice per cell is the evidence. Its mean is reported with a

@@ -1,6 +1,6 @@
 """What went on inside the runs of a benchmark folder: markdown tables of each run's validation
-curve and its ``diag/``, ``rsl/``, ``reps/`` and ``synth/`` scalars (docs/METHOD.md, issue 11),
-then their mean ± std over seeds, so a Dice table can be read with the reasons beside it.
+curve and its ``diag/``, ``rsl/``, ``reps/`` and ``synth/`` scalars (docs/METHOD.md),
+then their mean ± sample std over runs (labeled draws x seeds), so a Dice table can be read with the reasons beside it.
 
 Per run (student A): the best validation Dice and its step (the checkpoint ``best.pt`` the
 benchmark scores), the validation Dice at the last validation, and the mean over the second
@@ -15,7 +15,7 @@ accuracy of its targets and of student A against the hidden labels (``RSL acc``,
 ``A acc at RSL``), and the share of the synthesised samples' pixels that map inside the atlas
 (``synth inside``); with the validation gate on (``gate.mode``), the step from which the gate
 keeps RSL closed to student A to the end (``A closed from``; ``-``: open at the end).
-:func:`quarter_table` gives RSL's figures by quarter of training (mean over seeds; ``-``: no
+:func:`quarter_table` gives RSL's figures by quarter of training (mean over runs; ``-``: no
 step of that quarter logged it, e.g. RSL closed to both students). The hidden labels of
 "unlabeled" volumes were read for these figures only, never for training or selection.
 """
@@ -60,7 +60,8 @@ COLUMNS = ("best val Dice", "best step", "last val Dice", *SECOND_HALF, "A close
 
 Series = list[tuple[int, float]]   # (step, value)
 Tags = dict[str, Series]           # scalar tag -> its series
-Runs = dict[tuple[str, str], list[tuple[int, Tags]]]   # (method, backend folder) -> [(seed, its scalars)]
+# (method, backend folder) -> [("draw/seed", its scalars)]
+Runs = dict[tuple[str, str], list[tuple[str, Tags]]]
 
 
 def run_scalars(run: Path) -> Tags:
@@ -106,16 +107,18 @@ def summarize_run(tags: Tags) -> dict[str, Optional[float]]:
 
 def read_runs(benchmark: Path, labeled: str) -> Runs:
     """The finished or running runs of labeled set ``labeled`` that have TensorBoard logs, as
-    ``cctr benchmark`` lays them out (``runs/METHOD/BACKEND/labeled-L/seed-N/tb``), each log
-    read once; :class:`CaseError` naming the folder when there is none."""
-    found: dict[tuple[str, str], list[tuple[int, Path]]] = defaultdict(list)
-    for tb in sorted(Path(benchmark).glob(f"runs/*/*/labeled-{labeled}/seed-*/tb")):
+    ``cctr benchmark`` lays them out (``runs/METHOD/BACKEND/labeled-L/draw-D/seed-N/tb``), each
+    log read once, named ``D/N``; :class:`CaseError` naming the folder when there is none."""
+    found: dict[tuple[str, str], list[tuple[tuple[int, int], Path]]] = defaultdict(list)
+    for tb in Path(benchmark).glob(f"runs/*/*/labeled-{labeled}/draw-*/seed-*/tb"):
         run = tb.parent
-        found[(run.parts[-4], run.parts[-3])].append((int(run.name.split("-")[1]), run))
+        unit = (int(run.parent.name.split("-")[1]), int(run.name.split("-")[1]))
+        found[(run.parts[-5], run.parts[-4])].append((unit, run))
     if not found:
-        raise CaseError(f"{benchmark}: no runs of labeled set {labeled!r} with TensorBoard logs "
-                        f"(expected runs/METHOD/BACKEND/labeled-{labeled}/seed-N/tb, as `cctr benchmark` writes)")
-    return {group: [(seed, run_scalars(run)) for seed, run in sorted(seeds)] for group, seeds in found.items()}
+        raise CaseError(f"{benchmark}: no runs of labeled set {labeled!r} with TensorBoard logs (expected "
+                        f"runs/METHOD/BACKEND/labeled-{labeled}/draw-D/seed-N/tb, as `cctr benchmark` writes)")
+    return {group: [(f"{d}/{s}", run_scalars(run)) for (d, s), run in sorted(units)]
+            for group, units in sorted(found.items())}
 
 
 def _cell(value: Optional[float], column: str) -> str:
@@ -130,14 +133,16 @@ def _mean_std(values: Sequence[float]) -> str:
     if not values:
         return "-"
     mean = float(np.mean(values))
-    return f"{mean:.4f} ± {np.std(values):.4f}" if abs(mean) >= 1e-2 else f"{mean:.2e}"
+    if abs(mean) < 1e-2:
+        return f"{mean:.2e}"
+    return f"{mean:.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{mean:.4f}"
 
 
 def tables(runs: Runs) -> str:
-    """The mean ± std table over each group's seeds, then the table of every run."""
+    """The mean ± sample std table over each group's runs, then the table of every run."""
     grouped_columns = [c for c in COLUMNS if c != "best step"]
-    per_run = [f"| method | backend | seed | {' | '.join(COLUMNS)} |", "|" + " --- |" * 3 + " ---: |" * len(COLUMNS)]
-    grouped = [f"| method | backend | seeds | {' | '.join(grouped_columns)} |",
+    per_run = [f"| method | backend | draw/seed | {' | '.join(COLUMNS)} |", "|" + " --- |" * 3 + " ---: |" * len(COLUMNS)]
+    grouped = [f"| method | backend | runs | {' | '.join(grouped_columns)} |",
                "|" + " --- |" * 3 + " ---: |" * len(grouped_columns)]
     for (method, backend), seeds in runs.items():
         rows = []

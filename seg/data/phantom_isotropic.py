@@ -1,4 +1,4 @@
-"""A third geometry, the one the cardiac defaults were never tuned for (issue 16): a procedural
+"""A third geometry, the one the cardiac defaults were never tuned for: a procedural
 phantom of isotropic volumes, three organs (liver, kidney, spleen) in a body.
 
 Each patient is ONE volume ``(Z, Y, X)`` of cubic voxels (default 2 mm, 80-100 voxels per
