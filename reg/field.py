@@ -124,6 +124,14 @@ def _sample(volume_zyx: np.ndarray, coords: np.ndarray, order: int) -> np.ndarra
     return ndimage.map_coordinates(volume_zyx, coords, order=order, mode="nearest", prefilter=False)
 
 
+def _points(points_zyx: np.ndarray) -> np.ndarray:
+    """``points_zyx`` as float64 ``(N, 3)``; ValueError for any other shape."""
+    pts = np.asarray(points_zyx, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"points must be an array (N, 3) in (z, y, x), got shape {pts.shape}")
+    return pts
+
+
 def points_inside(points_zyx: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
     """Which points lie within a volume, i.e. in ``[-0.5, n - 0.5]`` on every axis of size ``n``
     (the sampling policy of the module docstring).
@@ -330,9 +338,7 @@ class Field:
         ValueError
             When ``points_zyx`` is not ``(N, 3)``.
         """
-        pts = np.asarray(points_zyx, dtype=np.float64)
-        if pts.ndim != 2 or pts.shape[1] != 3:
-            raise ValueError(f"points must be an array (N, 3) in (z, y, x), got shape {pts.shape}")
+        pts = _points(points_zyx)
         disp = self.displacement
         where = pts.T
         moved = np.stack([_sample(disp[a], where, order=1) for a in range(3)], axis=1)
@@ -600,9 +606,7 @@ class CanonicalField:
         ValueError
             When ``points_zyx`` is not ``(N, 3)``.
         """
-        pts = np.asarray(points_zyx, dtype=np.float64)
-        if pts.ndim != 2 or pts.shape[1] != 3:
-            raise ValueError(f"points must be an array (N, 3) in (z, y, x), got shape {pts.shape}")
+        pts = _points(points_zyx)
         canon = apply_affine(self._to_canon, pts)  # type: ignore[attr-defined]
         d = self.disp.astype(np.float32)
         moved = np.stack([_sample(d[a], canon.T, order=1) for a in range(3)], axis=1)
