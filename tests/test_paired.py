@@ -131,3 +131,20 @@ def test_unit_means_and_the_sample_std_convention():
     assert mean == 0.7 and math.isnan(std)
     assert sample_mean_std([1.0, float("nan"), 3.0]) == (pytest.approx(2.0), pytest.approx(math.sqrt(2.0)))
     assert all(math.isnan(v) for v in sample_mean_std([]))
+
+
+def test_gap_closed_is_the_share_of_the_gap_to_full_supervision_with_an_interval():
+    from cctr.joint.app.paired import gap_closed
+
+    rng = np.random.default_rng(3)
+    cases = [f"c{i}" for i in range(12)]
+    low = {(d, s): {c: 0.5 + 0.02 * rng.standard_normal() for c in cases} for d in range(3) for s in range(2)}
+    method = {k: {c: v + 0.1 for c, v in per.items()} for k, per in low.items()}    # gains 0.1 everywhere
+    full = {s: {c: 0.9 for c in cases} for s in range(2)}
+    r = gap_closed(method, low, full)
+    assert r.gain == pytest.approx(0.1) and r.gap == pytest.approx(0.9 - np.mean([list(v.values()) for v in low.values()]))
+    assert r.share == pytest.approx(r.gain / r.gap) and r.low <= r.share <= r.high
+    same = gap_closed(low, low, full)
+    assert same.share == 0.0 and same.low == same.high == 0.0
+    with pytest.raises(ValueError, match="share no test case"):
+        gap_closed(method, low, {0: {"other": 0.9}})

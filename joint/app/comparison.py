@@ -7,7 +7,8 @@ Outputs in the benchmark folder:
 - ``results.md``: per labeled set, a test table and a validation table (one row per method
   and backend: runs, Dice as mean ± sample std over runs of each run's mean over volumes, the
   paired difference to the control with its interval and verdict, for ``best`` and ``last``),
-  then Dice per class (test, best);
+  Dice per class (test, best) and, where ``supervised`` also ran on every label (labeled set
+  ``all``), the share of the gap between ``supervised`` and full supervision each method closes;
 - ``results.csv``: one row per run, subset, checkpoint rule and class (and the class mean),
   each the mean over that subset's volumes;
 - ``comparisons.csv``: one row per compared method, subset and checkpoint rule;
@@ -26,7 +27,7 @@ import numpy as np
 
 from cctr.joint.app.benchmark import CHECKPOINTS, RunResult, backend_tag
 from cctr.joint.app.figures import plot_paired_differences
-from cctr.joint.app.paired import CellScores, PairedDifference, paired_difference, sample_mean_std
+from cctr.joint.app.paired import CellScores, PairedDifference, gap_closed, paired_difference, sample_mean_std
 from cctr.seg.atomic import write_text_atomic
 
 MEAN_ROW = "mean"   # the class column of the row holding the mean over classes
@@ -158,7 +159,34 @@ def results_markdown(results: Sequence[RunResult], data_root: Path | str, contro
             per_class = [_fmt(*sample_mean_std([r.summary().per_class[n]["dice"].mean for r in runs])) for n in names]
             hd95 = _fmt(*sample_mean_std(run_means(runs, "test", "best", "hd95")), 2)
             lines.append("| " + " | ".join([g[0], _shown(g[1], prefix), *per_class, hd95]) + " |")
+        lines += gap_lines(groups, labeled, prefix)
     return "\n".join(lines) + "\n"
+
+
+def gap_lines(groups: dict[Group, list[RunResult]], labeled: str, prefix: Optional[str]) -> list[str]:
+    """The gap table of labeled set ``labeled`` (test volumes), or nothing without both a
+    ``supervised`` group there and a ``supervised`` group on every label."""
+    low = groups.get(("supervised", "", labeled))
+    full = groups.get(("supervised", "", "all"))
+    if low is None or full is None or labeled == "all":
+        return []
+    lines = ["", f"## Share of the gap to full supervision closed, test volumes, labeled set {labeled}", "",
+             f"(method − supervised) / (supervised on every label − supervised), supervised on every label: "
+             f"{len(full)} seed(s); 95 % intervals by the same bootstrap.", "",
+             "| method | backend | best | last |", "| --- | --- | --- | --- |"]
+    for g, runs in groups.items():
+        if g[2] != labeled or g[0] == "supervised":
+            continue
+        cells_ = []
+        for rule in CHECKPOINTS:
+            try:
+                r = gap_closed(cells(runs, "test", rule), cells(low, "test", rule),
+                               {f.run.seed: f.case_dice("test", rule) for f in full})
+                cells_.append(f"{r.share:.2f} [{r.low:.2f}, {r.high:.2f}] (gain {r.gain:+.4f} of {r.gap:.4f})")
+            except ValueError:
+                cells_.append("n/a")
+        lines.append("| " + " | ".join([g[0], _shown(g[1], prefix), *cells_]) + " |")
+    return lines
 
 
 def results_csv(results: Sequence[RunResult]) -> str:

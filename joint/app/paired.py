@@ -106,6 +106,56 @@ def bootstrap_interval(diff: np.ndarray, replicates: int = REPLICATES, seed: int
     return float(low), float(high)
 
 
+@dataclass(frozen=True)
+class GapClosed:
+    """How much of the gap from ``low`` (e.g. supervised on the labeled draws) to ``full`` (e.g.
+    supervised on every training label) a method closes: ``share`` = (method − low) / (full −
+    low), its 95 % interval, and the two differences it is made of."""
+
+    share: float
+    low: float
+    high: float
+    gain: float        # method − low, paired over draws, seeds and cases
+    gap: float         # full − low
+
+
+def gap_closed(method: CellScores, low: CellScores, full: Mapping[int, Mapping[str, float]],
+               replicates: int = REPLICATES, seed: int = 0) -> GapClosed:
+    """The share of the gap ``full − low`` that ``method − low`` closes. ``method`` and ``low``
+    pair over (draw, seed, case) as in :func:`paired_difference`; ``full`` (seed -> case ->
+    score) has no draws (every label is in), so it pairs with the others by case only. One
+    bootstrap replicate resamples the draws and seeds of the paired grid, the seeds of
+    ``full`` and the cases (shared by all three), and takes the ratio of the means."""
+    draws, seeds, cases = common_grid(method, low)
+    full_seeds = sorted(full)
+    cases = [c for c in cases if all(c in full[s] for s in full_seeds)]
+    if not full_seeds or not cases:
+        raise ValueError("the full-supervision runs share no test case with the others")
+    m = np.array([[[method[(d, s)][c] for c in cases] for s in seeds] for d in draws])
+    lo = np.array([[[low[(d, s)][c] for c in cases] for s in seeds] for d in draws])
+    fu = np.array([[full[s][c] for c in cases] for s in full_seeds])               # (F, N)
+    D, S, N = m.shape
+    rng = np.random.default_rng(seed)
+    draw_idx = rng.integers(0, D, size=(replicates, D))
+    seed_idx = rng.integers(0, S, size=(replicates, D, S))
+    full_idx = rng.integers(0, len(full_seeds), size=(replicates, len(full_seeds)))
+    counts = np.zeros((replicates, N))
+    np.add.at(counts, (np.arange(replicates)[:, None], rng.integers(0, N, size=(replicates, N))), 1.0)
+    weights = counts / N
+    rows = np.arange(replicates)[:, None, None]
+
+    def grid_mean(x: np.ndarray) -> np.ndarray:
+        per_unit = np.einsum("dsn,bn->bds", x, weights)
+        return per_unit[rows, draw_idx[:, :, None], seed_idx].reshape(replicates, -1).mean(axis=1)
+
+    full_mean = np.einsum("fn,bn->bf", fu, weights)[np.arange(replicates)[:, None], full_idx].mean(axis=1)
+    gain_b, gap_b = grid_mean(m - lo), full_mean - grid_mean(lo)
+    ratios = gain_b / np.where(np.abs(gap_b) > 1e-9, gap_b, np.nan)
+    low_q, high_q = np.nanpercentile(ratios, [2.5, 97.5])
+    gain, gap = float((m - lo).mean()), float(fu.mean() - lo.mean())
+    return GapClosed(gain / gap if gap else float("nan"), float(low_q), float(high_q), gain, gap)
+
+
 def sample_mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; nan for one value)."""
     v = np.asarray([x for x in values if not np.isnan(x)], dtype=float)
