@@ -84,14 +84,14 @@ def test_quarters_show_only_the_rsl_figures_a_run_logged(tmp_path, capsys):
         for step in range(0, 400, 10):
             writer.add_scalar("rsl/target_acc_hidden", 0.9 if step < 100 else 0.5, step)
             if step < 200:   # closed to both students from the middle on
-                writer.add_scalar("rsl/pixel_share", 0.1, step)
+                writer.add_scalar("rsl/acc_hidden_a", 0.1, step)
         writer.add_scalar("val_a/dice", 0.8, 400)
     assert not any(line.startswith("| method | backend | figure |") for line in diagnostics(capsys, tmp_path))
     lines = diagnostics(capsys, tmp_path, "--quarters")
     quarters = lines[lines.index("| method | backend | figure | quarter 1 | quarter 2 | quarter 3 | quarter 4 |"):]
     assert "| cctr | learned-x | RSL acc | 0.900 | 0.500 | 0.500 | 0.500 |" in quarters
-    assert "| cctr | learned-x | RSL share | 0.100 | 0.100 | - | - |" in quarters
-    assert not any("A acc at RSL" in line for line in quarters)
+    assert "| cctr | learned-x | A acc at RSL | 0.100 | 0.100 | - | - |" in quarters
+    assert not any("B acc at RSL" in line for line in quarters)   # never logged: left out
 
 
 def test_the_synthesised_samples_share_inside_the_atlas_is_a_column(tmp_path, capsys):

@@ -9,9 +9,7 @@ of its class-balanced anchors (``anchor acc``), the gradient norms of the contra
 (on the embedding) and of the supervised and cross-teaching terms (on the logits), the share
 of anchors that found a registration positive (``REPS valid``), the share of those whose atlas
 label is the anchor's class (``REPS agree``, steps that found one), the Dice of the RSL targets
-against the hidden labels (``RSL Dice``), the share of the pixels RSL covers that it teaches
-(``RSL share``, under ``rsl.pixels`` other than ``all``) and, on the pixels it teaches, the
-accuracy of its targets and of student A against the hidden labels (``RSL acc``,
+against the hidden labels (``RSL Dice``) and, on the pixels it teaches, the accuracy of its targets and of student A against the hidden labels (``RSL acc``,
 ``A acc at RSL``), and the share of the synthesised samples' pixels that map inside the atlas
 (``synth inside``); with the validation gate on (``gate.mode``), the step from which the gate
 keeps RSL closed to student A to the end (``A closed from``; ``-``: open at the end).
@@ -32,7 +30,6 @@ from cctr.seg.data.case import CaseError
 
 # RSL on the pixels it teaches (column name -> scalar tag), in both tables
 RSL_AT_ITS_PIXELS = {
-    "RSL share": "rsl/pixel_share",
     "RSL acc": "rsl/target_acc_hidden",
     "A acc at RSL": "rsl/acc_hidden_a",
 }
@@ -161,7 +158,7 @@ def tables(runs: Runs) -> str:
 
 
 def quarter_table(runs: Runs) -> str:
-    """RSL's figures (:data:`BY_QUARTER`) by quarter of training, mean over each group's seeds;
+    """RSL's figures (:data:`BY_QUARTER`) by quarter of training, mean over each group's runs;
     a figure no run of the group logged is left out."""
     lines = ["| method | backend | figure | quarter 1 | quarter 2 | quarter 3 | quarter 4 |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
