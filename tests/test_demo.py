@@ -54,6 +54,7 @@ def finished(tmp_path_factory, tiny_cfg) -> demo.DemoResult:
 def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(finished):
     text = finished.paths.report.read_text()
     assert "## Test volumes, cctr+ (student A)" in text
+    assert "The demo trains `cctr+`" in text and "validation volumes" in text   # it says why
     assert "## Test volumes, supervised (student a)" in text
     assert "## Test volumes, registration-only (learned backend, same atlases)" in text
     # the data's plan is shown, and the registration net was pretrained on the planned grid
