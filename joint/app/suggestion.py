@@ -30,9 +30,9 @@ import numpy as np
 from cctr.joint.config import JointConfig
 from cctr.joint.oracle import RegistrationOracle
 from cctr.joint.qc import estimated_dice, spearman
-from cctr.joint.scan_evidence import ScanEvidence, gather_evidence, register_pairs, student_labels
-from cctr.joint.suggest import (COMPONENTS, DistanceScale, Ranked, SuggestConfig, candidates, case_components, choose,
-                                scores)
+from cctr.joint.scan_evidence import PairDistance, ScanEvidence, gather_evidence, register_pairs, student_labels
+from cctr.joint.suggest import (COMPONENTS, Candidate, DistanceScale, Ranked, RegisterOntoPick, SuggestConfig,
+                                candidates, case_components, choose, scores)
 from cctr.reg.backends import Backend, load_backend
 from cctr.reg.placement import FrontEnd
 from cctr.seg.atomic import write_json, write_text_atomic
@@ -131,15 +131,30 @@ def validation_check(evidence: Mapping[str, ScanEvidence], true_dice: Mapping[st
     return rows, Check(len(rows), with_error, with_dice)
 
 
-def suggest(cfg: JointConfig, checkpoint: Path, dataset: Dataset, split: Split, backend_spec: str,
-            scfg: SuggestConfig, frontend: Optional[FrontEnd] = None, progress: bool = True,
-            trained: Optional[TrainedStudents] = None) -> Suggestion:
-    """Rank and choose the pool's patients for the run ``cfg`` (labeled set ``cfg.labeled``
-    of ``split``) whose students are in ``checkpoint``, with the registration ``backend_spec``."""
+@dataclass(frozen=True)
+class Gathered:
+    """The evidence a ranking reads, gathered once: the pool's candidates and scans, the
+    validation scans' rows and check (which depend on the weights: see :func:`rank`), the
+    diagnostic Dice, and how to register pool scans onto a pick."""
+
+    pool: list[Candidate]
+    pool_evidence: Mapping[str, ScanEvidence]
+    val_evidence: Mapping[str, ScanEvidence]
+    val_dice: Mapping[str, float]
+    scale: DistanceScale
+    diagnostic_dice: Mapping[str, float]
+    onto_pick: RegisterOntoPick
+    backend: str
+
+
+def gather(cfg: JointConfig, dataset: Dataset, split: Split, backend_spec: str, trained: TrainedStudents,
+           frontend: Optional[FrontEnd] = None, progress: bool = True) -> Gathered:
+    """The evidence about the pool (the unlabeled training scans of the run's labeled set
+    ``cfg.labeled`` in ``split``) and the validation scans, from ``trained`` and the
+    registration ``backend_spec``."""
     data = load_train_data(dataset, split, cfg.labeled)
     if not data.unlabeled:
         raise CaseError(f"{dataset.root}: labeled set {cfg.labeled!r} leaves no unlabeled training scan to suggest")
-    trained = trained or load_students(checkpoint)
     backend = load_backend(backend_spec, frontend, cfg.device)
     # 'fused': the oracle serves every atlas for every scan; the run's cache holds the pairs training warmed
     oracle = RegistrationOracle(data.labeled, [*data.unlabeled, *data.val], backend,
@@ -160,16 +175,31 @@ def suggest(cfg: JointConfig, checkpoint: Path, dataset: Dataset, split: Split, 
     val_ev = gather_evidence(data.val, trained, oracle, progress=progress, visit=visit)
     scale = DistanceScale.of([d for e in pool_ev.values() for d in e.distances.values()])
     pool = candidates(pool_ev, scale)
-    cases = {c.case_id: c for c in data.unlabeled}
-    ranked = choose(pool, pool_ev, scale, scfg, _onto_pick(backend, cases))
-    rows, check = validation_check(val_ev, val_dice, scale, scfg)
     diagnostic = {c.patient_id: float(np.mean([hidden[x] for x in c.cases])) for c in pool
                   if all(x in hidden for x in c.cases)}
-    return Suggestion(ranked, backend_spec, scfg, rows, check, diagnostic)
+    return Gathered(pool, pool_ev, val_ev, val_dice, scale, diagnostic,
+                    _onto_pick(backend, {c.case_id: c for c in data.unlabeled}), backend_spec)
 
 
-def _onto_pick(backend: Backend, cases: Mapping[str, Case]):
-    def register(candidates_: Sequence[str], picked: Sequence[str]):
+def rank(g: Gathered, scfg: SuggestConfig) -> Suggestion:
+    """The pool ranked and ``scfg.k`` patients chosen (:func:`joint.suggest.choose`), with the
+    validation check of these weights."""
+    ranked = choose(g.pool, g.pool_evidence, g.scale, scfg, g.onto_pick)
+    rows, check = validation_check(g.val_evidence, g.val_dice, g.scale, scfg)
+    return Suggestion(ranked, g.backend, scfg, rows, check, g.diagnostic_dice)
+
+
+def suggest(cfg: JointConfig, checkpoint: Path, dataset: Dataset, split: Split, backend_spec: str,
+            scfg: SuggestConfig, frontend: Optional[FrontEnd] = None, progress: bool = True,
+            trained: Optional[TrainedStudents] = None) -> Suggestion:
+    """Rank and choose the pool's patients for the run ``cfg`` whose students are in
+    ``checkpoint``, with the registration ``backend_spec`` (:func:`gather`, :func:`rank`)."""
+    trained = trained or load_students(checkpoint)
+    return rank(gather(cfg, dataset, split, backend_spec, trained, frontend, progress), scfg)
+
+
+def _onto_pick(backend: Backend, cases: Mapping[str, Case]) -> RegisterOntoPick:
+    def register(candidates_: Sequence[str], picked: Sequence[str]) -> dict[tuple[str, str], PairDistance]:
         pairs = [(c, p) for c in candidates_ for p in picked]
         found = register_pairs(backend, [(cases[c], cases[p]) for c, p in pairs])
         return dict(zip(pairs, found))
