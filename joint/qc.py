@@ -98,6 +98,20 @@ def write_qc_csv(path: Path, qc: Mapping[str, ScanQC]) -> Path:
     return write_text_atomic(Path(path), qc_csv(qc))
 
 
+def read_qc_csv(path: Path) -> dict[str, ScanQC]:
+    """The scans of a ``qc.csv`` :func:`write_qc_csv` wrote; CaseError naming it when it is not one."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        def opt(v: str) -> Optional[float]:
+            return float(v) if v else None
+        return {r["case"]: ScanQC(r["case"], float(r["estimated_dice"]), opt(r["students_dice"]), opt(r["atlas_fit"]),
+                                  r["flag"] == "1") for r in rows}
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise CaseError(f"{path}: not a qc.csv of cctr ({type(exc).__name__}: {exc}); delete it to redo it") from exc
+
+
 def qc_to_json(qc: Mapping[str, ScanQC]) -> dict:
     return {c: {"estimated_dice": q.estimated_dice, "students_dice": q.students_dice, "atlas_fit": q.atlas_fit,
                 "flag": q.flag} for c, q in sorted(qc.items())}

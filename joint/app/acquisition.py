@@ -40,9 +40,8 @@ from cctr.joint.app.paired import paired_difference, sample_mean_std
 from cctr.joint.app.suggestion import FALLBACK_BACKEND, Suggestion, gather, rank, write_suggestion
 from cctr.joint.config import JointConfig
 from cctr.joint.methods import REGISTRATION_ONLY
-from cctr.joint.oracle import RegistrationOracle
-from cctr.joint.qc import QCCheck, QCConfig, assess, check_qc, write_qc_csv
-from cctr.joint.scan_evidence import gather_evidence
+from cctr.joint.app.quality import scored_qc
+from cctr.joint.qc import QCCheck, QCConfig, check_qc, write_qc_csv
 from cctr.joint.suggest import COMPONENTS, FARTHEST, SuggestConfig, random_choice
 from cctr.reg.backends import load_backend
 from cctr.seg.atomic import write_json, write_text_atomic
@@ -50,7 +49,6 @@ from cctr.seg.data.case import Case, CaseError
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.split import Split
 from cctr.seg.inference import load_students
-from cctr.seg.metrics import mean_foreground_dice
 
 RULES = ("suggest", "random", "farthest")
 CHOICES = "choices.json"
@@ -91,21 +89,13 @@ def acquire_folder(out: Path, run: Run) -> Path:
 
 def _test_qc(cfg: JointConfig, checkpoint: Path, cases: Sequence[Case], atlases: Sequence[Case], spec: str,
              setup: DrawSetup, folder: Path) -> QCCheck:
-    """The base run's quality control on the test scans against their true Dice (``qc.csv``)."""
-    trained = load_students(checkpoint)
+    """The base run's quality control on the test scans against their true Dice (``qc.csv``,
+    ``true_dice.json``)."""
     backend = load_backend(spec, setup.frontend, cfg.device)
-    oracle = RegistrationOracle(atlases, [c.with_label(None) for c in cases], backend,
-                                replace(cfg.oracle, backend=spec, policy="fused"), seed=cfg.seed)
-    truth: dict[str, float] = {}
-    labels_of = {c.case_id: c.label for c in cases}
-
-    def visit(case: Case, labels: Mapping[str, np.ndarray]) -> None:
-        truth[case.case_id] = mean_foreground_dice(labels["a"], labels_of[case.case_id], len(trained.class_names))
-
-    evidence = gather_evidence([c.with_label(None) for c in cases], trained, oracle, progress=False, visit=visit)
-    qc = assess(evidence, QCConfig())
+    qc, truth = scored_qc(load_students(checkpoint), cases, atlases, backend, replace(cfg.oracle, backend=spec),
+                          progress=False)
     write_qc_csv(folder / "qc.csv", qc)
-    write_text_atomic(folder / "true_dice.json", json.dumps(truth, indent=1))
+    write_json(folder / "true_dice.json", truth)
     return check_qc(qc, truth)
 
 

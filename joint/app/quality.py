@@ -10,7 +10,7 @@ is kept after it is scored, so memory does not grow with the batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -18,13 +18,14 @@ import numpy as np
 
 from cctr.joint.oracle import OracleConfig, RegistrationOracle
 from cctr.joint.plan import frontend, plan_for
-from cctr.joint.qc import ScanQC, qc_from_json, qc_to_json
-from cctr.joint.scan_evidence import ScanEvidence, scan_evidence
+from cctr.joint.qc import QCConfig, ScanQC, assess, qc_from_json, qc_to_json
+from cctr.joint.scan_evidence import ScanEvidence, gather_evidence, scan_evidence
 from cctr.reg.backends import Backend, load_backend
 from cctr.seg.data.case import Case, CaseError
 from cctr.seg.data.readers import open_dataset
 from cctr.seg.data.split import load_split
-from cctr.seg.inference import read_checkpoint_dict
+from cctr.seg.inference import TrainedStudents, read_checkpoint_dict
+from cctr.seg.metrics import mean_foreground_dice
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,24 @@ def evidence_for(case: Case, labels: Mapping[str, np.ndarray], student: str, num
 def constant_scan(name: str) -> ScanEvidence:
     """A constant image has nothing to segment: estimate 0, so it is always flagged."""
     return ScanEvidence(name, name, 0.0, None, None, None, {})
+
+
+def scored_qc(trained: TrainedStudents, cases: Sequence[Case], atlases: Sequence[Case], backend: Backend,
+              oracle_cfg: OracleConfig, cfg: QCConfig = QCConfig(), progress: bool = True
+              ) -> tuple[dict[str, ScanQC], dict[str, float]]:
+    """The quality control of student A on labeled ``cases`` (test scans of a benchmark or the
+    demo), and each scan's true Dice to check it with. The estimate never sees the labels: the
+    evidence is gathered on the cases without them."""
+    oracle = RegistrationOracle(atlases, [c.with_label(None) for c in cases], backend,
+                                replace(oracle_cfg, policy="fused"))
+    labels_of = {c.case_id: c.label for c in cases}
+    truth: dict[str, float] = {}
+
+    def visit(case: Case, labels: Mapping[str, np.ndarray]) -> None:
+        truth[case.case_id] = mean_foreground_dice(labels["a"], labels_of[case.case_id], len(trained.class_names))
+
+    evidence = gather_evidence([c.with_label(None) for c in cases], trained, oracle, progress=progress, visit=visit)
+    return assess(evidence, cfg), truth
 
 
 def merged_qc(earlier: Mapping[str, object], kept: Sequence[str], new: Mapping[str, ScanQC], where: str) -> dict:
