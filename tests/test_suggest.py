@@ -212,3 +212,23 @@ def test_suggest_refuses_what_it_cannot_do_in_one_line(trained, tmp_path, capsys
     assert "unknown registration backend 'elastix'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["suggest", "--run", str(run), "--data", str(data), "--weights", "1,2"])
+
+
+def test_the_form_is_chosen_from_the_validation_files_alone(tmp_path):
+    from scripts_module import load_script
+
+    choose_form = load_script("choose_score_form")
+    header = "case,disagreement,atlas_misfit,distance,score,students_dice,atlas_fit,estimated_dice,true_dice\n"
+    for run in ("r1", "r2"):
+        # disagreement ranks the error exactly, distance backwards; the students' Dice ranks the Dice exactly
+        lines = [f"s{i},{i / 10},{0.5},{1 - i / 10},0,{1 - i / 10},{0.3 + (i % 2) / 10},0,{1 - i / 10 - 0.05}"
+                 for i in range(5)]
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "validation.csv").write_text(header + "\n".join(lines) + "\n")
+    found = choose_form.per_run(sorted(tmp_path.rglob("validation.csv")))
+    assert found["suggest (1, 0, 0)"] == pytest.approx([1.0, 1.0])
+    assert found["suggest (0, 0, 1)"] == pytest.approx([-1.0, -1.0])
+    assert np.isnan(found["suggest (0, 1, 0)"][0])                  # a constant component ranks nothing
+    assert found["qc students_dice"] == pytest.approx([1.0, 1.0])
+    assert set(found) >= {"qc mean", "qc min", "qc atlas_fit"}
+    assert choose_form.main([str(tmp_path)]) == 0 and choose_form.main([str(tmp_path / "none")]) == 2
