@@ -60,7 +60,6 @@ class ScanEvidence:
     students_dice: Optional[float]
     atlas_fit_a: Optional[float]
     atlas_fit_b: Optional[float]
-    nearest_atlas: Optional[str]
     distances: Mapping[str, PairDistance]   # atlas case id -> the pair's distance (empty without registration)
 
 
@@ -76,8 +75,9 @@ def deformation_mm(fld: CanonicalField, fixed_spacing: Sequence[float]) -> float
 def dissimilarity(fld: CanonicalField, fixed_image: np.ndarray, moving_image: np.ndarray) -> float:
     """1 - NCC of ``fixed_image`` and ``moving_image`` warped through ``fld``, over the fixed
     voxels that land inside the moving volume; 1 when fewer than two do or either is flat."""
-    sums = np.zeros(5)   # n, sum f, sum m, sum f^2, sum m^2 ... accumulated slab by slab
-    fm = 0.0
+    # the moments of both images, summed slab by slab so no whole warped volume is held
+    sums = np.zeros(5)   # n, sum f, sum m, sum f^2, sum m^2
+    fm = 0.0             # sum f * m
     Z = fld.fixed_shape[0]
     for start in range(0, Z, SLAB_SLICES):
         slab = fld.slab(start, min(start + SLAB_SLICES, Z))
@@ -129,14 +129,13 @@ def scan_evidence(case: Case, labels: Mapping[str, np.ndarray], num_classes: int
     ``oracle`` whose targets include ``case``, every atlas warped onto it."""
     agree = mean_foreground_dice(labels["a"], labels["b"], num_classes) if "b" in labels else None
     if oracle is None:
-        return ScanEvidence(case.case_id, case.patient_id, agree, None, None, None, {})
+        return ScanEvidence(case.case_id, case.patient_id, agree, None, None, {})
     warped = {a: oracle.warped_label(case.case_id, (a,)) for a in oracle.atlas_ids}
     fields = dict(zip(oracle.atlas_ids, oracle.many_fields([(case.case_id, a) for a in oracle.atlas_ids])))
     distances = {a: pair_distance(fields[a], case, oracle.atlases[a]) for a in oracle.atlas_ids}
-    nearest = min(distances, key=lambda a: distances[a].dissimilarity)
     fit_b = _best_fit(labels["b"], warped, num_classes) if "b" in labels else None
     return ScanEvidence(case.case_id, case.patient_id, agree, _best_fit(labels["a"], warped, num_classes), fit_b,
-                        nearest, distances)
+                        distances)
 
 
 def gather_evidence(cases: Sequence[Case], trained: TrainedStudents, oracle: Optional[RegistrationOracle],

@@ -27,7 +27,7 @@ TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[3
 
 
 def ev(case: str, agree, fit) -> ScanEvidence:
-    return ScanEvidence(case, case, agree, fit, None, None, {})
+    return ScanEvidence(case, case, agree, fit, None, {})
 
 
 def test_mean_foreground_dice_is_score_cases_dice():
@@ -178,3 +178,6 @@ def test_predict_keeps_a_qc_csv_it_did_not_write(trained, tmp_path, capsys):
     assert main(["predict", "--ckpt", str(run), "--in", str(data / "imagesTr"), "--out", str(tmp_path / "x"),
                  "--qc-data", str(data), "--reg-backend", "elastix", "--no-progress"]) == 2
     assert "unknown registration backend 'elastix'" in capsys.readouterr().err
+    assert main(["predict", "--ckpt", str(run), "--in", str(data / "imagesTr"), "--out", str(tmp_path / "y"),
+                 "--reg-backend", "identity", "--no-progress"]) == 2
+    assert "give --qc-data" in capsys.readouterr().err

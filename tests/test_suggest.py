@@ -29,7 +29,7 @@ TINY = ["--set", "iterations=2", "--set", "val_every=2", "--set", "image_size=[3
 
 
 def evidence(case: str, agree: float, fit: float, dis: float, deform: float = 0.0) -> ScanEvidence:
-    return ScanEvidence(case, case.split("_")[0], agree, fit, fit, "L_ED", {"L_ED": PairDistance(deform, dis)})
+    return ScanEvidence(case, case.split("_")[0], agree, fit, fit, {"L_ED": PairDistance(deform, dis)})
 
 
 def test_ranks_are_scaled_to_0_1_and_ties_share_their_rank():

@@ -82,7 +82,7 @@ def evidence_for(case: Case, labels: Mapping[str, np.ndarray], student: str, num
 
 def constant_scan(name: str) -> ScanEvidence:
     """A constant image has nothing to segment: estimate 0, so it is always flagged."""
-    return ScanEvidence(name, name, 0.0, None, None, None, {})
+    return ScanEvidence(name, name, 0.0, None, None, {})
 
 
 def scored_qc(trained: TrainedStudents, cases: Sequence[Case], atlases: Sequence[Case], backend: Backend,

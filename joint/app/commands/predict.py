@@ -198,6 +198,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CaseError(f"{args.inputs}: several inputs would write the same output: {clash}")
     outputs = [f"{name}.nii.gz" for name in names]
     qc_cfg = QCConfig(args.qc_threshold, args.qc_fraction)
+    if (args.reg_backend or args.qc_split) and args.qc_data is None:
+        raise ValueError("--reg-backend and --qc-split are for the atlas fit of --qc-data DIR; give --qc-data")
     with_qc = not args.no_qc and (len(trained.students) > 1 or args.qc_data is not None)
     earlier = check_output_folder(args.out, files, outputs, args.overwrite)
     if with_qc and not args.overwrite and (args.out / QC_FILE).exists() and not (args.out / PREDICTION_INFO).is_file():
