@@ -16,7 +16,9 @@ The score of a candidate is the weighted mean of its components' ranks within th
 (0 the lowest, 1 the highest), so components in any unit combine and one outlier cannot take
 over. Weights are :class:`SuggestConfig`'s; components nobody has (a one-student run, no
 registration) drop out. The default weights were chosen on validation scans only
-(docs/USAGE.md).
+(docs/USAGE.md, "How the forms were chosen"): the disagreement and the misfit, equally; the
+distance ranked the students' error on validation scans no better than chance, so it weighs 0
+by default and serves the choice of several (below) and the ``farthest`` rule.
 
 Several patients (``k > 1``) are chosen greedily: after each pick, the pick joins the labeled
 scans, so every remaining candidate's ``distance`` becomes the distance to the nearest of the
@@ -48,7 +50,8 @@ class SuggestConfig:
     k: int = option(1, "patients to choose")
     disagreement: float = option(1.0, "weight of the students' disagreement (1 - Dice(A, B))")
     atlas_misfit: float = option(1.0, "weight of the warped atlas label's misfit with the students")
-    distance: float = option(1.0, "weight of the distance to the labeled scans under registration")
+    # 0: on validation scans the distance did not rank the students' error (docs/USAGE.md)
+    distance: float = option(0.0, "weight of the distance to the labeled scans under registration")
     near_copy: float = option(0.5, "a candidate closer to a pick than this times the pool's median distance "
                                    "to the labeled scans is a near-copy")
 
@@ -162,13 +165,14 @@ def ranks01(values: Sequence[float]) -> np.ndarray:
 
 
 def scores(rows: Sequence[Mapping[str, Optional[float]]], cfg: SuggestConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The weighted mean rank of each row (a mapping of the components) and each used
-    component's ranks; a component missing in any row, or of weight 0, is not used."""
-    used = {name: w for name, w in zip(COMPONENTS, cfg.weights)
-            if w > 0 and rows and all(r[name] is not None for r in rows)}
+    """The weighted mean rank of each row (a mapping of the components), and the ranks of
+    every component all rows have (reported whatever its weight); a component missing in any
+    row, or of weight 0, does not enter the score."""
+    known = [name for name in COMPONENTS if rows and all(r[name] is not None for r in rows)]
+    used = {name: w for name, w in zip(COMPONENTS, cfg.weights) if w > 0 and name in known}
     if not used:
         raise ValueError("suggest: no weighted component is available (one student and no registration?)")
-    ranks = {name: ranks01([r[name] for r in rows]) for name in used}  # type: ignore[misc]
+    ranks = {name: ranks01([r[name] for r in rows]) for name in known}  # type: ignore[misc]
     total = sum(used.values())
     return sum(ranks[n] * w for n, w in used.items()) / total, ranks
 

@@ -41,7 +41,7 @@ def test_ranks_are_scaled_to_0_1_and_ties_share_their_rank():
 def test_the_score_is_the_weighted_mean_of_ranks_of_the_components_there_are():
     rows = [{"disagreement": 0.1, "atlas_misfit": 0.9, "distance": None},
             {"disagreement": 0.3, "atlas_misfit": 0.2, "distance": None}]
-    score, ranks = scores(rows, SuggestConfig(disagreement=3.0, atlas_misfit=1.0))
+    score, ranks = scores(rows, SuggestConfig(disagreement=3.0, atlas_misfit=1.0, distance=1.0))
     assert set(ranks) == {"disagreement", "atlas_misfit"}   # nobody has a distance: it drops out
     np.testing.assert_allclose(score, [(3 * 0 + 1 * 1) / 4, (3 * 1 + 1 * 0) / 4])
     with pytest.raises(ValueError, match="no weighted component"):
@@ -160,8 +160,8 @@ def test_suggest_ranks_every_unlabeled_patient_and_names_the_next_ones(trained, 
         assert all(0.0 <= float(r[f"rank_{n}"]) <= 1.0 for n in ("disagreement", "atlas_misfit", "distance"))
         assert float(r["deformation_mm"]) == 0.0       # identity deforms nothing
         assert 0.0 <= float(r["disagreement"]) <= 1.0 and float(r["dissimilarity"]) >= 0.0
-        # the score is the mean of the three ranks (default weights 1, 1, 1)
-        ranks = [float(r[f"rank_{n}"]) for n in ("disagreement", "atlas_misfit", "distance")]
+        # the score is the mean of the ranks of disagreement and misfit (default weights 1, 1, 0)
+        ranks = [float(r[f"rank_{n}"]) for n in ("disagreement", "atlas_misfit")]
         assert float(r["score"]) == pytest.approx(np.mean(ranks), abs=1e-6)
         assert r["cases"] == f"{r['patient']}_ED {r['patient']}_ES"
         assert r["diagnostic_true_dice"] != ""        # the phantom keeps labels: shown, never used
@@ -232,3 +232,12 @@ def test_the_form_is_chosen_from_the_validation_files_alone(tmp_path):
     assert found["qc students_dice"] == pytest.approx([1.0, 1.0])
     assert set(found) >= {"qc mean", "qc min", "qc atlas_fit"}
     assert choose_form.main([str(tmp_path)]) == 0 and choose_form.main([str(tmp_path / "none")]) == 2
+
+
+def test_a_component_of_weight_zero_is_ranked_but_does_not_score():
+    rows = [{"disagreement": 0.1, "atlas_misfit": 0.2, "distance": 9.0},
+            {"disagreement": 0.3, "atlas_misfit": 0.4, "distance": 1.0}]
+    score, ranks = scores(rows, SuggestConfig())   # the default: distance weighs 0
+    np.testing.assert_allclose(ranks["distance"], [1.0, 0.0])
+    np.testing.assert_allclose(score, [0.0, 1.0])
+    assert SuggestConfig().weights == (1.0, 1.0, 0.0)

@@ -37,7 +37,7 @@ def _weights(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--weights {text!r}: three numbers, e.g. 1,1,1") from None
+        raise argparse.ArgumentTypeError(f"--weights {text!r}: three numbers, e.g. 1,1,0") from None
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"--weights {text!r}: three numbers (disagreement, atlas misfit, distance)")
     return values  # type: ignore[return-value]
