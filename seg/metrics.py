@@ -205,3 +205,18 @@ def score_case(
             asd=float(to_truth.mean()),
         )
     return scores
+
+
+def mean_foreground_dice(a_zyx: np.ndarray, b_zyx: np.ndarray, num_classes: int) -> float:
+    """Mean over the foreground classes of the Dice of two label maps on one grid, nothing
+    else: what :func:`score_case` gives as Dice under the ``penalty`` policy (a class empty in
+    both counts 1, in one only 0), at the cost of one histogram, for callers that compare many
+    predictions with each other (student agreement, quality control) and need no distances."""
+    a, b, _ = _checked_inputs(a_zyx, b_zyx, (1.0, 1.0, 1.0), num_classes)
+    joint = np.bincount(a.astype(np.intp).ravel() * num_classes + b.astype(np.intp).ravel(),
+                        minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    dices = []
+    for c in range(1, num_classes):
+        total = int(joint[c, :].sum()) + int(joint[:, c].sum())
+        dices.append(1.0 if total == 0 else 2.0 * int(joint[c, c]) / total)
+    return float(np.mean(dices))

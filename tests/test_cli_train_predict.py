@@ -46,7 +46,9 @@ def test_predict_folder_writes_label_maps_with_the_inputs_geometry(trained, tmp_
     out = tmp_path / "pred"
     assert main(["predict", "--ckpt", str(run), "--in", str(data / "imagesTr"), "--out", str(out), "--student", "b"]) == 0
     # predictions.json names the checkpoint and classes for `cctr eval` (seg.prediction_info)
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in CASES), "predictions.json"])
+    # ... and qc.csv the estimated Dice of each map (a two-student checkpoint: quality control is on)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in CASES), "predictions.json",
+                                                            "qc.csv"])
     for case in CASES:
         src = nib.load(str(data / "imagesTr" / f"{case}_0000.nii.gz"))
         got = nib.load(str(out / f"{case}.nii.gz"))
@@ -61,7 +63,7 @@ def test_predict_one_file_with_a_checkpoint_path(trained, tmp_path):
     data, run = trained
     src = data / "imagesTr" / "patient005_ES_0000.nii.gz"
     assert main(["predict", "--ckpt", str(run / "last.pt"), "--in", str(src), "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["patient005_ES.nii.gz", "predictions.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["patient005_ES.nii.gz", "predictions.json", "qc.csv"]
 
 
 def test_bad_input_is_a_one_line_error(trained, tmp_path, capsys):

@@ -20,6 +20,7 @@ from cctr.joint.gate import RegistrationGate
 from cctr.seg.config import apply_overrides, load_config
 from cctr.seg.data.case import Case, spacing_affine
 from cctr.seg.data.phantom import PhantomConfig, write_phantom
+from cctr.seg.data.readers import open_dataset
 
 TINY = [
     "patients=4",
@@ -83,7 +84,7 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     assert set(finished.guidance) == {f"learned:{finished.paths.reg / 'best.pt'}", "identity"}
     assert all(0.0 <= d <= 1.0 for values in finished.guidance.values() for d in values)
     for stage in ("phantom", "registration pretraining", "cctr+ training", "supervised training",
-                  "evaluation and report"):
+                  "evaluation and report", "suggestion and quality control"):
         assert f"| {stage} |" in text and finished.seconds[stage] >= 0
 
 
@@ -134,6 +135,8 @@ def test_a_rerun_skips_every_expensive_stage(finished, tiny_cfg, monkeypatch):
         monkeypatch.setattr(demo, name, refuse)
     for name in ("train_registration", "train_joint", "load_students"):
         monkeypatch.setattr(stages, name, refuse)
+    for name in ("suggest", "scored_qc"):   # the suggestion and the quality control are kept too
+        monkeypatch.setattr(demo, name, refuse)
     before = {k: v for k, v in finished.seconds.items() if k != "evaluation and report"}
     again = demo.run_demo(tiny_cfg, finished.paths.out, progress=False)
     assert again.summary == finished.summary and again.guidance == finished.guidance
@@ -217,3 +220,21 @@ def test_the_gate_sentence_says_when_rsl_closed(tmp_path):
     info.write_text(json.dumps({"gate": {"mode": "none", "why": "no validation volumes"}}))
     assert demo.gate_text(info, [], "a") == ("The validation gate was off (no validation volumes): "
                                              "RSL and REPS taught both students throughout.")
+
+
+def test_the_report_names_the_scan_to_label_next_and_shows_the_qc_column(finished):
+    text = finished.paths.report.read_text()
+    chosen = finished.suggestion["chosen"]
+    assert len(chosen) == 1 and f"**label next: {chosen[0]}**" in text
+    # the one unlabeled training patient of the tiny phantom's set '1' is the only candidate
+    split = open_dataset(finished.paths.data).default_split
+    assert chosen == list(split.unlabeled("1"))
+    assert (finished.paths.suggest / "suggest.png").read_bytes().startswith(PNG_MAGIC)
+    assert "| volume | Dice | QC: estimated Dice | students' Dice | atlas fit | flag |" in text
+    assert set(finished.qc) == {"patient003_ED", "patient003_ES"}
+    for case, q in finished.qc.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {case} |"))
+        assert f"| {q.estimated_dice:.3f} |" in row
+        assert q.estimated_dice == pytest.approx(np.mean([q.students_dice, q.atlas_fit]), abs=1e-5)  # qc.csv keeps 6 digits
+    # the lowest 10 % of two volumes is one volume: at least one is flagged for a look
+    assert sum(q.flag for q in finished.qc.values()) >= 1

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reg": ("cctr.joint.app.commands.reg", "pretrain the registration net; compare registration backends"),
     "train": ("cctr.joint.app.commands.train", "train segmentation students (supervised, cross teaching, ...)"),
     "predict": ("cctr.joint.app.commands.predict", "segment NIfTI volumes with a trained student"),
+    "suggest": ("cctr.joint.app.commands.suggest",
+                "rank unlabeled training patients for annotation from a trained run (what to label next)"),
     "eval": ("cctr.joint.app.commands.evaluate", "score predicted label maps against references (3D Dice, HD95, ASD in mm)"),
     "demo": ("cctr.joint.app.commands.demo", "the whole pipeline on the embedded phantom: registration, cctr, 3D report"),
     "benchmark": ("cctr.joint.app.commands.benchmark",

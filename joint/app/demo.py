@@ -13,19 +13,23 @@
    registration Dice of the training pairs that guided RSL/REPS
    (``OUT/registration_dice.json``: learned against identity), so the report shows what the
    unlabeled volumes and the registration add over the labeled ones alone;
-6. write ``OUT/report.md`` and the figures ``OUT/figures/overlays.png`` (image / truth /
+6. ask the trained run which unlabeled patient to label next (``cctr suggest``, into
+   ``OUT/suggest``) and estimate each test prediction's Dice from the students' agreement and
+   the atlas fit (quality control, ``OUT/qc.csv``), checked against the true Dice;
+7. write ``OUT/report.md`` and the figures ``OUT/figures/overlays.png`` (image / truth /
    prediction / warped atlas label) and ``OUT/figures/curves.png`` (read back from the
    runs' TensorBoard logs, which stay in ``OUT/reg/tb`` and ``OUT/seg/tb``).
 
 Every expensive stage skips what is done: the phantom, the three trainings (an interrupted one
-resumes from its ``last.pt``), each prediction file, and every Field (disk cache
-``OUT/reg-cache``). Scoring and the report are cheap and always redone. ``OUT/demo.yaml``
+resumes from its ``last.pt``), each prediction file, the suggestion and the quality control,
+and every Field (disk cache ``OUT/reg-cache``). Scoring and the report are cheap and always redone. ``OUT/demo.yaml``
 holds the run's :class:`DemoConfig`; a folder made with another configuration is refused.
 
 The defaults finish end to end well within 15 minutes on a shared 2-core CPU (one torch thread).
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -38,6 +42,9 @@ import numpy as np
 import torch
 
 from cctr.joint.app.figures import plot_curves, plot_overlays
+from cctr.joint.app.quality import scored_qc
+from cctr.joint.app.suggestion import MARKER as SUGGESTION_MARKER
+from cctr.joint.app.suggestion import suggest, write_suggestion
 from cctr.joint.app.stages import (
     REFERENCE_BACKEND,
     guidance_dice,
@@ -50,18 +57,23 @@ from cctr.joint.app.stages import (
     train_segmentation,
 )
 from cctr.joint.config import JointConfig, as_joint_config, with_backend
+from cctr.joint.methods import run_backend
+from cctr.joint.qc import QCConfig, ScanQC, check_qc, read_qc_csv, write_qc_csv
+from cctr.joint.suggest import SuggestConfig
 from cctr.joint.plan import format_plan, frontend, plan_for, reg_config
 from cctr.reg.checkpoint import read_checkpoint
 from cctr.reg.config import RegConfig
 from cctr.reg.config import TrainConfig as RegTrainConfig
 from cctr.seg.atomic import write_json, write_text_atomic
 from cctr.seg.config import differences, load_config, preset, save_config
-from cctr.seg.data.case import CaseError
+from cctr.seg.data.case import Case, CaseError
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.nifti import read_nifti
 from cctr.seg.data.phantom import write_phantom
 from cctr.seg.data.readers import open_dataset
 from cctr.seg.data.split import Split
+from cctr.seg.inference import load_students
+from cctr.seg.metrics import ClassScore
 from cctr.seg.options import option
 from cctr.seg.report import Summary, summarize, summary_markdown, write_scores_csv
 
@@ -150,6 +162,14 @@ class DemoPaths:
     def report(self) -> Path:
         return self.out / "report.md"
 
+    @property
+    def suggest(self) -> Path:
+        return self.out / "suggest"
+
+    @property
+    def qc(self) -> Path:
+        return self.out / "qc.csv"
+
 
 @dataclass(frozen=True)
 class DemoResult:
@@ -159,6 +179,8 @@ class DemoResult:
     supervised: Summary | None         # the 'supervised' baseline on the same volumes (None: not trained)
     guidance: dict[str, list[float]]   # backend spec -> Dice of each training pair it guided
     seconds: dict[str, float]          # stage -> wall seconds when it last ran
+    suggestion: Mapping = None  # type: ignore[assignment]   # what OUT/suggest chose (its suggestion.json)
+    qc: Mapping[str, ScanQC] = None  # type: ignore[assignment]  # test volume -> its quality control
 
 
 def with_seed(cfg: DemoConfig, seed: int) -> DemoConfig:
@@ -221,6 +243,31 @@ def supervised_config(seg_cfg: JointConfig, paths: DemoPaths) -> JointConfig:
     return replace(seg_cfg, method="supervised", out_dir=str(paths.baseline_seg))
 
 
+def suggestion_stage(paths: DemoPaths, seg_cfg: JointConfig, dataset: Dataset, split: Split, checkpoint: Path,
+                     front: object, progress: bool = True) -> dict:
+    """``cctr suggest`` on the trained run (one patient, the run's own registration) into
+    ``OUT/suggest``, unless its marker is there; returns the marker (what was chosen)."""
+    marker = paths.suggest / SUGGESTION_MARKER
+    if not marker.is_file():
+        trained = load_students(checkpoint)
+        found = suggest(seg_cfg, checkpoint, dataset, split, seg_cfg.oracle.backend, SuggestConfig(k=1),
+                        front, progress, trained)  # type: ignore[arg-type]
+        write_suggestion(paths.suggest, found, paths.seg, dataset, trained)
+    return json.loads(marker.read_text())
+
+
+def qc_stage(paths: DemoPaths, seg_cfg: JointConfig, dataset: Dataset, split: Split, checkpoint: Path,
+             test_cases: Sequence[Case], front: object, progress: bool = True) -> dict[str, ScanQC]:
+    """The quality control of student A's test predictions (students' agreement and the fit of
+    the run's atlases, warped by its registration) in ``OUT/qc.csv``, unless it is there."""
+    if not paths.qc.is_file():
+        atlases = [ref.load() for ref in dataset.of_patients(split.labeled(seg_cfg.labeled))]
+        qc, _ = scored_qc(load_students(checkpoint), test_cases, atlases, run_backend(seg_cfg, front),  # type: ignore[arg-type]
+                          seg_cfg.oracle, QCConfig(), progress)
+        write_qc_csv(paths.qc, qc)
+    return read_qc_csv(paths.qc)
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 def guidance_table(guidance: Mapping[str, Sequence[float]]) -> str:
@@ -279,10 +326,49 @@ def gate_text(registration_json: Path, history: Sequence[Mapping[str, float]], s
             f"registration scores {scored} Dice on the validation volumes; {when}.")
 
 
+def suggestion_lines(paths: DemoPaths, marker: Mapping, top: int = 5) -> list[str]:
+    """The report's section on what to label next, from ``OUT/suggest``."""
+    with open(paths.suggest / "suggest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:top]
+    table = ["| pick | patient | score | disagreement | atlas misfit | distance |", "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        table.append(f"| {r['pick']} | {r['patient']} | {float(r['score']):.3f} | "
+                     + " | ".join(f"{float(r[k]):.3f}" if r[k] else "n/a"
+                                  for k in ("disagreement", "atlas_misfit", "distance")) + " |")
+    return ["## Which scan to label next (`cctr suggest`)", "",
+            f"**label next: {', '.join(marker['chosen'])}**", "",
+            ("Each unlabeled training patient, ranked by the weighted mean of the ranks of three components: the "
+             "students' disagreement (1 - Dice(A, B)), the misfit of the best warped atlas label with the students, "
+             "and the distance to the labeled scans under registration (`suggest/suggest.md` has the whole ranking "
+             "and its check on the validation scans, `suggest/suggest.png` the candidates)."), "",
+            *table, ""]
+
+
+def qc_lines(qc: Mapping[str, ScanQC], scores: Mapping[str, Mapping[int, ClassScore]]) -> list[str]:
+    """The report's quality-control section: each test volume's estimated Dice beside its true one."""
+    truth = {case: float(np.mean([s.dice for s in per.values()])) for case, per in scores.items()}
+    check = check_qc(qc, truth)
+    lines = ["## Quality control of the test predictions", "",
+             ("Estimated Dice (QC): the mean of the Dice between the two students' predictions and the Dice between "
+              f"student A's prediction and the best-fitting warped atlas label. Flag: an estimate below "
+              f"{QCConfig().threshold:g} or among the lowest {100 * QCConfig().fraction:g} % of the volumes. "
+              f"Spearman of estimate and true Dice over the {check.scans} volumes: {check.spearman:.3f}."), "",
+             "| volume | Dice | QC: estimated Dice | students' Dice | atlas fit | flag |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for case in sorted(qc, key=lambda c: qc[c].estimated_dice):
+        q = qc[case]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {case} | {fmt(truth.get(case))} | {q.estimated_dice:.3f} | {fmt(q.students_dice)} | "
+                     f"{fmt(q.atlas_fit)} | {'check' if q.flag else ''} |")
+    return [*lines, ""]
+
+
 def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_checkpoint: Path, seg_checkpoint: Path,
                     summary: Summary, baseline: Summary, guidance: Mapping[str, Sequence[float]],
                     seconds: Mapping[str, float], paths: DemoPaths, supervised: Summary | None = None,
-                    supervised_checkpoint: Path | None = None, plan_text: str = "") -> str:
+                    supervised_checkpoint: Path | None = None, plan_text: str = "",
+                    suggestion: Mapping | None = None, qc: Mapping[str, ScanQC] | None = None,
+                    scores: Mapping[str, Mapping[int, ClassScore]] | None = None) -> str:
     """``report.md``: what ran, the 3D scores (with the supervised baseline beside the method
     when it was trained), the registration guidance, stage times, files."""
     reg_state = read_checkpoint(reg_checkpoint)
@@ -340,6 +426,8 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
         summary_markdown(summary, f"Test volumes, {seg_cfg.method} (student A)"),
         *([summary_markdown(supervised, "Test volumes, supervised (student a)")] if supervised is not None else []),
         summary_markdown(baseline, "Test volumes, registration-only (learned backend, same atlases)"),
+        *(qc_lines(qc, scores) if qc is not None and scores is not None else []),
+        *(suggestion_lines(paths, suggestion) if suggestion is not None else []),
         "## Registration guidance during training",
         "",
         ("Dice (mean over foreground classes) of each atlas label warped onto each unlabeled training "
@@ -362,6 +450,9 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
         *([f"- `{rel(paths.baseline_predictions)}/`, `supervised-scores.csv`: the supervised baseline's"]
           if supervised is not None else []),
         f"- `{rel(paths.registration_only)}/`: the registration-only predictions and scores",
+        *([f"- `{rel(paths.qc)}`: the quality control of each test prediction"] if qc is not None else []),
+        *([f"- `{rel(paths.suggest)}/`: which patient to label next (`suggest.csv`, `suggest.md`, `suggest.png`)"]
+          if suggestion is not None else []),
         "- `figures/overlays.png`: image / truth / prediction / warped atlas label on test slices",
         "- `figures/curves.png`: training curves",
         f"- TensorBoard logs: `tensorboard --logdir {paths.out}` (`reg/tb`, `seg/tb`"
@@ -429,10 +520,16 @@ def run_demo(cfg: DemoConfig, out: Path, progress: bool = True) -> DemoResult:
     plot_curves(paths.figures / "curves.png", paths.reg / "tb", paths.seg / "tb", "a")
     record_time(paths, "evaluation and report", time.perf_counter() - started)
 
+    started, ran = time.perf_counter(), not (paths.suggest / SUGGESTION_MARKER).is_file() or not paths.qc.is_file()
+    suggestion = suggestion_stage(paths, seg_cfg, dataset, split, seg_checkpoint, frontend(plan), progress)
+    qc = qc_stage(paths, seg_cfg, dataset, split, seg_checkpoint, test_cases, frontend(plan), progress)
+    if ran:
+        record_time(paths, "suggestion and quality control", time.perf_counter() - started)
+
     seconds = _read_json(paths.timings)
     write_text_atomic(paths.report, report_markdown(cfg, seg_cfg, split, reg_checkpoint, seg_checkpoint, summary,
                                                     baseline.summary, guidance, seconds, paths, supervised,
-                                                    sup_checkpoint, format_plan(plan)))
-    return DemoResult(paths, summary, baseline.summary, supervised, guidance, seconds)
+                                                    sup_checkpoint, format_plan(plan), suggestion, qc, scores))
+    return DemoResult(paths, summary, baseline.summary, supervised, guidance, seconds, suggestion, qc)
 
 

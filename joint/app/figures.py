@@ -65,6 +65,37 @@ def plot_overlays(path: Path, cases: Sequence[Case], predictions: Mapping[str, n
     return save_figure(fig, path)
 
 
+def plot_scan_rows(path: Path, rows: Sequence[tuple[str, Case, Mapping[str, np.ndarray]]]) -> Path:
+    """One row per scan (title, case, named label maps): the image, then each label map over it,
+    at the slice where the first label map covers the most foreground (the scan's middle slice
+    when it covers none). ``cctr suggest`` shows its candidates with both students' predictions."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    if not rows:
+        raise ValueError(f"{path}: no scan to draw")
+    width = 1 + max(len(labels) for _, _, labels in rows)
+    colors = class_colors(rows[0][1].num_classes)
+    fig = Figure(figsize=(2.6 * width, 2.8 * len(rows) + 0.6))
+    axes = fig.subplots(len(rows), width, squeeze=False)
+    for ax_row, (title, case, labels) in zip(axes, rows):
+        first = next(iter(labels.values()), None)
+        area = (first > 0).sum(axis=(1, 2)) if first is not None else np.zeros(case.shape[0])
+        z = int(np.argmax(area)) if area.any() else case.shape[0] // 2
+        panels = [(None, f"{title} z={z}"), *((label, name) for name, label in labels.items())]
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, (label, name) in zip(ax_row, panels):
+            ax.imshow(overlay(case.image[z], None if label is None else label[z], colors),
+                      aspect=case.spacing[1] / case.spacing[2], interpolation="nearest")
+            ax.set_title(name, fontsize=8)
+    names = rows[0][1].class_names[1:]
+    fig.legend(handles=[Patch(color=colors[k], label=n) for k, n in enumerate(names, start=1)],
+               loc="lower center", ncol=len(names), frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (2.8 * len(rows) + 0.6), 1, 1))
+    return save_figure(fig, path)
+
+
 def read_scalars(log_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scalar series of a TensorBoard log folder: tag -> (steps, values)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

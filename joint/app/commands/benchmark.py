@@ -6,7 +6,8 @@ intervals (see :mod:`joint.app.benchmark` and :mod:`joint.app.comparison`).
                    [--backends learned,sitk-demons] [--labeled 1] [--draws 3] [--seeds 2]
                    [--control ct] [--out DIR] [--config YAML_OR_PRESET] [--set key=value ...]
                    [--reg-steps N] [--threads N] [--no-progress]
-    cctr benchmark --out DIR --tabulate [--control METHOD]
+                   [--acquire 1,2 [--rules suggest,random,farthest] [--weights D,A,R]]
+    cctr benchmark --out DIR --tabulate [--control METHOD] [--acquire 1,2]
 
 Without ``--data`` a phantom is generated into ``OUT/data``: ``--patients`` training patients
 (default 12), 4 validation patients and 24 (cardiac) or 12 (abdominal) test patients, enough
@@ -23,6 +24,14 @@ and rewrites the tables. Like ``cctr demo``, the process uses ``--threads`` torc
 default (0: torch's default). Several commands may share one ``--out`` with disjoint grids (e.g.
 one process per core); ``--tabulate`` then writes the tables of every finished run there, and
 runs nothing. ``--control`` names the method every other one is compared with (default ``ct``).
+
+``--acquire K[,K]`` then runs the benchmark of the choice (:mod:`joint.app.acquisition`): from
+every finished run of the grid, each of ``--rules`` (``suggest``: ``cctr suggest``'s score with
+``--weights``; ``random``; ``farthest``: the distance under registration alone) adds K
+patients to the run's labeled draw, the run is retrained with the same options and scored, and
+``acquisition.md`` / ``acquisition.csv`` compare the rules paired over draws x seeds x test
+volumes, with the base runs' quality control on the test scans and the suggestion's check on
+the validation scans. Like the grid, it resumes: finished choices and runs are kept.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from cctr.joint.app.acquisition import RULES, Acquisition, run_acquisition, write_acquisition_tables
 from cctr.joint.app.benchmark import LEARNED, DrawSetup, collect_results, data_of, plan_runs, run_grid
 from cctr.joint.app.comparison import DEFAULT_CONTROL, write_tables
 from cctr.joint.app.demo import DemoConfig
@@ -40,6 +50,7 @@ from cctr.joint.app.stages import pretrain_registration
 from cctr.joint.config import build_config
 from cctr.joint.methods import METHODS, PLUS, REGISTRATION_METHODS, REGISTRATION_ONLY
 from cctr.joint.plan import frontend, plan_for, reg_config, seg_overrides
+from cctr.joint.suggest import SuggestConfig
 from cctr.seg.atomic import write_json
 from cctr.seg.config import PRESETS
 from cctr.seg.data.case import CaseError
@@ -88,6 +99,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--tabulate", action="store_true",
                    help="run nothing; write the tables and plot of every finished run in --out")
+    p.add_argument("--acquire", default=None, metavar="K[,K]",
+                   help="the benchmark of the choice: add K patients chosen by each of --rules to every run's labeled "
+                        "draw and retrain (e.g. 1,2)")
+    p.add_argument("--rules", default=",".join(RULES), help=f"rules of --acquire (default {','.join(RULES)})")
+    p.add_argument("--weights", default=",".join(f"{w:g}" for w in SuggestConfig().weights), metavar="D,A,R",
+                   help="weights of the suggest rule's disagreement, atlas misfit and distance (as cctr suggest)")
     p.set_defaults(func=run)
 
 
@@ -142,13 +159,31 @@ def draw_setups(args: argparse.Namespace, dataset: Dataset, split: Split, labele
     return split, setups
 
 
+def acquisition(args: argparse.Namespace) -> Acquisition | None:
+    """The ``--acquire`` options, checked; None without ``--acquire``."""
+    if args.acquire is None:
+        return None
+    try:
+        ks = tuple(int(k) for k in _items(args.acquire, "acquire"))
+        weights = tuple(float(w) for w in _items(args.weights, "weights"))
+    except ValueError:
+        raise ValueError(f"--acquire {args.acquire!r} / --weights {args.weights!r}: comma-separated numbers") from None
+    if len(weights) != 3:
+        raise ValueError(f"--weights {args.weights!r}: three numbers (disagreement, atlas misfit, distance)")
+    d, a, r = weights
+    return Acquisition(ks, tuple(_items(args.rules, "rules")), SuggestConfig(disagreement=d, atlas_misfit=a, distance=r))
+
+
 def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
+    acq = acquisition(args)
     if args.tabulate:
         results = collect_results(out)
         # where the runs ran, as their markers say: --data is not needed and out/data need not be it
         write_tables(results, args.data.resolve() if args.data is not None else data_of(results), out, args.control)
         _report(out, len(results))
+        if acq is not None:
+            print(write_acquisition_tables(results, acq, out).read_text(), end="")
         return 0
     if args.seeds < 1 or args.first_seed < 0 or args.draws < 1 or args.patients < 2:
         raise ValueError(f"--seeds, --draws must be >= 1, --first-seed >= 0 and --patients >= 2, got {args.seeds}, "
@@ -173,8 +208,15 @@ def run(args: argparse.Namespace) -> int:
     split.check_patients(dataset.patient_ids, str(args.split or data))
     split, setups = draw_setups(args, dataset, split, labeled, backends, out)
     write_json(out / "split.json", split.to_dict())   # every draw's labeled patients, on record
-    results = run_grid(plan_runs(methods, backends, labeled, args.draws, seeds), setups, dataset, split, out,
-                       progress=not args.no_progress)
+    base = plan_runs(methods, backends, labeled, args.draws, seeds)
+    results = run_grid(base, setups, dataset, split, out, progress=not args.no_progress)
+    if acq is not None:
+        split, added = run_acquisition(base, setups, acq, dataset, split, out, progress=not args.no_progress)
+        results = [*results, *added]
     write_tables(collect_results(out), Path(data).resolve(), out, args.control)
     _report(out, len(results))
+    if acq is not None:
+        path = write_acquisition_tables(collect_results(out), acq, out)
+        print(path.read_text(), end="")
+        print(f"wrote {path} and {out / 'acquisition.csv'}")
     return 0

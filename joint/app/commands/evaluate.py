@@ -23,6 +23,11 @@ Without ``--split`` / ``--subset`` every prediction is scored and must have a re
 ``--split FILE`` (or ``--subset`` alone, for the dataset's own split: its ``split.json`` or
 the release's lists) exactly the cases of the chosen subset's patients are scored, and each must
 have a reference label and a prediction. Every pair must agree in shape and affine.
+
+Where the predictions carry quality control (``cctr predict`` writes an estimated Dice per scan
+into ``predictions.json``, :mod:`joint.qc`), the report adds how well the estimate ranks the
+true per-scan Dice (Spearman) and how precisely its flag catches the worst 10 % of the scored
+scans (``summary.md`` and the printed summary).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from cctr.joint.qc import check_markdown, check_qc, qc_from_json
 from cctr.seg.data.case import CaseError, label_to_uint8
 from cctr.seg.data.dataset import Dataset
 from cctr.seg.data.nifti import AFFINE_ATOL_MM, NIFTI_SUFFIXES, read_nifti
@@ -44,7 +50,8 @@ from cctr.seg.data.split import Split, load_split
 from cctr.seg.metrics import EMPTY_POLICIES, ClassScore, EmptyPolicy, empty_policy, score_case
 from cctr.seg.prediction_info import PREDICTION_INFO, PredictionInfo, read_prediction_info
 from cctr.seg.progress import Progress
-from cctr.seg.report import summarize, summary_markdown, write_scores_csv, write_summary_markdown
+from cctr.seg.atomic import write_text_atomic
+from cctr.seg.report import summarize, summary_markdown, write_scores_csv
 
 Spacing = tuple[float, float, float]
 # label (Z, Y, X), spacing (z, y, x) in mm for distances, affine of the grid
@@ -264,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
     if not pred_dir.is_dir():
         raise CaseError(f"{pred_dir}: prediction folder not found")
     refs = open_references(ref, args.layout)
-    class_names = choose_class_names(refs, read_prediction_info(pred_dir), pred_dir / PREDICTION_INFO, args.classes)
+    info = read_prediction_info(pred_dir)
+    class_names = choose_class_names(refs, info, pred_dir / PREDICTION_INFO, args.classes)
     chosen = pick_split(args.split, args.subset, refs, ref)
     wanted = cases_of_subset(*chosen, refs) if chosen else None
     pairs = pair_cases(nifti_files(pred_dir), refs, pred_dir, wanted)
@@ -278,11 +286,32 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(scores, class_names)
     title = f"{pred_dir} vs {refs.where} (empty masks: {args.empty_policy})"
     out = Path(args.out) if args.out else pred_dir
+    qc_text = qc_report(info, pred_dir / PREDICTION_INFO, scores)
     write_scores_csv(out / "scores.csv", scores, class_names)
-    write_summary_markdown(out / "summary.md", summary, title)
-    print(summary_markdown(summary, title))
+    write_text_atomic(out / "summary.md", summary_markdown(summary, title) + qc_text)
+    print(summary_markdown(summary, title) + qc_text)
     print(f"wrote {out / 'scores.csv'} and {out / 'summary.md'}")
     return 0
+
+
+# the share of scored scans that counts as the worst, which the QC flag should catch
+WORST_FRACTION = 0.1
+
+
+def qc_report(info: Optional[PredictionInfo], info_path: Path, scores: dict[str, dict[int, ClassScore]]) -> str:
+    """Markdown of how the predictions' quality control did against their true Dice ('' when
+    the predictions carry none, or none of the scored scans has an estimate)."""
+    if info is None or not info.qc:
+        return ""
+    qc = qc_from_json(info.qc, str(info_path))
+    true_dice = {}
+    for case, per_class in scores.items():
+        values = [s.dice for s in per_class.values() if not np.isnan(s.dice)]
+        if values:
+            true_dice[case] = float(np.mean(values))
+    if not set(qc) & set(true_dice):
+        return ""
+    return "\n" + check_markdown(check_qc(qc, true_dice, WORST_FRACTION), WORST_FRACTION)
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,8 @@
 """``cctr predict``: segment NIfTI volumes with a trained student.
 
     cctr predict --ckpt CKPT_OR_RUN_DIR --in FILE_OR_DIR --out DIR [--student a|b] [--overwrite]
+                 [--qc-data DIR [--qc-split FILE] [--reg-backend SPEC]] [--qc-threshold T] [--qc-fraction F]
+                 [--no-qc]
 
 ``--in`` is one ``.nii``/``.nii.gz`` volume or a folder of them (its top level only). Each
 output ``DIR/<case>.nii.gz`` is a uint8 label map with the input's affine and header, so it
@@ -28,6 +30,18 @@ far from it, or whose axes are turned far further from the world axes than any t
 volume's (an oblique scan), gets a warning on stderr; ``--strict-geometry`` refuses it
 instead. A constant image (every voxel the same) has nothing to segment: it gets a warning
 and an all-background label map, not the student's guess.
+
+Quality control (:mod:`joint.qc`, :mod:`joint.app.quality`): with two students in the
+checkpoint, or with ``--qc-data``, each scan gets an estimated Dice: the Dice between the
+written student's map and the other student's, and, with ``--qc-data DIR`` (the dataset whose
+labeled set the checkpoint trained with; registration ``--reg-backend``, else the
+checkpoint's own), the Dice between the written map and the best-fitting labeled scan's label
+warped onto the scan; the mean of those available. A scan whose estimate is below
+``--qc-threshold`` or among the lowest ``--qc-fraction`` of the batch is flagged for a look.
+Both go into ``predictions.json`` (``qc``) and ``DIR/qc.csv`` (lowest estimate first);
+``cctr eval`` then reports how well the estimate ranks the true Dice. ``--no-qc`` skips it
+(it costs the second student's prediction and, with ``--qc-data``, a registration per
+labeled scan).
 """
 from __future__ import annotations
 
@@ -37,6 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cctr.joint.app.quality import Atlases, constant_scan, evidence_for, load_atlases, merged_qc, new_scan
+from cctr.joint.qc import QC_FILE, QCConfig, assess, write_qc_csv
+from cctr.joint.scan_evidence import ScanEvidence, student_labels
 from cctr.seg.data.case import CaseError
 from cctr.seg.data.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
 from cctr.seg.data.orientation import obliquity_deg
@@ -58,6 +75,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace files at the output paths that an earlier cctr predict did not write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    qc = QCConfig()
+    p.add_argument("--qc-data", type=Path, default=None, metavar="DIR",
+                   help="dataset whose labeled set the checkpoint trained with: its scans, warped onto each input, "
+                        "add the atlas fit to the quality control")
+    p.add_argument("--qc-split", type=Path, default=None, metavar="FILE",
+                   help="split JSON naming that labeled set (default: the --qc-data folder's split.json)")
+    p.add_argument("--reg-backend", default=None, metavar="SPEC",
+                   help="registration for the atlas fit (default: the checkpoint's own)")
+    p.add_argument("--qc-threshold", type=float, default=qc.threshold,
+                   help=f"flag scans whose estimated Dice is below this (default {qc.threshold:g})")
+    p.add_argument("--qc-fraction", type=float, default=qc.fraction,
+                   help=f"flag the lowest estimates, this share of the batch (default {qc.fraction:g})")
+    p.add_argument("--no-qc", action="store_true", help="no quality control (no second student, no registration)")
     p.set_defaults(func=run_predict)
 
 
@@ -167,18 +197,43 @@ def run_predict(args: argparse.Namespace) -> int:
     if clash:
         raise CaseError(f"{args.inputs}: several inputs would write the same output: {clash}")
     outputs = [f"{name}.nii.gz" for name in names]
+    qc_cfg = QCConfig(args.qc_threshold, args.qc_fraction)
+    if (args.reg_backend or args.qc_split) and args.qc_data is None:
+        raise ValueError("--reg-backend and --qc-split are for the atlas fit of --qc-data DIR; give --qc-data")
+    with_qc = not args.no_qc and (len(trained.students) > 1 or args.qc_data is not None)
     earlier = check_output_folder(args.out, files, outputs, args.overwrite)
+    if with_qc and not args.overwrite and (args.out / QC_FILE).exists() and not (args.out / PREDICTION_INFO).is_file():
+        refuse_foreign(args.out, [QC_FILE])   # a qc.csv no cctr predict wrote
     check_inputs(files, trained, args.strict_geometry)
+    atlases = (load_atlases(checkpoint_path(args.ckpt), args.qc_data, args.qc_split, args.reg_backend)
+               if with_qc and args.qc_data is not None else None)
+    evidence: dict[str, ScanEvidence] = {}
     with Progress(len(files), "predict", unit="volume", every_s=10.0, enabled=not args.no_progress) as bar:
-        for path, output in zip(files, outputs):
-            image, _, affine, header = read_nifti(path)
+        for path, name, output in zip(files, names, outputs):
+            image, spacing, affine, header = read_nifti(path)
             if image.min() == image.max():    # warned about above: a student's guess on no signal is noise
-                labels = np.zeros(image.shape, np.uint8)
+                labels = {args.student: np.zeros(image.shape, np.uint8)}
+                evidence[name] = constant_scan(name)
+            elif with_qc:
+                labels = student_labels(trained, image)
+                scan = new_scan(name, path, image, spacing, affine, trained.class_names)
+                evidence[name] = evidence_for(scan, labels, args.student, len(trained.class_names), atlases)
             else:
-                labels = trained.predict(image.astype(np.float32), args.student)
-            write_nifti(args.out / output, labels, affine, header)
+                labels = {args.student: trained.predict(image.astype(np.float32), args.student)}
+            write_nifti(args.out / output, labels[args.student], affine, header)
             bar.update(1)
+    qc = assess(evidence, qc_cfg) if with_qc else {}
+    info = read_prediction_info(args.out) if qc else None
+    entries = (merged_qc(info.qc if info else {}, [n[: -len(".nii.gz")] for n in earlier], qc,
+                         str(args.out / PREDICTION_INFO)) if qc else None)
     write_prediction_info(args.out, checkpoint_path(args.ckpt), trained.class_names, args.student, trained.step,
-                          files=[*earlier, *outputs])
+                          files=[*earlier, *outputs], qc=entries)
     print(f"wrote {len(files)} label map(s) with student {args.student} to {args.out}", file=sys.stdout)
+    if qc:
+        write_qc_csv(args.out / QC_FILE, qc)
+        flagged = sorted((q for q in qc.values() if q.flag), key=lambda q: q.estimated_dice)
+        print(f"quality control: {len(flagged)} of {len(qc)} scan(s) to check (estimated Dice below "
+              f"{qc_cfg.threshold:g} or the lowest {100 * qc_cfg.fraction:g} %): "
+              + (", ".join(f"{q.case} ({q.estimated_dice:.3f})" for q in flagged) or "none")
+              + f"; see {args.out / QC_FILE}")
     return 0
