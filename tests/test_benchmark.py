@@ -15,7 +15,7 @@ import pytest
 
 import cctr.joint.app.benchmark as bench
 import cctr.joint.app.commands.benchmark as bench_command
-from cctr.joint.app.benchmark import DrawSetup, Run, RunResult, backend_tag, collect_results, plan_runs, run_config
+from cctr.joint.app.benchmark import DrawSetup, Run, RunResult, backend_tag, plan_runs, run_config
 from cctr.joint.app.cli import main
 from cctr.joint.app.comparison import (COMPARISON_COLUMNS, CSV_COLUMNS, comparisons, results_csv,
                                        results_markdown)

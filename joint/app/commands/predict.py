@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cctr.joint.app.quality import Atlases, constant_scan, evidence_for, load_atlases, merged_qc, new_scan
+from cctr.joint.app.quality import constant_scan, evidence_for, load_atlases, merged_qc, new_scan
 from cctr.joint.qc import QC_FILE, QCConfig, assess, write_qc_csv
 from cctr.joint.scan_evidence import ScanEvidence, student_labels
 from cctr.seg.data.case import CaseError
