@@ -15,7 +15,7 @@ import pytest
 
 import cctr.joint.app.benchmark as bench
 import cctr.joint.app.commands.benchmark as bench_command
-from cctr.joint.app.benchmark import DrawSetup, Run, RunResult, backend_tag, plan_runs, run_config
+from cctr.joint.app.benchmark import DrawSetup, Run, RunResult, backend_tag, collect_results, plan_runs, run_config
 from cctr.joint.app.cli import main
 from cctr.joint.app.comparison import (COMPARISON_COLUMNS, CSV_COLUMNS, comparisons, results_csv,
                                        results_markdown)
@@ -266,6 +266,14 @@ def test_tabulate_joins_grids_run_by_separate_commands_and_takes_another_control
     assert main(["benchmark", "--out", str(tmp_path / "empty"), "--tabulate"]) == 2
     assert main(["benchmark", "--data", str(data), "--out", str(tmp_path / "bad"), "--first-seed", "-1", *TINY]) == 2
     assert "--first-seed >= 0" in capsys.readouterr().err
+
+
+def test_data_inside_the_benchmark_folder_is_named_relative_to_it(grid):
+    data, out = grid
+    results = collect_results(out)
+    inside = results_markdown(results, out / "data", relative_to=out)
+    assert "Data: `data`;" in inside   # a results.md copied with its folder names no local path
+    assert f"Data: `{data}`;" in results_markdown(results, data, relative_to=out)
 
 
 def test_rows_never_claim_to_be_a_control_that_did_not_run(grid, tmp_path):

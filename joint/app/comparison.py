@@ -117,11 +117,13 @@ def _shown(backend: str, prefix: Optional[str]) -> str:
 
 def results_markdown(results: Sequence[RunResult], data_root: Path | str, control: str = DEFAULT_CONTROL,
                      relative_to: Optional[Path] = None) -> str:
-    """The tables of the module docstring; backend paths under ``relative_to`` are shown relative
-    to it."""
+    """The tables of the module docstring; the data and backend paths under ``relative_to`` are
+    shown relative to it."""
     if not results:
         raise ValueError("no benchmark results to tabulate")
     prefix = f"{relative_to}{os.sep}" if relative_to is not None else None
+    if prefix and str(data_root).startswith(prefix):
+        data_root = str(data_root)[len(prefix):]   # a results.md that moves with its folder names it right
     groups = group_results(results)
     found = {(c.group, c.subset, c.checkpoint): c for c in comparisons(results, control)}
     first = results[0]
