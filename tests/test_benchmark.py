@@ -286,6 +286,26 @@ def test_rows_never_claim_to_be_a_control_that_did_not_run(grid, tmp_path):
     assert rows and not any("| control |" in row for row in rows), table
 
 
+def test_a_later_grid_on_the_same_folder_keeps_the_recorded_draws(grid, tmp_path, capsys):
+    data, out = grid
+    shutil.copy(out / "split.json", tmp_path / "split.json")
+    recorded = load_split(out / "split.json").labeled_sets
+    assert "1~1" in recorded   # the grid's second draw
+    # the far end of the gap: every label, one draw; the earlier draws stay on record
+    later = ["--methods", "supervised", "--labeled", "all", "--draws", "1", "--seeds", "1", "--threads", "0"]
+    assert main(["benchmark", "--data", str(data), "--out", str(tmp_path), "--no-progress", *later, *TINY]) == 0
+    assert load_split(tmp_path / "split.json").labeled_sets == recorded
+    # a record that names another labeled patient under a set's name is another benchmark
+    other = json.loads((out / "split.json").read_text())
+    other["labeled_sets"]["1~1"] = [p for p in other["train"] if p not in other["labeled_sets"]["1~1"]][:1]
+    (tmp_path / "split.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    drawn = ["--methods", "supervised", "--labeled", "1", "--draws", "2", "--seeds", "1", "--threads", "0"]
+    assert main(["benchmark", "--data", str(data), "--out", str(tmp_path), "--no-progress", *drawn, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "labeled set '1~1' is recorded as" in err and "use another --out" in err
+
+
 def test_a_marker_of_an_older_version_is_refused_by_name(grid, tmp_path, capsys):
     _, out = grid
     shutil.copytree(out / "runs", tmp_path / "runs")

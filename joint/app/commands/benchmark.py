@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -137,6 +138,24 @@ def generated_phantom(out: Path, kind: str, difficulty: int, train: int, progres
     return data
 
 
+def with_recorded_sets(split: Split, recorded: Path) -> Split:
+    """``split`` with the labeled sets an earlier command on the same folder recorded in
+    ``recorded``, so a later grid (``--labeled all``, another size) keeps the draws the earlier
+    runs trained on; a record of another split, or of another set under the same name, is
+    refused."""
+    if not recorded.exists():
+        return split
+    earlier = load_split(recorded)
+    if any(sorted(getattr(earlier, part)) != sorted(getattr(split, part)) for part in ("train", "val", "test")):
+        raise CaseError(f"{recorded}: records another train/val/test split than this command's; "
+                        f"use another --out or the split it records (--split {recorded})")
+    for name, patients in earlier.labeled_sets.items():
+        if name in split.labeled_sets and sorted(split.labeled_sets[name]) != sorted(patients):
+            raise CaseError(f"{recorded}: labeled set {name!r} is recorded as {sorted(patients)}, "
+                            f"this command has {sorted(split.labeled_sets[name])}; use another --out")
+    return replace(split, labeled_sets={**earlier.labeled_sets, **split.labeled_sets})
+
+
 def draw_setups(args: argparse.Namespace, dataset: Dataset, split: Split, labeled: list[str], backends: list[str],
                 out: Path) -> tuple[Split, dict[tuple[str, int], DrawSetup]]:
     """The benchmark's split with every draw, and each draw's setup (its plan's configuration,
@@ -207,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         raise CaseError(f"{data}: the folder has no split.json; pass --split FILE")
     split.check_patients(dataset.patient_ids, str(args.split or data))
     split, setups = draw_setups(args, dataset, split, labeled, backends, out)
+    split = with_recorded_sets(split, out / "split.json")
     write_json(out / "split.json", split.to_dict())   # every draw's labeled patients, on record
     base = plan_runs(methods, backends, labeled, args.draws, seeds)
     results = run_grid(base, setups, dataset, split, out, progress=not args.no_progress)
