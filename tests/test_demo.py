@@ -56,7 +56,7 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     text = finished.paths.report.read_text()
     assert "## Test volumes, cctr+ (student A)" in text
     assert "The demo trains `cctr+`" in text and "validation volumes" in text   # it says why
-    assert "## Test volumes, supervised (student a)" in text
+    assert "## Test volumes, supervised (student A)" in text
     assert "## Test volumes, registration-only (learned backend, same atlases)" in text
     # the data's plan is shown, and the registration net was pretrained on the planned grid
     assert "## The data's plan (`cctr plan`)" in text and "registration grid" in text
@@ -73,7 +73,7 @@ def test_report_holds_the_scores_the_baseline_and_the_registration_guidance(fini
     # the comparison puts the supervised baseline beside cctr on the same test volumes
     sup = finished.supervised
     assert sup is not None and sup.num_cases == finished.summary.num_cases
-    sup_row = next(line for line in text.splitlines() if line.startswith("| `supervised` (student a) |"))
+    sup_row = next(line for line in text.splitlines() if line.startswith("| `supervised` (student A) |"))
     assert f"| {sup.overall['dice'].mean:.4f} ± {sup.overall['dice'].std:.4f} |" in sup_row
     assert any(line.startswith("| `cctr+` (student A) |") and f"| {mean_dice:.4f} ±" in line for line in text.splitlines())
     gain = mean_dice - sup.overall["dice"].mean

@@ -385,7 +385,7 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
     comparison = []
     if supervised is not None and supervised_checkpoint is not None:
         sup_state = torch.load(supervised_checkpoint, map_location="cpu", weights_only=True)
-        rows.insert(0, ("`supervised` (student a)", f"{len(labeled)} labeled patient(s) only", supervised))
+        rows.insert(0, ("`supervised` (student A)", f"{len(labeled)} labeled patient(s) only", supervised))
         gain = summary.overall["dice"].mean - supervised.overall["dice"].mean
         comparison = [
             (f"`supervised` trains student A on the labeled slices only, with the same options, iterations and "
@@ -424,7 +424,7 @@ def report_markdown(cfg: DemoConfig, seg_cfg: JointConfig, split: Split, reg_che
         comparison_table(rows),
         *comparison,
         summary_markdown(summary, f"Test volumes, {seg_cfg.method} (student A)"),
-        *([summary_markdown(supervised, "Test volumes, supervised (student a)")] if supervised is not None else []),
+        *([summary_markdown(supervised, "Test volumes, supervised (student A)")] if supervised is not None else []),
         summary_markdown(baseline, "Test volumes, registration-only (learned backend, same atlases)"),
         *(qc_lines(qc, scores) if qc is not None and scores is not None else []),
         *(suggestion_lines(paths, suggestion) if suggestion is not None else []),

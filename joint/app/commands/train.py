@@ -82,7 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0   # under torchrun, rank 0 reports for all
     print(f"trained {cfg.method} ({cfg.iterations} iterations) in {result.seconds:.0f} s -> {result.out_dir}")
     if result.best_checkpoint is not None:
-        print(f"best validation Dice (student a): {result.best_score:.4f} "
+        print(f"best validation Dice (student A): {result.best_score:.4f} "
               f"at step {result.best_step} -> {result.best_checkpoint}")
     print(f"last checkpoint: {result.last_checkpoint}")
     return 0
