@@ -28,6 +28,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, replace
+from itertools import product
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,7 +37,7 @@ import numpy as np
 from cctr.joint.app.benchmark import (DrawSetup, Run, RunResult, backend_tag, execute_run, read_result,
                                       run_config)
 from cctr.joint.app.comparison import cells
-from cctr.joint.app.paired import paired_difference, sample_mean_std
+from cctr.joint.app.paired import PairedDifference, paired_difference, sample_mean_std
 from cctr.joint.app.suggestion import FALLBACK_BACKEND, Suggestion, gather, rank, write_suggestion
 from cctr.joint.config import JointConfig
 from cctr.joint.methods import REGISTRATION_ONLY
@@ -187,7 +188,7 @@ class RuleComparison:
     against: str
     subset: str
     checkpoint: str
-    difference: object   # PairedDifference
+    difference: PairedDifference
 
 
 COLUMNS = ("method", "backend", "labeled", "k", "rule", "against", "subset", "checkpoint", "difference", "low",
@@ -209,17 +210,14 @@ def rule_comparisons(results: Sequence[RunResult], acq: Acquisition) -> list[Rul
         for k in acq.ks:
             arms = {"none": runs, **{rule: groups.get((method, backend, acquired_labeled(labeled, rule, k)), [])
                                      for rule in acq.rules}}
-            for arm, against in PAIRS:
+            for (arm, against), subset, checkpoint in product(PAIRS, ("test", "val"), ("best", "last")):
                 if not arms.get(arm) or not arms.get(against):
                     continue
-                for subset in ("test", "val"):
-                    for checkpoint in ("best", "last"):
-                        try:
-                            d = paired_difference(cells(arms[arm], subset, checkpoint),
-                                                  cells(arms[against], subset, checkpoint))
-                        except ValueError:
-                            continue
-                        out.append(RuleComparison(method, backend, labeled, k, arm, against, subset, checkpoint, d))
+                try:
+                    d = paired_difference(cells(arms[arm], subset, checkpoint), cells(arms[against], subset, checkpoint))
+                except ValueError:
+                    continue
+                out.append(RuleComparison(method, backend, labeled, k, arm, against, subset, checkpoint, d))
     return out
 
 
@@ -228,9 +226,8 @@ def comparisons_csv(found: Sequence[RuleComparison]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for c in found:
-        d = c.difference
         writer.writerow([c.method, c.backend, c.labeled, c.k, c.arm, c.against, c.subset, c.checkpoint,
-                         repr(d.mean), repr(d.low), repr(d.high), d.verdict, d.draws, d.seeds, d.cases])  # type: ignore[attr-defined]
+                         *c.difference.csv_cells()])
     return buf.getvalue()
 
 
@@ -261,11 +258,11 @@ def acquisition_markdown(found: Sequence[RuleComparison], markers: Sequence[dict
         cells_ = []
         for key in (("test", "best"), ("test", "last"), ("val", "best")):
             d = by[key].difference if key in by else None
-            cells_ += ([f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]", d.verdict]  # type: ignore[attr-defined]
+            cells_ += ([f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]", d.verdict]
                        if d is not None else ["n/a", ""])
         any_d = next(iter(by.values())).difference
         lines.append(f"| {method} | {labeled} | {k} | {arm} | {against} | " + " | ".join(cells_)
-                     + f" | {any_d.draws} x {any_d.seeds} |")  # type: ignore[attr-defined]
+                     + f" | {any_d.draws} x {any_d.seeds} |")
     qcs = [m["test_qc"] for m in markers if m.get("test_qc")]
     lines += ["", "## Quality control on the test scans of the base runs", "",
               f"Over {len(qcs)} base run(s), mean ± sample std over runs. Flag: estimated Dice below "

@@ -212,9 +212,8 @@ def comparisons_csv(found: Sequence[Comparison]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COMPARISON_COLUMNS)
     for c in found:
-        d = c.difference
-        writer.writerow([c.group[2], c.subset, c.checkpoint, c.group[0], c.group[1], c.control[0], repr(d.mean),
-                         repr(d.low), repr(d.high), d.verdict, d.draws, d.seeds, d.cases])
+        writer.writerow([c.group[2], c.subset, c.checkpoint, c.group[0], c.group[1], c.control[0],
+                         *c.difference.csv_cells()])
     return buf.getvalue()
 
 

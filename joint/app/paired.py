@@ -45,6 +45,11 @@ class PairedDifference:
     seeds: int
     cases: int
 
+    def csv_cells(self) -> list:
+        """The difference's columns of a comparisons CSV: difference, low, high (exact, repr),
+        verdict, draws, seeds, cases."""
+        return [repr(self.mean), repr(self.low), repr(self.high), self.verdict, self.draws, self.seeds, self.cases]
+
     @property
     def verdict(self) -> str:
         if self.low > 0:
